@@ -1,0 +1,122 @@
+//! Message types of the guest protocol.
+
+use serde::{Deserialize, Serialize};
+
+/// First frame from the guest: the agent is up and listening.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must equal [`crate::PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The agent's crate version.
+    pub agent_version: String,
+    /// Milliseconds since the guest kernel started (from /proc/uptime).
+    pub uptime_ms: u64,
+}
+
+/// A request to start a process in the guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spawn {
+    /// Program to run: a path, or a name looked up in `PATH`.
+    pub program: Vec<u8>,
+    /// Arguments after the program name.
+    pub args: Vec<Vec<u8>>,
+    /// Variables set on top of the agent's default environment.
+    pub env: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Working directory; `None` means `/`.
+    pub cwd: Option<Vec<u8>>,
+    /// Whether the host will send stdin; otherwise stdin is `/dev/null`.
+    pub stdin: bool,
+}
+
+/// Which output stream a chunk belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Messages from the host to the guest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostMsg {
+    /// Start a process; `id` is chosen by the host and unique per connection.
+    Spawn {
+        /// Request id.
+        id: u32,
+        /// What to run.
+        spawn: Spawn,
+    },
+    /// Bytes for a process's stdin.
+    Stdin {
+        /// Request id.
+        id: u32,
+        /// The bytes, at most [`crate::MAX_CHUNK`].
+        data: Vec<u8>,
+    },
+    /// Close a process's stdin.
+    CloseStdin {
+        /// Request id.
+        id: u32,
+    },
+    /// Send a signal to a process's whole process group.
+    Signal {
+        /// Request id.
+        id: u32,
+        /// Linux signal number.
+        signal: i32,
+    },
+    /// Sync, unmount and power off.
+    Shutdown,
+}
+
+/// Messages from the guest to the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GuestMsg {
+    /// The agent is ready.
+    Hello(Hello),
+    /// The process of request `id` started.
+    Started {
+        /// Request id.
+        id: u32,
+        /// Its guest pid.
+        pid: u32,
+    },
+    /// The process of request `id` could not start.
+    SpawnFailed {
+        /// Request id.
+        id: u32,
+        /// The guest errno.
+        errno: i32,
+        /// Human-readable reason.
+        message: String,
+    },
+    /// Output of the process of request `id`.
+    Output {
+        /// Request id.
+        id: u32,
+        /// Which stream.
+        stream: Stream,
+        /// The bytes, at most [`crate::MAX_CHUNK`].
+        data: Vec<u8>,
+    },
+    /// The process of request `id` exited and both its output streams
+    /// reached end of file. Exactly one of `code` and `signal` is set.
+    Exited {
+        /// Request id.
+        id: u32,
+        /// Exit code, if it exited normally.
+        code: Option<i32>,
+        /// Signal number, if a signal killed it.
+        signal: Option<i32>,
+    },
+    /// A request was refused (unknown id, duplicate id, bad argument).
+    Rejected {
+        /// Request id, if the request had one.
+        id: Option<u32>,
+        /// Why.
+        message: String,
+    },
+    /// The guest is about to power off.
+    ShuttingDown,
+}
