@@ -1,1 +1,34 @@
-//! placeholder
+//! Virtio device logic, written once against `virtio-queue` and `vm-memory`
+//! and reused by every backend.
+//!
+//! A device implements [`VirtioDevice`]: it advertises features and config
+//! space and, at activation, is handed its queues, their kick descriptors and
+//! an [`Interrupt`] to signal the guest. It never sees the transport. Two
+//! transports own devices: [`vhost_user`] (User-Mode Linux's `virtio_uml`, or
+//! any vhost-user front end) and, with the KVM backend, in-process virtio-mmio.
+//!
+//! Devices: [`block::Block`] (virtio-blk over a [`sandbox_rootfs::Disk`]) and
+//! [`console::Console`] (a single-port virtio-console whose host side is a
+//! byte stream, used as the agent's control channel under UML).
+
+pub mod block;
+pub mod console;
+mod device;
+pub mod vhost_user;
+mod worker;
+
+pub use device::{ActivationContext, DeviceError, FdInterrupt, Interrupt, QueueKick, VirtioDevice};
+
+/// Guest memory as devices see it.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+
+/// Virtio device ids (virtio spec 5).
+pub mod device_id {
+    /// virtio-blk.
+    pub const BLOCK: u32 = 2;
+    /// virtio-console.
+    pub const CONSOLE: u32 = 3;
+}
+
+/// `VIRTIO_F_VERSION_1`.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;

@@ -1,0 +1,185 @@
+//! PID 1 duties: mount the API file systems, create the /dev links, set the
+//! hostname, open the control channel, and power off at the end.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::process::ExitCode;
+
+use crate::server;
+
+/// Kernel command line keys the host uses to configure the agent.
+const HOSTNAME_KEY: &str = "sandbox.hostname=";
+const CHANNEL_KEY: &str = "sandbox.channel=";
+
+pub fn run() -> ExitCode {
+    mount_all();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let hostname = param(&cmdline, HOSTNAME_KEY).unwrap_or("sandbox");
+    if let Err(e) = set_hostname(hostname) {
+        log(&format!("cannot set hostname {hostname:?}: {e}"));
+    }
+    let channel = param(&cmdline, CHANNEL_KEY).unwrap_or("hvc0");
+    match open_channel(channel) {
+        Ok(file) => {
+            if let Err(e) = server::serve(file, server::Role::Init) {
+                log(&format!("control channel failed: {e}"));
+            }
+        }
+        Err(e) => log(&format!("cannot open control channel {channel}: {e}")),
+    }
+    power_off()
+}
+
+fn param<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline
+        .split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+}
+
+/// Writes a line to the kernel log, which the host captures with the console.
+pub fn log(msg: &str) {
+    let line = format!("sandbox-guest: {msg}\n");
+    if let Ok(mut f) = OpenOptions::new().write(true).open("/dev/kmsg") {
+        let _ = io::Write::write_all(&mut f, line.as_bytes());
+    } else {
+        eprint!("{line}");
+    }
+}
+
+fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) {
+    let _ = std::fs::create_dir_all(target);
+    let c = |s: &str| CString::new(s).unwrap_or_default();
+    let (src_c, target_c, fstype_c, data_c) = (c(src), c(target), c(fstype), c(data));
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            src_c.as_ptr(),
+            target_c.as_ptr(),
+            fstype_c.as_ptr(),
+            flags,
+            data_c.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EBUSY) {
+            log(&format!("mount {fstype} on {target}: {err}"));
+        }
+    }
+}
+
+fn mount_all() {
+    let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount("proc", "/proc", "proc", nosuid_nodev_noexec, "");
+    mount("sysfs", "/sys", "sysfs", nosuid_nodev_noexec, "");
+    mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
+    mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "mode=0620,ptmxmode=0666",
+    );
+    mount(
+        "shm",
+        "/dev/shm",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=1777",
+    );
+    mount(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=1777",
+    );
+    mount(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=0755",
+    );
+    mount(
+        "cgroup2",
+        "/sys/fs/cgroup",
+        "cgroup2",
+        nosuid_nodev_noexec,
+        "",
+    );
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+        ("/dev/ptmx", "pts/ptmx"),
+    ] {
+        if std::fs::symlink_metadata(link).is_err() {
+            if let Err(e) = std::os::unix::fs::symlink(target, link) {
+                log(&format!("symlink {link}: {e}"));
+            }
+        }
+    }
+}
+
+fn set_hostname(name: &str) -> io::Result<()> {
+    // SAFETY: the pointer and length describe a valid byte buffer.
+    let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Opens the control channel named on the kernel command line. `hvcN` is a
+/// virtio-console port, switched to raw mode so bytes pass unchanged.
+fn open_channel(name: &str) -> io::Result<File> {
+    let path = format!("/dev/{name}");
+    let file = OpenOptions::new().read(true).write(true).open(&path)?;
+    make_raw(&file)?;
+    Ok(file)
+}
+
+fn make_raw(file: &File) -> io::Result<()> {
+    // SAFETY: termios is plain old data; zeroed is a valid starting value
+    // that tcgetattr overwrites.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: the fd is open for the duration of the calls and `t` is valid.
+    unsafe {
+        if libc::tcgetattr(file.as_raw_fd(), &mut t) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::cfmakeraw(&mut t);
+        if libc::tcsetattr(file.as_raw_fd(), libc::TCSANOW, &t) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Kills what is left, syncs, unmounts and powers off. Never returns in a VM.
+fn power_off() -> ExitCode {
+    // SAFETY: plain syscalls with no memory arguments.
+    unsafe {
+        libc::kill(-1, libc::SIGKILL);
+        libc::sync();
+    }
+    for target in ["/sys/fs/cgroup", "/run", "/tmp", "/dev/shm", "/dev/pts"] {
+        if let Ok(t) = CString::new(target) {
+            // SAFETY: `t` is a valid NUL-terminated path.
+            unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    mount("", "/", "", libc::MS_REMOUNT | libc::MS_RDONLY, "");
+    // SAFETY: plain syscalls; reboot only returns on failure.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    log(&format!("power off failed: {}", io::Error::last_os_error()));
+    ExitCode::FAILURE
+}

@@ -1,0 +1,58 @@
+//! Starting a requested process: environment, working directory, pipes and
+//! its own session (so signals and kills reach the whole process group).
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+
+use sandbox_protocol::Spawn;
+
+/// Environment every process starts from; request variables override it.
+pub const DEFAULT_ENV: &[(&str, &str)] = &[
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("HOME", "/root"),
+    ("LANG", "C.UTF-8"),
+];
+
+/// Starts the process described by `req` and returns it with its pid.
+pub fn start(req: &Spawn) -> io::Result<(Child, i32)> {
+    if req.program.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "empty program name",
+        ));
+    }
+    let mut cmd = Command::new(OsStr::from_bytes(&req.program));
+    cmd.args(req.args.iter().map(|a| OsStr::from_bytes(a)));
+    cmd.env_clear();
+    for (k, v) in DEFAULT_ENV {
+        cmd.env(k, v);
+    }
+    for (k, v) in &req.env {
+        cmd.env(OsStr::from_bytes(k), OsStr::from_bytes(v));
+    }
+    cmd.current_dir(OsStr::from_bytes(req.cwd.as_deref().unwrap_or(b"/")));
+    cmd.stdin(if req.stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    let pid = child.id() as i32;
+    Ok((child, pid))
+}

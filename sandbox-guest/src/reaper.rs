@@ -1,0 +1,89 @@
+//! Child reaping. As PID 1 the agent inherits every orphan, so one thread
+//! calls `waitpid(-1)` for everything and hands the statuses of the processes
+//! the agent started to whoever waits for them; other statuses are dropped.
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug)]
+pub enum Status {
+    Code(i32),
+    Signal(i32),
+}
+
+#[derive(Default)]
+struct Table {
+    /// Pids started by the agent; `Some` once they exited.
+    tracked: HashMap<i32, Option<Status>>,
+}
+
+pub struct Reaper {
+    table: Mutex<Table>,
+    changed: Condvar,
+}
+
+pub fn get() -> &'static Reaper {
+    static REAPER: OnceLock<&'static Reaper> = OnceLock::new();
+    REAPER.get_or_init(|| {
+        let reaper: &'static Reaper = Box::leak(Box::new(Reaper {
+            table: Mutex::new(Table::default()),
+            changed: Condvar::new(),
+        }));
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || reaper.run())
+            .expect("spawning the reaper thread");
+        reaper
+    })
+}
+
+impl Reaper {
+    /// Runs `start` (which forks) with the table locked and tracks the pid
+    /// it returns, so the exit cannot be reaped before it is tracked.
+    pub fn spawn<T, E>(&self, start: impl FnOnce() -> Result<(T, i32), E>) -> Result<T, E> {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let (value, pid) = start()?;
+        table.tracked.insert(pid, None);
+        self.changed.notify_all();
+        Ok(value)
+    }
+
+    /// Blocks until the tracked `pid` exits and forgets it.
+    pub fn wait(&self, pid: i32) -> Status {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(Some(status)) = table.tracked.get(&pid) {
+                let status = *status;
+                table.tracked.remove(&pid);
+                return status;
+            }
+            table = self.changed.wait(table).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn run(&self) {
+        loop {
+            let mut raw = 0;
+            // SAFETY: `raw` is a valid out pointer.
+            let pid = unsafe { libc::waitpid(-1, &mut raw, 0) };
+            if pid < 0 {
+                // ECHILD: nothing to reap until the next spawn.
+                let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = self.changed.wait_timeout(table, Duration::from_millis(200));
+                continue;
+            }
+            let status = if libc::WIFSIGNALED(raw) {
+                Status::Signal(libc::WTERMSIG(raw))
+            } else {
+                Status::Code(libc::WEXITSTATUS(raw))
+            };
+            let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(slot) = table.tracked.get_mut(&pid) {
+                *slot = Some(status);
+                self.changed.notify_all();
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! A read-only base file with an in-memory copy-on-write overlay.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::Disk;
+
+/// Overlay block size: writes are tracked in blocks of this many bytes.
+const BLOCK: u64 = 4096;
+
+/// A base image opened read-only plus a map of the blocks the guest wrote.
+/// The base file is never written. Memory grows with the blocks written, up
+/// to `max_dirty_bytes`; past that, writes fail with an I/O error.
+pub struct MemOverlay {
+    base: File,
+    size: u64,
+    blocks: HashMap<u64, Box<[u8]>>,
+    max_dirty_bytes: u64,
+}
+
+impl MemOverlay {
+    /// Opens `base` read-only. `max_dirty_bytes` bounds the overlay's memory.
+    pub fn open(base: &Path, max_dirty_bytes: u64) -> io::Result<Self> {
+        let file = File::open(base)?;
+        let size = file.metadata()?.len() & !511;
+        Ok(Self {
+            base: file,
+            size,
+            blocks: HashMap::new(),
+            max_dirty_bytes,
+        })
+    }
+
+    /// Bytes held by the overlay.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.blocks.len() as u64 * BLOCK
+    }
+
+    fn check(&self, offset: u64, len: usize) -> io::Result<()> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "access past the end of the disk",
+            )),
+        }
+    }
+
+    fn read_base(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.base.read_exact_at(buf, offset)
+    }
+}
+
+impl Disk for MemOverlay {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        false
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.check(offset, buf.len())?;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let (block, within) = (pos / BLOCK, (pos % BLOCK) as usize);
+            let n = (BLOCK as usize - within).min(buf.len() - done);
+            let dst = &mut buf[done..done + n];
+            match self.blocks.get(&block) {
+                Some(data) => dst.copy_from_slice(&data[within..within + n]),
+                None => self.read_base(pos, dst)?,
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.check(offset, data.len())?;
+        let mut done = 0usize;
+        while done < data.len() {
+            let pos = offset + done as u64;
+            let (block, within) = (pos / BLOCK, (pos % BLOCK) as usize);
+            let n = (BLOCK as usize - within).min(data.len() - done);
+            if !self.blocks.contains_key(&block) {
+                if self.dirty_bytes() + BLOCK > self.max_dirty_bytes {
+                    return Err(io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        "the in-memory overlay reached max_dirty_bytes",
+                    ));
+                }
+                let mut fresh = vec![0u8; BLOCK as usize].into_boxed_slice();
+                let start = block * BLOCK;
+                let len = BLOCK.min(self.size - start) as usize;
+                self.read_base(start, &mut fresh[..len])?;
+                self.blocks.insert(block, fresh);
+            }
+            if let Some(b) = self.blocks.get_mut(&block) {
+                b[within..within + n].copy_from_slice(&data[done..done + n]);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn base(bytes: &[u8]) -> (std::path::PathBuf, MemOverlay) {
+        let path = std::env::temp_dir().join(format!(
+            "sandbox-rootfs-test-{}-{}",
+            std::process::id(),
+            bytes.len()
+        ));
+        File::create(&path).unwrap().write_all(bytes).unwrap();
+        let o = MemOverlay::open(&path, 2 * BLOCK).unwrap();
+        (path, o)
+    }
+
+    #[test]
+    fn writes_shadow_the_base_and_never_touch_it() {
+        let data: Vec<u8> = (0..3 * BLOCK).map(|i| i as u8).collect();
+        let (path, mut o) = base(&data);
+        o.write_at(BLOCK - 2, &[0xaa; 4]).unwrap();
+        let mut buf = vec![0u8; 8];
+        o.read_at(BLOCK - 4, &mut buf).unwrap();
+        assert_eq!(buf[..2], data[BLOCK as usize - 4..BLOCK as usize - 2]);
+        assert_eq!(buf[2..6], [0xaa; 4]);
+        assert_eq!(buf[6..], data[BLOCK as usize + 2..BLOCK as usize + 4]);
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        // Two blocks are dirty: the limit is reached and a third block fails.
+        let err = o.write_at(2 * BLOCK, &[1]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        assert!(o.read_at(3 * BLOCK - 1, &mut [0u8; 2]).is_err());
+        std::fs::remove_file(path).unwrap();
+    }
+}

@@ -1,0 +1,127 @@
+//! virtio-blk: the guest's block devices, served from a [`Disk`].
+
+mod metrics;
+mod request;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+
+use crate::device::{read_config_bytes, ActivationContext, DeviceError, VirtioDevice};
+use crate::worker::{Handler, Worker};
+use crate::{device_id, GuestMemory, VIRTIO_F_VERSION_1};
+pub use metrics::BlockMetrics;
+use sandbox_rootfs::Disk;
+
+/// `VIRTIO_BLK_F_RO`.
+const F_RO: u64 = 1 << 5;
+/// `VIRTIO_BLK_F_FLUSH`.
+const F_FLUSH: u64 = 1 << 9;
+/// Queue size offered to the driver.
+const QUEUE_SIZE: u16 = 256;
+
+/// A virtio-blk device with one request queue.
+pub struct Block {
+    disk: Option<Box<dyn Disk>>,
+    config: [u8; 8],
+    read_only: bool,
+    id: String,
+    metrics: Arc<BlockMetrics>,
+    worker: Option<Worker>,
+}
+
+impl Block {
+    /// A device serving `disk`; `id` is what `GET_ID` returns (20 bytes max).
+    pub fn new(disk: Box<dyn Disk>, id: &str) -> Self {
+        let sectors = disk.size() / 512;
+        Self {
+            read_only: disk.read_only(),
+            disk: Some(disk),
+            config: sectors.to_le_bytes(),
+            id: id.chars().take(20).collect(),
+            metrics: Arc::default(),
+            worker: None,
+        }
+    }
+
+    /// Counters shared with the running device.
+    pub fn metrics(&self) -> Arc<BlockMetrics> {
+        self.metrics.clone()
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        device_id::BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | F_FLUSH | if self.read_only { F_RO } else { 0 }
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, ctx: ActivationContext) -> Result<(), DeviceError> {
+        if ctx.queues.len() != 1 {
+            return Err(DeviceError::QueueCount {
+                expected: 1,
+                got: ctx.queues.len(),
+            });
+        }
+        if !ctx.queues[0].is_valid(&*ctx.mem) {
+            return Err(DeviceError::InvalidQueue(0));
+        }
+        // The disk moves into the worker and comes back on reset.
+        let Some(disk) = self.disk.take() else {
+            return Err(DeviceError::Worker(std::io::Error::other(
+                "block device already active",
+            )));
+        };
+        let handler = BlockHandler {
+            disk,
+            id: self.id.clone(),
+            metrics: self.metrics.clone(),
+        };
+        self.worker = Some(Worker::spawn("virtio-blk", handler, ctx, Vec::new())?);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Option<Vec<Queue>> {
+        // The disk stays with the stopped worker's handler; a block device is
+        // activated once per VM, so it is not needed again.
+        self.worker.take().map(Worker::stop)
+    }
+}
+
+struct BlockHandler {
+    disk: Box<dyn Disk>,
+    id: String,
+    metrics: Arc<BlockMetrics>,
+}
+
+impl Handler for BlockHandler {
+    fn queue_event(&mut self, _idx: usize, queues: &mut [Queue], mem: &GuestMemory) -> u64 {
+        let Some(queue) = queues.first_mut() else {
+            return 0;
+        };
+        let mut used_any = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let len = request::execute(chain, mem, &mut *self.disk, &self.id, &self.metrics);
+            if queue.add_used(mem, head, len).is_err() {
+                self.metrics.inc(&self.metrics.malformed);
+                return 0;
+            }
+            used_any = true;
+        }
+        u64::from(used_any)
+    }
+}

@@ -1,0 +1,126 @@
+//! The vhost-user transport: serves one [`VirtioDevice`] to a vhost-user front
+//! end (UML's `virtio_uml`, or any VMM) over a Unix socket, using rust-vmm's
+//! `vhost` crate for the wire protocol.
+//!
+//! The adapter keeps the vring setup the front end sends and activates the
+//! device, with real `virtio_queue::Queue`s over the shared guest memory, once
+//! every queue has a kick descriptor and is enabled.
+
+mod backend;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vhost::vhost_user::BackendReqHandler;
+
+pub use backend::VhostUserBackend;
+
+use crate::VirtioDevice;
+
+/// A device being served on a socket; [`Served::stop`] ends it.
+pub struct Served {
+    stop: Arc<AtomicBool>,
+    conn: Arc<Mutex<Option<UnixStream>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Served {
+    /// Disconnects the front end, stops the device and joins the thread.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(c) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Accepts one front end on `listener` and serves `device` to it on a new
+/// thread until the front end disconnects or [`Served::stop`] is called.
+pub fn serve<D: VirtioDevice + 'static>(
+    name: &str,
+    listener: UnixListener,
+    device: D,
+) -> io::Result<Served> {
+    listener.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let conn: Arc<Mutex<Option<UnixStream>>> = Arc::default();
+    let (stop2, conn2) = (stop.clone(), conn.clone());
+    let label = name.to_string();
+    let thread = std::thread::Builder::new()
+        .name(format!("vhost-user-{name}"))
+        .spawn(move || {
+            let Some(stream) = accept(&listener, &stop2) else {
+                return;
+            };
+            if let Ok(clone) = stream.try_clone() {
+                *conn2.lock().unwrap_or_else(|e| e.into_inner()) = Some(clone);
+            }
+            let backend = Arc::new(Mutex::new(VhostUserBackend::new(device)));
+            let mut handler = BackendReqHandler::from_stream(stream, backend.clone());
+            while !stop2.load(Ordering::SeqCst) {
+                if let Err(e) = handler.handle_request() {
+                    if !matches!(
+                        e,
+                        vhost::vhost_user::Error::Disconnected
+                            | vhost::vhost_user::Error::PartialMessage
+                    ) && !stop2.load(Ordering::SeqCst)
+                    {
+                        log::warn!("vhost-user {label}: {e}");
+                    }
+                    break;
+                }
+            }
+            backend.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
+        })?;
+    Ok(Served {
+        stop,
+        conn,
+        thread: Some(thread),
+    })
+}
+
+fn accept(listener: &UnixListener, stop: &AtomicBool) -> Option<UnixStream> {
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((s, _)) => {
+                let _ = s.set_nonblocking(false);
+                return Some(s);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut pfd = libc::pollfd {
+                    fd: listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: `pfd` is a valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut pfd, 1, Duration::from_millis(50).as_millis() as i32) };
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                log::warn!("vhost-user accept: {e}");
+                return None;
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,138 @@
+//! The per-device worker thread: an epoll loop over the queue kicks, a stop
+//! event and any host-side descriptors the device watches.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::thread::JoinHandle;
+
+use virtio_queue::Queue;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::device::{ActivationContext, DeviceError, Interrupt};
+use crate::GuestMemory;
+
+/// Device logic driven by the worker. Both callbacks return a bitmask of the
+/// queues whose interrupt should be raised.
+pub(crate) trait Handler: Send + 'static {
+    /// Queue `idx` was kicked (also called once per queue at start).
+    fn queue_event(&mut self, idx: usize, queues: &mut [Queue], mem: &GuestMemory) -> u64;
+    /// Extra descriptor number `token` became ready (edge-triggered).
+    fn extra_event(&mut self, _token: usize, _queues: &mut [Queue], _mem: &GuestMemory) -> u64 {
+        0
+    }
+}
+
+/// A running worker; dropping it without [`Worker::stop`] leaks nothing but
+/// leaves the thread to stop when the stop event fires in `Drop`.
+pub(crate) struct Worker {
+    stop: EventFd,
+    thread: Option<JoinHandle<Vec<Queue>>>,
+}
+
+impl Worker {
+    /// Starts the loop on its own thread.
+    pub fn spawn(
+        name: &str,
+        mut handler: impl Handler,
+        ctx: ActivationContext,
+        extra: Vec<RawFd>,
+    ) -> Result<Self, DeviceError> {
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::Worker)?;
+        let stop_fd = stop.try_clone().map_err(DeviceError::Worker)?;
+        let epoll = Epoll::new().map_err(DeviceError::Worker)?;
+        let nq = ctx.queues.len();
+        let add = |fd: RawFd, events: EventSet, token: usize| {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(events, token as u64),
+                )
+                .map_err(DeviceError::Worker)
+        };
+        for (i, k) in ctx.kicks.iter().enumerate() {
+            add(k.0.as_raw_fd(), EventSet::IN, i)?;
+        }
+        add(stop_fd.as_raw_fd(), EventSet::IN, nq)?;
+        for (i, fd) in extra.iter().enumerate() {
+            add(*fd, EventSet::IN | EventSet::EDGE_TRIGGERED, nq + 1 + i)?;
+        }
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let ActivationContext {
+                    mem,
+                    mut queues,
+                    kicks,
+                    interrupt,
+                    ..
+                } = ctx;
+                let _stop_fd = stop_fd;
+                let mut pending = 0u64;
+                for i in 0..nq {
+                    pending |= handler.queue_event(i, &mut queues, &mem);
+                }
+                raise(&*interrupt, pending);
+                let mut events = vec![EpollEvent::default(); nq + 2 + extra.len()];
+                loop {
+                    let n = match epoll.wait(-1, &mut events) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            log::error!(
+                                "{}: epoll failed: {e}",
+                                std::thread::current().name().unwrap_or("device")
+                            );
+                            break;
+                        }
+                    };
+                    let mut pending = 0u64;
+                    for ev in &events[..n] {
+                        let token = ev.data() as usize;
+                        if token < nq {
+                            kicks[token].drain();
+                            pending |= handler.queue_event(token, &mut queues, &mem);
+                        } else if token == nq {
+                            return queues;
+                        } else {
+                            pending |= handler.extra_event(token - nq - 1, &mut queues, &mem);
+                        }
+                    }
+                    raise(&*interrupt, pending);
+                }
+                queues
+            })
+            .map_err(DeviceError::Worker)?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the loop and returns the queues.
+    pub fn stop(mut self) -> Vec<Queue> {
+        let _ = self.stop.write(1);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = self.stop.write(1);
+            let _ = t.join();
+        }
+    }
+}
+
+fn raise(interrupt: &dyn Interrupt, mask: u64) {
+    for i in 0..64 {
+        if mask & (1 << i) != 0 {
+            interrupt.signal_used_queue(i);
+        }
+    }
+}

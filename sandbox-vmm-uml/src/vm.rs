@@ -1,0 +1,221 @@
+//! Starting, watching and stopping one UML guest.
+
+use std::fs;
+use std::io;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sandbox_rootfs::Disk;
+use sandbox_virtio::block::Block;
+use sandbox_virtio::console::Console;
+use sandbox_virtio::vhost_user::{self, Served};
+use sandbox_virtio::{device_id, VirtioDevice};
+
+use crate::ConsoleLog;
+
+/// Errors starting a UML guest.
+#[derive(Debug, thiserror::Error)]
+pub enum UmlError {
+    /// The kernel binary is missing.
+    #[error("UML kernel not found at {0}: run `cargo xtask build`")]
+    KernelMissing(PathBuf),
+    /// A host resource (socket, directory, process) could not be set up.
+    #[error("{what}")]
+    Host {
+        /// What was being set up.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn host(what: impl Into<String>) -> impl FnOnce(io::Error) -> UmlError {
+    let what = what.into();
+    move |source| UmlError::Host { what, source }
+}
+
+/// What to boot.
+pub struct UmlConfig {
+    /// The UML kernel executable (`linux` from an `ARCH=um` build).
+    pub kernel: PathBuf,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// The root disk, served as `/dev/vda`.
+    pub root: Box<dyn Disk>,
+    /// Guest hostname, passed to the agent.
+    pub hostname: String,
+    /// Bytes of console output kept for error reports.
+    pub console_log_bytes: usize,
+}
+
+/// A running UML guest. Dropping it kills the guest and cleans up.
+pub struct UmlVm {
+    child: Option<Child>,
+    workdir: PathBuf,
+    served: Vec<Served>,
+    control: Option<UnixStream>,
+    console: ConsoleLog,
+    log_thread: Option<JoinHandle<()>>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+impl UmlVm {
+    /// Starts the guest; returns as soon as the kernel process runs.
+    pub fn start(cfg: UmlConfig) -> Result<Self, UmlError> {
+        if !cfg.kernel.is_file() {
+            return Err(UmlError::KernelMissing(cfg.kernel));
+        }
+        let id = format!(
+            "sbx-{}-{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        );
+        let workdir = std::env::temp_dir().join(&id);
+        fs::create_dir_all(&workdir).map_err(host(format!("creating {}", workdir.display())))?;
+        let mut vm = Self {
+            child: None,
+            workdir,
+            served: Vec::new(),
+            control: None,
+            console: ConsoleLog::new(cfg.console_log_bytes),
+            log_thread: None,
+        };
+        let blk = vm.serve("blk", Block::new(cfg.root, "sandbox-root"))?;
+        let (console, control) = Console::new().map_err(host("creating the control stream"))?;
+        let con = vm.serve("con", console)?;
+        vm.control = Some(control);
+
+        let mut cmd = Command::new(&cfg.kernel);
+        cmd.arg(format!("mem={}M", cfg.memory_mib))
+            .arg(format!("umid={id}"))
+            .arg(format!("uml_dir={}", vm.workdir.display()))
+            .args(["con=null", "con0=null,fd:2", "ssl=null", "console=tty0"])
+            .args(["root=/dev/vda", "rw", "rootfstype=ext4"])
+            .arg("init=/sbin/sandbox-guest")
+            .arg(format!("sandbox.hostname={}", cfg.hostname))
+            .arg("sandbox.channel=hvc0")
+            .arg(format!(
+                "virtio_uml.device={}:{}",
+                blk.display(),
+                device_id::BLOCK
+            ))
+            .arg(format!(
+                "virtio_uml.device={}:{}",
+                con.display(),
+                device_id::CONSOLE
+            ));
+        // UML maps its memory from a file in TMPDIR and unlinks it at once.
+        let shm = Path::new("/dev/shm");
+        cmd.env("TMPDIR", if shm.is_dir() { shm } else { &vm.workdir });
+        let (reader, writer) = io::pipe().map_err(host("creating the console pipe"))?;
+        let writer2 = writer
+            .try_clone()
+            .map_err(host("creating the console pipe"))?;
+        cmd.stdin(Stdio::null()).stdout(writer).stderr(writer2);
+        cmd.process_group(0);
+        // SAFETY: prctl with integer arguments is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(host(format!("starting {}", cfg.kernel.display())))?;
+        drop(cmd); // closes our copies of the pipe's write end
+        vm.child = Some(child);
+        let log = vm.console.clone();
+        vm.log_thread = Some(
+            std::thread::Builder::new()
+                .name("uml-console".into())
+                .spawn(move || log.capture(reader))
+                .map_err(host("starting the console thread"))?,
+        );
+        Ok(vm)
+    }
+
+    fn serve(
+        &mut self,
+        name: &str,
+        device: impl VirtioDevice + 'static,
+    ) -> Result<PathBuf, UmlError> {
+        let path = self.workdir.join(format!("{name}.sock"));
+        let listener =
+            UnixListener::bind(&path).map_err(host(format!("binding {}", path.display())))?;
+        let served = vhost_user::serve(name, listener, device)
+            .map_err(host(format!("serving the {name} device")))?;
+        self.served.push(served);
+        Ok(path)
+    }
+
+    /// The host end of the control channel (the guest's `/dev/hvc0`).
+    pub fn take_control(&mut self) -> Option<UnixStream> {
+        self.control.take()
+    }
+
+    /// The guest console captured so far.
+    pub fn console(&self) -> &ConsoleLog {
+        &self.console
+    }
+
+    /// The kernel process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The exit status if the guest has stopped.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits up to `timeout` for the guest to stop by itself.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills the guest's whole process group, stops the devices and removes
+    /// the working directory. Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: killpg with the group the child leads (process_group(0)).
+            unsafe { libc::killpg(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+            // Helpers the kernel forked may outlive the leader for a moment.
+            // SAFETY: as above; ESRCH once the group is gone.
+            unsafe { libc::killpg(child.id() as i32, libc::SIGKILL) };
+        }
+        for s in self.served.drain(..) {
+            s.stop();
+        }
+        if let Some(t) = self.log_thread.take() {
+            let _ = t.join();
+        }
+        let _ = fs::remove_dir_all(&self.workdir);
+    }
+}
+
+impl Drop for UmlVm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
