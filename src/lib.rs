@@ -1,1 +1,53 @@
-//! placeholder
+//! Test harness shared by the repository's integration tests, examples and
+//! benches (not part of the published API): boots the built-in image on the
+//! backend chosen by `SANDBOX_BACKEND` (`uml`, `kvm` or `auto`, default auto)
+//! and inspects the host for leftovers.
+
+use sandbox_core::{images, BackendKind, BootOptions, Error, Sandbox, Vm};
+
+/// The backend the tests use, from `SANDBOX_BACKEND`.
+pub fn backend() -> BackendKind {
+    match std::env::var("SANDBOX_BACKEND").as_deref() {
+        Ok("uml") => BackendKind::Uml,
+        Ok("kvm") => BackendKind::Kvm,
+        _ => BackendKind::Auto,
+    }
+}
+
+/// A sandbox over the built-in `minimal` image.
+pub fn minimal() -> Result<Sandbox, Error> {
+    Sandbox::builder()
+        .image(images::builtin("minimal")?)
+        .backend(backend())
+        .build()
+}
+
+/// Boots a minimal VM with `hostname`, printing which backend runs it.
+pub async fn boot(hostname: &str) -> Result<Vm, Error> {
+    let vm = minimal()?
+        .boot(BootOptions::default().hostname(hostname))
+        .await?;
+    eprintln!(
+        "[harness] {hostname}: backend {:?} ({}), booted in {} ms",
+        vm.backend(),
+        vm.backend_reason(),
+        vm.boot_time().as_millis()
+    );
+    Ok(vm)
+}
+
+/// Host processes whose command line carries `umid=<id>`: the UML kernel of
+/// VM `id` and every helper process it forked.
+pub fn guest_processes(id: &str) -> Vec<u32> {
+    let needle = format!("umid={id}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.split(|b| *b == 0).any(|arg| arg == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}

@@ -1,1 +1,31 @@
-//! placeholder
+//! `sandbox-core`: run untrusted commands in Linux microVMs while the host
+//! keeps control of disk state, network egress and credentials.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sandbox_core::Error> {
+//! use sandbox_core::{images, BootOptions, Sandbox};
+//! let sandbox = Sandbox::builder().image(images::builtin("minimal")?).build()?;
+//! let vm = sandbox.boot(BootOptions::default()).await?;
+//! let out = vm.exec("uname", ["-a"]).await?;
+//! println!("{}", String::from_utf8_lossy(&out.stdout));
+//! vm.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A [`Sandbox`] is a validated definition; [`Sandbox::boot`] starts an
+//! independent VM from it as often as you like. Every call on a [`Vm`] is a
+//! request to the guest agent over the control channel.
+
+mod artifacts;
+mod backend;
+mod client;
+mod error;
+pub mod images;
+mod sandbox;
+mod vm;
+
+pub use backend::{probe_kvm, BackendKind, KvmProbe};
+pub use error::Error;
+pub use images::{Image, ImageFormat};
+pub use sandbox::{BootOptions, Resources, Sandbox, SandboxBuilder};
+pub use vm::{ExitStatus, Output, Vm};

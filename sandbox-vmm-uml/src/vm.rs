@@ -56,6 +56,7 @@ pub struct UmlConfig {
 
 /// A running UML guest. Dropping it kills the guest and cleans up.
 pub struct UmlVm {
+    id: String,
     child: Option<Child>,
     workdir: PathBuf,
     served: Vec<Served>,
@@ -80,6 +81,7 @@ impl UmlVm {
         let workdir = std::env::temp_dir().join(&id);
         fs::create_dir_all(&workdir).map_err(host(format!("creating {}", workdir.display())))?;
         let mut vm = Self {
+            id: id.clone(),
             child: None,
             workdir,
             served: Vec::new(),
@@ -97,7 +99,7 @@ impl UmlVm {
             .arg(format!("umid={id}"))
             .arg(format!("uml_dir={}", vm.workdir.display()))
             .args(["con=null", "con0=null,fd:2", "ssl=null", "console=tty0"])
-            .args(["root=/dev/vda", "rw", "rootfstype=ext4"])
+            .args(["root=/dev/vda", "rw", "rootfstype=ext4", "rootwait"])
             .arg("init=/sbin/sandbox-guest")
             .arg(format!("sandbox.hostname={}", cfg.hostname))
             .arg("sandbox.channel=hvc0")
@@ -155,6 +157,11 @@ impl UmlVm {
             .map_err(host(format!("serving the {name} device")))?;
         self.served.push(served);
         Ok(path)
+    }
+
+    /// The guest's unique id; the kernel runs with `umid=<id>`.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// The host end of the control channel (the guest's `/dev/hvc0`).

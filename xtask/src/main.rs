@@ -1,1 +1,53 @@
-fn main() {}
+//! `cargo xtask`: builds the project's artifacts (guest kernels, the static
+//! guest agent, built-in images) into a cache outside the work tree, keyed by
+//! a hash of their inputs, and runs the project's set-up and CI flows.
+//!
+//! ```text
+//! cargo xtask quickstart        install what is missing, build, run the example
+//! cargo xtask ci                the same set-up, then fmt, clippy, fuzz build, tests
+//! cargo xtask build [--rebuild] build every artifact
+//! cargo xtask deps              install (or print) the system packages needed
+//! ```
+
+mod cache;
+mod deps;
+mod flows;
+mod fuzz;
+mod image;
+mod kernel;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rebuild = args.iter().any(|a| a == "--rebuild");
+    let result = match args.first().map(String::as_str) {
+        Some("build") => flows::build(rebuild),
+        Some("deps") => deps::ensure(),
+        Some("kernel") => match args.get(1).map(String::as_str) {
+            Some(name) => {
+                kernel::Flavor::parse(name).and_then(|f| kernel::build(f, rebuild).map(|_| ()))
+            }
+            None => Err("usage: cargo xtask kernel <uml|x86_64> [--rebuild]".into()),
+        },
+        Some("image") => flows::build_image(rebuild).map(|_| ()),
+        Some("quickstart") => flows::quickstart(rebuild),
+        Some("ci") => flows::ci(rebuild),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <quickstart|ci|build|deps|kernel <uml|x86_64>|image> [--rebuild]"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Errors are reported as text: every step says what failed and what to do.
+pub type Result<T> = std::result::Result<T, String>;

@@ -46,6 +46,7 @@ pub struct VhostUserBackend<D> {
     regions: Vec<Region>,
     vrings: Vec<Vring>,
     active: bool,
+    backend_req: Option<Backend>,
 }
 
 fn unsupported<T>(what: &'static str) -> Result<T> {
@@ -75,6 +76,7 @@ impl<D: VirtioDevice> VhostUserBackend<D> {
             regions: Vec::new(),
             vrings,
             active: false,
+            backend_req: None,
         }
     }
 
@@ -293,7 +295,15 @@ impl<D: VirtioDevice> VhostUserBackendReqHandlerMut for VhostUserBackend<D> {
     }
 
     fn get_protocol_features(&mut self) -> Result<VhostUserProtocolFeatures> {
-        Ok(VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK)
+        // BACKEND_REQ matters beyond its own purpose: UML's virtio_uml
+        // allocates the device's interrupt line only when it sets up the
+        // backend request channel. Without it every queue interrupt is
+        // requested on IRQ 0 (the timer) and fails with EBUSY or EALREADY,
+        // which is why vhost-user devices with a rust back end failed to
+        // probe under UML (vsock included).
+        Ok(VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::BACKEND_REQ)
     }
 
     fn set_protocol_features(&mut self, _features: u64) -> Result<()> {
@@ -337,7 +347,11 @@ impl<D: VirtioDevice> VhostUserBackendReqHandlerMut for VhostUserBackend<D> {
         Ok(())
     }
 
-    fn set_backend_req_fd(&mut self, _backend: Backend) {}
+    fn set_backend_req_fd(&mut self, backend: Backend) {
+        // Keep the channel open: UML treats its end closing as a broken
+        // device and removes it.
+        self.backend_req = Some(backend);
+    }
 
     fn set_gpu_socket(&mut self, _gpu_backend: GpuBackend) -> Result<()> {
         unsupported("gpu socket")

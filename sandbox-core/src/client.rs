@@ -1,0 +1,256 @@
+//! The host side of the guest protocol: one reader task routes guest frames
+//! to the request they belong to, one writer task sends host frames.
+
+use std::collections::HashMap;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sandbox_protocol::{
+    encode, FrameDecoder, GuestMsg, Hello, HostMsg, Stream, GUEST_MAGIC, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use crate::Error;
+
+/// Bytes of console noise tolerated before the agent's magic.
+const MAX_NOISE: usize = 1 << 20;
+
+/// What happened to one request, in order.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Started,
+    SpawnFailed {
+        errno: i32,
+        message: String,
+    },
+    Output {
+        stream: Stream,
+        data: Vec<u8>,
+    },
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    Rejected(String),
+}
+
+#[derive(Default)]
+struct Routes {
+    map: HashMap<u32, mpsc::UnboundedSender<Event>>,
+    /// Why the connection ended, once it has.
+    closed: Option<String>,
+}
+
+/// A connected guest agent.
+pub(crate) struct Client {
+    out: mpsc::UnboundedSender<HostMsg>,
+    routes: Arc<Mutex<Routes>>,
+    next_id: AtomicU32,
+    pub hello: Hello,
+}
+
+/// A registered request; dropping it forgets the route.
+pub(crate) struct Request {
+    pub id: u32,
+    pub events: mpsc::UnboundedReceiver<Event>,
+    routes: Arc<Mutex<Routes>>,
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        lock(&self.routes).map.remove(&self.id);
+    }
+}
+
+fn lock(m: &Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn closed_reason(routes: &Mutex<Routes>) -> String {
+    lock(routes)
+        .closed
+        .clone()
+        .unwrap_or_else(|| "the control channel closed".into())
+}
+
+impl Client {
+    /// Waits for the agent's magic and `Hello`, then starts the I/O tasks.
+    pub async fn connect(stream: StdUnixStream) -> Result<Self, Error> {
+        stream
+            .set_nonblocking(true)
+            .map_err(Error::io("configuring the control channel"))?;
+        let stream =
+            UnixStream::from_std(stream).map_err(Error::io("registering the control channel"))?;
+        let (mut rd, wr) = stream.into_split();
+        let mut decoder = FrameDecoder::new();
+        find_magic(&mut rd, &mut decoder).await?;
+        let hello = match read_msg(&mut rd, &mut decoder).await? {
+            Some(GuestMsg::Hello(h)) => h,
+            Some(other) => return Err(Error::Protocol(format!("expected Hello, got {other:?}"))),
+            None => return Err(Error::Protocol("channel closed before Hello".into())),
+        };
+        if hello.version != PROTOCOL_VERSION {
+            return Err(Error::VersionMismatch {
+                guest: hello.version,
+                host: PROTOCOL_VERSION,
+            });
+        }
+        let routes: Arc<Mutex<Routes>> = Arc::default();
+        let (out, out_rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(wr, out_rx, routes.clone()));
+        tokio::spawn(read_loop(rd, decoder, routes.clone()));
+        Ok(Self {
+            out,
+            routes,
+            next_id: AtomicU32::new(1),
+            hello,
+        })
+    }
+
+    /// Allocates a request id with its event channel.
+    pub fn register(&self) -> Result<Request, String> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut routes = lock(&self.routes);
+        if let Some(reason) = &routes.closed {
+            return Err(reason.clone());
+        }
+        routes.map.insert(id, tx);
+        Ok(Request {
+            id,
+            events: rx,
+            routes: self.routes.clone(),
+        })
+    }
+
+    /// Queues a message for the guest.
+    pub fn send(&self, msg: HostMsg) -> Result<(), String> {
+        self.out.send(msg).map_err(|_| closed_reason(&self.routes))
+    }
+
+    /// Why the connection ended, if it has.
+    pub fn closed(&self) -> Option<String> {
+        lock(&self.routes).closed.clone()
+    }
+}
+
+async fn find_magic(rd: &mut OwnedReadHalf, decoder: &mut FrameDecoder) -> Result<(), Error> {
+    let mut window: Vec<u8> = Vec::new();
+    let mut noise = 0usize;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = rd
+            .read(&mut buf)
+            .await
+            .map_err(Error::io("reading the control channel"))?;
+        if n == 0 {
+            return Err(Error::Protocol(
+                "channel closed before the agent started".into(),
+            ));
+        }
+        window.extend_from_slice(&buf[..n]);
+        if let Some(pos) = window
+            .windows(GUEST_MAGIC.len())
+            .position(|w| w == GUEST_MAGIC)
+        {
+            decoder.push(&window[pos + GUEST_MAGIC.len()..]);
+            return Ok(());
+        }
+        noise += n;
+        if noise > MAX_NOISE {
+            return Err(Error::Protocol(
+                "no agent greeting on the control channel".into(),
+            ));
+        }
+        // Keep only a tail that could hold the start of the magic.
+        let keep_from = window.len().saturating_sub(GUEST_MAGIC.len() - 1);
+        window.drain(..keep_from);
+    }
+}
+
+async fn read_msg(
+    rd: &mut OwnedReadHalf,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<GuestMsg>, Error> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        if let Some(msg) = decoder
+            .next::<GuestMsg>()
+            .map_err(|e| Error::Protocol(e.to_string()))?
+        {
+            return Ok(Some(msg));
+        }
+        let n = rd
+            .read(&mut buf)
+            .await
+            .map_err(Error::io("reading the control channel"))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        decoder.push(&buf[..n]);
+    }
+}
+
+async fn read_loop(mut rd: OwnedReadHalf, mut decoder: FrameDecoder, routes: Arc<Mutex<Routes>>) {
+    let reason = loop {
+        match read_msg(&mut rd, &mut decoder).await {
+            Ok(Some(msg)) => route(msg, &routes),
+            Ok(None) => break "the control channel closed".to_string(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    let mut r = lock(&routes);
+    r.closed.get_or_insert(reason);
+    r.map.clear();
+}
+
+fn route(msg: GuestMsg, routes: &Mutex<Routes>) {
+    let (id, event) = match msg {
+        GuestMsg::Started { id, .. } => (id, Event::Started),
+        GuestMsg::SpawnFailed { id, errno, message } => (id, Event::SpawnFailed { errno, message }),
+        GuestMsg::Output { id, stream, data } => (id, Event::Output { stream, data }),
+        GuestMsg::Exited { id, code, signal } => (id, Event::Exited { code, signal }),
+        GuestMsg::Rejected {
+            id: Some(id),
+            message,
+        } => (id, Event::Rejected(message)),
+        GuestMsg::Rejected { id: None, message } => {
+            log::warn!("guest agent rejected a frame: {message}");
+            return;
+        }
+        GuestMsg::ShuttingDown => {
+            lock(routes).closed = Some("the guest is shutting down".into());
+            return;
+        }
+        GuestMsg::Hello(_) => return,
+    };
+    if let Some(tx) = lock(routes).map.get(&id) {
+        let _ = tx.send(event);
+    }
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<HostMsg>,
+    routes: Arc<Mutex<Routes>>,
+) {
+    while let Some(msg) = rx.recv().await {
+        let frame = match encode(&msg) {
+            Ok(f) => f,
+            Err(e) => {
+                log::error!("cannot encode {msg:?}: {e}");
+                continue;
+            }
+        };
+        if let Err(e) = wr.write_all(&frame).await {
+            lock(&routes)
+                .closed
+                .get_or_insert(format!("writing to the guest failed: {e}"));
+            return;
+        }
+    }
+}

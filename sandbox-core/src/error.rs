@@ -1,0 +1,86 @@
+//! The public error type. Every variant says what the caller can do.
+
+use std::path::PathBuf;
+
+/// Errors of the public API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A build artifact (kernel, image) is missing.
+    #[error("{what} not found at {path}: run `cargo xtask build` to build it")]
+    ArtifactMissing {
+        /// Which artifact.
+        what: String,
+        /// Where it was expected.
+        path: PathBuf,
+    },
+    /// The requested backend cannot run here.
+    #[error("backend {requested} is unavailable: {reason}")]
+    BackendUnavailable {
+        /// The backend asked for.
+        requested: &'static str,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// The guest agent did not report ready in time.
+    #[error("the guest did not become ready within {seconds}s; last console lines:\n{console}")]
+    BootTimeout {
+        /// The timeout.
+        seconds: u64,
+        /// The guest console's last lines.
+        console: String,
+    },
+    /// The guest stopped (powered off, panicked or was killed).
+    #[error("the guest stopped: {reason}; last console lines:\n{console}")]
+    GuestStopped {
+        /// What was observed.
+        reason: String,
+        /// The guest console's last lines.
+        console: String,
+    },
+    /// The definition or an argument is invalid.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// Host-side I/O failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The guest sent something that is not valid protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The guest agent refused a request.
+    #[error("the guest agent rejected the request: {0}")]
+    Rejected(String),
+    /// The program could not be started in the guest.
+    #[error("cannot start {program:?} in the guest: {message} (errno {errno})")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The guest errno (for example 2, ENOENT, for a missing command).
+        errno: i32,
+        /// The guest's description.
+        message: String,
+    },
+    /// The UML backend failed to start the guest.
+    #[error("the UML backend failed")]
+    Uml(#[from] sandbox_vmm_uml::UmlError),
+    /// Guest agent and library speak different protocol versions.
+    #[error("guest agent speaks protocol v{guest}, this library v{host}: rebuild the image with `cargo xtask build`")]
+    VersionMismatch {
+        /// Guest version.
+        guest: u32,
+        /// Host version.
+        host: u32,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Io { what, source }
+    }
+}

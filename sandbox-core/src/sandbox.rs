@@ -1,0 +1,219 @@
+//! Defining a sandbox once and booting VMs from it.
+
+use std::time::{Duration, Instant};
+
+use crate::backend::{self, BackendKind, MachineSpec};
+use crate::client::Client;
+use crate::vm::Vm;
+use crate::{Error, Image};
+
+/// Guest resources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resources {
+    /// Virtual CPUs (UML is always uniprocessor).
+    pub cpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            cpus: 1,
+            memory_mib: 256,
+        }
+    }
+}
+
+/// Per-boot options.
+#[derive(Clone, Debug)]
+pub struct BootOptions {
+    hostname: String,
+    cwd: String,
+    timeout: Duration,
+}
+
+impl Default for BootOptions {
+    fn default() -> Self {
+        Self {
+            hostname: "sandbox".into(),
+            cwd: "/".into(),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl BootOptions {
+    /// Guest hostname (default `sandbox`).
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = name.into();
+        self
+    }
+
+    /// Default working directory of later process calls (default `/`).
+    pub fn cwd(mut self, dir: impl Into<String>) -> Self {
+        self.cwd = dir.into();
+        self
+    }
+
+    /// How long to wait for the guest agent (default 60 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let h = &self.hostname;
+        let ok = !h.is_empty()
+            && h.len() <= 64
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            && !h.starts_with('-');
+        if !ok {
+            return Err(Error::InvalidConfig(format!(
+                "hostname {h:?} must be 1-64 characters of letters, digits, '-' and '.'"
+            )));
+        }
+        if !self.cwd.starts_with('/') {
+            return Err(Error::InvalidConfig(format!(
+                "cwd {:?} must be an absolute guest path",
+                self.cwd
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Builder for [`Sandbox`]; nothing starts until [`Sandbox::boot`].
+#[derive(Clone, Debug, Default)]
+pub struct SandboxBuilder {
+    image: Option<Image>,
+    resources: Resources,
+    backend: BackendKind,
+}
+
+impl SandboxBuilder {
+    /// The root file system image (read-only base; writes stay in memory).
+    pub fn image(mut self, image: Image) -> Self {
+        self.image = Some(image);
+        self
+    }
+
+    /// CPU and memory.
+    pub fn resources(mut self, resources: Resources) -> Self {
+        self.resources = resources;
+        self
+    }
+
+    /// Which backend boots the VMs (default [`BackendKind::Auto`]).
+    pub fn backend(mut self, backend: BackendKind) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Validates the definition. Starts nothing.
+    pub fn build(self) -> Result<Sandbox, Error> {
+        let image = self.image.ok_or_else(|| {
+            Error::InvalidConfig("no image: call .image(images::builtin(\"minimal\")?)".into())
+        })?;
+        if !image.path.is_file() {
+            return Err(Error::ArtifactMissing {
+                what: format!("image {:?}", image.name),
+                path: image.path,
+            });
+        }
+        let r = self.resources;
+        if !(64..=65536).contains(&r.memory_mib) {
+            return Err(Error::InvalidConfig(format!(
+                "memory_mib {} is outside 64..=65536",
+                r.memory_mib
+            )));
+        }
+        if !(1..=64).contains(&r.cpus) {
+            return Err(Error::InvalidConfig(format!(
+                "cpus {} is outside 1..=64",
+                r.cpus
+            )));
+        }
+        Ok(Sandbox {
+            image,
+            resources: r,
+            backend: self.backend,
+        })
+    }
+}
+
+/// A validated sandbox definition; boots any number of independent VMs.
+#[derive(Clone, Debug)]
+pub struct Sandbox {
+    image: Image,
+    resources: Resources,
+    backend: BackendKind,
+}
+
+impl Sandbox {
+    /// Starts defining a sandbox.
+    pub fn builder() -> SandboxBuilder {
+        SandboxBuilder::default()
+    }
+
+    /// Boots a VM and returns once its agent is ready.
+    pub async fn boot(&self, opts: BootOptions) -> Result<Vm, Error> {
+        opts.validate()?;
+        let started = Instant::now();
+        let (kind, why) = backend::select(self.backend)?;
+        let spec = MachineSpec {
+            image: self.image.clone(),
+            memory_mib: self.resources.memory_mib,
+            hostname: opts.hostname.clone(),
+        };
+        let mut machine = tokio::task::spawn_blocking(move || backend::start(kind, spec))
+            .await
+            .map_err(|e| Error::InvalidConfig(format!("backend start panicked: {e}")))??;
+        let control = machine
+            .take_control()
+            .ok_or_else(|| Error::Protocol("backend has no control channel".into()))?;
+        let connect = Client::connect(control);
+        tokio::pin!(connect);
+        let deadline = tokio::time::sleep(opts.timeout);
+        tokio::pin!(deadline);
+        let client = loop {
+            tokio::select! {
+                res = &mut connect => match res {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        let console = machine.console_tail(40);
+                        machine.kill();
+                        return Err(match e {
+                            Error::Protocol(reason) => Error::GuestStopped { reason, console },
+                            other => other,
+                        });
+                    }
+                },
+                _ = &mut deadline => {
+                    let console = machine.console_tail(40);
+                    machine.kill();
+                    return Err(Error::BootTimeout { seconds: opts.timeout.as_secs(), console });
+                }
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if machine.has_exited() {
+                        let console = machine.console_tail(40);
+                        machine.kill();
+                        return Err(Error::GuestStopped {
+                            reason: "the guest exited during boot".into(),
+                            console,
+                        });
+                    }
+                }
+            }
+        };
+        Ok(Vm::new(
+            client,
+            machine,
+            kind,
+            why,
+            opts.cwd,
+            started.elapsed(),
+        ))
+    }
+}

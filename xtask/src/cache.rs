@@ -1,0 +1,143 @@
+//! The artifact cache (`$SANDBOX_CACHE`, default `~/.cache/sandbox`), input
+//! hashing, manifests, and running commands with progress output.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use crate::Result;
+
+/// Root of the cache; the library reads the same location.
+pub fn root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SANDBOX_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/sandbox")
+}
+
+/// The repository root (the workspace this xtask belongs to).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Accumulates the inputs of an artifact into a short hex key.
+#[derive(Default)]
+pub struct Key(Sha256);
+
+impl Key {
+    pub fn text(mut self, label: &str, value: &str) -> Self {
+        self.0.update(label.as_bytes());
+        self.0.update((value.len() as u64).to_le_bytes());
+        self.0.update(value.as_bytes());
+        self
+    }
+
+    pub fn file(self, path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        Ok(self.text(
+            &path.display().to_string(),
+            &hex::encode(Sha256::digest(bytes)),
+        ))
+    }
+
+    pub fn finish(self) -> String {
+        hex::encode(self.0.finalize())[..16].to_string()
+    }
+}
+
+/// sha256 of a file, streaming.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f =
+        std::fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Writes `manifest/<name>.json` atomically.
+pub fn write_manifest(name: &str, value: &serde_json::Value) -> Result<PathBuf> {
+    let dir = root().join("manifest");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let path = dir.join(format!("{name}.json"));
+    let tmp = dir.join(format!(".{name}.json.tmp"));
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, text).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// Prints a step heading.
+pub fn step(what: &str) {
+    println!("==> {what}");
+    let _ = std::io::stdout().flush();
+}
+
+/// Runs a command, failing with its output if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+/// Runs a long command, logging all output to `log` and printing a progress
+/// line every `every` output lines; on failure prints the log's tail.
+pub fn run_logged(cmd: &mut Command, log: &Path, label: &str, every: usize) -> Result<()> {
+    let start = Instant::now();
+    let mut file =
+        std::fs::File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(
+            file.try_clone().map_err(|e| format!("log file: {e}"))?,
+        ))
+        .spawn()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let mut lines = 0usize;
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out)
+            .lines()
+            .map_while(std::result::Result::ok)
+        {
+            let _ = writeln!(file, "{line}");
+            lines += 1;
+            if lines % every == 0 {
+                println!(
+                    "    {label}: {lines} steps, {}s, last: {}",
+                    start.elapsed().as_secs(),
+                    line.trim()
+                );
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if status.success() {
+        println!("    {label}: done in {}s", start.elapsed().as_secs());
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    Err(format!(
+        "{label} failed ({status}); last lines of {}:\n{}",
+        log.display(),
+        tail.join("\n")
+    ))
+}

@@ -1,0 +1,164 @@
+//! The static guest agent and the built-in `minimal` image: busybox-static
+//! and bash-static from Debian plus the agent as `/sbin/sandbox-guest`, as an
+//! ext4 image made by `mkfs.ext4 -d` (no root, no loop mounts).
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::cache::{self, run, run_logged, sha256_file, step, Key};
+use crate::Result;
+
+/// Bump when the image layout below changes.
+const RECIPE: &str = "minimal-recipe-1";
+/// Rust target of the agent: the only one installed here, linked statically.
+pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
+const BUSYBOX: &str = "/bin/busybox";
+const BASH_STATIC: &str = "/bin/bash-static";
+/// Size of the ext4 image; guest writes go to an overlay, not the image.
+const IMAGE_MIB: u32 = 64;
+
+/// Builds the agent as a fully static, non-PIE executable.
+pub fn build_agent() -> Result<PathBuf> {
+    step("guest agent: cargo build --release (static)");
+    let repo = cache::repo();
+    let target_dir = repo.join("target/guest");
+    run_logged(
+        Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "sandbox-guest",
+                "--target",
+                GUEST_TARGET,
+            ])
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .env(
+                "RUSTFLAGS",
+                "-C target-feature=+crt-static -C relocation-model=static -C strip=debuginfo",
+            )
+            .current_dir(&repo),
+        &repo.join("target/guest-build.log"),
+        "guest agent",
+        50,
+    )?;
+    let bin = target_dir.join(GUEST_TARGET).join("release/sandbox-guest");
+    cache::write_manifest("agent", &serde_json::json!({ "path": bin }))?;
+    Ok(bin)
+}
+
+fn tool_version(pkg: &str) -> String {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Builds (or finds) the `minimal` image and writes its `Image` manifest.
+pub fn build_minimal(agent: &Path, rebuild: bool) -> Result<PathBuf> {
+    for tool in [BUSYBOX, BASH_STATIC] {
+        if !Path::new(tool).is_file() {
+            return Err(format!("{tool} is missing: run `cargo xtask deps`"));
+        }
+    }
+    let key = Key::default()
+        .text("recipe", RECIPE)
+        .text("busybox", &tool_version("busybox-static"))
+        .text("bash", &tool_version("bash-static"))
+        .file(agent)?
+        .finish();
+    let dir = cache::root().join("images");
+    let image = dir.join(format!("minimal-{key}.ext4"));
+    if image.is_file() && !rebuild {
+        step(&format!("image minimal: cached at {}", image.display()));
+    } else {
+        step("image minimal: assembling the root tree");
+        let staging = cache::root().join("build").join(format!("minimal-{key}"));
+        let _ = std::fs::remove_dir_all(&staging);
+        populate(&staging, agent)?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let tmp = dir.join(format!(".minimal-{key}.ext4.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        step(&format!("image minimal: mkfs.ext4 -d ({IMAGE_MIB} MiB)"));
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "sandbox-root", "-U", "clear"])
+            .args([
+                "-E",
+                "root_owner=0:0,hash_seed=5b9a6a8e-25e5-4b0f-8cfb-2f0a3f0a9d5e",
+            ])
+            .arg("-d")
+            .arg(&staging)
+            .arg(&tmp)
+            .arg(format!("{IMAGE_MIB}M"))
+            .env("E2FSPROGS_FAKE_TIME", "1700000000"))?;
+        std::fs::rename(&tmp, &image).map_err(|e| format!("renaming image: {e}"))?;
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    let size = std::fs::metadata(&image).map_err(|e| e.to_string())?.len();
+    cache::write_manifest(
+        "image-minimal",
+        &serde_json::json!({
+            "name": "minimal",
+            "path": image,
+            "format": "raw",
+            "arch": "x86_64",
+            "sha256": sha256_file(&image)?,
+            "size": size,
+            "facts": {
+                "distro": "busybox",
+                "shell": "/bin/bash",
+                "package_manager": "none",
+            },
+        }),
+    )?;
+    Ok(image)
+}
+
+fn populate(root: &Path, agent: &Path) -> Result<()> {
+    let mk =
+        |p: &str| std::fs::create_dir_all(root.join(p)).map_err(|e| format!("creating {p}: {e}"));
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "run", "root",
+        "home", "var/tmp", "mnt",
+    ] {
+        mk(d)?;
+    }
+    let copy = |from: &Path, to: &str| {
+        std::fs::copy(from, root.join(to))
+            .map(|_| ())
+            .map_err(|e| format!("copying {} to {to}: {e}", from.display()))
+    };
+    copy(Path::new(BUSYBOX), "bin/busybox")?;
+    copy(Path::new(BASH_STATIC), "bin/bash")?;
+    copy(agent, "sbin/sandbox-guest")?;
+    let list = Command::new(BUSYBOX)
+        .arg("--list-full")
+        .output()
+        .map_err(|e| format!("running busybox --list-full: {e}"))?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let path = root.join(applet);
+        if applet.is_empty() || path.exists() || applet.ends_with("/init") {
+            continue;
+        }
+        let depth = applet.matches('/').count();
+        let target = format!("{}bin/busybox", "../".repeat(depth));
+        symlink(&target, &path).map_err(|e| format!("linking {applet}: {e}"))?;
+    }
+    let files = [
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
+        ("etc/group", "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n"),
+        ("etc/hostname", "sandbox\n"),
+        ("etc/hosts", "127.0.0.1 localhost\n"),
+        (
+            "etc/os-release",
+            "NAME=\"sandbox minimal\"\nID=sandbox-minimal\nPRETTY_NAME=\"sandbox minimal (busybox)\"\n",
+        ),
+    ];
+    for (path, text) in files {
+        std::fs::write(root.join(path), text).map_err(|e| format!("writing {path}: {e}"))?;
+    }
+    Ok(())
+}
