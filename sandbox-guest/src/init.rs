@@ -23,8 +23,11 @@ pub fn run() -> ExitCode {
     let channel = param(&cmdline, CHANNEL_KEY).unwrap_or("hvc0");
     match open_channel(channel) {
         Ok(file) => {
-            if let Err(e) = server::serve(file, server::Role::Init) {
-                log(&format!("control channel failed: {e}"));
+            // PID 1 must never exit: a panic ends in a clean power-off.
+            match std::panic::catch_unwind(|| server::serve(file, server::Role::Init)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log(&format!("control channel failed: {e}")),
+                Err(_) => log("the agent panicked; powering off"),
             }
         }
         Err(e) => log(&format!("cannot open control channel {channel}: {e}")),

@@ -65,21 +65,37 @@ impl Reaper {
 
     fn run(&self) {
         loop {
-            let mut raw = 0;
-            // SAFETY: `raw` is a valid out pointer.
-            let pid = unsafe { libc::waitpid(-1, &mut raw, 0) };
-            if pid < 0 {
+            // Wait for any exited child without reaping it: a spawn in
+            // progress may own that child (std reaps a child whose exec
+            // failed and panics if someone else reaped it first), so reaping
+            // happens only with the table locked, which spawns hold.
+            // SAFETY: siginfo_t is plain data; zeroed is a valid value.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: `info` is a valid out pointer for the call.
+            let rc =
+                unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+            if rc < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
                 // ECHILD: nothing to reap until the next spawn.
                 let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
                 let _ = self.changed.wait_timeout(table, Duration::from_millis(200));
                 continue;
+            }
+            // SAFETY: waitid filled `info` for a child state change.
+            let pid = unsafe { info.si_pid() };
+            let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+            let mut raw = 0;
+            // SAFETY: `raw` is a valid out pointer.
+            if unsafe { libc::waitpid(pid, &mut raw, libc::WNOHANG) } != pid {
+                continue; // already reaped by a failed spawn
             }
             let status = if libc::WIFSIGNALED(raw) {
                 Status::Signal(libc::WTERMSIG(raw))
             } else {
                 Status::Code(libc::WEXITSTATUS(raw))
             };
-            let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(slot) = table.tracked.get_mut(&pid) {
                 *slot = Some(status);
                 self.changed.notify_all();
