@@ -14,6 +14,8 @@
 pub mod block;
 pub mod console;
 mod device;
+#[cfg(test)]
+mod testutil;
 pub mod vhost_user;
 mod worker;
 

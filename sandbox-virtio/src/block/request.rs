@@ -11,14 +11,14 @@ use super::BlockMetrics;
 use crate::GuestMemory;
 use sandbox_rootfs::Disk;
 
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_FLUSH: u32 = 4;
-const T_GET_ID: u32 = 8;
+pub(super) const T_IN: u32 = 0;
+pub(super) const T_OUT: u32 = 1;
+pub(super) const T_FLUSH: u32 = 4;
+pub(super) const T_GET_ID: u32 = 8;
 
 const S_OK: u8 = 0;
-const S_IOERR: u8 = 1;
-const S_UNSUPP: u8 = 2;
+pub(super) const S_IOERR: u8 = 1;
+pub(super) const S_UNSUPP: u8 = 2;
 
 /// Bytes moved between the disk and guest memory per step.
 const CHUNK: usize = 64 << 10;

@@ -1,0 +1,250 @@
+//! The agent's request handling, driven on the host over a socketpair: no VM,
+//! so agent logic iterates in seconds. VM tests then prove the real path.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use sandbox_protocol::{
+    encode, FrameDecoder, GuestMsg, HostMsg, Spawn, Stream, GUEST_MAGIC, PROTOCOL_VERSION,
+};
+
+struct Agent {
+    child: Child,
+    sock: UnixStream,
+    decoder: FrameDecoder,
+}
+
+impl Agent {
+    fn start() -> Self {
+        let (mine, theirs) = UnixStream::pair().unwrap();
+        let fd = theirs.as_raw_fd();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandbox-guest"));
+        cmd.args(["--fd", "3"]);
+        // SAFETY: dup2 is async-signal-safe; `fd` stays open until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        drop(theirs);
+        mine.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut agent = Self {
+            child,
+            sock: mine,
+            decoder: FrameDecoder::new(),
+        };
+        let mut magic = [0u8; 8];
+        agent.sock.read_exact(&mut magic).unwrap();
+        assert_eq!(magic, GUEST_MAGIC);
+        match agent.recv() {
+            GuestMsg::Hello(h) => assert_eq!(h.version, PROTOCOL_VERSION),
+            other => panic!("expected Hello, got {other:?}"),
+        }
+        agent
+    }
+
+    fn send(&mut self, msg: &HostMsg) {
+        self.sock.write_all(&encode(msg).unwrap()).unwrap();
+    }
+
+    fn recv(&mut self) -> GuestMsg {
+        let mut buf = [0u8; 65536];
+        loop {
+            if let Some(m) = self.decoder.next::<GuestMsg>().unwrap() {
+                return m;
+            }
+            let n = self.sock.read(&mut buf).unwrap();
+            assert!(n > 0, "agent closed the connection");
+            self.decoder.push(&buf[..n]);
+        }
+    }
+
+    fn spawn(&mut self, id: u32, program: &str, args: &[&str], stdin: bool) {
+        self.send(&HostMsg::Spawn {
+            id,
+            spawn: Spawn {
+                program: program.into(),
+                args: args.iter().map(|a| a.as_bytes().to_vec()).collect(),
+                stdin,
+                ..Spawn::default()
+            },
+        });
+    }
+
+    /// Collects stdout, stderr and the exit of request `id`.
+    fn finish(&mut self, id: u32) -> (Vec<u8>, Vec<u8>, Option<i32>, Option<i32>) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        loop {
+            match self.recv() {
+                GuestMsg::Started { id: i, .. } if i == id => {}
+                GuestMsg::Output {
+                    id: i,
+                    stream,
+                    data,
+                } if i == id => match stream {
+                    Stream::Stdout => out.extend(data),
+                    Stream::Stderr => err.extend(data),
+                },
+                GuestMsg::Exited {
+                    id: i,
+                    code,
+                    signal,
+                } if i == id => return (out, err, code, signal),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn runs_a_process_and_reports_output_and_exit() {
+    let mut a = Agent::start();
+    a.spawn(1, "sh", &["-c", "echo out; echo err >&2; exit 7"], false);
+    let (out, err, code, signal) = a.finish(1);
+    assert_eq!(
+        (out.as_slice(), err.as_slice()),
+        (&b"out\n"[..], &b"err\n"[..])
+    );
+    assert_eq!((code, signal), (Some(7), None));
+}
+
+#[test]
+fn default_environment_and_cwd() {
+    let mut a = Agent::start();
+    a.send(&HostMsg::Spawn {
+        id: 1,
+        spawn: Spawn {
+            program: b"sh".to_vec(),
+            args: vec![b"-c".to_vec(), b"echo $HOME:$FOO:$(pwd)".to_vec()],
+            env: vec![(b"FOO".to_vec(), b"bar".to_vec())],
+            cwd: Some(b"/tmp".to_vec()),
+            stdin: false,
+        },
+    });
+    let (out, _, code, _) = a.finish(1);
+    assert_eq!(code, Some(0));
+    assert_eq!(out, b"/root:bar:/tmp\n");
+}
+
+#[test]
+fn a_missing_program_fails_with_its_errno() {
+    let mut a = Agent::start();
+    a.spawn(3, "/no/such/program", &[], false);
+    match a.recv() {
+        GuestMsg::SpawnFailed { id, errno, .. } => assert_eq!((id, errno), (3, libc::ENOENT)),
+        other => panic!("unexpected {other:?}"),
+    }
+    // The agent keeps serving.
+    a.spawn(4, "true", &[], false);
+    assert_eq!(a.finish(4).2, Some(0));
+}
+
+#[test]
+fn stdin_is_forwarded_and_closed() {
+    let mut a = Agent::start();
+    a.spawn(5, "cat", &[], true);
+    a.send(&HostMsg::Stdin {
+        id: 5,
+        data: b"through stdin".to_vec(),
+    });
+    a.send(&HostMsg::CloseStdin { id: 5 });
+    let (out, _, code, _) = a.finish(5);
+    assert_eq!((out.as_slice(), code), (&b"through stdin"[..], Some(0)));
+}
+
+#[test]
+fn signals_reach_the_process_group_and_are_reported() {
+    let mut a = Agent::start();
+    a.spawn(6, "sh", &["-c", "sleep 30 & wait"], false);
+    assert!(matches!(a.recv(), GuestMsg::Started { id: 6, .. }));
+    a.send(&HostMsg::Signal {
+        id: 6,
+        signal: libc::SIGTERM,
+    });
+    let (_, _, code, signal) = a.finish(6);
+    assert_eq!((code, signal), (None, Some(libc::SIGTERM)));
+}
+
+#[test]
+fn duplicate_and_unknown_ids_are_rejected() {
+    let mut a = Agent::start();
+    a.spawn(8, "sleep", &["5"], false);
+    assert!(matches!(a.recv(), GuestMsg::Started { id: 8, .. }));
+    a.spawn(8, "true", &[], false);
+    assert!(matches!(a.recv(), GuestMsg::Rejected { id: Some(8), .. }));
+    a.send(&HostMsg::Signal { id: 99, signal: 9 });
+    assert!(matches!(a.recv(), GuestMsg::Rejected { id: Some(99), .. }));
+    a.send(&HostMsg::Signal { id: 8, signal: 9 });
+    assert_eq!(a.finish(8).3, Some(9));
+}
+
+#[test]
+fn a_malformed_frame_is_rejected_and_ends_the_connection() {
+    let mut a = Agent::start();
+    a.sock.write_all(&[3, 0, 0, 0, 0xff, 0xff, 0xff]).unwrap();
+    assert!(matches!(a.recv(), GuestMsg::Rejected { id: None, .. }));
+    let status = a.child.wait().unwrap();
+    assert!(!status.success());
+}
+
+#[test]
+fn an_oversized_length_is_refused_without_reading_the_body() {
+    let mut a = Agent::start();
+    a.sock.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    assert!(matches!(a.recv(), GuestMsg::Rejected { id: None, .. }));
+    assert!(!a.child.wait().unwrap().success());
+}
+
+#[test]
+fn shutdown_is_acknowledged_and_the_agent_exits() {
+    let mut a = Agent::start();
+    a.spawn(2, "sleep", &["30"], false);
+    assert!(matches!(a.recv(), GuestMsg::Started { id: 2, .. }));
+    a.send(&HostMsg::Shutdown);
+    assert_eq!(a.recv(), GuestMsg::ShuttingDown);
+    assert!(a.child.wait().unwrap().success());
+}
+
+#[test]
+fn many_concurrent_processes_do_not_block_each_other() {
+    let mut a = Agent::start();
+    // A process that never ends must not hold up the others.
+    a.spawn(100, "sleep", &["30"], false);
+    for id in 0..20 {
+        a.spawn(id, "sh", &["-c", &format!("echo {id}")], false);
+    }
+    let mut exited = std::collections::HashMap::new();
+    let mut outputs = std::collections::HashMap::new();
+    while exited.len() < 20 {
+        match a.recv() {
+            GuestMsg::Output { id, data, .. } => {
+                outputs.entry(id).or_insert_with(Vec::new).extend(data)
+            }
+            GuestMsg::Exited { id, code, .. } => {
+                exited.insert(id, code);
+            }
+            GuestMsg::Started { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    for id in 0..20u32 {
+        assert_eq!(exited[&id], Some(0));
+        assert_eq!(outputs[&id], format!("{id}\n").into_bytes());
+    }
+}
