@@ -179,7 +179,7 @@ async fn read_msg(
     let mut buf = vec![0u8; 64 << 10];
     loop {
         if let Some(msg) = decoder
-            .next::<GuestMsg>()
+            .decode_next::<GuestMsg>()
             .map_err(|e| Error::Protocol(e.to_string()))?
         {
             return Ok(Some(msg));

@@ -82,7 +82,7 @@ fn read_loop(mut channel: File, out: &Out, table: &Table, role: Role) -> io::Res
         };
         decoder.push(&buf[..n]);
         loop {
-            let msg = match decoder.next::<HostMsg>() {
+            let msg = match decoder.decode_next::<HostMsg>() {
                 Ok(Some(msg)) => msg,
                 Ok(None) => break,
                 Err(e) => {

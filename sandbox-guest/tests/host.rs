@@ -59,7 +59,7 @@ impl Agent {
     fn recv(&mut self) -> GuestMsg {
         let mut buf = [0u8; 65536];
         loop {
-            if let Some(m) = self.decoder.next::<GuestMsg>().unwrap() {
+            if let Some(m) = self.decoder.decode_next::<GuestMsg>().unwrap() {
                 return m;
             }
             let n = self.sock.read(&mut buf).unwrap();

@@ -82,7 +82,7 @@ impl FrameDecoder {
 
     /// Takes the next whole message, `Ok(None)` if more bytes are needed.
     /// After an error the stream is out of sync and must be dropped.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtocolError> {
+    pub fn decode_next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtocolError> {
         let Some(header) = self.buf.get(..HEADER_LEN) else {
             return Ok(None);
         };

@@ -118,7 +118,7 @@ pub fn run_logged(cmd: &mut Command, log: &Path, label: &str, every: usize) -> R
         {
             let _ = writeln!(file, "{line}");
             lines += 1;
-            if lines % every == 0 {
+            if lines.is_multiple_of(every) {
                 println!(
                     "    {label}: {lines} steps, {}s, last: {}",
                     start.elapsed().as_secs(),

@@ -22,7 +22,7 @@ fn round_trip_through_the_incremental_decoder_byte_by_byte() {
     let mut got = Vec::new();
     for b in wire {
         dec.push(&[b]);
-        while let Some(m) = dec.next::<HostMsg>().unwrap() {
+        while let Some(m) = dec.decode_next::<HostMsg>().unwrap() {
             got.push(m);
         }
     }
@@ -35,7 +35,7 @@ fn oversized_length_is_rejected_before_the_body_arrives() {
     let mut dec = FrameDecoder::new();
     dec.push(&((MAX_FRAME as u32) + 1).to_le_bytes());
     assert!(matches!(
-        dec.next::<HostMsg>(),
+        dec.decode_next::<HostMsg>(),
         Err(ProtocolError::TooLarge(_))
     ));
     assert!(matches!(
@@ -89,7 +89,7 @@ fn a_length_prefix_larger_than_the_data_waits_for_more() {
     let wire = encode(&spawn_msg()).unwrap();
     let mut dec = FrameDecoder::new();
     dec.push(&wire[..wire.len() - 1]);
-    assert!(dec.next::<HostMsg>().unwrap().is_none());
+    assert!(dec.decode_next::<HostMsg>().unwrap().is_none());
     dec.push(&wire[wire.len() - 1..]);
-    assert_eq!(dec.next::<HostMsg>().unwrap(), Some(spawn_msg()));
+    assert_eq!(dec.decode_next::<HostMsg>().unwrap(), Some(spawn_msg()));
 }
