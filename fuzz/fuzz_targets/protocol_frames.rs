@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     for chunk in [&data[..split], &data[split..]] {
         host.push(chunk);
         guest.push(chunk);
-        while let Ok(Some(_)) = host.next::<HostMsg>() {}
-        while let Ok(Some(_)) = guest.next::<GuestMsg>() {}
+        while let Ok(Some(_)) = host.decode_next::<HostMsg>() {}
+        while let Ok(Some(_)) = guest.decode_next::<GuestMsg>() {}
     }
 });
