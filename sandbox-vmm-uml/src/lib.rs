@@ -8,6 +8,7 @@
 //! and removes its sockets on shutdown or drop.
 
 mod console_log;
+mod launcher;
 mod vm;
 
 pub use console_log::ConsoleLog;

@@ -16,7 +16,7 @@ use sandbox_virtio::console::Console;
 use sandbox_virtio::vhost_user::{self, Served};
 use sandbox_virtio::{device_id, VirtioDevice};
 
-use crate::ConsoleLog;
+use crate::{launcher, ConsoleLog};
 
 /// Errors starting a UML guest.
 #[derive(Debug, thiserror::Error)]
@@ -130,10 +130,9 @@ impl UmlVm {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .map_err(host(format!("starting {}", cfg.kernel.display())))?;
-        drop(cmd); // closes our copies of the pipe's write end
+        // The launcher drops `cmd`, closing our copies of the pipe's write end.
+        let child =
+            launcher::spawn(cmd).map_err(host(format!("starting {}", cfg.kernel.display())))?;
         vm.child = Some(child);
         let log = vm.console.clone();
         vm.log_thread = Some(
