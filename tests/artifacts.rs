@@ -106,6 +106,7 @@ fn assert_options(flavor: &str, yes: &[&str], no: &[&str]) {
 #[test]
 fn uml_kernel_config_has_every_required_option() {
     let mut yes = COMMON.to_vec();
+    // UML is uniprocessor, so the cpuset controller (SMP only) is absent.
     yes.extend(["VIRTIO_UML", "UML_NET_VECTOR"]);
     // No modules; no guest access to the host's files; no UML block driver.
     assert_options("uml", &yes, &["MODULES", "HOSTFS", "BLK_DEV_UBD"]);
