@@ -170,41 +170,49 @@ impl Sandbox {
         let mut machine = tokio::task::spawn_blocking(move || backend::start(kind, spec))
             .await
             .map_err(|e| Error::InvalidConfig(format!("backend start panicked: {e}")))??;
-        let control = machine
-            .take_control()
-            .ok_or_else(|| Error::Protocol("backend has no control channel".into()))?;
-        let connect = Client::connect(control);
-        tokio::pin!(connect);
-        let deadline = tokio::time::sleep(opts.timeout);
-        tokio::pin!(deadline);
-        let client = loop {
-            tokio::select! {
-                res = &mut connect => match res {
-                    Ok(c) => break c,
-                    Err(e) => {
-                        let console = machine.console_tail(40);
-                        machine.kill();
-                        return Err(match e {
-                            Error::Protocol(reason) => Error::GuestStopped { reason, console },
-                            other => other,
-                        });
+        let timeout = opts.timeout;
+        let (mut machine, control) = tokio::task::spawn_blocking(move || {
+            let control = machine.connect_control(timeout);
+            (machine, control)
+        })
+        .await
+        .map_err(|e| Error::InvalidConfig(format!("connecting to the guest panicked: {e}")))?;
+        let control = match control {
+            Ok(c) => c,
+            Err(e) => {
+                let console = machine.console_tail(40);
+                machine.kill();
+                return Err(if e.kind() == std::io::ErrorKind::TimedOut {
+                    Error::BootTimeout {
+                        seconds: timeout.as_secs(),
+                        console,
                     }
-                },
-                _ = &mut deadline => {
-                    let console = machine.console_tail(40);
-                    machine.kill();
-                    return Err(Error::BootTimeout { seconds: opts.timeout.as_secs(), console });
-                }
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {
-                    if machine.has_exited() {
-                        let console = machine.console_tail(40);
-                        machine.kill();
-                        return Err(Error::GuestStopped {
-                            reason: "the guest exited during boot".into(),
-                            console,
-                        });
+                } else {
+                    Error::GuestStopped {
+                        reason: e.to_string(),
+                        console,
                     }
-                }
+                });
+            }
+        };
+        let left = timeout.saturating_sub(started.elapsed());
+        let client = match tokio::time::timeout(left, Client::connect(control)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                let console = machine.console_tail(40);
+                machine.kill();
+                return Err(match e {
+                    Error::Protocol(reason) => Error::GuestStopped { reason, console },
+                    other => other,
+                });
+            }
+            Err(_) => {
+                let console = machine.console_tail(40);
+                machine.kill();
+                return Err(Error::BootTimeout {
+                    seconds: timeout.as_secs(),
+                    console,
+                });
             }
         };
         Ok(Vm::new(

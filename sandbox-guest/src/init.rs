@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
-use crate::server;
+use crate::{server, vsock};
 
 /// Kernel command line keys the host uses to configure the agent.
 const HOSTNAME_KEY: &str = "sandbox.hostname=";
@@ -20,17 +20,9 @@ pub fn run() -> ExitCode {
     if let Err(e) = set_hostname(hostname) {
         log(&format!("cannot set hostname {hostname:?}: {e}"));
     }
-    let channel = param(&cmdline, CHANNEL_KEY).unwrap_or("hvc0");
-    match open_channel(channel) {
-        Ok(file) => {
-            // PID 1 must never exit: a panic ends in a clean power-off.
-            match std::panic::catch_unwind(|| server::serve(file, server::Role::Init)) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => log(&format!("control channel failed: {e}")),
-                Err(_) => log("the agent panicked; powering off"),
-            }
-        }
-        Err(e) => log(&format!("cannot open control channel {channel}: {e}")),
+    let channel = param(&cmdline, CHANNEL_KEY).unwrap_or("vsock:1024");
+    if let Err(e) = serve_channel(channel) {
+        log(&format!("control channel {channel}: {e}"));
     }
     power_off()
 }
@@ -138,13 +130,49 @@ fn set_hostname(name: &str) -> io::Result<()> {
     }
 }
 
-/// Opens the control channel named on the kernel command line. `hvcN` is a
-/// virtio-console port, switched to raw mode so bytes pass unchanged.
-fn open_channel(name: &str) -> io::Result<File> {
-    let path = format!("/dev/{name}");
-    let file = OpenOptions::new().read(true).write(true).open(&path)?;
+/// Serves the control channel named on the kernel command line until a
+/// `Shutdown` request. `vsock:PORT` accepts host connections on a vsock
+/// port, one thread each; `hvcN` is a virtio-console port, switched to raw
+/// mode so bytes pass unchanged.
+fn serve_channel(name: &str) -> io::Result<()> {
+    if let Some(port) = name.strip_prefix("vsock:") {
+        let port = port
+            .parse()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad vsock port"))?;
+        let listener = vsock::listen(port)?;
+        loop {
+            let conn = vsock::accept(&listener)?;
+            std::thread::Builder::new()
+                .name("conn".into())
+                .spawn(move || {
+                    if serve_guarded(conn) == Some(server::Ended::Shutdown) {
+                        let _ = power_off();
+                    }
+                })?;
+        }
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/dev/{name}"))?;
     make_raw(&file)?;
-    Ok(file)
+    serve_guarded(file);
+    Ok(())
+}
+
+/// Serves one connection; a panic is logged instead of killing PID 1.
+fn serve_guarded(conn: File) -> Option<server::Ended> {
+    match std::panic::catch_unwind(|| server::serve(conn, server::Role::Init)) {
+        Ok(Ok(ended)) => Some(ended),
+        Ok(Err(e)) => {
+            log(&format!("connection failed: {e}"));
+            None
+        }
+        Err(_) => {
+            log("the agent panicked serving a connection");
+            None
+        }
+    }
 }
 
 fn make_raw(file: &File) -> io::Result<()> {

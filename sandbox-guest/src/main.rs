@@ -13,6 +13,7 @@ mod init;
 mod process;
 mod reaper;
 mod server;
+mod vsock;
 
 use std::fs::File;
 use std::os::fd::FromRawFd;
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
         // take ownership of it and nothing else in this process uses it.
         let file = unsafe { File::from_raw_fd(fd) };
         return match server::serve(file, server::Role::Standalone) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sandbox-guest: {e}");
                 ExitCode::FAILURE

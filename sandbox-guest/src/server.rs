@@ -29,6 +29,15 @@ pub enum Role {
     Standalone,
 }
 
+/// How a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The host asked for a shutdown.
+    Shutdown,
+    /// The host closed the connection.
+    Disconnected,
+}
+
 type Out = Sender<GuestMsg>;
 
 struct Entry {
@@ -39,7 +48,7 @@ struct Entry {
 type Table = Arc<Mutex<HashMap<u32, Entry>>>;
 
 /// Serves one connection until the host sends `Shutdown` or disconnects.
-pub fn serve(channel: File, role: Role) -> io::Result<()> {
+pub fn serve(channel: File, role: Role) -> io::Result<Ended> {
     let writer = channel.try_clone()?;
     let (out, rx) = mpsc::channel::<GuestMsg>();
     let writer_thread = std::thread::Builder::new()
@@ -70,12 +79,15 @@ fn write_loop(mut writer: File, rx: Receiver<GuestMsg>) -> io::Result<()> {
     writer.flush()
 }
 
-fn read_loop(mut channel: File, out: &Out, table: &Table, role: Role) -> io::Result<()> {
+fn read_loop(mut channel: File, out: &Out, table: &Table, role: Role) -> io::Result<Ended> {
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = match channel.read(&mut buf) {
-            Ok(0) => return Ok(()),
+            Ok(0) => {
+                kill_all(table);
+                return Ok(Ended::Disconnected);
+            }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -100,7 +112,7 @@ fn read_loop(mut channel: File, out: &Out, table: &Table, role: Role) -> io::Res
                 }
                 kill_all(table);
                 let _ = out.send(GuestMsg::ShuttingDown);
-                return Ok(());
+                return Ok(Ended::Shutdown);
             }
             handle(msg, out, table);
         }

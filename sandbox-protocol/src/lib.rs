@@ -28,5 +28,8 @@ pub const MAX_FRAME: usize = 1 << 20;
 /// Largest payload of one output or input chunk, well below [`MAX_FRAME`].
 pub const MAX_CHUNK: usize = 64 << 10;
 
+/// The vsock port the guest agent listens on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
 /// Bytes the guest writes before its first frame.
 pub const GUEST_MAGIC: [u8; 8] = *b"SBXAGNT1";

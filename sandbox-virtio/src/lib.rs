@@ -9,7 +9,8 @@
 //!
 //! Devices: [`block::Block`] (virtio-blk over a [`sandbox_rootfs::Disk`]) and
 //! [`console::Console`] (a single-port virtio-console whose host side is a
-//! byte stream, used as the agent's control channel under UML).
+//! byte stream) and [`vsock::Vsock`] (virtio-vsock, the agent's control
+//! channel; host connections surface as Unix socket pairs).
 
 pub mod block;
 pub mod console;
@@ -17,6 +18,7 @@ mod device;
 #[cfg(test)]
 mod testutil;
 pub mod vhost_user;
+pub mod vsock;
 mod worker;
 
 pub use device::{ActivationContext, DeviceError, FdInterrupt, Interrupt, QueueKick, VirtioDevice};
@@ -30,6 +32,8 @@ pub mod device_id {
     pub const BLOCK: u32 = 2;
     /// virtio-console.
     pub const CONSOLE: u32 = 3;
+    /// virtio-vsock.
+    pub const VSOCK: u32 = 19;
 }
 
 /// `VIRTIO_F_VERSION_1`.

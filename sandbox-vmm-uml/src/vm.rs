@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use sandbox_rootfs::Disk;
 use sandbox_virtio::block::Block;
-use sandbox_virtio::console::Console;
 use sandbox_virtio::vhost_user::{self, Served};
+use sandbox_virtio::vsock::{Vsock, VsockConnector};
 use sandbox_virtio::{device_id, VirtioDevice};
 
 use crate::{launcher, ConsoleLog};
@@ -52,7 +52,13 @@ pub struct UmlConfig {
     pub hostname: String,
     /// Bytes of console output kept for error reports.
     pub console_log_bytes: usize,
+    /// The vsock port the guest agent listens on.
+    pub agent_port: u32,
 }
+
+/// The guest's vsock CID (any value from 3 works; each guest has its own
+/// device, so they never collide).
+const GUEST_CID: u64 = 3;
 
 /// A running UML guest. Dropping it kills the guest and cleans up.
 pub struct UmlVm {
@@ -60,7 +66,7 @@ pub struct UmlVm {
     child: Option<Child>,
     workdir: PathBuf,
     served: Vec<Served>,
-    control: Option<UnixStream>,
+    vsock: VsockConnector,
     console: ConsoleLog,
     log_thread: Option<JoinHandle<()>>,
 }
@@ -80,19 +86,19 @@ impl UmlVm {
         );
         let workdir = std::env::temp_dir().join(&id);
         fs::create_dir_all(&workdir).map_err(host(format!("creating {}", workdir.display())))?;
+        let (vsock, connector) =
+            Vsock::new(GUEST_CID).map_err(host("creating the vsock device"))?;
         let mut vm = Self {
             id: id.clone(),
             child: None,
             workdir,
             served: Vec::new(),
-            control: None,
+            vsock: connector,
             console: ConsoleLog::new(cfg.console_log_bytes),
             log_thread: None,
         };
         let blk = vm.serve("blk", Block::new(cfg.root, "sandbox-root"))?;
-        let (console, control) = Console::new().map_err(host("creating the control stream"))?;
-        let con = vm.serve("con", console)?;
-        vm.control = Some(control);
+        let vsock = vm.serve("vsock", vsock)?;
 
         let mut cmd = Command::new(&cfg.kernel);
         cmd.arg(format!("mem={}M", cfg.memory_mib))
@@ -102,7 +108,7 @@ impl UmlVm {
             .args(["root=/dev/vda", "rw", "rootfstype=ext4", "rootwait"])
             .arg("init=/sbin/sandbox-guest")
             .arg(format!("sandbox.hostname={}", cfg.hostname))
-            .arg("sandbox.channel=hvc0")
+            .arg(format!("sandbox.channel=vsock:{}", cfg.agent_port))
             .arg(format!(
                 "virtio_uml.device={}:{}",
                 blk.display(),
@@ -110,8 +116,8 @@ impl UmlVm {
             ))
             .arg(format!(
                 "virtio_uml.device={}:{}",
-                con.display(),
-                device_id::CONSOLE
+                vsock.display(),
+                device_id::VSOCK
             ));
         // UML maps its memory from a file in TMPDIR and unlinks it at once.
         let shm = Path::new("/dev/shm");
@@ -163,9 +169,38 @@ impl UmlVm {
         &self.id
     }
 
-    /// The host end of the control channel (the guest's `/dev/hvc0`).
-    pub fn take_control(&mut self) -> Option<UnixStream> {
-        self.control.take()
+    /// Connects to guest vsock `port`, retrying until the agent listens,
+    /// the guest stops, or `timeout` passes.
+    pub fn connect(&mut self, port: u32, timeout: Duration) -> io::Result<UnixStream> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    format!("the guest exited ({status}) before its agent listened"),
+                ));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the guest agent did not listen on vsock port {port} within {timeout:?}"
+                    ),
+                ));
+            }
+            match self
+                .vsock
+                .connect(port, left.min(Duration::from_millis(500)))
+            {
+                Ok(stream) => return Ok(stream),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The guest console captured so far.

@@ -66,12 +66,10 @@ pub(crate) struct MachineSpec {
 pub(crate) trait Machine: Send {
     /// A host-unique id of this guest (also in the backend's process title).
     fn id(&self) -> String;
-    /// The host end of the control channel (taken once).
-    fn take_control(&mut self) -> Option<UnixStream>;
+    /// Connects to the guest agent, waiting up to `timeout` for it to listen.
+    fn connect_control(&mut self, timeout: Duration) -> std::io::Result<UnixStream>;
     /// The last console lines, for error reports.
     fn console_tail(&self, lines: usize) -> String;
-    /// Whether the guest has stopped.
-    fn has_exited(&mut self) -> bool;
     /// Waits up to `timeout` for the guest to stop by itself.
     fn wait_exit(&mut self, timeout: Duration) -> bool;
     /// Stops the guest now and releases every host resource.

@@ -3,6 +3,7 @@
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use sandbox_protocol::AGENT_VSOCK_PORT;
 use sandbox_rootfs::MemOverlay;
 use sandbox_vmm_uml::{UmlConfig, UmlVm};
 
@@ -27,6 +28,7 @@ pub(super) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
         root: Box::new(root),
         hostname: spec.hostname,
         console_log_bytes: CONSOLE_LOG_BYTES,
+        agent_port: AGENT_VSOCK_PORT,
     })?;
     Ok(Box::new(UmlMachine(vm)))
 }
@@ -38,16 +40,12 @@ impl Machine for UmlMachine {
         self.0.id().to_string()
     }
 
-    fn take_control(&mut self) -> Option<UnixStream> {
-        self.0.take_control()
+    fn connect_control(&mut self, timeout: Duration) -> std::io::Result<UnixStream> {
+        self.0.connect(AGENT_VSOCK_PORT, timeout)
     }
 
     fn console_tail(&self, lines: usize) -> String {
         self.0.console().tail(lines)
-    }
-
-    fn has_exited(&mut self) -> bool {
-        self.0.try_wait().is_some()
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> bool {

@@ -1,0 +1,144 @@
+//! virtio-vsock: the control channel between host and guest agent.
+//!
+//! The host opens stream connections to guest ports with
+//! [`VsockConnector::connect`]; each one comes back as one end of a Unix
+//! socket pair, so the library sees a plain byte stream. Guests cannot open
+//! connections to the host. Credit flow control is honoured both ways: a
+//! guest that sends past the credit it was given loses the connection, and
+//! the host never sends more than the guest advertised.
+
+mod conn;
+mod handler;
+mod metrics;
+mod packet;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::device::{read_config_bytes, ActivationContext, DeviceError, VirtioDevice};
+use crate::worker::Worker;
+use crate::{device_id, VIRTIO_F_VERSION_1};
+use handler::{ConnectRequest, VsockHandler};
+pub use metrics::VsockMetrics;
+
+const QUEUE_SIZE: u16 = 256;
+
+/// A virtio-vsock device (rx, tx and event queues).
+pub struct Vsock {
+    guest_cid: u64,
+    handler: Option<VsockHandler>,
+    metrics: Arc<VsockMetrics>,
+    worker: Option<Worker>,
+}
+
+/// Opens host-to-guest connections; cheap to clone.
+#[derive(Clone)]
+pub struct VsockConnector {
+    requests: Arc<Mutex<Sender<ConnectRequest>>>,
+    wake: Arc<EventFd>,
+}
+
+impl VsockConnector {
+    /// Connects to guest `port`. Fails with `ConnectionRefused` when nothing
+    /// listens there yet and `TimedOut` when the guest does not answer.
+    pub fn connect(&self, port: u32, timeout: Duration) -> io::Result<UnixStream> {
+        let (reply, result) = mpsc::channel();
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(ConnectRequest { port, reply })
+            .map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "the vsock device is gone"))?;
+        self.wake.write(1)?;
+        match result.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("guest vsock port {port} did not answer in {timeout:?}"),
+            )),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the vsock device stopped",
+            )),
+        }
+    }
+}
+
+impl Vsock {
+    /// A device giving the guest `guest_cid` (3 or more), with its connector.
+    pub fn new(guest_cid: u64) -> io::Result<(Self, VsockConnector)> {
+        let (tx, rx) = mpsc::channel();
+        let wake = EventFd::new(libc::EFD_NONBLOCK)?;
+        let metrics: Arc<VsockMetrics> = Arc::default();
+        let handler = VsockHandler::new(guest_cid, rx, wake.try_clone()?, metrics.clone())?;
+        Ok((
+            Self {
+                guest_cid,
+                handler: Some(handler),
+                metrics,
+                worker: None,
+            },
+            VsockConnector {
+                requests: Arc::new(Mutex::new(tx)),
+                wake: Arc::new(wake),
+            },
+        ))
+    }
+
+    /// Counters shared with the running device.
+    pub fn metrics(&self) -> Arc<VsockMetrics> {
+        self.metrics.clone()
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        device_id::VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
+    }
+
+    fn activate(&mut self, ctx: ActivationContext) -> Result<(), DeviceError> {
+        if ctx.queues.len() != 3 {
+            return Err(DeviceError::QueueCount {
+                expected: 3,
+                got: ctx.queues.len(),
+            });
+        }
+        for (i, q) in ctx.queues.iter().enumerate() {
+            if !q.is_valid(&*ctx.mem) {
+                return Err(DeviceError::InvalidQueue(i));
+            }
+        }
+        let Some(handler) = self.handler.take() else {
+            return Err(DeviceError::Worker(io::Error::other(
+                "vsock already active",
+            )));
+        };
+        let extra = vec![handler.wake.as_raw_fd(), handler.sockets.as_raw_fd()];
+        self.worker = Some(Worker::spawn("virtio-vsock", handler, ctx, extra)?);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Option<Vec<Queue>> {
+        self.worker.take().map(Worker::stop)
+    }
+}
