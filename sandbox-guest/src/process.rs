@@ -43,15 +43,10 @@ pub fn start(req: &Spawn) -> io::Result<(Child, i32)> {
         Stdio::null()
     });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // Its own process group, so signals and kills reach its descendants.
+    // (No pre_exec hook: that would force fork over posix_spawn's vfork,
+    // and fork is expensive under UML.)
+    cmd.process_group(0);
     let child = cmd.spawn()?;
     let pid = child.id() as i32;
     Ok((child, pid))

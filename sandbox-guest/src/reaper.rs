@@ -17,6 +17,8 @@ pub enum Status {
 struct Table {
     /// Pids started by the agent; `Some` once they exited.
     tracked: HashMap<i32, Option<Status>>,
+    /// Bumped by every spawn, so an idle reaper never misses one.
+    spawns: u64,
 }
 
 pub struct Reaper {
@@ -46,6 +48,7 @@ impl Reaper {
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         let (value, pid) = start()?;
         table.tracked.insert(pid, None);
+        table.spawns += 1;
         self.changed.notify_all();
         Ok(value)
     }
@@ -65,6 +68,7 @@ impl Reaper {
 
     fn run(&self) {
         loop {
+            let spawns = self.table.lock().unwrap_or_else(|e| e.into_inner()).spawns;
             // Wait for any exited child without reaping it: a spawn in
             // progress may own that child (std reaps a child whose exec
             // failed and panics if someone else reaped it first), so reaping
