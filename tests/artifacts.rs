@@ -63,7 +63,6 @@ const COMMON: &[&str] = &[
     "MEMCG",
     "CGROUP_PIDS",
     "CGROUP_DEVICE",
-    "CPUSETS",
     "SECCOMP",
     "SECCOMP_FILTER",
     "NETFILTER",
@@ -123,6 +122,7 @@ fn x86_64_kernel_config_has_every_required_option() {
         "VIRTIO_MMIO_CMDLINE_DEVICES",
         "SERIAL_8250_CONSOLE",
         "SMP",
+        "CPUSETS",
     ]);
     assert_options("x86_64", &yes, &["MODULES"]);
     let vmlinux = manifest("kernel-x86_64")["path"]
