@@ -82,9 +82,12 @@ impl Reaper {
                 if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                     continue;
                 }
-                // ECHILD: nothing to reap until the next spawn.
+                // ECHILD: nothing to reap until the next spawn (counted, so
+                // one that happened since `spawns` was read is not missed).
                 let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-                let _ = self.changed.wait_timeout(table, Duration::from_millis(200));
+                let _ = self
+                    .changed
+                    .wait_timeout_while(table, Duration::from_millis(500), |t| t.spawns == spawns);
                 continue;
             }
             // SAFETY: waitid filled `info` for a child state change.

@@ -24,8 +24,24 @@ pub fn queue_with<'a>(
     mem: &'a GuestMemory,
     chains: &[&[Buf]],
 ) -> (MockSplitQueue<'a, GuestMemory>, Queue) {
-    let vq = MockSplitQueue::new(mem, 16);
-    let mut next_index = 0u16;
+    queue_at(mem, 0, chains)
+}
+
+/// Like [`queue_with`], with the queue's rings at guest address `base`.
+pub fn queue_at<'a>(
+    mem: &'a GuestMemory,
+    base: u64,
+    chains: &[&[Buf]],
+) -> (MockSplitQueue<'a, GuestMemory>, Queue) {
+    let vq = MockSplitQueue::create(mem, GuestAddress(base), 16);
+    add_chains(&vq, 0, chains);
+    let q = vq.create_queue::<Queue>().unwrap();
+    (vq, q)
+}
+
+/// Makes more chains available, starting at descriptor `first`.
+pub fn add_chains(vq: &MockSplitQueue<'_, GuestMemory>, first: u16, chains: &[&[Buf]]) {
+    let mut next_index = first;
     for chain in chains {
         let descs: Vec<RawDescriptor> = chain
             .iter()
@@ -40,8 +56,6 @@ pub fn queue_with<'a>(
         vq.add_desc_chains(&descs, next_index).unwrap();
         next_index += chain.len() as u16;
     }
-    let q = vq.create_queue::<Queue>().unwrap();
-    (vq, q)
 }
 
 /// The `(id, len)` of used ring entry `i`.

@@ -39,10 +39,13 @@ impl Key {
         self
     }
 
+    /// Adds a file's name and content. Only the name, not the full path,
+    /// goes into the key: clones at different paths share cache entries.
     pub fn file(self, path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
         Ok(self.text(
-            &path.display().to_string(),
+            &name.unwrap_or_default(),
             &hex::encode(Sha256::digest(bytes)),
         ))
     }

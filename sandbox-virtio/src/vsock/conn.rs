@@ -14,6 +14,8 @@ pub struct Conn {
     pub peer_fwd_cnt: u32,
     /// Bytes sent to the guest.
     pub tx_cnt: u32,
+    /// Bytes of guest data received.
+    pub rx_cnt: u32,
     /// Bytes of guest data written to the host socket.
     pub fwd_cnt: u32,
     /// `fwd_cnt` as last told to the guest.
@@ -36,6 +38,7 @@ impl Conn {
             peer_buf_alloc: 0,
             peer_fwd_cnt: 0,
             tx_cnt: 0,
+            rx_cnt: 0,
             fwd_cnt: 0,
             fwd_cnt_sent: 0,
             to_host: Vec::new(),
@@ -51,11 +54,14 @@ impl Conn {
             .saturating_sub(self.tx_cnt.wrapping_sub(self.peer_fwd_cnt))
     }
 
-    /// Queues guest data for the host; false if the guest overran its credit.
+    /// Queues guest data for the host; false if the guest sent more than the
+    /// credit it was given (`BUF_ALLOC` past the last `fwd_cnt` it saw).
     pub fn push_to_host(&mut self, data: &[u8]) -> bool {
-        if self.to_host.len() + data.len() > BUF_ALLOC as usize {
+        let in_flight = self.rx_cnt.wrapping_sub(self.fwd_cnt_sent) as usize + data.len();
+        if in_flight > BUF_ALLOC as usize {
             return false;
         }
+        self.rx_cnt = self.rx_cnt.wrapping_add(data.len() as u32);
         self.to_host.extend_from_slice(data);
         self.flush_to_host();
         true
@@ -80,10 +86,11 @@ impl Conn {
         }
     }
 
-    /// Whether the guest should hear about freed buffer space.
+    /// Whether the guest should hear about freed buffer space: after a
+    /// quarter of the buffer, so a guest never stalls (it still has three
+    /// quarters of its credit) and small writes do not each cost an update.
     pub fn credit_update_due(&self) -> bool {
         self.fwd_cnt.wrapping_sub(self.fwd_cnt_sent) >= BUF_ALLOC / 4
-            || (self.to_host.is_empty() && self.fwd_cnt != self.fwd_cnt_sent)
     }
 
     /// Stages host data for the guest, up to `max` bytes in total and never

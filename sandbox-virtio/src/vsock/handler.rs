@@ -48,7 +48,8 @@ pub(super) struct VsockHandler {
     pub sockets: Epoll,
     pub conns: HashMap<Key, Conn>,
     pending: HashMap<Key, Pending>,
-    control: VecDeque<Header>,
+    /// Packets without payload waiting for a receive buffer.
+    control: VecDeque<(Key, u16)>,
     next_port: u32,
     pub metrics: Arc<VsockMetrics>,
 }
@@ -73,7 +74,10 @@ impl VsockHandler {
         })
     }
 
-    fn header(&self, (host_port, guest_port): Key, op: u16, len: u32, fwd_cnt: u32) -> Header {
+    /// A header for `key` carrying the connection's current `fwd_cnt`.
+    fn header(&self, key: Key, op: u16, len: u32) -> Header {
+        let (host_port, guest_port) = key;
+        let fwd_cnt = self.conns.get(&key).map_or(0, |c| c.fwd_cnt);
         Header {
             src_cid: HOST_CID,
             dst_cid: self.guest_cid,
@@ -89,7 +93,7 @@ impl VsockHandler {
     }
 
     fn reset(&mut self, key: Key) {
-        self.control.push_back(self.header(key, OP_RST, 0, 0));
+        self.control.push_back((key, OP_RST));
     }
 
     fn free_port(&mut self) -> u32 {
@@ -123,7 +127,7 @@ impl VsockHandler {
             match made {
                 Ok((device_end, host_end)) => {
                     let key = (self.free_port(), req.port);
-                    self.control.push_back(self.header(key, OP_REQUEST, 0, 0));
+                    self.control.push_back((key, OP_REQUEST));
                     let conn = Conn::new(device_end);
                     let reply = req.reply;
                     self.pending.insert(
@@ -199,11 +203,8 @@ impl VsockHandler {
             },
             OP_CREDIT_UPDATE => {}
             OP_CREDIT_REQUEST => {
-                if let Some(c) = self.conns.get_mut(&key) {
-                    c.fwd_cnt_sent = c.fwd_cnt;
-                    let fwd = c.fwd_cnt;
-                    self.control
-                        .push_back(self.header(key, OP_CREDIT_UPDATE, 0, fwd));
+                if self.conns.contains_key(&key) {
+                    self.control.push_back((key, OP_CREDIT_UPDATE));
                 }
             }
             OP_SHUTDOWN => self.close(key, true),
@@ -260,15 +261,14 @@ impl VsockHandler {
                 continue;
             };
             c.flush_to_host();
-            if c.credit_update_due() {
-                c.fwd_cnt_sent = c.fwd_cnt;
-                let fwd = c.fwd_cnt;
-                self.control
-                    .push_back(self.header(*key, OP_CREDIT_UPDATE, 0, fwd));
+            let due = c.credit_update_due();
+            if due && !self.control.contains(&(*key, OP_CREDIT_UPDATE)) {
+                self.control.push_back((*key, OP_CREDIT_UPDATE));
             }
         }
         loop {
-            if let Some(h) = self.control.front().copied() {
+            if let Some((key, op)) = self.control.front().copied() {
+                let h = self.header(key, op, 0);
                 match self.deliver(queue, mem, h, &[]) {
                     Some(_) => {
                         self.control.pop_front();
@@ -292,9 +292,7 @@ impl VsockHandler {
                     continue;
                 }
                 let data = std::mem::take(&mut c.to_guest);
-                let fwd = c.fwd_cnt;
-                c.fwd_cnt_sent = fwd;
-                let h = self.header(*key, OP_RW, data.len() as u32, fwd);
+                let h = self.header(*key, OP_RW, data.len() as u32);
                 let Some(n) = self.deliver(queue, mem, h, &data) else {
                     if let Some(c) = self.conns.get_mut(key) {
                         c.to_guest = data;
@@ -318,13 +316,15 @@ impl VsockHandler {
     /// Writes one packet into the next receive buffer: `Some(payload bytes
     /// written)`, or `None` if the guest has no buffer. A buffer too small
     /// for a packet is returned empty and counted; the next one is tried.
+    /// A delivered header tells the guest the connection's `fwd_cnt`.
     fn deliver(
-        &self,
+        &mut self,
         queue: &mut Queue,
         mem: &GuestMemory,
         mut h: Header,
         data: &[u8],
     ) -> Option<usize> {
+        let key = (h.src_port, h.dst_port);
         loop {
             let chain = queue.pop_descriptor_chain(mem)?;
             let head = chain.head_index();
@@ -341,7 +341,12 @@ impl VsockHandler {
             });
             let _ = queue.add_used(mem, head, written.map_or(0, |n| (HDR_LEN + n) as u32));
             match written {
-                Some(n) => return Some(n),
+                Some(n) => {
+                    if let Some(c) = self.conns.get_mut(&key) {
+                        c.fwd_cnt_sent = h.fwd_cnt;
+                    }
+                    return Some(n);
+                }
                 None => self.metrics.inc(&self.metrics.malformed),
             }
         }
