@@ -15,6 +15,7 @@
 pub mod block;
 pub mod console;
 mod device;
+pub mod metrics;
 #[cfg(test)]
 mod testutil;
 pub mod vhost_user;

@@ -117,7 +117,7 @@ impl Handler for BlockHandler {
             let head = chain.head_index();
             let len = request::execute(chain, mem, &mut *self.disk, &self.id, &self.metrics);
             if queue.add_used(mem, head, len).is_err() {
-                self.metrics.inc(&self.metrics.malformed);
+                self.metrics.malformed.inc();
                 return 0;
             }
             used_any = true;

@@ -36,17 +36,17 @@ where
     M: Deref<Target = GuestMemory> + Clone,
 {
     let (Ok(mut reader), Ok(mut writer)) = (chain.clone().reader(mem), chain.writer(mem)) else {
-        metrics.inc(&metrics.malformed);
+        metrics.malformed.inc();
         return 0;
     };
     let mut header = [0u8; 16];
     let status_at = writer.available_bytes().checked_sub(1);
     let (Some(status_at), Ok(())) = (status_at, reader.read_exact(&mut header)) else {
-        metrics.inc(&metrics.malformed);
+        metrics.malformed.inc();
         return 0;
     };
     let Ok(mut status_writer) = writer.split_at(status_at) else {
-        metrics.inc(&metrics.malformed);
+        metrics.malformed.inc();
         return 0;
     };
     let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
@@ -84,11 +84,11 @@ where
         _ => S_UNSUPP,
     };
     if status == S_IOERR {
-        metrics.inc(&metrics.io_errors);
+        metrics.io_errors.inc();
     }
-    metrics.inc(&metrics.requests);
+    metrics.requests.inc();
     if status_writer.write_all(&[status]).is_err() {
-        metrics.inc(&metrics.malformed);
+        metrics.malformed.inc();
     }
     (writer.bytes_written() + status_writer.bytes_written()) as u32
 }
@@ -117,7 +117,7 @@ fn copy_to_guest(
         }
         done += n;
     }
-    metrics.add(&metrics.read_bytes, len as u64);
+    metrics.read_bytes.add(len as u64);
     S_OK
 }
 
@@ -139,6 +139,6 @@ fn copy_from_guest(
         }
         done += n;
     }
-    metrics.add(&metrics.write_bytes, len as u64);
+    metrics.write_bytes.add(len as u64);
     S_OK
 }

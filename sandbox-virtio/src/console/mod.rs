@@ -141,15 +141,14 @@ impl ConsoleHandler {
                     }
                 }
                 Err(_) => {
-                    self.metrics.inc(&self.metrics.malformed);
+                    self.metrics.malformed.inc();
                     0
                 }
             };
             self.held.drain(..written);
-            self.metrics
-                .add(&self.metrics.to_guest_bytes, written as u64);
+            self.metrics.to_guest_bytes.add(written as u64);
             if queue.add_used(mem, head, written as u32).is_err() {
-                self.metrics.inc(&self.metrics.malformed);
+                self.metrics.malformed.inc();
                 return used_any;
             }
             used_any = true;
@@ -166,21 +165,20 @@ impl ConsoleHandler {
             match chain.reader(mem) {
                 Ok(mut r) => {
                     if r.read_to_end(&mut buf).is_err() {
-                        self.metrics.inc(&self.metrics.malformed);
+                        self.metrics.malformed.inc();
                         buf.clear();
                     }
                 }
-                Err(_) => self.metrics.inc(&self.metrics.malformed),
+                Err(_) => self.metrics.malformed.inc(),
             }
             if !buf.is_empty() && !self.host_closed {
                 if stream::send_all(&self.host, &buf).is_err() {
                     self.host_closed = true;
                 }
-                self.metrics
-                    .add(&self.metrics.from_guest_bytes, buf.len() as u64);
+                self.metrics.from_guest_bytes.add(buf.len() as u64);
             }
             if queue.add_used(mem, head, 0).is_err() {
-                self.metrics.inc(&self.metrics.malformed);
+                self.metrics.malformed.inc();
                 return used_any;
             }
             used_any = true;

@@ -153,10 +153,10 @@ impl VsockHandler {
             let head = chain.head_index();
             match chain.reader(mem) {
                 Ok(mut r) => self.packet_from_guest(&mut r),
-                Err(_) => self.metrics.inc(&self.metrics.malformed),
+                Err(_) => self.metrics.malformed.inc(),
             }
             if queue.add_used(mem, head, 0).is_err() {
-                self.metrics.inc(&self.metrics.malformed);
+                self.metrics.malformed.inc();
                 return used_any;
             }
             used_any = true;
@@ -167,11 +167,11 @@ impl VsockHandler {
     fn packet_from_guest(&mut self, r: &mut impl Read) {
         let mut raw = [0u8; HDR_LEN];
         if r.read_exact(&mut raw).is_err() {
-            return self.metrics.inc(&self.metrics.malformed);
+            return self.metrics.malformed.inc();
         }
         let h = Header::parse(&raw);
         if h.src_cid != self.guest_cid || h.dst_cid != HOST_CID || h.kind != TYPE_STREAM {
-            return self.metrics.inc(&self.metrics.malformed);
+            return self.metrics.malformed.inc();
         }
         let key = (h.dst_port, h.src_port);
         let mut payload = Vec::new();
@@ -179,7 +179,7 @@ impl VsockHandler {
             let len = h.len as usize;
             payload.resize(len.min(MAX_PAYLOAD), 0);
             if len > MAX_PAYLOAD || r.read_exact(&mut payload).is_err() {
-                self.metrics.inc(&self.metrics.malformed);
+                self.metrics.malformed.inc();
                 return self.close(key, true);
             }
         }
@@ -191,11 +191,10 @@ impl VsockHandler {
             OP_RESPONSE => self.established(key, h),
             OP_RW => match self.conns.get_mut(&key) {
                 Some(c) => {
-                    self.metrics
-                        .add(&self.metrics.from_guest_bytes, payload.len() as u64);
+                    self.metrics.from_guest_bytes.add(payload.len() as u64);
                     if !c.push_to_host(&payload) {
                         // The guest ignored its credit: drop the connection.
-                        self.metrics.inc(&self.metrics.malformed);
+                        self.metrics.malformed.inc();
                         self.close(key, true);
                     }
                 }
@@ -220,7 +219,7 @@ impl VsockHandler {
             }
             // The guest connecting to the host is not offered.
             OP_REQUEST => self.reset(key),
-            _ => self.metrics.inc(&self.metrics.malformed),
+            _ => self.metrics.malformed.inc(),
         }
     }
 
@@ -234,7 +233,7 @@ impl VsockHandler {
             return self.reset(key); // the caller gave up waiting
         }
         self.conns.insert(key, p.conn);
-        self.metrics.inc(&self.metrics.connections);
+        self.metrics.connections.inc();
     }
 
     /// Forgets a connection; the host end then reads end of file.
@@ -303,7 +302,7 @@ impl VsockHandler {
                     c.tx_cnt = c.tx_cnt.wrapping_add(n as u32);
                     c.to_guest = data[n..].to_vec();
                 }
-                self.metrics.add(&self.metrics.to_guest_bytes, n as u64);
+                self.metrics.to_guest_bytes.add(n as u64);
                 used_any = true;
                 progressed = true;
             }
@@ -347,7 +346,7 @@ impl VsockHandler {
                     }
                     return Some(n);
                 }
-                None => self.metrics.inc(&self.metrics.malformed),
+                None => self.metrics.malformed.inc(),
             }
         }
     }
