@@ -27,3 +27,54 @@ pub trait Disk: Send {
     /// Makes completed writes durable.
     fn flush(&mut self) -> io::Result<()>;
 }
+
+/// A disk held entirely in memory (tests, fuzzing, scratch devices).
+pub struct MemDisk {
+    data: Vec<u8>,
+}
+
+impl MemDisk {
+    /// A zeroed disk of `size` bytes, rounded down to whole sectors.
+    pub fn new(size: usize) -> Self {
+        Self {
+            data: vec![0; size & !511],
+        }
+    }
+
+    fn range(&self, offset: u64, len: usize) -> io::Result<std::ops::Range<usize>> {
+        let start = usize::try_from(offset).ok();
+        match start.and_then(|s| Some(s..s.checked_add(len)?)) {
+            Some(r) if r.end <= self.data.len() => Ok(r),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "access past the end of the disk",
+            )),
+        }
+    }
+}
+
+impl Disk for MemDisk {
+    fn size(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    fn read_only(&self) -> bool {
+        false
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let r = self.range(offset, buf.len())?;
+        buf.copy_from_slice(&self.data[r]);
+        Ok(())
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let r = self.range(offset, data.len())?;
+        self.data[r].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

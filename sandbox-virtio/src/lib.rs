@@ -15,6 +15,9 @@
 pub mod block;
 pub mod console;
 mod device;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 #[cfg(test)]
 mod testutil;

@@ -101,6 +101,16 @@ impl VirtioDevice for Block {
     }
 }
 
+/// A handler outside any worker, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_handler(disk: Box<dyn Disk>) -> impl Handler {
+    BlockHandler {
+        disk,
+        id: "fuzz".into(),
+        metrics: Arc::default(),
+    }
+}
+
 struct BlockHandler {
     disk: Box<dyn Disk>,
     id: String,

@@ -32,6 +32,16 @@ pub use metrics::VsockMetrics;
 
 const QUEUE_SIZE: u16 = 256;
 
+/// A handler outside any worker, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_handler(
+    guest_cid: u64,
+    requests: mpsc::Receiver<ConnectRequest>,
+    wake: EventFd,
+) -> io::Result<impl crate::worker::Handler> {
+    VsockHandler::new(guest_cid, requests, wake, Arc::default())
+}
+
 /// A virtio-vsock device (rx, tx and event queues).
 pub struct Vsock {
     guest_cid: u64,
