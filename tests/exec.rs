@@ -120,3 +120,60 @@ async fn a_missing_command_is_a_clear_error() {
     assert_eq!(out.stdout, b"still here\n");
     vm.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_guest_that_dies_fails_in_flight_calls_clearly() {
+    let vm = boot("crash").await.unwrap();
+    let pids = guest_processes(&vm.id());
+    // The kernel process is the group leader the others belong to.
+    let leader = *pids
+        .iter()
+        .find(|p| {
+            // SAFETY: getpgid has no memory arguments.
+            unsafe { libc::getpgid(**p as i32) == **p as i32 }
+        })
+        .expect("the UML kernel process");
+    let in_flight = vm.exec("sleep", ["60"]);
+    let killer = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // SAFETY: kill has no memory arguments; `leader` is our own child.
+        unsafe { libc::kill(leader as i32, libc::SIGKILL) };
+    };
+    let started = std::time::Instant::now();
+    let (result, ()) = tokio::join!(in_flight, killer);
+    match result {
+        Err(Error::GuestStopped { reason, console }) => {
+            assert!(!reason.is_empty());
+            assert!(
+                console.contains("Run /sbin/sandbox-guest"),
+                "the error carries the console: {console}"
+            );
+        }
+        other => panic!("expected GuestStopped, got {other:?}"),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    // Later calls fail the same way instead of hanging.
+    assert!(matches!(
+        vm.exec("true", [""; 0]).await,
+        Err(Error::GuestStopped { .. })
+    ));
+    drop(vm);
+}
+
+#[tokio::test]
+async fn a_kernel_panic_in_the_guest_is_reported() {
+    let vm = boot("panic").await.unwrap();
+    // SysRq 'c' crashes the guest kernel on purpose.
+    let result = vm
+        .exec("sh", ["-c", "echo c > /proc/sysrq-trigger; sleep 30"])
+        .await;
+    match result {
+        Err(Error::GuestStopped { console, .. }) => {
+            assert!(
+                console.contains("sysrq") || console.contains("Kernel panic"),
+                "{console}"
+            );
+        }
+        other => panic!("expected GuestStopped, got {other:?}"),
+    }
+}
