@@ -167,51 +167,48 @@ impl Sandbox {
             memory_mib: self.resources.memory_mib,
             hostname: opts.hostname.clone(),
         };
-        let mut machine = tokio::task::spawn_blocking(move || backend::start(kind, spec))
+        let machine = tokio::task::spawn_blocking(move || backend::start(kind, spec))
             .await
-            .map_err(|e| Error::InvalidConfig(format!("backend start panicked: {e}")))??;
+            .map_err(|e| Error::Protocol(format!("starting the backend panicked: {e}")))??;
         let timeout = opts.timeout;
         let (mut machine, control) = tokio::task::spawn_blocking(move || {
+            let mut machine = machine;
             let control = machine.connect_control(timeout);
             (machine, control)
         })
         .await
-        .map_err(|e| Error::InvalidConfig(format!("connecting to the guest panicked: {e}")))?;
-        let control = match control {
-            Ok(c) => c,
-            Err(e) => {
-                let console = machine.console_tail(40);
-                machine.kill();
-                return Err(if e.kind() == std::io::ErrorKind::TimedOut {
-                    Error::BootTimeout {
-                        seconds: timeout.as_secs(),
-                        console,
-                    }
-                } else {
-                    Error::GuestStopped {
-                        reason: e.to_string(),
-                        console,
-                    }
-                });
-            }
-        };
+        .map_err(|e| Error::Protocol(format!("connecting to the guest panicked: {e}")))?;
         let left = timeout.saturating_sub(started.elapsed());
-        let client = match tokio::time::timeout(left, Client::connect(control)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
+        let connected = match control {
+            Ok(stream) => match tokio::time::timeout(left, Client::connect(stream)).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::BootTimeout {
+                    seconds: timeout.as_secs(),
+                    console: String::new(),
+                }),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(Error::BootTimeout {
+                seconds: timeout.as_secs(),
+                console: String::new(),
+            }),
+            Err(e) => Err(Error::GuestStopped {
+                reason: e.to_string(),
+                console: String::new(),
+            }),
+        };
+        let client = match connected {
+            Ok(client) => client,
+            Err(e) => {
+                // Every boot failure carries the guest console and leaves
+                // nothing running.
                 let console = machine.console_tail(40);
                 machine.kill();
                 return Err(match e {
-                    Error::Protocol(reason) => Error::GuestStopped { reason, console },
+                    Error::BootTimeout { seconds, .. } => Error::BootTimeout { seconds, console },
+                    Error::GuestStopped { reason, .. } | Error::Protocol(reason) => {
+                        Error::GuestStopped { reason, console }
+                    }
                     other => other,
-                });
-            }
-            Err(_) => {
-                let console = machine.console_tail(40);
-                machine.kill();
-                return Err(Error::BootTimeout {
-                    seconds: timeout.as_secs(),
-                    console,
                 });
             }
         };

@@ -196,6 +196,16 @@ impl Vm {
     }
 }
 
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("id", &self.id())
+            .field("backend", &self.backend)
+            .field("boot_time", &self.boot_time)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         lock(&self.machine).kill();

@@ -1,0 +1,68 @@
+//! Definition validation and boot failures: clear errors, nothing left running.
+
+use sandbox_core::{images, BootOptions, Error, Resources, Sandbox};
+
+#[test]
+fn build_validates_before_starting_anything() {
+    assert!(matches!(
+        Sandbox::builder().build(),
+        Err(Error::InvalidConfig(m)) if m.contains("image")
+    ));
+    let image = images::builtin("minimal").unwrap();
+    let too_small = Sandbox::builder()
+        .image(image.clone())
+        .resources(Resources {
+            cpus: 1,
+            memory_mib: 8,
+        })
+        .build();
+    assert!(matches!(too_small, Err(Error::InvalidConfig(m)) if m.contains("memory_mib")));
+    let mut missing = image;
+    missing.path = "/nonexistent/image.ext4".into();
+    assert!(matches!(
+        Sandbox::builder().image(missing).build(),
+        Err(Error::ArtifactMissing { .. })
+    ));
+    assert!(matches!(
+        images::builtin("alpine:3"),
+        Err(Error::InvalidConfig(m)) if m.contains("minimal")
+    ));
+}
+
+#[tokio::test]
+async fn bad_boot_options_are_rejected_before_booting() {
+    let sandbox = sandbox::minimal().unwrap();
+    for opts in [
+        BootOptions::default().hostname("bad host"),
+        BootOptions::default().hostname(""),
+        BootOptions::default().cwd("relative/dir"),
+    ] {
+        assert!(matches!(
+            sandbox.boot(opts).await,
+            Err(Error::InvalidConfig(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn the_hostname_reaches_the_guest() {
+    let vm = sandbox::boot("agent-42").await.unwrap();
+    let out = vm.exec("cat", ["/proc/sys/kernel/hostname"]).await.unwrap();
+    assert_eq!(out.stdout, b"agent-42\n");
+    let mounts = vm.exec("cat", ["/proc/mounts"]).await.unwrap();
+    let mounts = String::from_utf8(mounts.stdout).unwrap();
+    for m in [
+        " /proc ",
+        " /sys ",
+        " /dev ",
+        " /dev/pts ",
+        " /dev/shm ",
+        " /tmp ",
+        " /run ",
+    ] {
+        assert!(mounts.contains(m), "{m} missing from {mounts}");
+    }
+    let fd = vm.exec("bash", ["-c", "cat < <(printf hi)"]).await.unwrap();
+    assert_eq!(fd.stdout, b"hi", "/dev/fd works");
+    vm.shutdown().await.unwrap();
+}
