@@ -56,5 +56,64 @@ pub fn ci(rebuild: bool) -> Result<()> {
         "warnings",
     ])?;
     crate::fuzz::build_and_run()?;
-    cargo(&["test", "--workspace"])
+    test_workspace()
+}
+
+/// Runs `cargo test --workspace`, echoing its output, and ends with one
+/// plain `tests: N passed, N failed` line summed over every test binary.
+fn test_workspace() -> Result<()> {
+    step("cargo test --workspace");
+    let mut child = Command::new(env!("CARGO"))
+        .args(["test", "--workspace"])
+        .current_dir(cache::repo())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out)
+            .lines()
+            .map_while(std::result::Result::ok)
+        {
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                passed += count(rest, " passed");
+                failed += count(rest, " failed");
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    println!("tests: {passed} passed, {failed} failed");
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo test --workspace` failed ({status})"))
+    }
+}
+
+/// The number before `label` in a `test result:` line.
+fn count(line: &str, label: &str) -> u64 {
+    line.split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(label.trim_start())
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count;
+
+    #[test]
+    fn counts_come_from_cargo_summary_lines() {
+        let ok = "ok. 7 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 2.61s";
+        assert_eq!((count(ok, " passed"), count(ok, " failed")), (7, 0));
+        let bad = "FAILED. 6 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!((count(bad, " passed"), count(bad, " failed")), (6, 1));
+    }
 }
