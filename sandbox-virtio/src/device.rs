@@ -87,6 +87,24 @@ pub struct ActivationContext {
     pub acked_features: u64,
 }
 
+impl ActivationContext {
+    /// Checks the driver set up `expected` queues that fit guest memory.
+    pub fn validate(&self, expected: usize) -> Result<(), DeviceError> {
+        if self.queues.len() != expected || self.kicks.len() != expected {
+            return Err(DeviceError::QueueCount {
+                expected,
+                got: self.queues.len(),
+            });
+        }
+        for (i, q) in self.queues.iter().enumerate() {
+            if !virtio_queue::QueueT::is_valid(q, &*self.mem) {
+                return Err(DeviceError::InvalidQueue(i));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A virtio device, independent of its transport.
 pub trait VirtioDevice: Send {
     /// The virtio device id (see [`crate::device_id`]).

@@ -70,15 +70,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivationContext) -> Result<(), DeviceError> {
-        if ctx.queues.len() != 1 {
-            return Err(DeviceError::QueueCount {
-                expected: 1,
-                got: ctx.queues.len(),
-            });
-        }
-        if !ctx.queues[0].is_valid(&*ctx.mem) {
-            return Err(DeviceError::InvalidQueue(0));
-        }
+        ctx.validate(1)?;
         // The disk moves into the worker and comes back on reset.
         let Some(disk) = self.disk.take() else {
             return Err(DeviceError::Worker(std::io::Error::other(

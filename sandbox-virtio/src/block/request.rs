@@ -99,6 +99,21 @@ fn in_range(disk: &dyn Disk, offset: u64, len: usize) -> bool {
         .is_some_and(|end| end <= disk.size())
 }
 
+/// Runs `step(position, buffer)` over `len` bytes in `CHUNK`-sized pieces,
+/// so a large request never needs a buffer of its own size.
+fn chunked(len: usize, mut step: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>) -> u8 {
+    let mut buf = vec![0u8; CHUNK.min(len)];
+    let mut done = 0usize;
+    while done < len {
+        let n = CHUNK.min(len - done);
+        if step(done as u64, &mut buf[..n]).is_err() {
+            return S_IOERR;
+        }
+        done += n;
+    }
+    S_OK
+}
+
 fn copy_to_guest(
     disk: &mut dyn Disk,
     offset: u64,
@@ -106,19 +121,14 @@ fn copy_to_guest(
     writer: &mut impl Write,
     metrics: &BlockMetrics,
 ) -> u8 {
-    let mut buf = vec![0u8; CHUNK.min(len)];
-    let mut done = 0usize;
-    while done < len {
-        let n = CHUNK.min(len - done);
-        if disk.read_at(offset + done as u64, &mut buf[..n]).is_err()
-            || writer.write_all(&buf[..n]).is_err()
-        {
-            return S_IOERR;
-        }
-        done += n;
+    let status = chunked(len, |pos, buf| {
+        disk.read_at(offset + pos, buf)?;
+        writer.write_all(buf)
+    });
+    if status == S_OK {
+        metrics.read_bytes.add(len as u64);
     }
-    metrics.read_bytes.add(len as u64);
-    S_OK
+    status
 }
 
 fn copy_from_guest(
@@ -128,17 +138,12 @@ fn copy_from_guest(
     reader: &mut impl Read,
     metrics: &BlockMetrics,
 ) -> u8 {
-    let mut buf = vec![0u8; CHUNK.min(len)];
-    let mut done = 0usize;
-    while done < len {
-        let n = CHUNK.min(len - done);
-        if reader.read_exact(&mut buf[..n]).is_err()
-            || disk.write_at(offset + done as u64, &buf[..n]).is_err()
-        {
-            return S_IOERR;
-        }
-        done += n;
+    let status = chunked(len, |pos, buf| {
+        reader.read_exact(buf)?;
+        disk.write_at(offset + pos, buf)
+    });
+    if status == S_OK {
+        metrics.write_bytes.add(len as u64);
     }
-    metrics.write_bytes.add(len as u64);
-    S_OK
+    status
 }

@@ -72,17 +72,7 @@ impl VirtioDevice for Console {
     }
 
     fn activate(&mut self, ctx: ActivationContext) -> Result<(), DeviceError> {
-        if ctx.queues.len() != 2 {
-            return Err(DeviceError::QueueCount {
-                expected: 2,
-                got: ctx.queues.len(),
-            });
-        }
-        for (i, q) in ctx.queues.iter().enumerate() {
-            if !q.is_valid(&*ctx.mem) {
-                return Err(DeviceError::InvalidQueue(i));
-            }
-        }
+        ctx.validate(2)?;
         let Some(host) = self.host.take() else {
             return Err(DeviceError::Worker(std::io::Error::other(
                 "console already active",

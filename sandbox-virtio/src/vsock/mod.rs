@@ -21,7 +21,7 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{read_config_bytes, ActivationContext, DeviceError, VirtioDevice};
@@ -127,17 +127,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, ctx: ActivationContext) -> Result<(), DeviceError> {
-        if ctx.queues.len() != 3 {
-            return Err(DeviceError::QueueCount {
-                expected: 3,
-                got: ctx.queues.len(),
-            });
-        }
-        for (i, q) in ctx.queues.iter().enumerate() {
-            if !q.is_valid(&*ctx.mem) {
-                return Err(DeviceError::InvalidQueue(i));
-            }
-        }
+        ctx.validate(3)?;
         let Some(handler) = self.handler.take() else {
             return Err(DeviceError::Worker(io::Error::other(
                 "vsock already active",

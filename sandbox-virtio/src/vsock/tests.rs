@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::conn::BUF_ALLOC;
