@@ -16,7 +16,7 @@ async fn exit_codes_zero_and_non_zero() {
     assert!(!three.status.success());
     let killed = vm.exec("sh", ["-c", "kill -9 $$"]).await.unwrap();
     assert_eq!(killed.status.code, None);
-    assert_eq!(killed.status.signal, Some(9));
+    assert_eq!(killed.status.signal, Some(sandbox_core::Signal::KILL));
     vm.shutdown().await.unwrap();
 }
 

@@ -22,7 +22,10 @@ const MAX_NOISE: usize = 1 << 20;
 /// What happened to one request, in order.
 #[derive(Debug)]
 pub(crate) enum Event {
-    Started,
+    Started {
+        pid: u32,
+    },
+    StdinCredit(u32),
     SpawnFailed {
         errno: i32,
         message: String,
@@ -47,10 +50,28 @@ struct Routes {
 
 /// A connected guest agent.
 pub(crate) struct Client {
-    out: mpsc::UnboundedSender<HostMsg>,
-    routes: Arc<Mutex<Routes>>,
+    link: Link,
     next_id: AtomicU32,
     pub hello: Hello,
+}
+
+/// A cheap handle for sending to the guest, held by process handles.
+#[derive(Clone)]
+pub(crate) struct Link {
+    out: mpsc::UnboundedSender<HostMsg>,
+    routes: Arc<Mutex<Routes>>,
+}
+
+impl Link {
+    /// Queues a message for the guest.
+    pub fn send(&self, msg: HostMsg) -> Result<(), String> {
+        self.out.send(msg).map_err(|_| closed_reason(&self.routes))
+    }
+
+    /// Why the connection ended, if it has.
+    pub fn closed(&self) -> Option<String> {
+        lock(&self.routes).closed.clone()
+    }
 }
 
 /// A registered request; dropping it forgets the route.
@@ -104,8 +125,7 @@ impl Client {
         tokio::spawn(write_loop(wr, out_rx, routes.clone()));
         tokio::spawn(read_loop(rd, decoder, routes.clone()));
         Ok(Self {
-            out,
-            routes,
+            link: Link { out, routes },
             next_id: AtomicU32::new(1),
             hello,
         })
@@ -115,7 +135,7 @@ impl Client {
     pub fn register(&self) -> Result<Request, String> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut routes = lock(&self.routes);
+        let mut routes = lock(&self.link.routes);
         if let Some(reason) = &routes.closed {
             return Err(reason.clone());
         }
@@ -123,18 +143,13 @@ impl Client {
         Ok(Request {
             id,
             events: rx,
-            routes: self.routes.clone(),
+            routes: self.link.routes.clone(),
         })
     }
 
-    /// Queues a message for the guest.
-    pub fn send(&self, msg: HostMsg) -> Result<(), String> {
-        self.out.send(msg).map_err(|_| closed_reason(&self.routes))
-    }
-
-    /// Why the connection ended, if it has.
-    pub fn closed(&self) -> Option<String> {
-        lock(&self.routes).closed.clone()
+    /// The sending half, for process handles.
+    pub fn link(&self) -> &Link {
+        &self.link
     }
 }
 
@@ -210,7 +225,8 @@ async fn read_loop(mut rd: OwnedReadHalf, mut decoder: FrameDecoder, routes: Arc
 
 fn route(msg: GuestMsg, routes: &Mutex<Routes>) {
     let (id, event) = match msg {
-        GuestMsg::Started { id, .. } => (id, Event::Started),
+        GuestMsg::Started { id, pid } => (id, Event::Started { pid }),
+        GuestMsg::StdinCredit { id, bytes } => (id, Event::StdinCredit(bytes)),
         GuestMsg::SpawnFailed { id, errno, message } => (id, Event::SpawnFailed { errno, message }),
         GuestMsg::Output { id, stream, data } => (id, Event::Output { stream, data }),
         GuestMsg::Exited { id, code, signal } => (id, Event::Exited { code, signal }),

@@ -5,6 +5,10 @@ use std::path::PathBuf;
 /// Errors of the public API.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The call was cancelled; its process group was killed. The VM is
+    /// unaffected.
+    #[error("the call was cancelled")]
+    Aborted,
     /// A build artifact (kernel, image) is missing.
     #[error("{what} not found at {path}: run `cargo xtask build` to build it")]
     ArtifactMissing {

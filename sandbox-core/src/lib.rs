@@ -19,13 +19,21 @@
 mod artifacts;
 mod backend;
 mod client;
+mod command;
 mod error;
 pub mod images;
+mod process;
 mod sandbox;
+mod status;
 mod vm;
 
 pub use backend::{probe_kvm, BackendKind, KvmProbe};
+pub use command::{Command, TIMEOUT_EXIT_CODE};
 pub use error::Error;
 pub use images::{Image, ImageFormat};
+pub use process::{OutputStream, Process, ProcessStdin, Pty, NOT_STARTED};
 pub use sandbox::{BootOptions, Resources, Sandbox, SandboxBuilder};
-pub use vm::{ExitStatus, Output, Vm};
+pub use sandbox_protocol::PtySize;
+pub use status::{ExitStatus, Output, Signal};
+pub use tokio_util::sync::CancellationToken;
+pub use vm::Vm;

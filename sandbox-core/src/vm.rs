@@ -1,45 +1,18 @@
 //! A running VM and the calls made on it.
 
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sandbox_protocol::{HostMsg, Spawn, Stream};
+use sandbox_protocol::{HostMsg, PtySize};
 
 use crate::backend::{BackendKind, Machine};
-use crate::client::{Client, Event};
-use crate::Error;
+use crate::client::Client;
+use crate::process::{Console, Process, Pty};
+use crate::{Command, Error, Output};
 
 /// How long `shutdown` waits for a clean power-off before killing the guest.
 const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How a guest process ended: exactly one of `code` and `signal` is set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExitStatus {
-    /// Exit code, when it exited normally.
-    pub code: Option<i32>,
-    /// Signal number, when a signal ended it.
-    pub signal: Option<i32>,
-}
-
-impl ExitStatus {
-    /// Exited with code 0.
-    pub fn success(&self) -> bool {
-        self.code == Some(0)
-    }
-}
-
-/// Result of [`Vm::exec`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Output {
-    /// How the process ended.
-    pub status: ExitStatus,
-    /// Everything it wrote to stdout.
-    pub stdout: Vec<u8>,
-    /// Everything it wrote to stderr.
-    pub stderr: Vec<u8>,
-}
 
 type SharedMachine = Arc<Mutex<Box<dyn Machine>>>;
 
@@ -108,77 +81,66 @@ impl Vm {
         lock(&self.machine).console_tail(lines)
     }
 
-    fn stopped(&self, reason: String) -> Error {
+    pub(crate) fn stopped(&self, reason: String) -> Error {
         Error::GuestStopped {
             reason,
             console: self.console_tail(30),
         }
     }
 
-    /// Runs `program` with `args` in the guest and collects its output.
-    /// A program that cannot start is an [`Error::Spawn`] carrying the errno.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn console_fn(&self) -> Console {
+        let machine = self.machine.clone();
+        Arc::new(move || lock(&machine).console_tail(30))
+    }
+
+    /// A command to configure (cwd, env, timeout, cancellation) and then
+    /// `exec`, `spawn` or run on a `pty`.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command<'_> {
+        Command::new(self, program, &self.cwd)
+    }
+
+    /// Runs `program` with `args` and collects its output. A program that
+    /// cannot start is an [`Error::Spawn`] carrying the guest errno. For
+    /// options use [`Vm::command`].
     pub async fn exec<I, S>(&self, program: impl AsRef<OsStr>, args: I) -> Result<Output, Error>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let program = program.as_ref();
-        let spawn = Spawn {
-            program: program.as_bytes().to_vec(),
-            args: args
-                .into_iter()
-                .map(|a| a.as_ref().as_bytes().to_vec())
-                .collect(),
-            env: Vec::new(),
-            cwd: Some(self.cwd.as_bytes().to_vec()),
-            stdin: false,
-        };
-        let mut req = self.client.register().map_err(|r| self.stopped(r))?;
-        self.client
-            .send(HostMsg::Spawn { id: req.id, spawn })
-            .map_err(|r| self.stopped(r))?;
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        loop {
-            let Some(event) = req.events.recv().await else {
-                let reason = self
-                    .client
-                    .closed()
-                    .unwrap_or_else(|| "the control channel closed".into());
-                return Err(self.stopped(reason));
-            };
-            match event {
-                Event::Started => {}
-                Event::Output {
-                    stream: Stream::Stdout,
-                    data,
-                } => stdout.extend(data),
-                Event::Output {
-                    stream: Stream::Stderr,
-                    data,
-                } => stderr.extend(data),
-                Event::Exited { code, signal } => {
-                    return Ok(Output {
-                        status: ExitStatus { code, signal },
-                        stdout,
-                        stderr,
-                    })
-                }
-                Event::SpawnFailed { errno, message } => {
-                    return Err(Error::Spawn {
-                        program: program.to_string_lossy().into_owned(),
-                        errno,
-                        message,
-                    })
-                }
-                Event::Rejected(message) => return Err(Error::Rejected(message)),
-            }
-        }
+        self.command(program).args(args).exec().await
+    }
+
+    /// Starts `program` with `args` and returns its handle at once.
+    pub fn spawn<I, S>(&self, program: impl AsRef<OsStr>, args: I) -> Result<Process, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.command(program).args(args).spawn()
+    }
+
+    /// Starts `program` with `args` on a guest terminal of `size`.
+    pub fn pty<I, S>(
+        &self,
+        program: impl AsRef<OsStr>,
+        args: I,
+        size: PtySize,
+    ) -> Result<Pty, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.command(program).args(args).pty(size)
     }
 
     /// Asks the guest to sync, unmount and power off, then releases every
     /// host resource. A guest that does not stop in time is killed.
     pub async fn shutdown(self) -> Result<(), Error> {
-        let _ = self.client.send(HostMsg::Shutdown);
+        let _ = self.client.link().send(HostMsg::Shutdown);
         let machine = self.machine.clone();
         let clean = tokio::task::spawn_blocking(move || {
             let mut m = lock(&machine);

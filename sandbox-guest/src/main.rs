@@ -10,10 +10,12 @@
 //! the request handling over a socketpair without booting anything.
 
 mod init;
+mod job;
 mod process;
 mod reaper;
 mod server;
 mod vsock;
+mod window;
 
 use std::fs::File;
 use std::os::fd::FromRawFd;

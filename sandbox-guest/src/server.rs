@@ -5,22 +5,15 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::process::{ChildStderr, ChildStdin, ChildStdout};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use sandbox_protocol::{
-    encode, FrameDecoder, GuestMsg, Hello, HostMsg, Spawn, Stream, GUEST_MAGIC, MAX_CHUNK,
-    PROTOCOL_VERSION,
+    encode, FrameDecoder, GuestMsg, Hello, HostMsg, Stream, GUEST_MAGIC, PROTOCOL_VERSION,
 };
 
-use crate::reaper::{self, Status};
-use crate::{init, process};
-
-/// How long output is still collected after a process exits, for descendants
-/// that keep its pipes open.
-const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+use crate::window::Window;
+use crate::{init, job, process};
 
 /// Whether the agent is the guest's init or a test instance on the host.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -38,14 +31,19 @@ pub enum Ended {
     Disconnected,
 }
 
-type Out = Sender<GuestMsg>;
-
-struct Entry {
-    pid: i32,
-    stdin: Option<Sender<Vec<u8>>>,
+/// A running process of this connection.
+pub(crate) struct Entry {
+    pub pid: i32,
+    /// Chunks for the stdin writer thread; `None` once closed.
+    pub stdin: Option<Sender<Vec<u8>>>,
+    /// Output credit, indexed by [`stream_index`].
+    pub windows: [Arc<Window>; 2],
+    /// The pty master, for resizing.
+    pub pty: Option<File>,
 }
 
-type Table = Arc<Mutex<HashMap<u32, Entry>>>;
+pub(crate) type Table = Arc<Mutex<HashMap<u32, Entry>>>;
+pub(crate) type Out = Sender<GuestMsg>;
 
 /// Serves one connection until the host sends `Shutdown` or disconnects.
 pub fn serve(channel: File, role: Role) -> io::Result<Ended> {
@@ -123,37 +121,62 @@ fn handle(msg: HostMsg, out: &Out, table: &Table) {
     let reject = |id, message: String| {
         let _ = out.send(GuestMsg::Rejected { id, message });
     };
+    let mut t = lock(table);
     match msg {
         HostMsg::Spawn { id, spawn } => {
-            if lock(table).contains_key(&id) {
+            if t.contains_key(&id) {
                 return reject(Some(id), format!("request id {id} is already running"));
             }
-            start(id, spawn, out, table);
+            drop(t);
+            job::start(id, spawn, out, table);
         }
-        HostMsg::Stdin { id, data } => match lock(table).get(&id).and_then(|e| e.stdin.as_ref()) {
+        HostMsg::Stdin { id, data } => match t.get(&id).and_then(|e| e.stdin.as_ref()) {
             Some(tx) => {
                 let _ = tx.send(data);
             }
             None => reject(Some(id), format!("request {id} has no open stdin")),
         },
         HostMsg::CloseStdin { id } => {
-            if let Some(e) = lock(table).get_mut(&id) {
+            if let Some(e) = t.get_mut(&id) {
                 e.stdin = None;
             }
         }
-        HostMsg::Signal { id, signal } => match lock(table).get(&id) {
+        HostMsg::Signal { id, signal } => match t.get(&id) {
             // SAFETY: kill has no memory arguments; the negative pid targets
-            // the process group the child leads (it called setsid).
+            // the process group the child leads.
             Some(e) => unsafe {
                 libc::kill(-e.pid, signal);
             },
             None => reject(Some(id), format!("request {id} is not running")),
         },
+        HostMsg::Resize { id, size } => {
+            let done = t
+                .get(&id)
+                .and_then(|e| e.pty.as_ref())
+                .map(|p| process::resize(p, size));
+            match done {
+                Some(Ok(())) => {}
+                Some(Err(e)) => reject(Some(id), format!("resize failed: {e}")),
+                None => reject(Some(id), format!("request {id} has no terminal")),
+            }
+        }
+        HostMsg::Credit { id, stream, bytes } => {
+            if let Some(e) = t.get(&id) {
+                e.windows[stream_index(stream)].grant(bytes);
+            }
+        }
         HostMsg::Shutdown => {}
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn stream_index(stream: Stream) -> usize {
+    match stream {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -161,114 +184,10 @@ fn kill_all(table: &Table) {
     for e in lock(table).values() {
         // SAFETY: kill has no memory arguments.
         unsafe { libc::kill(-e.pid, libc::SIGKILL) };
-    }
-}
-
-fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
-    let started = reaper::get().spawn(|| process::start(&spawn));
-    let mut child = match started {
-        Ok(child) => child,
-        Err(e) => {
-            let _ = out.send(GuestMsg::SpawnFailed {
-                id,
-                errno: e.raw_os_error().unwrap_or(libc::EINVAL),
-                message: e.to_string(),
-            });
-            return;
+        for w in &e.windows {
+            w.close();
         }
-    };
-    let pid = child.id() as i32;
-    let stdin = child.stdin.take().map(stdin_thread);
-    lock(table).insert(id, Entry { pid, stdin });
-    let _ = out.send(GuestMsg::Started {
-        id,
-        pid: pid as u32,
-    });
-    // Output is forwarded while `open` is true; the exit report closes it.
-    let open = Arc::new(Mutex::new(true));
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    if let Some(s) = child.stdout.take() {
-        pump(id, Stream::Stdout, s, out, &open, done_tx.clone());
     }
-    if let Some(s) = child.stderr.take() {
-        pump(id, Stream::Stderr, s, out, &open, done_tx.clone());
-    }
-    drop(done_tx);
-    let out = out.clone();
-    let table = table.clone();
-    let _ = std::thread::Builder::new()
-        .name(format!("wait-{id}"))
-        .spawn(move || {
-            let status = reaper::get().wait(pid);
-            let deadline = std::time::Instant::now() + OUTPUT_GRACE;
-            for _ in 0..2 {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if done_rx.recv_timeout(left).is_err() {
-                    break;
-                }
-            }
-            let mut open = lock(&open);
-            *open = false;
-            lock(&table).remove(&id);
-            let (code, signal) = match status {
-                Status::Code(c) => (Some(c), None),
-                Status::Signal(s) => (None, Some(s)),
-            };
-            let _ = out.send(GuestMsg::Exited { id, code, signal });
-        });
-}
-
-trait OutputPipe: Read + Send + 'static {}
-impl OutputPipe for ChildStdout {}
-impl OutputPipe for ChildStderr {}
-
-fn pump(
-    id: u32,
-    stream: Stream,
-    mut pipe: impl OutputPipe,
-    out: &Out,
-    open: &Arc<Mutex<bool>>,
-    done: Sender<()>,
-) {
-    let out = out.clone();
-    let open = open.clone();
-    let _ = std::thread::Builder::new()
-        .name(format!("out-{id}"))
-        .spawn(move || {
-            let mut buf = vec![0u8; MAX_CHUNK];
-            loop {
-                let n = match pipe.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                };
-                let open = lock(&open);
-                if !*open {
-                    break;
-                }
-                let _ = out.send(GuestMsg::Output {
-                    id,
-                    stream,
-                    data: buf[..n].to_vec(),
-                });
-            }
-            let _ = done.send(());
-        });
-}
-
-fn stdin_thread(mut stdin: ChildStdin) -> Sender<Vec<u8>> {
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    let _ = std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            for chunk in rx {
-                if stdin.write_all(&chunk).is_err() {
-                    break;
-                }
-            }
-        });
-    tx
 }
 
 fn uptime_ms() -> u64 {

@@ -9,7 +9,8 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use sandbox_protocol::{
-    encode, FrameDecoder, GuestMsg, HostMsg, Spawn, Stream, GUEST_MAGIC, PROTOCOL_VERSION,
+    encode, FrameDecoder, GuestMsg, HostMsg, PtySize, Spawn, Stream, GUEST_MAGIC, INITIAL_WINDOW,
+    PROTOCOL_VERSION,
 };
 
 struct Agent {
@@ -85,7 +86,8 @@ impl Agent {
         let (mut out, mut err) = (Vec::new(), Vec::new());
         loop {
             match self.recv() {
-                GuestMsg::Started { id: i, .. } if i == id => {}
+                GuestMsg::Started { id: i, .. } | GuestMsg::StdinCredit { id: i, .. }
+                    if i == id => {}
                 GuestMsg::Output {
                     id: i,
                     stream,
@@ -135,6 +137,7 @@ fn default_environment_and_cwd() {
             env: vec![(b"FOO".to_vec(), b"bar".to_vec())],
             cwd: Some(b"/tmp".to_vec()),
             stdin: false,
+            pty: None,
         },
     });
     let (out, _, code, _) = a.finish(1);
@@ -247,4 +250,107 @@ fn many_concurrent_processes_do_not_block_each_other() {
         assert_eq!(exited[&id], Some(0));
         assert_eq!(outputs[&id], format!("{id}\n").into_bytes());
     }
+}
+
+#[test]
+fn a_pty_process_sees_a_terminal_of_the_requested_size() {
+    let mut a = Agent::start();
+    a.send(&HostMsg::Spawn {
+        id: 1,
+        spawn: Spawn {
+            program: b"sh".to_vec(),
+            args: vec![
+                b"-c".to_vec(),
+                b"tty; stty size; echo $TERM; test -t 0 && echo isatty".to_vec(),
+            ],
+            pty: Some(PtySize {
+                rows: 30,
+                cols: 100,
+            }),
+            ..Spawn::default()
+        },
+    });
+    let (out, err, code, _) = a.finish(1);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(text.contains("30 100"), "{text}");
+    assert!(text.contains("xterm-256color"), "{text}");
+    assert!(text.contains("isatty"), "{text}");
+    assert!(err.is_empty(), "a pty merges stderr into its output");
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_pty_takes_input_and_resizes() {
+    let mut a = Agent::start();
+    a.send(&HostMsg::Spawn {
+        id: 2,
+        spawn: Spawn {
+            program: b"sh".to_vec(),
+            pty: Some(PtySize { rows: 24, cols: 80 }),
+            ..Spawn::default()
+        },
+    });
+    a.send(&HostMsg::Stdin {
+        id: 2,
+        data: b"stty size\n".to_vec(),
+    });
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("24 80") {
+        if let GuestMsg::Output { data, .. } = a.recv() {
+            seen.extend(data);
+        }
+    }
+    a.send(&HostMsg::Resize {
+        id: 2,
+        size: PtySize {
+            rows: 50,
+            cols: 132,
+        },
+    });
+    a.send(&HostMsg::Stdin {
+        id: 2,
+        data: b"stty size; exit 3\n".to_vec(),
+    });
+    let (out, _, code, _) = a.finish(2);
+    assert!(String::from_utf8_lossy(&out).contains("50 132"));
+    assert_eq!(code, Some(3));
+}
+
+#[test]
+fn output_stops_at_the_credit_window_until_the_host_grants_more() {
+    let mut a = Agent::start();
+    let total = 3 * INITIAL_WINDOW as usize;
+    a.spawn(3, "head", &["-c", &total.to_string(), "/dev/zero"], false);
+    let mut got = 0usize;
+    a.sock
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    loop {
+        let mut buf = [0u8; 65536];
+        if let Some(m) = a.decoder.decode_next::<GuestMsg>().unwrap() {
+            match m {
+                GuestMsg::Output { data, .. } => got += data.len(),
+                GuestMsg::Exited { .. } => panic!("exited without the host reading"),
+                _ => {}
+            }
+            continue;
+        }
+        match a.sock.read(&mut buf) {
+            Ok(n) => a.decoder.push(&buf[..n]),
+            Err(_) => break, // quiet: the process is blocked on its pipe
+        }
+    }
+    assert_eq!(got, INITIAL_WINDOW as usize, "exactly one window in flight");
+    a.sock
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    a.send(&HostMsg::Credit {
+        id: 3,
+        stream: Stream::Stdout,
+        bytes: (total - got) as u32,
+    });
+    let (out, _, code, _) = a.finish(3);
+    assert_eq!(got + out.len(), total);
+    assert_eq!(code, Some(0));
 }

@@ -26,6 +26,19 @@ pub struct Spawn {
     pub cwd: Option<Vec<u8>>,
     /// Whether the host will send stdin; otherwise stdin is `/dev/null`.
     pub stdin: bool,
+    /// Run on a new pseudo-terminal of this size instead of pipes: stdin,
+    /// stdout and stderr are the terminal, and all output comes as
+    /// [`Stream::Stdout`].
+    pub pty: Option<PtySize>,
+}
+
+/// A terminal size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtySize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
 }
 
 /// Which output stream a chunk belongs to.
@@ -66,6 +79,23 @@ pub enum HostMsg {
         /// Linux signal number.
         signal: i32,
     },
+    /// Change the terminal size of a pty process.
+    Resize {
+        /// Request id.
+        id: u32,
+        /// The new size.
+        size: PtySize,
+    },
+    /// The host consumed `bytes` of a stream's output: the guest may send
+    /// that much more (see [`crate::INITIAL_WINDOW`]).
+    Credit {
+        /// Request id.
+        id: u32,
+        /// Which stream.
+        stream: Stream,
+        /// Bytes consumed.
+        bytes: u32,
+    },
     /// Sync, unmount and power off.
     Shutdown,
 }
@@ -99,6 +129,14 @@ pub enum GuestMsg {
         stream: Stream,
         /// The bytes, at most [`crate::MAX_CHUNK`].
         data: Vec<u8>,
+    },
+    /// The process consumed `bytes` of stdin: the host may send that much
+    /// more (see [`crate::INITIAL_WINDOW`]).
+    StdinCredit {
+        /// Request id.
+        id: u32,
+        /// Bytes written into the process's stdin.
+        bytes: u32,
     },
     /// The process of request `id` exited and both its output streams
     /// reached end of file. Exactly one of `code` and `signal` is set.

@@ -10,6 +10,7 @@ fn spawn_msg() -> HostMsg {
             env: vec![(b"A".to_vec(), b"b".to_vec())],
             cwd: Some(b"/tmp".to_vec()),
             stdin: true,
+            pty: Some(crate::PtySize { rows: 24, cols: 80 }),
         },
     }
 }

@@ -1,0 +1,229 @@
+//! Describing a guest process once and running it as a buffered exec, a
+//! spawned process with streams, or a pty.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
+
+use sandbox_protocol::{HostMsg, PtySize, Spawn, Stream};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Event;
+use crate::process::{self, Process, Pty};
+use crate::{Error, ExitStatus, Output, Signal, Vm};
+
+/// Exit code reported when an exec's timeout killed it (as `timeout(1)`).
+pub const TIMEOUT_EXIT_CODE: i32 = 124;
+
+/// A guest command: program, arguments, environment, working directory,
+/// and for execs a timeout and a cancellation token.
+///
+/// The environment starts from the agent's default (`PATH`, `HOME=/root`,
+/// `LANG=C.UTF-8`, plus `TERM=xterm-256color` on a pty); variables set here
+/// override it. The working directory defaults to the boot's `cwd`.
+pub struct Command<'vm> {
+    vm: &'vm Vm,
+    spawn: Spawn,
+    timeout: Option<Duration>,
+    cancel: Option<CancellationToken>,
+}
+
+fn bytes(s: impl AsRef<OsStr>) -> Vec<u8> {
+    s.as_ref().as_bytes().to_vec()
+}
+
+impl<'vm> Command<'vm> {
+    pub(crate) fn new(vm: &'vm Vm, program: impl AsRef<OsStr>, cwd: &str) -> Self {
+        Self {
+            vm,
+            spawn: Spawn {
+                program: bytes(program),
+                cwd: Some(cwd.as_bytes().to_vec()),
+                ..Spawn::default()
+            },
+            timeout: None,
+            cancel: None,
+        }
+    }
+
+    /// Adds one argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.spawn.args.push(bytes(arg));
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.spawn.args.extend(args.into_iter().map(bytes));
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.spawn.env.push((bytes(key), bytes(value)));
+        self
+    }
+
+    /// The working directory (an absolute guest path).
+    pub fn cwd(mut self, dir: impl AsRef<OsStr>) -> Self {
+        self.spawn.cwd = Some(bytes(dir));
+        self
+    }
+
+    /// For [`Command::exec`]: kill the whole process group after `timeout`
+    /// and report exit code 124.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Cancellation: when `token` fires, the process group is killed and the
+    /// call returns [`Error::Aborted`]. An already-cancelled token starts
+    /// nothing in the guest.
+    pub fn cancel_on(mut self, token: CancellationToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    fn program(&self) -> String {
+        String::from_utf8_lossy(&self.spawn.program).into_owned()
+    }
+
+    fn check_cancel(&self) -> Result<(), Error> {
+        match &self.cancel {
+            Some(t) if t.is_cancelled() => Err(Error::Aborted),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs to completion and returns status, stdout and stderr.
+    pub async fn exec(self) -> Result<Output, Error> {
+        self.check_cancel()?;
+        let program = self.program();
+        let client = self.vm.client();
+        let mut req = client.register().map_err(|r| self.vm.stopped(r))?;
+        let id = req.id;
+        let link = client.link();
+        link.send(HostMsg::Spawn {
+            id,
+            spawn: self.spawn,
+        })
+        .map_err(|r| self.vm.stopped(r))?;
+        let kill = || {
+            let _ = link.send(HostMsg::Signal {
+                id,
+                signal: Signal::KILL.0,
+            });
+        };
+        let deadline = self.timeout.map(|t| tokio::time::Instant::now() + t);
+        let cancelled = async {
+            match &self.cancel {
+                Some(t) => t.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(cancelled);
+        let mut timed_out = false;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        loop {
+            let expired = async {
+                match deadline {
+                    Some(d) if !timed_out => tokio::time::sleep_until(d).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                e = req.events.recv() => e,
+                () = expired => {
+                    timed_out = true;
+                    kill();
+                    continue;
+                }
+                () = &mut cancelled => {
+                    kill();
+                    return Err(Error::Aborted);
+                }
+            };
+            let Some(event) = event else {
+                let reason = link
+                    .closed()
+                    .unwrap_or_else(|| "the control channel closed".into());
+                return Err(self.vm.stopped(reason));
+            };
+            match event {
+                Event::Started { .. } | Event::StdinCredit(_) => {}
+                Event::Output { stream, data } => {
+                    // Buffered: hand the credit straight back.
+                    let _ = link.send(HostMsg::Credit {
+                        id,
+                        stream,
+                        bytes: data.len() as u32,
+                    });
+                    match stream {
+                        Stream::Stdout => stdout.extend(data),
+                        Stream::Stderr => stderr.extend(data),
+                    }
+                }
+                Event::Exited { code, signal } => {
+                    let status = if timed_out {
+                        ExitStatus {
+                            code: Some(TIMEOUT_EXIT_CODE),
+                            signal: None,
+                        }
+                    } else {
+                        ExitStatus::from_wire(code, signal)
+                    };
+                    return Ok(Output {
+                        status,
+                        stdout,
+                        stderr,
+                    });
+                }
+                Event::SpawnFailed { errno, message } => {
+                    return Err(Error::Spawn {
+                        program,
+                        errno,
+                        message,
+                    })
+                }
+                Event::Rejected(message) => return Err(Error::Rejected(message)),
+            }
+        }
+    }
+
+    /// Starts the process and returns its handle at once (call within a
+    /// tokio runtime). Launch failures surface through [`Process::ready`].
+    pub fn spawn(mut self) -> Result<Process, Error> {
+        self.check_cancel()?;
+        self.spawn.stdin = true;
+        self.start(process::process)
+    }
+
+    /// Starts the process on a new guest pseudo-terminal of `size`.
+    pub fn pty(mut self, size: PtySize) -> Result<Pty, Error> {
+        self.check_cancel()?;
+        self.spawn.stdin = true;
+        self.spawn.pty = Some(size);
+        self.start(process::pty)
+    }
+
+    fn start<T>(
+        self,
+        build: impl FnOnce(crate::client::Request, String, crate::client::Link, process::Console) -> T,
+    ) -> Result<T, Error> {
+        let program = self.program();
+        let client = self.vm.client();
+        let req = client.register().map_err(|r| self.vm.stopped(r))?;
+        let link = client.link().clone();
+        link.send(HostMsg::Spawn {
+            id: req.id,
+            spawn: self.spawn,
+        })
+        .map_err(|r| self.vm.stopped(r))?;
+        Ok(build(req, program, link, self.vm.console_fn()))
+    }
+}
