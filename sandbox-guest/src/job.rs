@@ -53,9 +53,11 @@ pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
         pty = Some(resizer);
     } else {
         if let Some(s) = started.child.stdout.take() {
+            grow_pipe(&s);
             outputs.push((Stream::Stdout, Box::new(s)));
         }
         if let Some(s) = started.child.stderr.take() {
+            grow_pipe(&s);
             outputs.push((Stream::Stderr, Box::new(s)));
         }
         stdin = started
@@ -113,6 +115,15 @@ pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
             };
             let _ = out.send(GuestMsg::Exited { id, code, signal });
         });
+}
+
+/// Bytes an output pipe holds: large enough that one read takes a whole
+/// protocol chunk, so bulk output costs few guest syscalls.
+const PIPE_SIZE: libc::c_int = MAX_CHUNK as libc::c_int;
+
+fn grow_pipe(pipe: &impl std::os::fd::AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ takes an integer; failure leaves the default size.
+    unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
 }
 
 fn dup(f: &File) -> Option<File> {

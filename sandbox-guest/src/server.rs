@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use sandbox_protocol::{
@@ -43,38 +43,31 @@ pub(crate) struct Entry {
 }
 
 pub(crate) type Table = Arc<Mutex<HashMap<u32, Entry>>>;
-pub(crate) type Out = Sender<GuestMsg>;
+/// The sending half of a connection, shared by every thread that reports
+/// something. Each message is encoded and written in place under a lock (no
+/// hand-off to a writer thread: under UML every thread switch is costly).
+#[derive(Clone)]
+pub(crate) struct Out(Arc<Mutex<File>>);
+
+impl Out {
+    pub fn send(&self, msg: GuestMsg) -> io::Result<()> {
+        let frame = encode(&msg).map_err(io::Error::other)?;
+        lock(&self.0).write_all(&frame)
+    }
+}
 
 /// Serves one connection until the host sends `Shutdown` or disconnects.
 pub fn serve(channel: File, role: Role) -> io::Result<Ended> {
-    let writer = channel.try_clone()?;
-    let (out, rx) = mpsc::channel::<GuestMsg>();
-    let writer_thread = std::thread::Builder::new()
-        .name("writer".into())
-        .spawn(move || write_loop(writer, rx))?;
+    let mut writer = channel.try_clone()?;
+    writer.write_all(&GUEST_MAGIC)?;
+    let out = Out(Arc::new(Mutex::new(writer)));
     out.send(GuestMsg::Hello(Hello {
         version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_ms: uptime_ms(),
-    }))
-    .map_err(|_| io::Error::other("writer stopped"))?;
+    }))?;
     let table: Table = Arc::default();
-    let result = read_loop(channel, &out, &table, role);
-    drop(out);
-    let _ = writer_thread.join();
-    result
-}
-
-fn write_loop(mut writer: File, rx: Receiver<GuestMsg>) -> io::Result<()> {
-    writer.write_all(&GUEST_MAGIC)?;
-    for msg in rx {
-        let frame = encode(&msg).map_err(io::Error::other)?;
-        writer.write_all(&frame)?;
-        if msg == GuestMsg::ShuttingDown {
-            break;
-        }
-    }
-    writer.flush()
+    read_loop(channel, &out, &table, role)
 }
 
 fn read_loop(mut channel: File, out: &Out, table: &Table, role: Role) -> io::Result<Ended> {

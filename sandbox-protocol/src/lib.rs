@@ -26,12 +26,12 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub const MAX_FRAME: usize = 1 << 20;
 
 /// Largest payload of one output or input chunk, well below [`MAX_FRAME`].
-pub const MAX_CHUNK: usize = 64 << 10;
+pub const MAX_CHUNK: usize = 256 << 10;
 
 /// Bytes of output per stream, and of stdin per process, that may be in
 /// flight before the receiver grants more credit. Bounds memory on both
 /// sides: a producer faster than its consumer blocks instead of buffering.
-pub const INITIAL_WINDOW: u32 = 256 << 10;
+pub const INITIAL_WINDOW: u32 = 1 << 20;
 
 /// The vsock port the guest agent listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

@@ -65,6 +65,7 @@ pub enum HostMsg {
         /// Request id.
         id: u32,
         /// The bytes, at most [`crate::MAX_CHUNK`].
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// Close a process's stdin.
@@ -128,6 +129,7 @@ pub enum GuestMsg {
         /// Which stream.
         stream: Stream,
         /// The bytes, at most [`crate::MAX_CHUNK`].
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// The process consumed `bytes` of stdin: the host may send that much

@@ -33,7 +33,17 @@ pub fn queue_at<'a>(
     base: u64,
     chains: &[&[Buf]],
 ) -> (MockSplitQueue<'a, GuestMemory>, Queue) {
-    let vq = MockSplitQueue::create(mem, GuestAddress(base), 16);
+    queue_sized(mem, base, 16, chains)
+}
+
+/// Like [`queue_at`], with `len` entries.
+pub fn queue_sized<'a>(
+    mem: &'a GuestMemory,
+    base: u64,
+    len: u16,
+    chains: &[&[Buf]],
+) -> (MockSplitQueue<'a, GuestMemory>, Queue) {
+    let vq = MockSplitQueue::create(mem, GuestAddress(base), len);
     add_chains(&vq, 0, chains);
     let q = vq.create_queue::<Queue>().unwrap();
     (vq, q)

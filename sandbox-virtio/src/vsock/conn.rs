@@ -4,7 +4,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 
 /// Receive buffer the host side advertises to the guest.
-pub const BUF_ALLOC: u32 = 256 << 10;
+pub const BUF_ALLOC: u32 = 1 << 20;
 
 pub struct Conn {
     /// Device end of the host socket pair (non-blocking).
