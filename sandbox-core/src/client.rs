@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sandbox_protocol::{
-    encode, FrameDecoder, GuestMsg, Hello, HostMsg, Stream, GUEST_MAGIC, PROTOCOL_VERSION,
+    encode, DirEntry, FrameDecoder, FsError, FsReply, GuestMsg, Hello, HostMsg, Stream,
+    GUEST_MAGIC, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -39,6 +40,8 @@ pub(crate) enum Event {
         signal: Option<i32>,
     },
     Rejected(String),
+    FsEntries(Vec<DirEntry>),
+    FsDone(Result<FsReply, FsError>),
 }
 
 #[derive(Default)]
@@ -242,6 +245,8 @@ fn route(msg: GuestMsg, routes: &Mutex<Routes>) {
             lock(routes).closed = Some("the guest is shutting down".into());
             return;
         }
+        GuestMsg::FsEntries { id, entries } => (id, Event::FsEntries(entries)),
+        GuestMsg::FsDone { id, result } => (id, Event::FsDone(result)),
         GuestMsg::Hello(_) => return,
     };
     if let Some(tx) = lock(routes).map.get(&id) {

@@ -155,7 +155,10 @@ impl<'vm> Command<'vm> {
                 return Err(self.vm.stopped(reason));
             };
             match event {
-                Event::Started { .. } | Event::StdinCredit(_) => {}
+                Event::Started { .. }
+                | Event::StdinCredit(_)
+                | Event::FsEntries(_)
+                | Event::FsDone(_) => {}
                 Event::Output { stream, data } => {
                     // Buffered: hand the credit straight back.
                     let _ = link.send(HostMsg::Credit {

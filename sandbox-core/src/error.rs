@@ -41,6 +41,18 @@ pub enum Error {
         /// The guest console's last lines.
         console: String,
     },
+    /// A guest file system operation failed.
+    #[error("{op} {path}: {message} (errno {errno})")]
+    Fs {
+        /// The operation, e.g. `stat`.
+        op: &'static str,
+        /// The guest path.
+        path: String,
+        /// The guest errno (2 is ENOENT).
+        errno: i32,
+        /// The guest's description.
+        message: String,
+    },
     /// The definition or an argument is invalid.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

@@ -21,6 +21,7 @@ mod backend;
 mod client;
 mod command;
 mod error;
+pub mod fs;
 pub mod images;
 mod process;
 mod sandbox;

@@ -38,13 +38,25 @@ enum Ready {
     Stopped(String),
 }
 
+/// Why a request ended without a status.
+#[derive(Clone, Debug)]
+enum Failure {
+    /// The guest or the connection went away.
+    Stopped(String),
+    /// A file system request failed.
+    Fs(sandbox_protocol::FsError),
+}
+
 #[derive(Clone)]
 struct Core {
     id: u32,
+    /// The program, or the path of a file request.
     program: String,
+    /// The operation of a file request (for its errors).
+    fs_op: &'static str,
     link: Link,
     ready: watch::Receiver<Ready>,
-    exit: watch::Receiver<Option<Result<ExitStatus, String>>>,
+    exit: watch::Receiver<Option<Result<ExitStatus, Failure>>>,
     console: Console,
 }
 
@@ -85,7 +97,13 @@ impl Core {
             .flatten();
         match state {
             Some(Ok(status)) => Ok(status),
-            Some(Err(reason)) => Err(self.stopped(reason)),
+            Some(Err(Failure::Stopped(reason))) => Err(self.stopped(reason)),
+            Some(Err(Failure::Fs(e))) => Err(Error::Fs {
+                op: self.fs_op,
+                path: self.program.clone(),
+                errno: e.errno,
+                message: e.message,
+            }),
             None => Err(self.stopped("the process handle closed".into())),
         }
     }
@@ -337,7 +355,7 @@ impl Drop for ProcessStdin {
 /// The senders the dispatcher feeds.
 struct Sinks {
     ready: watch::Sender<Ready>,
-    exit: watch::Sender<Option<Result<ExitStatus, String>>>,
+    exit: watch::Sender<Option<Result<ExitStatus, Failure>>>,
     streams: [(ChunkSender, Arc<Flow>); 2],
     stdin: Arc<Mutex<StdinState>>,
 }
@@ -351,7 +369,7 @@ fn index(stream: Stream) -> usize {
 
 /// Handles for a process started as request `req`, dispatcher running.
 pub(crate) fn process(req: Request, program: String, link: Link, console: Console) -> Process {
-    let (core, stdin, stdout, stderr) = parts(req, program, link, console);
+    let (core, stdin, stdout, stderr) = parts(req, program, "", link, console);
     Process {
         core,
         stdin: Some(stdin),
@@ -362,7 +380,7 @@ pub(crate) fn process(req: Request, program: String, link: Link, console: Consol
 
 /// Handles for a pty process started as request `req`.
 pub(crate) fn pty(req: Request, program: String, link: Link, console: Console) -> Pty {
-    let (core, input, output, _stderr) = parts(req, program, link, console);
+    let (core, input, output, _stderr) = parts(req, program, "", link, console);
     Pty {
         core,
         input,
@@ -370,9 +388,33 @@ pub(crate) fn pty(req: Request, program: String, link: Link, console: Console) -
     }
 }
 
+/// Handles for a streamed file request: a reader of its data, a writer of
+/// its input, and `finish` to await its result.
+pub(crate) fn file_request(
+    req: Request,
+    op: &'static str,
+    path: String,
+    link: Link,
+    console: Console,
+) -> (FileDone, ProcessStdin, OutputStream) {
+    let (core, stdin, stdout, _stderr) = parts(req, path, op, link, console);
+    (FileDone(core), stdin, stdout)
+}
+
+/// The outcome of a streamed file request.
+pub(crate) struct FileDone(Core);
+
+impl FileDone {
+    /// Waits for the guest's final answer.
+    pub async fn finish(&self) -> Result<(), Error> {
+        self.0.exit().await.map(|_| ())
+    }
+}
+
 fn parts(
     req: Request,
     program: String,
+    fs_op: &'static str,
     link: Link,
     console: Console,
 ) -> (Core, ProcessStdin, OutputStream, OutputStream) {
@@ -410,6 +452,7 @@ fn parts(
     let core = Core {
         id,
         program,
+        fs_op,
         link: link.clone(),
         ready,
         exit,
@@ -475,12 +518,30 @@ async fn dispatch(mut req: Request, sinks: Sinks, link: Link) {
                 let _ = sinks.exit.send(Some(Ok(NOT_STARTED)));
                 return;
             }
+            Event::FsDone(result) => {
+                finish_stdin(&sinks);
+                let _ = sinks.ready.send(Ready::Running(0));
+                let exit = match result {
+                    Ok(_) => Ok(ExitStatus::from_wire(Some(0), None)),
+                    Err(e) => {
+                        for (tx, _) in &sinks.streams {
+                            let _ = tx.send(Err(e.message.clone()));
+                        }
+                        Err(Failure::Fs(e))
+                    }
+                };
+                let _ = sinks.exit.send(Some(exit));
+                return;
+            }
+            Event::FsEntries(_) => {}
             Event::Rejected(message) => {
                 finish_stdin(&sinks);
                 let _ = sinks
                     .ready
                     .send(Ready::Stopped(format!("rejected: {message}")));
-                let _ = sinks.exit.send(Some(Err(format!("rejected: {message}"))));
+                let _ = sinks
+                    .exit
+                    .send(Some(Err(Failure::Stopped(format!("rejected: {message}")))));
                 return;
             }
         }
@@ -500,5 +561,5 @@ async fn dispatch(mut req: Request, sinks: Sinks, link: Link) {
         }
         pending
     });
-    let _ = sinks.exit.send(Some(Err(reason)));
+    let _ = sinks.exit.send(Some(Err(Failure::Stopped(reason))));
 }

@@ -97,6 +97,11 @@ impl Vm {
         Arc::new(move || lock(&machine).console_tail(30))
     }
 
+    /// The guest file system.
+    pub fn fs(&self) -> crate::fs::Fs<'_> {
+        crate::fs::Fs::new(self)
+    }
+
     /// A command to configure (cwd, env, timeout, cancellation) and then
     /// `exec`, `spawn` or run on a `pty`.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command<'_> {

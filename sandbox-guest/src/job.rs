@@ -70,7 +70,7 @@ pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
     lock(table).insert(
         id,
         Entry {
-            pid,
+            pid: Some(pid),
             stdin,
             windows: windows.clone(),
             pty,

@@ -13,7 +13,7 @@ use sandbox_protocol::{
 };
 
 use crate::window::Window;
-use crate::{init, job, process};
+use crate::{fs, init, job, process};
 
 /// Whether the agent is the guest's init or a test instance on the host.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -33,13 +33,28 @@ pub enum Ended {
 
 /// A running process of this connection.
 pub(crate) struct Entry {
-    pub pid: i32,
+    /// The process, for signals; `None` for file system requests.
+    pub pid: Option<i32>,
     /// Chunks for the stdin writer thread; `None` once closed.
     pub stdin: Option<Sender<Vec<u8>>>,
     /// Output credit, indexed by [`stream_index`].
     pub windows: [Arc<Window>; 2],
     /// The pty master, for resizing.
     pub pty: Option<File>,
+}
+
+impl Entry {
+    /// A file system request: a credit window for reads or a chunk sender
+    /// for writes, no process.
+    pub fn io(read: Option<Arc<Window>>, write: Option<Sender<Vec<u8>>>) -> Self {
+        let read = read.unwrap_or_else(|| Arc::new(Window::new(0)));
+        Self {
+            pid: None,
+            stdin: write,
+            windows: [read, Arc::new(Window::new(0))],
+            pty: None,
+        }
+    }
 }
 
 pub(crate) type Table = Arc<Mutex<HashMap<u32, Entry>>>;
@@ -134,14 +149,27 @@ fn handle(msg: HostMsg, out: &Out, table: &Table) {
                 e.stdin = None;
             }
         }
-        HostMsg::Signal { id, signal } => match t.get(&id) {
+        HostMsg::Signal { id, signal } => match t.get(&id).map(|e| e.pid) {
             // SAFETY: kill has no memory arguments; the negative pid targets
             // the process group the child leads.
-            Some(e) => unsafe {
-                libc::kill(-e.pid, signal);
+            Some(Some(pid)) => unsafe {
+                libc::kill(-pid, signal);
             },
+            Some(None) => {
+                // Cancelling a file request: wake its reader for good.
+                for w in &t[&id].windows {
+                    w.close();
+                }
+            }
             None => reject(Some(id), format!("request {id} is not running")),
         },
+        HostMsg::Fs { id, op } => {
+            if t.contains_key(&id) {
+                return reject(Some(id), format!("request id {id} is already running"));
+            }
+            drop(t);
+            fs::start(id, op, out, table);
+        }
         HostMsg::Resize { id, size } => {
             let done = t
                 .get(&id)
@@ -175,8 +203,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn kill_all(table: &Table) {
     for e in lock(table).values() {
-        // SAFETY: kill has no memory arguments.
-        unsafe { libc::kill(-e.pid, libc::SIGKILL) };
+        if let Some(pid) = e.pid {
+            // SAFETY: kill has no memory arguments.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
         for w in &e.windows {
             w.close();
         }

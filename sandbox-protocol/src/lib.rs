@@ -13,14 +13,16 @@
 //! error on malformed input instead of panicking.
 
 mod codec;
+mod fs;
 mod msg;
 
 pub use codec::{decode_body, decode_len, encode, FrameDecoder, ProtocolError, HEADER_LEN};
+pub use fs::*;
 pub use msg::*;
 
 /// Version of this protocol. The guest announces it in [`Hello`]; the host
 /// refuses an agent that speaks another one.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame body in bytes, checked before allocating.
 pub const MAX_FRAME: usize = 1 << 20;

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::{DirEntry, FsError, FsOp, FsReply};
+
 /// First frame from the guest: the agent is up and listening.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -97,6 +99,14 @@ pub enum HostMsg {
         /// Bytes consumed.
         bytes: u32,
     },
+    /// A file system operation; its data and credit use the process
+    /// messages (`Output`, `Credit`, `Stdin`, `CloseStdin`, `StdinCredit`).
+    Fs {
+        /// Request id.
+        id: u32,
+        /// The operation.
+        op: FsOp,
+    },
     /// Sync, unmount and power off.
     Shutdown,
 }
@@ -149,6 +159,20 @@ pub enum GuestMsg {
         code: Option<i32>,
         /// Signal number, if a signal killed it.
         signal: Option<i32>,
+    },
+    /// A batch of directory entries for a `ReadDir`.
+    FsEntries {
+        /// Request id.
+        id: u32,
+        /// The entries.
+        entries: Vec<DirEntry>,
+    },
+    /// The final answer of a file system request.
+    FsDone {
+        /// Request id.
+        id: u32,
+        /// Its result.
+        result: Result<FsReply, FsError>,
     },
     /// A request was refused (unknown id, duplicate id, bad argument).
     Rejected {
