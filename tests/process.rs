@@ -247,3 +247,53 @@ async fn fifty_concurrent_spawns_on_one_vm() {
     }
     vm.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn environment_facts_from_config_and_guest() {
+    use sandbox_core::FactSource;
+    let sandbox = sandbox::minimal().unwrap();
+    let config = sandbox.environment_facts();
+    let has = |facts: &[sandbox_core::Fact], source, topic: &str, relation: &str, value: &str| {
+        facts.iter().any(|f| {
+            f.source == source
+                && f.topic == topic
+                && f.relation == relation
+                && f.value.contains(value)
+        })
+    };
+    assert!(has(&config, FactSource::Config, "image", "is", "minimal"));
+    assert!(has(
+        &config,
+        FactSource::Config,
+        "rootfs",
+        "write_mode",
+        "ephemeral"
+    ));
+    assert!(has(&config, FactSource::Config, "shell", "is", "/bin/bash"));
+    let vm = boot("facts").await.unwrap();
+    let guest = vm.environment_facts().await.unwrap();
+    assert!(has(&guest, FactSource::Guest, "kernel", "is", "Linux 6.12"));
+    assert!(has(
+        &guest,
+        FactSource::Guest,
+        "distro",
+        "is",
+        "sandbox minimal"
+    ));
+    assert!(has(&guest, FactSource::Guest, "command", "present", "bash"));
+    assert!(has(
+        &guest,
+        FactSource::Guest,
+        "command",
+        "missing",
+        "python3"
+    ));
+    assert!(has(
+        &guest,
+        FactSource::Guest,
+        "command",
+        "missing",
+        "docker"
+    ));
+    vm.shutdown().await.unwrap();
+}

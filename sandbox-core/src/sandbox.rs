@@ -157,6 +157,11 @@ impl Sandbox {
         SandboxBuilder::default()
     }
 
+    /// The root file system image.
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+
     /// Boots a VM and returns once its agent is ready.
     pub async fn boot(&self, opts: BootOptions) -> Result<Vm, Error> {
         opts.validate()?;
