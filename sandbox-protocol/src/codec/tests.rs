@@ -56,7 +56,7 @@ fn garbage_bodies_are_errors_not_panics() {
         &[0xff],
         &[0x00],                         // Spawn with a missing id
         &[0x00, 0x07, 0xff, 0xff, 0xff], // huge varint length for program
-        &[0x09],                         // unknown variant
+        &[0x7f],                         // unknown variant
         &[0x01, 0x01, 0x80],             // truncated varint
     ];
     for body in cases {
