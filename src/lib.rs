@@ -51,3 +51,13 @@ pub fn guest_processes(id: &str) -> Vec<u32> {
         })
         .collect()
 }
+
+/// This process's resident memory in bytes (from `/proc/self/status`).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}

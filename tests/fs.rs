@@ -103,17 +103,6 @@ async fn mkdir_remove_rename_and_errnos() {
     vm.shutdown().await.unwrap();
 }
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
-}
-
 #[tokio::test]
 async fn a_256_mib_file_streams_both_ways_in_bounded_memory() {
     // /tmp is a tmpfs of half the guest's memory: give it room for 256 MiB.
@@ -131,12 +120,12 @@ async fn a_256_mib_file_streams_both_ways_in_bounded_memory() {
         .unwrap();
     let fs = vm.fs();
     let size: u64 = 256 << 20;
-    let before = rss_bytes();
+    let before = sandbox::rss_bytes();
     let source = tokio::io::repeat(0xa5).take(size);
     fs.write_from("/tmp/big", source, WriteOptions::default())
         .await
         .unwrap();
-    let mut peak = rss_bytes();
+    let mut peak = sandbox::rss_bytes();
     assert_eq!(fs.stat("/tmp/big").await.unwrap().size, size);
     let mut reader = fs.open_read("/tmp/big", 0, None).unwrap();
     let mut buf = vec![0u8; 1 << 20];
@@ -149,7 +138,7 @@ async fn a_256_mib_file_streams_both_ways_in_bounded_memory() {
         assert!(buf[..n].iter().all(|b| *b == 0xa5));
         got += n as u64;
         if got % (32 << 20) < n as u64 {
-            peak = peak.max(rss_bytes());
+            peak = peak.max(sandbox::rss_bytes());
         }
     }
     reader.finish().await.unwrap();

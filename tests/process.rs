@@ -175,13 +175,6 @@ async fn signals_are_delivered_and_reported() {
     vm.shutdown().await.unwrap();
 }
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb * 1024
-}
-
 #[tokio::test]
 async fn a_slow_reader_blocks_the_guest_and_host_memory_stays_bounded() {
     let vm = boot("backpressure").await.unwrap();
@@ -192,11 +185,11 @@ async fn a_slow_reader_blocks_the_guest_and_host_memory_stays_bounded() {
         .spawn("dd", ["if=/dev/zero", "bs=65536", "count=16384"])
         .unwrap();
     p.ready().await.unwrap();
-    let before = rss_bytes();
+    let before = sandbox::rss_bytes();
     let mut stdout = p.stdout.take().unwrap();
     // Not reading: the guest blocks on its pipe after one credit window.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut peak = rss_bytes();
+    let mut peak = sandbox::rss_bytes();
     // Another process is not held up meanwhile.
     assert_eq!(vm.exec("echo", ["free"]).await.unwrap().stdout, b"free\n");
     // Now read all of it, slowly at first.
@@ -211,12 +204,12 @@ async fn a_slow_reader_blocks_the_guest_and_host_memory_stays_bounded() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         if got % (64 << 20) < n as u64 {
-            peak = peak.max(rss_bytes());
+            peak = peak.max(sandbox::rss_bytes());
         }
     }
     assert_eq!(stdout.read(&mut buf).await.unwrap(), 0);
     assert_eq!(p.exit().await.unwrap().code, Some(0));
-    peak = peak.max(rss_bytes());
+    peak = peak.max(sandbox::rss_bytes());
     let growth = peak.saturating_sub(before);
     eprintln!("1 GiB streamed; host RSS growth {} MiB", growth >> 20);
     assert!(growth < 64 << 20, "host RSS grew by {} MiB", growth >> 20);
