@@ -121,6 +121,7 @@ async fn a_256_mib_file_streams_both_ways_in_bounded_memory() {
     let fs = vm.fs();
     let size: u64 = 256 << 20;
     let before = sandbox::rss_bytes();
+    assert!(before > 0, "VmRSS is readable");
     let source = tokio::io::repeat(0xa5).take(size);
     fs.write_from("/tmp/big", source, WriteOptions::default())
         .await

@@ -186,6 +186,7 @@ async fn a_slow_reader_blocks_the_guest_and_host_memory_stays_bounded() {
         .unwrap();
     p.ready().await.unwrap();
     let before = sandbox::rss_bytes();
+    assert!(before > 0, "VmRSS is readable");
     let mut stdout = p.stdout.take().unwrap();
     // Not reading: the guest blocks on its pipe after one credit window.
     tokio::time::sleep(Duration::from_secs(2)).await;
