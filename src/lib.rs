@@ -3,7 +3,7 @@
 //! backend chosen by `SANDBOX_BACKEND` (`uml`, `kvm` or `auto`, default auto)
 //! and inspects the host for leftovers.
 
-use sandbox_core::{images, BackendKind, BootOptions, Error, Sandbox, Vm};
+use sandbox_core::{images, BackendKind, BootOptions, Error, Rootfs, Sandbox, Vm};
 
 /// The backend the tests use, from `SANDBOX_BACKEND`.
 pub fn backend() -> BackendKind {
@@ -14,10 +14,11 @@ pub fn backend() -> BackendKind {
     }
 }
 
-/// A sandbox over the built-in `minimal` image.
+/// A sandbox over the built-in `minimal` image with an ephemeral
+/// (in-memory) writable root.
 pub fn minimal() -> Result<Sandbox, Error> {
     Sandbox::builder()
-        .image(images::builtin("minimal")?)
+        .rootfs(Rootfs::ephemeral(images::builtin("minimal")?))
         .backend(backend())
         .build()
 }

@@ -81,6 +81,9 @@ pub enum Error {
         /// The guest's description.
         message: String,
     },
+    /// The root file system could not be prepared.
+    #[error("the root file system could not be prepared")]
+    Rootfs(#[from] sandbox_rootfs::RootfsError),
     /// The UML backend failed to start the guest.
     #[error("the UML backend failed")]
     Uml(#[from] sandbox_vmm_uml::UmlError),

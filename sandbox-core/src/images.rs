@@ -2,39 +2,11 @@
 //! content digest. Built-in images come from the project's own recipes
 //! (`cargo xtask build`).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::artifacts;
 use crate::Error;
-
-/// Container format of an image file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ImageFormat {
-    /// A raw disk image.
-    Raw,
-    /// A qcow2 image (read support lands with the root file system work).
-    Qcow2,
-}
-
-/// An immutable root file system image.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Image {
-    /// Name, e.g. `minimal`.
-    pub name: String,
-    /// Where the image file is.
-    pub path: PathBuf,
-    /// Container format.
-    pub format: ImageFormat,
-    /// Guest architecture, e.g. `x86_64`.
-    pub arch: String,
-    /// sha256 of the image file, lowercase hex.
-    pub sha256: String,
-    /// Size of the image file in bytes.
-    pub size: u64,
-    /// Facts about the image (distro, shell, package manager).
-    pub facts: BTreeMap<String, String>,
-}
+pub use sandbox_rootfs::{Image, ImageFormat};
 
 /// A built-in image by name. Only `minimal` exists so far.
 pub fn builtin(name: &str) -> Result<Image, Error> {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use crate::backend::{self, BackendKind, MachineSpec};
 use crate::client::Client;
 use crate::vm::Vm;
-use crate::{Error, Image};
+use crate::{Error, Image, Rootfs};
 
 /// Guest resources.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,16 +87,21 @@ impl BootOptions {
 /// Builder for [`Sandbox`]; nothing starts until [`Sandbox::boot`].
 #[derive(Clone, Debug, Default)]
 pub struct SandboxBuilder {
-    image: Option<Image>,
+    rootfs: Option<Rootfs>,
     resources: Resources,
     backend: BackendKind,
 }
 
 impl SandboxBuilder {
-    /// The root file system image (read-only base; writes stay in memory).
-    pub fn image(mut self, image: Image) -> Self {
-        self.image = Some(image);
+    /// The root file system and its write mode.
+    pub fn rootfs(mut self, rootfs: Rootfs) -> Self {
+        self.rootfs = Some(rootfs);
         self
+    }
+
+    /// Shorthand for `.rootfs(Rootfs::read_only(image))`.
+    pub fn image(self, image: Image) -> Self {
+        self.rootfs(Rootfs::read_only(image))
     }
 
     /// CPU and memory.
@@ -113,13 +118,17 @@ impl SandboxBuilder {
 
     /// Validates the definition. Starts nothing.
     pub fn build(self) -> Result<Sandbox, Error> {
-        let image = self.image.ok_or_else(|| {
-            Error::InvalidConfig("no image: call .image(images::builtin(\"minimal\")?)".into())
+        let rootfs = self.rootfs.ok_or_else(|| {
+            Error::InvalidConfig(
+                "no root file system: call .rootfs(Rootfs::ephemeral(images::builtin(\"minimal\")?))"
+                    .into(),
+            )
         })?;
+        let image = rootfs.image();
         if !image.path.is_file() {
             return Err(Error::ArtifactMissing {
                 what: format!("image {:?}", image.name),
-                path: image.path,
+                path: image.path.clone(),
             });
         }
         let r = self.resources;
@@ -136,7 +145,7 @@ impl SandboxBuilder {
             )));
         }
         Ok(Sandbox {
-            image,
+            rootfs,
             resources: r,
             backend: self.backend,
         })
@@ -146,7 +155,7 @@ impl SandboxBuilder {
 /// A validated sandbox definition; boots any number of independent VMs.
 #[derive(Clone, Debug)]
 pub struct Sandbox {
-    image: Image,
+    rootfs: Rootfs,
     resources: Resources,
     backend: BackendKind,
 }
@@ -159,7 +168,12 @@ impl Sandbox {
 
     /// The root file system image.
     pub fn image(&self) -> &Image {
-        &self.image
+        self.rootfs.image()
+    }
+
+    /// The root file system and its write mode.
+    pub fn rootfs(&self) -> &Rootfs {
+        &self.rootfs
     }
 
     /// Boots a VM and returns once its agent is ready.
@@ -168,7 +182,7 @@ impl Sandbox {
         let started = Instant::now();
         let (kind, why) = backend::select(self.backend)?;
         let spec = MachineSpec {
-            image: self.image.clone(),
+            rootfs: self.rootfs.clone(),
             memory_mib: self.resources.memory_mib,
             hostname: opts.hostname.clone(),
         };

@@ -1,16 +1,48 @@
 //! Root file systems: block-level storage behind the guest's virtio-blk root.
 //!
-//! Today this crate holds the [`Disk`] trait the block device serves and
-//! [`MemOverlay`]: a read-only base image file with writes kept in memory
-//! (an ephemeral overlay). The full stack (qcow2 bases, persistent and
-//! caller-owned overlays, compose, flatten, byte streaming) lands with the
-//! root file system issue and plugs in behind the same trait.
+//! Today: [`Image`] (an immutable base with a verified sha256 digest),
+//! [`Rootfs`] with the read-only and ephemeral write modes, the [`Disk`]
+//! trait the block device serves, and [`MemOverlay`] (writes kept in
+//! memory). The rest of the stack (qcow2 bases, persistent and caller-owned
+//! overlays, compose, flatten, byte streaming) plugs in behind `Disk`.
 
+mod image;
 mod overlay;
+mod rootfs;
 
+pub use image::{sha256_file, Image, ImageFormat};
 pub use overlay::MemOverlay;
+pub use rootfs::{Rootfs, DEFAULT_MAX_DIRTY_BYTES};
 
 use std::io;
+use std::path::PathBuf;
+
+/// Errors preparing a root file system.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    /// The image file does not match its recorded digest.
+    #[error("image {path} does not match its digest (expected sha256 {expected}, found {actual}); rebuild it (`cargo xtask build --rebuild`) or fix the descriptor")]
+    DigestMismatch {
+        /// The file.
+        path: PathBuf,
+        /// Recorded digest.
+        expected: String,
+        /// Actual digest.
+        actual: String,
+    },
+    /// Host I/O failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Not supported yet.
+    #[error("{0}")]
+    Unsupported(String),
+}
 
 /// A block device's storage as the virtio-blk device sees it: byte-addressed,
 /// fixed size. Implementations validate ranges themselves; the device has

@@ -97,6 +97,7 @@ impl UmlVm {
             console: ConsoleLog::new(cfg.console_log_bytes),
             log_thread: None,
         };
+        let read_only = cfg.root.read_only();
         let blk = vm.serve("blk", Block::new(cfg.root, "sandbox-root"))?;
         let vsock = vm.serve("vsock", vsock)?;
 
@@ -105,7 +106,8 @@ impl UmlVm {
             .arg(format!("umid={id}"))
             .arg(format!("uml_dir={}", vm.workdir.display()))
             .args(["con=null", "con0=null,fd:2", "ssl=null", "console=tty0"])
-            .args(["root=/dev/vda", "rw", "rootfstype=ext4", "rootwait"])
+            .args(["root=/dev/vda", "rootfstype=ext4", "rootwait"])
+            .arg(if read_only { "ro" } else { "rw" })
             .arg("init=/sbin/sandbox-guest")
             .arg(format!("sandbox.hostname={}", cfg.hostname))
             .arg(format!("sandbox.channel=vsock:{}", cfg.agent_port))

@@ -6,7 +6,7 @@ mod uml;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use crate::{Error, Image};
+use crate::{Error, Rootfs};
 
 /// Which backend boots the VM.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,7 +57,7 @@ pub fn probe_kvm() -> KvmProbe {
 
 /// What a backend needs to start a guest.
 pub(crate) struct MachineSpec {
-    pub image: Image,
+    pub rootfs: Rootfs,
     pub memory_mib: u32,
     pub hostname: String,
 }

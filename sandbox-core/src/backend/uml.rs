@@ -4,7 +4,6 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use sandbox_protocol::AGENT_VSOCK_PORT;
-use sandbox_rootfs::MemOverlay;
 use sandbox_vmm_uml::{UmlConfig, UmlVm};
 
 use super::{Machine, MachineSpec};
@@ -13,19 +12,14 @@ use crate::Error;
 
 /// Console bytes kept for error reports.
 const CONSOLE_LOG_BYTES: usize = 256 << 10;
-/// Writes the in-memory overlay accepts before failing with EIO.
-const MAX_DIRTY_BYTES: u64 = 64 << 20;
 
 pub(super) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
     let kernel = artifacts::manifest_path("kernel-uml", "UML kernel")?;
-    let root = MemOverlay::open(&spec.image.path, MAX_DIRTY_BYTES).map_err(Error::io(format!(
-        "opening image {}",
-        spec.image.path.display()
-    )))?;
+    let root = spec.rootfs.open()?;
     let vm = UmlVm::start(UmlConfig {
         kernel,
         memory_mib: spec.memory_mib,
-        root: Box::new(root),
+        root,
         hostname: spec.hostname,
         console_log_bytes: CONSOLE_LOG_BYTES,
         agent_port: AGENT_VSOCK_PORT,

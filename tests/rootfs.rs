@@ -1,0 +1,107 @@
+//! Root file system write modes and image verification on real guests.
+
+use sandbox_core::{images, BootOptions, Error, Rootfs, Sandbox};
+use sandbox_rootfs::{sha256_file, RootfsError};
+
+async fn boot(rootfs: Rootfs) -> sandbox_core::Vm {
+    Sandbox::builder()
+        .rootfs(rootfs)
+        .backend(sandbox::backend())
+        .build()
+        .unwrap()
+        .boot(BootOptions::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn read_only_root_refuses_writes_but_tmp_works() {
+    let image = images::builtin("minimal").unwrap();
+    let vm = boot(Rootfs::read_only(image.clone())).await;
+    let out = vm.exec("sh", ["-c", "echo x > /root/file"]).await.unwrap();
+    assert_ne!(out.status.code, Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tmp = vm
+        .exec("sh", ["-c", "echo y > /tmp/f && cat /tmp/f"])
+        .await
+        .unwrap();
+    assert_eq!(tmp.stdout, b"y\n");
+    vm.shutdown().await.unwrap();
+    assert_eq!(
+        sha256_file(&image.path).unwrap(),
+        image.sha256,
+        "base untouched"
+    );
+}
+
+#[tokio::test]
+async fn ephemeral_writes_vanish_after_reboot_and_the_base_is_untouched() {
+    let image = images::builtin("minimal").unwrap();
+    let rootfs = Rootfs::ephemeral(image.clone());
+    let vm = boot(rootfs.clone()).await;
+    vm.exec("sh", ["-c", "echo kept > /root/file && sync"])
+        .await
+        .unwrap();
+    assert_eq!(
+        vm.exec("cat", ["/root/file"]).await.unwrap().stdout,
+        b"kept\n"
+    );
+    vm.shutdown().await.unwrap();
+    let again = boot(rootfs).await;
+    let gone = again.exec("cat", ["/root/file"]).await.unwrap();
+    assert_ne!(gone.status.code, Some(0), "the write did not survive");
+    again.shutdown().await.unwrap();
+    assert_eq!(sha256_file(&image.path).unwrap(), image.sha256);
+}
+
+#[tokio::test]
+async fn exceeding_max_dirty_bytes_is_an_io_error_in_the_guest() {
+    let image = images::builtin("minimal").unwrap();
+    let vm = boot(Rootfs::ephemeral(image).max_dirty_bytes(4 << 20)).await;
+    let out = vm
+        .exec(
+            "sh",
+            [
+                "-c",
+                "dd if=/dev/zero of=/root/big bs=1M count=32 conv=fsync 2>&1; echo rc=$?",
+            ],
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("rc=0"), "the write must fail: {text}");
+    // The VM still answers.
+    assert_eq!(vm.exec("echo", ["alive"]).await.unwrap().stdout, b"alive\n");
+    drop(vm);
+}
+
+#[tokio::test]
+async fn a_modified_image_is_refused_before_boot() {
+    let image = images::builtin("minimal").unwrap();
+    let copy = std::env::temp_dir().join(format!("sandbox-tampered-{}.ext4", std::process::id()));
+    std::fs::copy(&image.path, &copy).unwrap();
+    let mut bytes = std::fs::read(&copy).unwrap();
+    bytes[4096] ^= 0xff;
+    std::fs::write(&copy, &bytes).unwrap();
+    let mut tampered = image.clone();
+    tampered.path = copy.clone();
+    let err = Sandbox::builder()
+        .rootfs(Rootfs::read_only(tampered))
+        .backend(sandbox::backend())
+        .build()
+        .unwrap()
+        .boot(BootOptions::default())
+        .await
+        .unwrap_err();
+    std::fs::remove_file(&copy).unwrap();
+    match err {
+        Error::Rootfs(RootfsError::DigestMismatch { expected, .. }) => {
+            assert_eq!(expected, image.sha256)
+        }
+        other => panic!("expected a digest mismatch, got {other:?}"),
+    }
+}
