@@ -105,3 +105,51 @@ async fn a_modified_image_is_refused_before_boot() {
         other => panic!("expected a digest mismatch, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_compressed_qcow2_image_boots_read_only_and_ephemeral() {
+    let raw = images::builtin("minimal").unwrap();
+    let path = std::env::temp_dir().join(format!("sandbox-minimal-{}.qcow2", std::process::id()));
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2", "-c"])
+        .arg(&raw.path)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = sandbox_core::Image {
+        name: "minimal-qcow2".into(),
+        format: sandbox_core::ImageFormat::Qcow2,
+        sha256: sha256_file(&path).unwrap(),
+        size: std::fs::metadata(&path).unwrap().len(),
+        path: path.clone(),
+        ..raw
+    };
+    let vm = boot(Rootfs::read_only(image.clone())).await;
+    let out = vm.exec("cat", ["/etc/os-release"]).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sandbox minimal"));
+    vm.shutdown().await.unwrap();
+    let vm = boot(Rootfs::ephemeral(image.clone())).await;
+    let out = vm
+        .exec(
+            "sh",
+            [
+                "-c",
+                "echo w > /root/w && cat /root/w && md5sum /bin/busybox",
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("w\n"));
+    vm.shutdown().await.unwrap();
+    assert_eq!(
+        sha256_file(&path).unwrap(),
+        image.sha256,
+        "the qcow2 base is never written"
+    );
+    std::fs::remove_file(&path).unwrap();
+}

@@ -8,10 +8,14 @@
 
 mod image;
 mod overlay;
+pub mod qcow2;
+mod raw;
 mod rootfs;
 
 pub use image::{sha256_file, Image, ImageFormat};
 pub use overlay::MemOverlay;
+pub use qcow2::Qcow2Image;
+pub use raw::RawImage;
 pub use rootfs::{Rootfs, DEFAULT_MAX_DIRTY_BYTES};
 
 use std::io;
@@ -39,9 +43,9 @@ pub enum RootfsError {
         #[source]
         source: io::Error,
     },
-    /// Not supported yet.
-    #[error("{0}")]
-    Unsupported(String),
+    /// A qcow2 image is malformed or uses something not supported.
+    #[error("qcow2: {0}")]
+    Qcow2(String),
 }
 
 /// A block device's storage as the virtio-blk device sees it: byte-addressed,

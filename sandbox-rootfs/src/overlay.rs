@@ -1,37 +1,38 @@
-//! A read-only base file with an in-memory copy-on-write overlay.
+//! An in-memory copy-on-write overlay over any read-only base disk.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::Disk;
+use crate::{Disk, RawImage};
 
 /// Overlay block size: writes are tracked in blocks of this many bytes.
 const BLOCK: u64 = 4096;
 
-/// A base image opened read-only plus a map of the blocks the guest wrote.
-/// The base file is never written. Memory grows with the blocks written, up
-/// to `max_dirty_bytes`; past that, writes fail with an I/O error.
+/// A base disk plus a map of the blocks the guest wrote. The base is never
+/// written. Memory grows with the blocks written, up to `max_dirty_bytes`;
+/// past that, writes fail with an I/O error.
 pub struct MemOverlay {
-    base: File,
+    base: Box<dyn Disk>,
     size: u64,
     blocks: HashMap<u64, Box<[u8]>>,
     max_dirty_bytes: u64,
 }
 
 impl MemOverlay {
-    /// Opens `base` read-only. `max_dirty_bytes` bounds the overlay's memory.
-    pub fn open(base: &Path, max_dirty_bytes: u64) -> io::Result<Self> {
-        let file = File::open(base)?;
-        let size = file.metadata()?.len() & !511;
-        Ok(Self {
-            base: file,
-            size,
+    /// An overlay over `base`. `max_dirty_bytes` bounds the overlay's memory.
+    pub fn new(base: Box<dyn Disk>, max_dirty_bytes: u64) -> Self {
+        Self {
+            size: base.size(),
+            base,
             blocks: HashMap::new(),
             max_dirty_bytes,
-        })
+        }
+    }
+
+    /// An overlay over the raw image file at `base`.
+    pub fn open(base: &Path, max_dirty_bytes: u64) -> io::Result<Self> {
+        Ok(Self::new(Box::new(RawImage::open(base)?), max_dirty_bytes))
     }
 
     /// Bytes held by the overlay.
@@ -49,8 +50,8 @@ impl MemOverlay {
         }
     }
 
-    fn read_base(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.base.read_exact_at(buf, offset)
+    fn read_base(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.base.read_at(offset, buf)
     }
 }
 
@@ -116,6 +117,7 @@ impl Disk for MemOverlay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
     use std::io::Write;
 
     fn base(bytes: &[u8]) -> (std::path::PathBuf, MemOverlay) {

@@ -1,10 +1,6 @@
 //! How the guest's root disk treats writes.
 
-use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
-
-use crate::{Disk, Image, MemOverlay, RootfsError};
+use crate::{Disk, Image, ImageFormat, MemOverlay, Qcow2Image, RawImage, RootfsError};
 
 /// Default bound of an ephemeral overlay.
 pub const DEFAULT_MAX_DIRTY_BYTES: u64 = 64 << 20;
@@ -79,47 +75,13 @@ impl Rootfs {
             what: format!("opening image {}", self.image.path.display()),
             source,
         };
+        let base: Box<dyn Disk> = match self.image.format {
+            ImageFormat::Raw => Box::new(RawImage::open(&self.image.path).map_err(io_err)?),
+            ImageFormat::Qcow2 => Box::new(Qcow2Image::open(&self.image.path)?),
+        };
         Ok(match self.mode {
-            Mode::ReadOnly => Box::new(ReadOnlyDisk::open(&self.image).map_err(io_err)?),
-            Mode::Ephemeral { max_dirty_bytes } => {
-                Box::new(MemOverlay::open(&self.image.path, max_dirty_bytes).map_err(io_err)?)
-            }
+            Mode::ReadOnly => base,
+            Mode::Ephemeral { max_dirty_bytes } => Box::new(MemOverlay::new(base, max_dirty_bytes)),
         })
-    }
-}
-
-/// The base image served as is; writes fail.
-struct ReadOnlyDisk {
-    file: File,
-    size: u64,
-}
-
-impl ReadOnlyDisk {
-    fn open(image: &Image) -> io::Result<Self> {
-        let file = File::open(&image.path)?;
-        let size = file.metadata()?.len() & !511;
-        Ok(Self { file, size })
-    }
-}
-
-impl Disk for ReadOnlyDisk {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn read_only(&self) -> bool {
-        true
-    }
-
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
-    }
-
-    fn write_at(&mut self, _offset: u64, _data: &[u8]) -> io::Result<()> {
-        Err(io::Error::from_raw_os_error(libc::EROFS))
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }

@@ -19,6 +19,7 @@ pub const PACKAGES: &[&str] = &[
     "e2fsprogs",
     "busybox-static",
     "bash-static",
+    "qemu-utils",
 ];
 
 fn installed(pkg: &str) -> bool {

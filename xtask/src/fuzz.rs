@@ -39,6 +39,7 @@ pub fn build_and_run() -> Result<()> {
         .lines()
         .map(str::to_string)
         .collect();
+    seed_qcow2(&fuzz_dir)?;
     for t in &targets {
         step(&format!("fuzz {t}: build and run {SECONDS}s"));
         let status = Command::new(env!("CARGO"))
@@ -58,4 +59,30 @@ pub fn build_and_run() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Seeds the qcow2 target with real images (plain and compressed, small
+/// clusters), so the fuzzer starts past the magic and header checks.
+fn seed_qcow2(fuzz_dir: &std::path::Path) -> Result<()> {
+    let dir = fuzz_dir.join("corpus/qcow2_image");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let raw = dir.join("seed.raw");
+    let pattern: Vec<u8> = (0..64u32 << 10).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&raw, pattern).map_err(|e| e.to_string())?;
+    for (name, args) in [
+        ("seed-plain.qcow2", vec!["-o", "cluster_size=512"]),
+        (
+            "seed-compressed.qcow2",
+            vec!["-c", "-o", "cluster_size=512"],
+        ),
+    ] {
+        cache::run(
+            Command::new("qemu-img")
+                .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+                .args(args)
+                .arg(&raw)
+                .arg(dir.join(name)),
+        )?;
+    }
+    std::fs::remove_file(&raw).map_err(|e| e.to_string())
 }
