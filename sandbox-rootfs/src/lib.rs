@@ -6,12 +6,14 @@
 //! memory). The rest of the stack (qcow2 bases, persistent and caller-owned
 //! overlays, compose, flatten, byte streaming) plugs in behind `Disk`.
 
+mod flatten;
 mod image;
 mod overlay;
 pub mod qcow2;
 mod raw;
 mod rootfs;
 
+pub use flatten::{flatten_qcow2, Qcow2Options};
 pub use image::{sha256_file, Image, ImageFormat};
 pub use overlay::MemOverlay;
 pub use qcow2::Qcow2Image;
