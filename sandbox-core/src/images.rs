@@ -8,17 +8,20 @@ use crate::artifacts;
 use crate::Error;
 pub use sandbox_rootfs::{Image, ImageFormat};
 
-/// A built-in image by name. Only `minimal` exists so far.
+/// Names of the built-in images.
+pub const BUILTIN: &[&str] = &["minimal", "debian:12"];
+
+/// A built-in image by name: `minimal` (busybox and bash) or `debian:12`
+/// (bookworm with bash, coreutils, curl, git, python3, jq and more).
 pub fn builtin(name: &str) -> Result<Image, Error> {
-    if name != "minimal" {
+    if !BUILTIN.contains(&name) {
         return Err(Error::InvalidConfig(format!(
-            "no built-in image {name:?}; available: minimal"
+            "no built-in image {name:?}; available: {}",
+            BUILTIN.join(", ")
         )));
     }
-    let m = artifacts::manifest(
-        &format!("image-{name}"),
-        &format!("built-in image {name:?}"),
-    )?;
+    let manifest = format!("image-{}", name.replace(':', "-"));
+    let m = artifacts::manifest(&manifest, &format!("built-in image {name:?}"))?;
     let text = |k: &str| m[k].as_str().unwrap_or_default().to_string();
     let image = Image {
         name: text("name"),

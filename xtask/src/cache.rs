@@ -144,3 +144,18 @@ pub fn run_logged(cmd: &mut Command, log: &Path, label: &str, every: usize) -> R
         tail.join("\n")
     ))
 }
+
+/// Removes older builds of an artifact: files in `dir` named `prefix*`
+/// other than `keep`, so the cache does not grow with every rebuild.
+pub fn remove_others(dir: &Path, prefix: &str, keep: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let stale = e.file_name().to_string_lossy().starts_with(prefix) && p != keep;
+        if stale {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}

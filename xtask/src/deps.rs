@@ -20,6 +20,7 @@ pub const PACKAGES: &[&str] = &[
     "busybox-static",
     "bash-static",
     "qemu-utils",
+    "debootstrap",
 ];
 
 fn installed(pkg: &str) -> bool {

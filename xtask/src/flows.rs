@@ -17,10 +17,12 @@ pub fn build(rebuild: bool) -> Result<()> {
     Ok(())
 }
 
-/// Builds the agent and the `minimal` image.
+/// Builds the agent and the built-in images.
 pub fn build_image(rebuild: bool) -> Result<PathBuf> {
     let agent = image::build_agent()?;
-    image::build_minimal(&agent, rebuild)
+    let minimal = image::build_minimal(&agent, rebuild)?;
+    crate::debian::build(&agent, rebuild)?;
+    Ok(minimal)
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

@@ -96,6 +96,7 @@ pub fn build_minimal(agent: &Path, rebuild: bool) -> Result<PathBuf> {
             .env("E2FSPROGS_FAKE_TIME", "1700000000"))?;
         std::fs::rename(&tmp, &image).map_err(|e| format!("renaming image: {e}"))?;
         let _ = std::fs::remove_dir_all(&staging);
+        cache::remove_others(&dir, "minimal-", &image);
     }
     let size = std::fs::metadata(&image).map_err(|e| e.to_string())?.len();
     cache::write_manifest(

@@ -10,6 +10,7 @@
 //! ```
 
 mod cache;
+mod debian;
 mod deps;
 mod flows;
 mod fuzz;
