@@ -12,6 +12,7 @@ mod overlay;
 pub mod qcow2;
 mod raw;
 mod rootfs;
+mod stream;
 
 pub use flatten::{flatten_qcow2, Qcow2Options};
 pub use image::{sha256_file, Image, ImageFormat};
@@ -19,6 +20,7 @@ pub use overlay::MemOverlay;
 pub use qcow2::Qcow2Image;
 pub use raw::RawImage;
 pub use rootfs::{Rootfs, DEFAULT_MAX_DIRTY_BYTES};
+pub use stream::bytes;
 
 use std::io;
 use std::path::PathBuf;
