@@ -322,25 +322,24 @@ fn output_stops_at_the_credit_window_until_the_host_grants_more() {
     let mut a = Agent::start();
     let total = 3 * INITIAL_WINDOW as usize;
     a.spawn(3, "head", &["-c", &total.to_string(), "/dev/zero"], false);
+    // First the whole window arrives...
     let mut got = 0usize;
+    while got < INITIAL_WINDOW as usize {
+        match a.recv() {
+            GuestMsg::Output { data, .. } => got += data.len(),
+            GuestMsg::Exited { .. } => panic!("exited without the host reading"),
+            _ => {}
+        }
+    }
+    // ...then nothing more while the host grants no credit.
     a.sock
         .set_read_timeout(Some(Duration::from_millis(700)))
         .unwrap();
-    loop {
-        let mut buf = [0u8; 65536];
-        if let Some(m) = a.decoder.decode_next::<GuestMsg>().unwrap() {
-            match m {
-                GuestMsg::Output { data, .. } => got += data.len(),
-                GuestMsg::Exited { .. } => panic!("exited without the host reading"),
-                _ => {}
-            }
-            continue;
-        }
-        match a.sock.read(&mut buf) {
-            Ok(n) => a.decoder.push(&buf[..n]),
-            Err(_) => break, // quiet: the process is blocked on its pipe
-        }
-    }
+    let mut buf = [0u8; 65536];
+    assert!(
+        a.decoder.decode_next::<GuestMsg>().unwrap().is_none() && a.sock.read(&mut buf).is_err(),
+        "the agent sent past its credit"
+    );
     assert_eq!(got, INITIAL_WINDOW as usize, "exactly one window in flight");
     a.sock
         .set_read_timeout(Some(Duration::from_secs(20)))
