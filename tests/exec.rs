@@ -177,3 +177,25 @@ async fn a_kernel_panic_in_the_guest_is_reported() {
         other => panic!("expected GuestStopped, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn the_uml_kernel_process_has_no_host_network() {
+    let vm = boot("netns").await.unwrap();
+    if vm.backend() != sandbox_core::BackendKind::Uml {
+        eprintln!("skipped: only meaningful for the UML backend");
+        return;
+    }
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("not root: unshare(CLONE_NEWNET) may be refused, only listing namespaces");
+    }
+    for pid in guest_processes(&vm.id()) {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+        if root {
+            assert_ne!(theirs, ours, "pid {pid} shares the host network namespace");
+        }
+    }
+    vm.shutdown().await.unwrap();
+}

@@ -61,6 +61,10 @@ pub struct UmlConfig {
 const GUEST_CID: u64 = 3;
 
 /// A running UML guest. Dropping it kills the guest and cleans up.
+///
+/// The kernel process runs in its own process group, with `no_new_privs`,
+/// a parent-death signal and (when the host allows it) an empty network
+/// namespace.
 pub struct UmlVm {
     id: String,
     child: Option<Child>,
@@ -135,6 +139,11 @@ impl UmlVm {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                // An empty network namespace: the kernel process reaches no
+                // host network. Its vhost-user sockets are file system paths,
+                // which work across namespaces. Best effort: without the
+                // privilege to unshare, the kernel keeps the host's.
+                libc::unshare(libc::CLONE_NEWNET);
                 Ok(())
             });
         }
