@@ -62,6 +62,7 @@ async fn ephemeral_writes_vanish_after_reboot_and_the_base_is_untouched() {
 async fn exceeding_max_dirty_bytes_is_an_io_error_in_the_guest() {
     let image = images::builtin("minimal").unwrap();
     let vm = boot(Rootfs::ephemeral(image).max_dirty_bytes(4 << 20)).await;
+    let mut events = vm.subscribe();
     let out = vm
         .exec(
             "sh",
@@ -74,6 +75,18 @@ async fn exceeding_max_dirty_bytes_is_an_io_error_in_the_guest() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("rc=0"), "the write must fail: {text}");
+    // The host hears about it once.
+    let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+        .await
+        .expect("an event within 5 s")
+        .unwrap();
+    assert_eq!(
+        event,
+        sandbox_core::VmEvent::Rootfs(sandbox_core::RootfsEvent::DirtyLimitReached {
+            max_dirty_bytes: 4 << 20
+        })
+    );
+    assert!(events.try_recv().is_err(), "reported once");
     // The VM still answers.
     assert_eq!(vm.exec("echo", ["alive"]).await.unwrap().stdout, b"alive\n");
     drop(vm);

@@ -38,6 +38,7 @@ pub use process::{OutputStream, Process, ProcessStdin, Pty, NOT_STARTED};
 pub use sandbox::{BootOptions, Resources, Sandbox, SandboxBuilder};
 pub use sandbox_protocol::PtySize;
 pub use sandbox_rootfs::Rootfs;
+pub use sandbox_rootfs::RootfsEvent;
 pub use status::{ExitStatus, Output, Signal};
 pub use tokio_util::sync::CancellationToken;
-pub use vm::Vm;
+pub use vm::{Vm, VmEvent};

@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 use crate::backend::{self, BackendKind, MachineSpec};
 use crate::client::Client;
 use crate::vm::Vm;
-use crate::{Error, Image, Rootfs};
+use crate::{Error, Image, Rootfs, VmEvent};
+
+/// Events kept for subscribers that lag behind.
+const EVENT_BACKLOG: usize = 64;
 
 /// Guest resources.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,7 +184,12 @@ impl Sandbox {
         opts.validate()?;
         let started = Instant::now();
         let (kind, why) = backend::select(self.backend)?;
+        let (events, _) = tokio::sync::broadcast::channel(EVENT_BACKLOG);
+        let sender = events.clone();
         let spec = MachineSpec {
+            events: std::sync::Arc::new(move |e| {
+                let _ = sender.send(VmEvent::Rootfs(e));
+            }),
             rootfs: self.rootfs.clone(),
             memory_mib: self.resources.memory_mib,
             hostname: opts.hostname.clone(),
@@ -238,6 +246,7 @@ impl Sandbox {
             why,
             opts.cwd,
             started.elapsed(),
+            events,
         ))
     }
 }

@@ -14,12 +14,20 @@ use crate::{Command, Error, Output};
 /// How long `shutdown` waits for a clean power-off before killing the guest.
 const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Something that happened to a running VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmEvent {
+    /// A root file system condition.
+    Rootfs(sandbox_rootfs::RootfsEvent),
+}
+
 type SharedMachine = Arc<Mutex<Box<dyn Machine>>>;
 
 /// A booted VM. Dropping it kills the guest (use [`Vm::shutdown`] for a
 /// clean power-off).
 pub struct Vm {
     client: Client,
+    events: tokio::sync::broadcast::Sender<VmEvent>,
     machine: SharedMachine,
     backend: BackendKind,
     backend_reason: String,
@@ -39,9 +47,11 @@ impl Vm {
         backend_reason: String,
         cwd: String,
         boot_time: Duration,
+        events: tokio::sync::broadcast::Sender<VmEvent>,
     ) -> Self {
         Self {
             client,
+            events,
             machine: Arc::new(Mutex::new(machine)),
             backend,
             backend_reason,
@@ -54,6 +64,13 @@ impl Vm {
     /// helpers carry `umid=<id>` on their command line.
     pub fn id(&self) -> String {
         lock(&self.machine).id()
+    }
+
+    /// Events about this VM from now on (for example a full ephemeral
+    /// overlay). A subscriber that falls behind by more than 64 events sees
+    /// `RecvError::Lagged`.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<VmEvent> {
+        self.events.subscribe()
     }
 
     /// The backend that runs this VM.

@@ -25,6 +25,20 @@ pub use stream::bytes;
 use std::io;
 use std::path::PathBuf;
 
+/// Something the host should know about a running root file system.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RootfsEvent {
+    /// An ephemeral overlay is full: guest writes to new blocks now fail
+    /// with I/O errors.
+    DirtyLimitReached {
+        /// The configured bound.
+        max_dirty_bytes: u64,
+    },
+}
+
+/// Receives [`RootfsEvent`]s, on the device's thread: keep it short.
+pub type EventHook = std::sync::Arc<dyn Fn(RootfsEvent) + Send + Sync>;
+
 /// Errors preparing a root file system.
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 
-use crate::{Disk, RawImage};
+use crate::{Disk, EventHook, RawImage, RootfsEvent};
 
 /// Overlay block size: writes are tracked in blocks of this many bytes.
 const BLOCK: u64 = 4096;
@@ -14,6 +14,8 @@ const BLOCK: u64 = 4096;
 /// past that, writes fail with an I/O error.
 pub struct MemOverlay {
     base: Box<dyn Disk>,
+    on_limit: Option<EventHook>,
+    limit_reported: bool,
     size: u64,
     blocks: HashMap<u64, Box<[u8]>>,
     max_dirty_bytes: u64,
@@ -25,9 +27,17 @@ impl MemOverlay {
         Self {
             size: base.size(),
             base,
+            on_limit: None,
+            limit_reported: false,
             blocks: HashMap::new(),
             max_dirty_bytes,
         }
+    }
+
+    /// Calls `hook` the first time a write is refused for lack of room.
+    pub fn on_event(mut self, hook: EventHook) -> Self {
+        self.on_limit = Some(hook);
+        self
     }
 
     /// An overlay over the raw image file at `base`.
@@ -90,6 +100,14 @@ impl Disk for MemOverlay {
             let n = (BLOCK as usize - within).min(data.len() - done);
             if !self.blocks.contains_key(&block) {
                 if self.dirty_bytes() + BLOCK > self.max_dirty_bytes {
+                    if !self.limit_reported {
+                        self.limit_reported = true;
+                        if let Some(hook) = &self.on_limit {
+                            hook(RootfsEvent::DirtyLimitReached {
+                                max_dirty_bytes: self.max_dirty_bytes,
+                            });
+                        }
+                    }
                     return Err(io::Error::new(
                         io::ErrorKind::StorageFull,
                         "the in-memory overlay reached max_dirty_bytes",

@@ -1,6 +1,6 @@
 //! How the guest's root disk treats writes.
 
-use crate::{Disk, Image, ImageFormat, MemOverlay, Qcow2Image, RawImage, RootfsError};
+use crate::{Disk, EventHook, Image, ImageFormat, MemOverlay, Qcow2Image, RawImage, RootfsError};
 
 /// Default bound of an ephemeral overlay.
 pub const DEFAULT_MAX_DIRTY_BYTES: u64 = 64 << 20;
@@ -68,8 +68,9 @@ impl Rootfs {
         }
     }
 
-    /// Verifies the base image and opens the disk the guest will see.
-    pub fn open(&self) -> Result<Box<dyn Disk>, RootfsError> {
+    /// Verifies the base image and opens the disk the guest will see;
+    /// `events` hears about overlay conditions (a full ephemeral overlay).
+    pub fn open(&self, events: Option<EventHook>) -> Result<Box<dyn Disk>, RootfsError> {
         self.image.verify()?;
         let io_err = |source| RootfsError::Io {
             what: format!("opening image {}", self.image.path.display()),
@@ -81,7 +82,13 @@ impl Rootfs {
         };
         Ok(match self.mode {
             Mode::ReadOnly => base,
-            Mode::Ephemeral { max_dirty_bytes } => Box::new(MemOverlay::new(base, max_dirty_bytes)),
+            Mode::Ephemeral { max_dirty_bytes } => {
+                let overlay = MemOverlay::new(base, max_dirty_bytes);
+                Box::new(match events {
+                    Some(hook) => overlay.on_event(hook),
+                    None => overlay,
+                })
+            }
         })
     }
 }

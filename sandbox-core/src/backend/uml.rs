@@ -15,7 +15,7 @@ const CONSOLE_LOG_BYTES: usize = 256 << 10;
 
 pub(super) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
     let kernel = artifacts::manifest_path("kernel-uml", "UML kernel")?;
-    let root = spec.rootfs.open()?;
+    let root = spec.rootfs.open(Some(spec.events.clone()))?;
     let vm = UmlVm::start(UmlConfig {
         kernel,
         memory_mib: spec.memory_mib,
