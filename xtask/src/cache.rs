@@ -145,17 +145,23 @@ pub fn run_logged(cmd: &mut Command, log: &Path, label: &str, every: usize) -> R
     ))
 }
 
-/// Removes older builds of an artifact: files in `dir` named `prefix*`
-/// other than `keep`, so the cache does not grow with every rebuild.
+/// Older builds of an artifact kept besides the current one, so another
+/// checkout using the same cache at the same time keeps its files.
+const KEEP_OLDER: usize = 2;
+
+/// Prunes older builds of an artifact: files in `dir` named `prefix*`
+/// other than `keep`, beyond the [`KEEP_OLDER`] most recent.
 pub fn remove_others(dir: &Path, prefix: &str, keep: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
-    for e in rd.flatten() {
-        let p = e.path();
-        let stale = e.file_name().to_string_lossy().starts_with(prefix) && p != keep;
-        if stale {
-            let _ = std::fs::remove_file(p);
-        }
+    let mut older: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix) && e.path() != keep)
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    older.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, path) in older.into_iter().skip(KEEP_OLDER) {
+        let _ = std::fs::remove_file(path);
     }
 }

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::cache::{self, run, run_logged, sha256_file, step, Key};
+use crate::cache::{self, run_logged, step, Key};
+use crate::image;
 use crate::Result;
 
 /// Bump when the steps below change the output.
@@ -125,8 +126,9 @@ pub fn build(agent: &Path, rebuild: bool) -> Result<PathBuf> {
         .text("tree", &tree.display().to_string())
         .file(agent)?
         .finish();
-    let dir = cache::root().join("images");
-    let image = dir.join(format!("debian-12-{key}.ext4"));
+    let image = cache::root()
+        .join("images")
+        .join(format!("debian-12-{key}.ext4"));
     if image.is_file() && !rebuild {
         step(&format!("image debian:12: cached at {}", image.display()));
     } else {
@@ -134,36 +136,16 @@ pub fn build(agent: &Path, rebuild: bool) -> Result<PathBuf> {
         std::fs::copy(agent, staging.join("sbin/sandbox-guest"))
             .map_err(|e| format!("installing the agent: {e}"))?;
         let mib = tree_bytes(&staging) / (1 << 20) * 5 / 4 + FREE_MIB;
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let tmp = dir.join(format!(".debian-12-{key}.ext4.tmp"));
-        let _ = std::fs::remove_file(&tmp);
-        step(&format!("image debian:12: mkfs.ext4 -d ({mib} MiB)"));
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "sandbox-root", "-U", "clear"])
-            .args(["-E", "hash_seed=5b9a6a8e-25e5-4b0f-8cfb-2f0a3f0a9d5e"])
-            .arg("-d")
-            .arg(&staging)
-            .arg(&tmp)
-            .arg(format!("{mib}M"))
-            .env("E2FSPROGS_FAKE_TIME", "1700000000"))?;
-        std::fs::rename(&tmp, &image).map_err(|e| e.to_string())?;
-        cache::remove_others(&dir, "debian-12-", &image);
+        image::mkfs(&staging, &image, mib, "debian-12-")?;
     }
-    let size = std::fs::metadata(&image).map_err(|e| e.to_string())?.len();
-    cache::write_manifest(
+    image::record(
         "image-debian-12",
-        &serde_json::json!({
-            "name": "debian:12",
-            "path": image,
-            "format": "raw",
-            "arch": "x86_64",
-            "sha256": sha256_file(&image)?,
-            "size": size,
-            "facts": {
-                "distro": "Debian GNU/Linux 12 (bookworm)",
-                "shell": "/bin/bash",
-                "package_manager": "apt",
-            },
+        "debian:12",
+        &image,
+        serde_json::json!({
+            "distro": "Debian GNU/Linux 12 (bookworm)",
+            "shell": "/bin/bash",
+            "package_manager": "apt",
         }),
     )?;
     Ok(image)

@@ -70,8 +70,9 @@ pub fn build_minimal(agent: &Path, rebuild: bool) -> Result<PathBuf> {
         .text("bash", &tool_version("bash-static"))
         .file(agent)?
         .finish();
-    let dir = cache::root().join("images");
-    let image = dir.join(format!("minimal-{key}.ext4"));
+    let image = cache::root()
+        .join("images")
+        .join(format!("minimal-{key}.ext4"));
     if image.is_file() && !rebuild {
         step(&format!("image minimal: cached at {}", image.display()));
     } else {
@@ -79,43 +80,65 @@ pub fn build_minimal(agent: &Path, rebuild: bool) -> Result<PathBuf> {
         let staging = cache::root().join("build").join(format!("minimal-{key}"));
         let _ = std::fs::remove_dir_all(&staging);
         populate(&staging, agent)?;
-        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let tmp = dir.join(format!(".minimal-{key}.ext4.tmp"));
-        let _ = std::fs::remove_file(&tmp);
-        step(&format!("image minimal: mkfs.ext4 -d ({IMAGE_MIB} MiB)"));
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "sandbox-root", "-U", "clear"])
-            .args([
-                "-E",
-                "root_owner=0:0,hash_seed=5b9a6a8e-25e5-4b0f-8cfb-2f0a3f0a9d5e",
-            ])
-            .arg("-d")
-            .arg(&staging)
-            .arg(&tmp)
-            .arg(format!("{IMAGE_MIB}M"))
-            .env("E2FSPROGS_FAKE_TIME", "1700000000"))?;
-        std::fs::rename(&tmp, &image).map_err(|e| format!("renaming image: {e}"))?;
+        mkfs(&staging, &image, u64::from(IMAGE_MIB), "minimal-")?;
         let _ = std::fs::remove_dir_all(&staging);
-        cache::remove_others(&dir, "minimal-", &image);
     }
-    let size = std::fs::metadata(&image).map_err(|e| e.to_string())?.len();
-    cache::write_manifest(
+    record(
         "image-minimal",
-        &serde_json::json!({
-            "name": "minimal",
-            "path": image,
-            "format": "raw",
-            "arch": "x86_64",
-            "sha256": sha256_file(&image)?,
-            "size": size,
-            "facts": {
-                "distro": "busybox",
-                "shell": "/bin/bash",
-                "package_manager": "none",
-            },
+        "minimal",
+        &image,
+        serde_json::json!({
+            "distro": "busybox",
+            "shell": "/bin/bash",
+            "package_manager": "none",
         }),
     )?;
     Ok(image)
+}
+
+/// Writes `tree` into a new ext4 image at `image` with `mkfs.ext4 -d` (no
+/// root, no loop device), atomically, and prunes older `prefix*` builds. A
+/// fixed hash seed and time keep rebuilds reproducible.
+pub fn mkfs(tree: &Path, image: &Path, mib: u64, prefix: &str) -> Result<()> {
+    let dir = image.parent().ok_or("image path has no directory")?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let tmp = image.with_extension("ext4.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let label = prefix.trim_end_matches('-');
+    step(&format!("image {label}: mkfs.ext4 -d ({mib} MiB)"));
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "sandbox-root", "-U", "clear"])
+        .args([
+            "-E",
+            "root_owner=0:0,hash_seed=5b9a6a8e-25e5-4b0f-8cfb-2f0a3f0a9d5e",
+        ])
+        .arg("-d")
+        .arg(tree)
+        .arg(&tmp)
+        .arg(format!("{mib}M"))
+        .env("E2FSPROGS_FAKE_TIME", "1700000000"))?;
+    std::fs::rename(&tmp, image).map_err(|e| format!("renaming image: {e}"))?;
+    cache::remove_others(dir, prefix, image);
+    Ok(())
+}
+
+/// Writes the `Image` manifest the library reads: path, format, digest,
+/// size and facts.
+pub fn record(manifest: &str, name: &str, image: &Path, facts: serde_json::Value) -> Result<()> {
+    let size = std::fs::metadata(image).map_err(|e| e.to_string())?.len();
+    cache::write_manifest(
+        manifest,
+        &serde_json::json!({
+            "name": name,
+            "path": image,
+            "format": "raw",
+            "arch": "x86_64",
+            "sha256": sha256_file(image)?,
+            "size": size,
+            "facts": facts,
+        }),
+    )?;
+    Ok(())
 }
 
 fn populate(root: &Path, agent: &Path) -> Result<()> {
