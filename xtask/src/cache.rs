@@ -160,7 +160,7 @@ pub fn remove_others(dir: &Path, prefix: &str, keep: &Path) {
         .filter(|e| e.file_name().to_string_lossy().starts_with(prefix) && e.path() != keep)
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    older.sort_by(|a, b| b.0.cmp(&a.0));
+    older.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
     for (_, path) in older.into_iter().skip(KEEP_OLDER) {
         let _ = std::fs::remove_file(path);
     }
