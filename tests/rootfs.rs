@@ -166,3 +166,118 @@ async fn a_compressed_qcow2_image_boots_read_only_and_ephemeral() {
     );
     std::fs::remove_file(&path).unwrap();
 }
+
+/// An in-memory `BlockStore`; `fail_writes` injects store errors.
+#[derive(Default)]
+struct MemStore {
+    blocks: std::sync::Mutex<std::collections::HashMap<u64, bytes::Bytes>>,
+    fail_writes: std::sync::atomic::AtomicBool,
+    contexts: std::sync::Mutex<Vec<sandbox_rootfs::StoreContext>>,
+}
+
+impl sandbox_rootfs::BlockStore for MemStore {
+    fn block_size(&self) -> u32 {
+        4096
+    }
+    fn list<'a>(
+        &'a self,
+        ctx: &'a sandbox_rootfs::StoreContext,
+    ) -> futures::future::BoxFuture<'a, std::io::Result<Vec<u64>>> {
+        self.contexts.lock().unwrap().push(ctx.clone());
+        let keys = self.blocks.lock().unwrap().keys().copied().collect();
+        Box::pin(async move { Ok(keys) })
+    }
+    fn read<'a>(
+        &'a self,
+        _ctx: &'a sandbox_rootfs::StoreContext,
+        index: u64,
+    ) -> futures::future::BoxFuture<'a, std::io::Result<bytes::Bytes>> {
+        let block = self.blocks.lock().unwrap().get(&index).cloned();
+        Box::pin(async move { block.ok_or_else(|| std::io::Error::other("no such block")) })
+    }
+    fn write<'a>(
+        &'a self,
+        _ctx: &'a sandbox_rootfs::StoreContext,
+        blocks: Vec<(u64, bytes::Bytes)>,
+    ) -> futures::future::BoxFuture<'a, std::io::Result<()>> {
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(std::io::Error::other("injected store failure"));
+            }
+            self.blocks.lock().unwrap().extend(blocks);
+            Ok(())
+        })
+    }
+    fn flush<'a>(
+        &'a self,
+        _ctx: &'a sandbox_rootfs::StoreContext,
+    ) -> futures::future::BoxFuture<'a, std::io::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cow_writes_land_in_the_store_and_survive_reboot() {
+    let image = images::builtin("minimal").unwrap();
+    let store = std::sync::Arc::new(MemStore::default());
+    let vm = boot(Rootfs::cow(image.clone(), store.clone())).await;
+    let out = vm
+        .exec("sh", ["-c", "echo durable > /root/kept && sync && echo ok"])
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"ok\n");
+    assert!(
+        !store.blocks.lock().unwrap().is_empty(),
+        "sync reached the store"
+    );
+    vm.shutdown().await.unwrap();
+    let again = boot(Rootfs::cow(image.clone(), store.clone())).await;
+    let kept = again.exec("cat", ["/root/kept"]).await.unwrap();
+    assert_eq!(kept.stdout, b"durable\n");
+    again.shutdown().await.unwrap();
+    let ctx = store.contexts.lock().unwrap()[0].clone();
+    assert_eq!(
+        (ctx.base_name, ctx.base_sha256),
+        (image.name.clone(), image.sha256.clone())
+    );
+    assert_eq!(
+        sha256_file(&image.path).unwrap(),
+        image.sha256,
+        "base untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_store_is_an_io_error_in_the_guest_and_an_event_on_the_host() {
+    let image = images::builtin("minimal").unwrap();
+    let store = std::sync::Arc::new(MemStore::default());
+    let vm = boot(Rootfs::cow(image, store.clone())).await;
+    // The store breaks after boot (a store that fails from the start cannot
+    // even host the root mount: the guest's kernel panics with EIO on it).
+    let stored = store.blocks.lock().unwrap().len();
+    store
+        .fail_writes
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut events = vm.subscribe();
+    let out = vm
+        .exec("sh", ["-c", "echo x > /root/f; sync; dd if=/dev/zero of=/root/g bs=4k count=4 conv=fsync 2>&1; echo rc=$?"])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("rc=0"), "fsync must fail: {text}");
+    let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+        .await
+        .expect("an event")
+        .unwrap();
+    assert!(matches!(
+        event,
+        sandbox_core::VmEvent::Rootfs(sandbox_core::RootfsEvent::StoreFailed { .. })
+    ));
+    assert_eq!(
+        store.blocks.lock().unwrap().len(),
+        stored,
+        "nothing was stored"
+    );
+    drop(vm);
+}

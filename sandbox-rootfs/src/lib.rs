@@ -12,6 +12,7 @@ mod overlay;
 pub mod qcow2;
 mod raw;
 mod rootfs;
+mod store;
 mod stream;
 
 pub use flatten::{flatten_qcow2, Qcow2Options};
@@ -20,6 +21,7 @@ pub use overlay::MemOverlay;
 pub use qcow2::Qcow2Image;
 pub use raw::RawImage;
 pub use rootfs::{Rootfs, DEFAULT_MAX_DIRTY_BYTES};
+pub use store::{BlockStore, CowDisk, StoreContext};
 pub use stream::bytes;
 
 use std::io;
@@ -33,6 +35,12 @@ pub enum RootfsEvent {
     DirtyLimitReached {
         /// The configured bound.
         max_dirty_bytes: u64,
+    },
+    /// A caller-owned block store failed; the guest saw an I/O error and
+    /// the unwritten blocks are kept for a retry.
+    StoreFailed {
+        /// The store's error.
+        message: String,
     },
 }
 
