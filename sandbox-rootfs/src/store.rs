@@ -224,6 +224,13 @@ impl Disk for CowDisk {
 impl Drop for CowDisk {
     fn drop(&mut self) {
         // Shutdown: write what is left; a failure is reported, not hidden.
-        let _ = Disk::flush(self);
+        // If the runtime is already gone, block_on panics: contain that to
+        // a report instead of taking the device thread down.
+        let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Disk::flush(self)));
+        if flushed.is_err() {
+            self.report(&io::Error::other(
+                "the tokio runtime was gone before the block store was flushed",
+            ));
+        }
     }
 }
