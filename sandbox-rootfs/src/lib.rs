@@ -12,6 +12,7 @@ mod overlay;
 pub mod qcow2;
 mod raw;
 mod rootfs;
+mod span;
 mod store;
 mod stream;
 
@@ -104,14 +105,8 @@ impl MemDisk {
     }
 
     fn range(&self, offset: u64, len: usize) -> io::Result<std::ops::Range<usize>> {
-        let start = usize::try_from(offset).ok();
-        match start.and_then(|s| Some(s..s.checked_add(len)?)) {
-            Some(r) if r.end <= self.data.len() => Ok(r),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "access past the end of the disk",
-            )),
-        }
+        span::check(self.data.len() as u64, offset, len)?;
+        Ok(offset as usize..offset as usize + len)
     }
 }
 

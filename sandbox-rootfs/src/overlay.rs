@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 
+use crate::span::{check, pieces, Piece};
 use crate::{Disk, EventHook, RawImage, RootfsEvent};
 
 /// Overlay block size: writes are tracked in blocks of this many bytes.
@@ -50,16 +51,6 @@ impl MemOverlay {
         self.blocks.len() as u64 * BLOCK
     }
 
-    fn check(&self, offset: u64, len: usize) -> io::Result<()> {
-        match offset.checked_add(len as u64) {
-            Some(end) if end <= self.size => Ok(()),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "access past the end of the disk",
-            )),
-        }
-    }
-
     fn read_base(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.base.read_at(offset, buf)
     }
@@ -75,30 +66,32 @@ impl Disk for MemOverlay {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.check(offset, buf.len())?;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let (block, within) = (pos / BLOCK, (pos % BLOCK) as usize);
-            let n = (BLOCK as usize - within).min(buf.len() - done);
-            let dst = &mut buf[done..done + n];
-            match self.blocks.get(&block) {
-                Some(data) => dst.copy_from_slice(&data[within..within + n]),
+        check(self.size, offset, buf.len())?;
+        for Piece {
+            index,
+            within,
+            range,
+        } in pieces(offset, buf.len(), BLOCK)
+        {
+            let pos = offset + range.start as u64;
+            let dst = &mut buf[range];
+            match self.blocks.get(&index) {
+                Some(data) => dst.copy_from_slice(&data[within..within + dst.len()]),
                 None => self.read_base(pos, dst)?,
             }
-            done += n;
         }
         Ok(())
     }
 
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.check(offset, data.len())?;
-        let mut done = 0usize;
-        while done < data.len() {
-            let pos = offset + done as u64;
-            let (block, within) = (pos / BLOCK, (pos % BLOCK) as usize);
-            let n = (BLOCK as usize - within).min(data.len() - done);
-            if !self.blocks.contains_key(&block) {
+        check(self.size, offset, data.len())?;
+        for Piece {
+            index,
+            within,
+            range,
+        } in pieces(offset, data.len(), BLOCK)
+        {
+            if !self.blocks.contains_key(&index) {
                 if self.dirty_bytes() + BLOCK > self.max_dirty_bytes {
                     if !self.limit_reported {
                         self.limit_reported = true;
@@ -114,15 +107,14 @@ impl Disk for MemOverlay {
                     ));
                 }
                 let mut fresh = vec![0u8; BLOCK as usize].into_boxed_slice();
-                let start = block * BLOCK;
+                let start = index * BLOCK;
                 let len = BLOCK.min(self.size - start) as usize;
                 self.read_base(start, &mut fresh[..len])?;
-                self.blocks.insert(block, fresh);
+                self.blocks.insert(index, fresh);
             }
-            if let Some(b) = self.blocks.get_mut(&block) {
-                b[within..within + n].copy_from_slice(&data[done..done + n]);
+            if let Some(b) = self.blocks.get_mut(&index) {
+                b[within..within + range.len()].copy_from_slice(&data[range]);
             }
-            done += n;
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
+use crate::span::{check, pieces, Piece};
 use crate::{Disk, EventHook, RootfsEvent};
 
 /// Names the base image a store's blocks belong to: blocks only make sense
@@ -150,16 +151,6 @@ impl CowDisk {
             }
         }
     }
-
-    fn check(&self, offset: u64, len: usize) -> io::Result<()> {
-        match offset.checked_add(len as u64) {
-            Some(end) if end <= self.size() => Ok(()),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "access past the end of the disk",
-            )),
-        }
-    }
 }
 
 impl Disk for CowDisk {
@@ -172,38 +163,39 @@ impl Disk for CowDisk {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.check(offset, buf.len())?;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let (index, within) = (pos / self.block, (pos % self.block) as usize);
-            let n = (self.block as usize - within).min(buf.len() - done);
+        check(self.size(), offset, buf.len())?;
+        for Piece {
+            index,
+            within,
+            range,
+        } in pieces(offset, buf.len(), self.block)
+        {
             if self.dirty.contains_key(&index) || self.stored.contains(&index) {
                 let data = self.load(index)?;
-                buf[done..done + n].copy_from_slice(&data[within..within + n]);
+                buf[range.clone()].copy_from_slice(&data[within..within + range.len()]);
             } else {
-                self.base.read_at(pos, &mut buf[done..done + n])?;
+                self.base
+                    .read_at(offset + range.start as u64, &mut buf[range])?;
             }
-            done += n;
         }
         Ok(())
     }
 
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.check(offset, data.len())?;
-        let mut done = 0usize;
-        while done < data.len() {
-            let pos = offset + done as u64;
-            let (index, within) = (pos / self.block, (pos % self.block) as usize);
-            let n = (self.block as usize - within).min(data.len() - done);
+        check(self.size(), offset, data.len())?;
+        for Piece {
+            index,
+            within,
+            range,
+        } in pieces(offset, data.len(), self.block)
+        {
             let fresh = !self.dirty.contains_key(&index);
             if fresh && (self.dirty.len() as u64 + 1) * self.block > self.max_dirty_bytes {
                 self.write_back()?;
             }
             let mut block = self.load(index)?;
-            block[within..within + n].copy_from_slice(&data[done..done + n]);
+            block[within..within + range.len()].copy_from_slice(&data[range]);
             self.dirty.insert(index, block);
-            done += n;
         }
         Ok(())
     }

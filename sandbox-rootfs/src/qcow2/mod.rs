@@ -17,6 +17,7 @@ use flate2::{Decompress, FlushDecompress, Status};
 
 pub use header::Header;
 
+use crate::span::{check, pieces, Piece};
 use crate::{Disk, RawImage, RootfsError};
 
 /// Backing chains longer than this are refused (and loops with them).
@@ -254,21 +255,15 @@ impl Disk for Qcow2Image {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let end = offset.checked_add(buf.len() as u64);
-        if end.is_none_or(|e| e > self.size()) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "read past the end of the disk",
-            ));
-        }
+        check(self.size(), offset, buf.len())?;
         let cluster = self.header.cluster_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let within = pos % cluster;
-            let n = ((cluster - within) as usize).min(buf.len() - done);
-            self.read_cluster(pos / cluster, within, &mut buf[done..done + n])?;
-            done += n;
+        for Piece {
+            index,
+            within,
+            range,
+        } in pieces(offset, buf.len(), cluster)
+        {
+            self.read_cluster(index, within as u64, &mut buf[range])?;
         }
         Ok(())
     }
