@@ -19,7 +19,7 @@ mod stream;
 pub use flatten::{flatten_qcow2, Qcow2Options};
 pub use image::{sha256_file, Image, ImageFormat};
 pub use overlay::MemOverlay;
-pub use qcow2::Qcow2Image;
+pub use qcow2::{OverlayOptions, Qcow2Image, Qcow2Overlay};
 pub use raw::RawImage;
 pub use rootfs::{Rootfs, DEFAULT_MAX_DIRTY_BYTES};
 pub use store::{BlockStore, CowDisk, StoreContext};
@@ -73,6 +73,29 @@ pub enum RootfsError {
     /// A qcow2 image is malformed or uses something not supported.
     #[error("qcow2: {0}")]
     Qcow2(String),
+    /// Another VM (or process) holds the persistent overlay.
+    #[error("the persistent rootfs {0} is in use by another VM (its lock is held); shut that VM down or use another path")]
+    Locked(PathBuf),
+    /// A persistent overlay path must be absolute.
+    #[error("the persistent rootfs path {0} must be absolute")]
+    InvalidPath(PathBuf),
+    /// The file exists but was not created as a persistent overlay.
+    #[error(
+        "{0} is not a sandbox persistent overlay (it records no base digest); choose a new path"
+    )]
+    NotOurOverlay(PathBuf),
+    /// The overlay was created over another base image.
+    #[error("the persistent rootfs {path} was created over base {recorded}, but image {image} is {actual}; boot it with its original base or use a new path")]
+    BaseMismatch {
+        /// The overlay.
+        path: PathBuf,
+        /// The digest it records.
+        recorded: String,
+        /// The image it was opened with.
+        image: String,
+        /// That image's digest.
+        actual: String,
+    },
 }
 
 /// A block device's storage as the virtio-blk device sees it: byte-addressed,

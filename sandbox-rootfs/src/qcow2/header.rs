@@ -24,6 +24,15 @@ pub struct Header {
     pub l1_table_offset: u64,
     pub backing_file_offset: u64,
     pub backing_file_size: u32,
+    pub refcount_table_offset: u64,
+    pub refcount_table_clusters: u32,
+    pub nb_snapshots: u32,
+    /// Incompatible feature bits (v3; 0 for v2).
+    pub incompatible: u64,
+    /// log2 of the refcount width in bits (v2: always 4).
+    pub refcount_order: u32,
+    /// Where header extensions start.
+    pub header_length: u32,
 }
 
 fn bad(msg: impl Into<String>) -> RootfsError {
@@ -36,6 +45,21 @@ impl Header {
 
     /// Parses the first bytes of a file.
     pub fn parse(b: &[u8]) -> Result<Self, RootfsError> {
+        let mut h = Self::parse_fields(b)?;
+        if h.version == 3 {
+            // parse_fields checked the length.
+            let u32_at = |o: usize| u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+            h.incompatible = (u64::from(u32_at(72)) << 32) | u64::from(u32_at(76));
+            h.refcount_order = u32_at(96);
+            h.header_length = u32_at(100);
+            if h.refcount_order > 6 || h.header_length < 104 {
+                return Err(bad("bad v3 header (refcount order or header length)"));
+            }
+        }
+        Ok(h)
+    }
+
+    fn parse_fields(b: &[u8]) -> Result<Self, RootfsError> {
         if b.len() < 72 {
             return Err(bad("file too short for a qcow2 header"));
         }
@@ -56,6 +80,12 @@ impl Header {
             size: u64_at(24),
             l1_size: u32_at(36),
             l1_table_offset: u64_at(40),
+            refcount_table_offset: u64_at(48),
+            refcount_table_clusters: u32_at(56),
+            nb_snapshots: u32_at(60),
+            incompatible: 0,
+            refcount_order: 4,
+            header_length: 72,
         };
         if u32_at(32) != 0 {
             return Err(bad("encrypted qcow2 images are not supported"));
@@ -99,5 +129,27 @@ impl Header {
 
     pub fn cluster_size(&self) -> u64 {
         1 << self.cluster_bits
+    }
+
+    /// The header extensions in `cluster0` (the image's first cluster), as
+    /// (type, data) pairs, up to the end marker.
+    pub fn extensions<'a>(&self, cluster0: &'a [u8]) -> Result<Vec<(u32, &'a [u8])>, RootfsError> {
+        let mut out = Vec::new();
+        let mut at = self.header_length as usize;
+        loop {
+            let Some(head) = cluster0.get(at..at + 8) else {
+                return Err(bad("header extensions run past the first cluster"));
+            };
+            let kind = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+            let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
+            if kind == 0 {
+                return Ok(out);
+            }
+            let data = cluster0
+                .get(at + 8..at + 8 + len)
+                .ok_or_else(|| bad("a header extension runs past the first cluster"))?;
+            out.push((kind, data));
+            at += 8 + len.next_multiple_of(8);
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! a root file system is never written.
 
 mod header;
+mod overlay;
 #[cfg(test)]
 mod tests;
 
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use flate2::{Decompress, FlushDecompress, Status};
 
 pub use header::Header;
+pub use overlay::{OverlayOptions, Qcow2Overlay};
 
 use crate::span::{check, pieces, Piece};
 use crate::{Disk, RawImage, RootfsError};
