@@ -49,7 +49,7 @@ struct Refs {
 impl Refs {
     /// Records one reference to the cluster at `offset`.
     fn mark(&mut self, offset: u64, what: &str) -> Result<(), RootfsError> {
-        if offset % self.cs != 0 {
+        if !offset.is_multiple_of(self.cs) {
             return Err(corrupt(format!(
                 "{what} at {offset:#x} is not cluster aligned"
             )));
