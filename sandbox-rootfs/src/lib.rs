@@ -8,22 +8,26 @@
 
 mod flatten;
 mod image;
+mod memstore;
 mod overlay;
 pub mod qcow2;
 mod raw;
 mod rootfs;
+mod source;
 mod span;
 mod store;
 mod stream;
 
-pub use flatten::{flatten_qcow2, Qcow2Options};
+pub use flatten::{flatten, flatten_qcow2, FlatImage, Qcow2Options};
 pub use image::{sha256_file, Image, ImageFormat};
+pub use memstore::MemStore;
 pub use overlay::MemOverlay;
 pub use qcow2::{OverlayOptions, Qcow2Image, Qcow2Overlay};
 pub use raw::RawImage;
-pub use rootfs::{Rootfs, DEFAULT_MAX_DIRTY_BYTES};
+pub use rootfs::{Rootfs, DEFAULT_EPHEMERAL_BLOCK, DEFAULT_MAX_DIRTY_BYTES};
+pub use source::{Composed, Source};
 pub use store::{BlockStore, CowDisk, StoreContext};
-pub use stream::bytes;
+pub use stream::{bytes, ImageBytes};
 
 use std::io;
 use std::path::PathBuf;
@@ -73,6 +77,9 @@ pub enum RootfsError {
     /// A qcow2 image is malformed or uses something not supported.
     #[error("qcow2: {0}")]
     Qcow2(String),
+    /// A setting is out of range.
+    #[error("{0}")]
+    InvalidOption(String),
     /// Another VM (or process) holds the persistent overlay.
     #[error("the persistent rootfs {0} is in use by another VM (its lock is held); shut that VM down or use another path")]
     Locked(PathBuf),

@@ -7,9 +7,6 @@ use std::path::Path;
 use crate::span::{check, pieces, Piece};
 use crate::{Disk, EventHook, RawImage, RootfsEvent};
 
-/// Overlay block size: writes are tracked in blocks of this many bytes.
-const BLOCK: u64 = 4096;
-
 /// A base disk plus a map of the blocks the guest wrote. The base is never
 /// written. Memory grows with the blocks written, up to `max_dirty_bytes`;
 /// past that, writes fail with an I/O error.
@@ -20,6 +17,8 @@ pub struct MemOverlay {
     size: u64,
     blocks: HashMap<u64, Box<[u8]>>,
     max_dirty_bytes: u64,
+    /// Writes are tracked in blocks of this many bytes.
+    block: u64,
 }
 
 impl MemOverlay {
@@ -32,7 +31,15 @@ impl MemOverlay {
             limit_reported: false,
             blocks: HashMap::new(),
             max_dirty_bytes,
+            block: u64::from(crate::DEFAULT_EPHEMERAL_BLOCK),
         }
+    }
+
+    /// Tracks writes in blocks of `bytes` (a multiple of 512; default
+    /// 4 KiB). Set before the first write.
+    pub fn block_size(mut self, bytes: u32) -> Self {
+        self.block = u64::from(bytes.max(512) & !511);
+        self
     }
 
     /// Calls `hook` the first time a write is refused for lack of room.
@@ -48,7 +55,7 @@ impl MemOverlay {
 
     /// Bytes held by the overlay.
     pub fn dirty_bytes(&self) -> u64 {
-        self.blocks.len() as u64 * BLOCK
+        self.blocks.len() as u64 * self.block
     }
 
     fn read_base(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -71,7 +78,7 @@ impl Disk for MemOverlay {
             index,
             within,
             range,
-        } in pieces(offset, buf.len(), BLOCK)
+        } in pieces(offset, buf.len(), self.block)
         {
             let pos = offset + range.start as u64;
             let dst = &mut buf[range];
@@ -89,10 +96,10 @@ impl Disk for MemOverlay {
             index,
             within,
             range,
-        } in pieces(offset, data.len(), BLOCK)
+        } in pieces(offset, data.len(), self.block)
         {
             if !self.blocks.contains_key(&index) {
-                if self.dirty_bytes() + BLOCK > self.max_dirty_bytes {
+                if self.dirty_bytes() + self.block > self.max_dirty_bytes {
                     if !self.limit_reported {
                         self.limit_reported = true;
                         if let Some(hook) = &self.on_limit {
@@ -106,9 +113,9 @@ impl Disk for MemOverlay {
                         "the in-memory overlay reached max_dirty_bytes",
                     ));
                 }
-                let mut fresh = vec![0u8; BLOCK as usize].into_boxed_slice();
-                let start = index * BLOCK;
-                let len = BLOCK.min(self.size - start) as usize;
+                let mut fresh = vec![0u8; self.block as usize].into_boxed_slice();
+                let start = index * self.block;
+                let len = self.block.min(self.size - start) as usize;
                 self.read_base(start, &mut fresh[..len])?;
                 self.blocks.insert(index, fresh);
             }
@@ -129,6 +136,8 @@ mod tests {
     use super::*;
     use std::fs::File;
     use std::io::Write;
+
+    const BLOCK: u64 = 4096;
 
     fn base(bytes: &[u8]) -> (std::path::PathBuf, MemOverlay) {
         let path = std::env::temp_dir().join(format!(

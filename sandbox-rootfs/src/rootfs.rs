@@ -1,100 +1,130 @@
 //! How the guest's root disk treats writes.
 
+use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::source::{Composed, Source};
 use crate::{
-    BlockStore, CowDisk, Disk, EventHook, Image, ImageFormat, MemOverlay, Qcow2Image, RawImage,
-    RootfsError, StoreContext,
+    BlockStore, CowDisk, Disk, EventHook, Image, MemOverlay, OverlayOptions, Qcow2Overlay,
+    RootfsError,
 };
 
-/// Default bound of an ephemeral overlay.
+/// Default bound of an ephemeral overlay, a cow batch, and unsynced
+/// persistent writes.
 pub const DEFAULT_MAX_DIRTY_BYTES: u64 = 64 << 20;
+/// Default block size of ephemeral overlays.
+pub const DEFAULT_EPHEMERAL_BLOCK: u32 = 4096;
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 enum Mode {
     ReadOnly,
-    Ephemeral {
-        max_dirty_bytes: u64,
-    },
-    Cow {
-        store: Arc<dyn BlockStore>,
-        max_dirty_bytes: u64,
-    },
+    Ephemeral { block_size: u32 },
+    Cow(Composed),
+    Persistent { path: PathBuf, cluster_size: u32 },
 }
 
-impl std::fmt::Debug for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Mode::ReadOnly => f.write_str("ReadOnly"),
-            Mode::Ephemeral { max_dirty_bytes } => write!(f, "Ephemeral({max_dirty_bytes})"),
-            Mode::Cow {
-                max_dirty_bytes, ..
-            } => write!(f, "Cow({max_dirty_bytes})"),
-        }
-    }
-}
-
-/// A root file system: an immutable base image plus a write policy.
+/// A root file system: what the disk holds ([`Source`]) plus a write policy.
 #[derive(Clone, Debug)]
 pub struct Rootfs {
-    image: Image,
+    source: Source,
     mode: Mode,
+    max_dirty_bytes: u64,
 }
 
 impl Rootfs {
-    /// Writes fail (the guest mounts its root read-only); the default.
-    pub fn read_only(image: Image) -> Self {
+    fn new(source: Source, mode: Mode) -> Self {
         Self {
-            image,
-            mode: Mode::ReadOnly,
+            source,
+            mode,
+            max_dirty_bytes: DEFAULT_MAX_DIRTY_BYTES,
         }
+    }
+
+    /// Writes fail (the guest mounts its root read-only); the default.
+    pub fn read_only(source: impl Into<Source>) -> Self {
+        Self::new(source.into(), Mode::ReadOnly)
     }
 
     /// Writes are kept in memory and dropped at shutdown, up to
     /// `max_dirty_bytes` (default 64 MiB); past that the guest gets I/O
     /// errors, never the host an out-of-memory.
-    pub fn ephemeral(image: Image) -> Self {
-        Self {
-            image,
-            mode: Mode::Ephemeral {
-                max_dirty_bytes: DEFAULT_MAX_DIRTY_BYTES,
+    pub fn ephemeral(source: impl Into<Source>) -> Self {
+        Self::new(
+            source.into(),
+            Mode::Ephemeral {
+                block_size: DEFAULT_EPHEMERAL_BLOCK,
             },
-        }
+        )
+    }
+
+    /// Writes go to a qcow2 overlay file at `path` (absolute), created on
+    /// first use with `image` as its backing file and `image`'s digest
+    /// recorded: a VM booted again on the same file sees them. The file is
+    /// locked while a VM uses it; reuse over another base fails. Guest
+    /// `sync` is durable (acknowledged after `fdatasync`), a killed host
+    /// leaves a consistent file, and `qemu-img` reads it.
+    pub fn persistent(image: Image, path: impl Into<PathBuf>) -> Self {
+        Self::new(
+            Source::Image(image),
+            Mode::Persistent {
+                path: path.into(),
+                cluster_size: OverlayOptions::default().cluster_size,
+            },
+        )
     }
 
     /// Writes go to `store`, a caller-owned [`BlockStore`]: a VM booted
-    /// again on the same store sees them. Dirty blocks are batched in memory
-    /// up to `max_dirty_bytes` (default 64 MiB) and written to the store
-    /// when the batch is full, on guest FLUSH (`sync`) and at shutdown. Needs
-    /// a multi-threaded tokio runtime (the store runs on it).
+    /// again on the same store sees them. Same as
+    /// `Rootfs::from(Rootfs::compose(image, store))`. Dirty blocks are
+    /// batched in memory up to `max_dirty_bytes` (default 64 MiB) and
+    /// written to the store when the batch is full, on guest FLUSH (`sync`)
+    /// and at shutdown. Needs a multi-threaded tokio runtime (the store
+    /// runs on it).
     pub fn cow(image: Image, store: Arc<dyn BlockStore>) -> Self {
-        Self {
-            image,
-            mode: Mode::Cow {
-                store,
-                max_dirty_bytes: DEFAULT_MAX_DIRTY_BYTES,
-            },
-        }
+        Self::compose(image, store).into()
     }
 
-    /// Sets the bound of an ephemeral overlay or a cow batch (no effect on
-    /// read-only).
+    /// `base` with `overlay`'s blocks laid over it: boot it (`Rootfs::from`
+    /// gives the cow root writing into `overlay`; `read_only`/`ephemeral`
+    /// leave the store untouched) or `flatten` it into a standalone image.
+    pub fn compose(base: Image, overlay: Arc<dyn BlockStore>) -> Composed {
+        Composed { base, overlay }
+    }
+
+    /// Bounds memory held for writes: the ephemeral overlay, the cow
+    /// batch, and (persistent) bytes written before an unrequested sync.
     pub fn max_dirty_bytes(mut self, bytes: u64) -> Self {
+        self.max_dirty_bytes = bytes;
+        self
+    }
+
+    /// Block size of an ephemeral overlay, or cluster size of a persistent
+    /// overlay created by this boot (an existing file keeps its own). A
+    /// cow store sets its own block size; read-only ignores this.
+    pub fn block_size(mut self, bytes: u32) -> Self {
         match &mut self.mode {
-            Mode::Ephemeral { max_dirty_bytes }
-            | Mode::Cow {
-                max_dirty_bytes, ..
-            } => {
-                *max_dirty_bytes = bytes;
-            }
-            Mode::ReadOnly => {}
+            Mode::Ephemeral { block_size } => *block_size = bytes,
+            Mode::Persistent { cluster_size, .. } => *cluster_size = bytes,
+            Mode::ReadOnly | Mode::Cow(_) => {}
         }
         self
     }
 
     /// The base image.
     pub fn image(&self) -> &Image {
-        &self.image
+        self.source.base()
+    }
+
+    /// What the disk is made of (the persistent overlay included).
+    pub fn source(&self) -> Source {
+        match &self.mode {
+            Mode::Persistent { path, .. } => Source::Persistent {
+                image: self.image().clone(),
+                path: path.clone(),
+            },
+            _ => self.source.clone(),
+        }
     }
 
     /// Whether the guest can write.
@@ -104,56 +134,109 @@ impl Rootfs {
 
     /// A description of the write mode, for environment facts.
     pub fn describe(&self) -> String {
-        match self.mode {
+        match &self.mode {
             Mode::ReadOnly => "read-only: guest writes to / fail".into(),
-            Mode::Ephemeral { max_dirty_bytes } => format!(
+            Mode::Ephemeral { .. } => format!(
                 "ephemeral: writes stay in memory (at most {} MiB) and vanish at shutdown",
-                max_dirty_bytes >> 20
+                self.max_dirty_bytes >> 20
             ),
-            Mode::Cow { .. } => "copy-on-write into a caller-owned block store".into(),
+            Mode::Cow(_) => "copy-on-write into a caller-owned block store".into(),
+            Mode::Persistent { path, .. } => {
+                format!("persistent: writes go to the overlay {}", path.display())
+            }
         }
     }
 
     /// Verifies the base image and opens the disk the guest will see;
-    /// `events` hears about overlay conditions (a full ephemeral overlay).
+    /// `events` hears about overlay conditions (a full ephemeral overlay,
+    /// a failing store). Cow roots need a tokio runtime.
     pub fn open(&self, events: Option<EventHook>) -> Result<Box<dyn Disk>, RootfsError> {
-        self.image.verify()?;
-        let io_err = |source| RootfsError::Io {
-            what: format!("opening image {}", self.image.path.display()),
-            source,
+        let rt = || {
+            tokio::runtime::Handle::try_current().map_err(|_| RootfsError::Io {
+                what: "a block store needs a tokio runtime".into(),
+                source: io::Error::other("no runtime"),
+            })
         };
-        let base: Box<dyn Disk> = match self.image.format {
-            ImageFormat::Raw => Box::new(RawImage::open(&self.image.path).map_err(io_err)?),
-            ImageFormat::Qcow2 => Box::new(Qcow2Image::open(&self.image.path)?),
-        };
-        Ok(match &self.mode {
-            Mode::ReadOnly => base,
-            Mode::Cow {
-                store,
-                max_dirty_bytes,
-            } => {
-                let rt = tokio::runtime::Handle::try_current().map_err(|_| RootfsError::Io {
-                    what: "Rootfs::cow needs a tokio runtime".into(),
-                    source: std::io::Error::other("no runtime"),
+        Ok(match (&self.mode, &self.source) {
+            (Mode::Cow(c), _) => {
+                let base = Source::open_base(&c.base)?;
+                let disk = CowDisk::open(
+                    base,
+                    c.overlay.clone(),
+                    c.context(),
+                    rt()?,
+                    self.max_dirty_bytes,
+                    events,
+                )
+                .map_err(|source| RootfsError::Io {
+                    what: "opening the block store".into(),
+                    source,
                 })?;
-                let ctx = StoreContext {
-                    base_name: self.image.name.clone(),
-                    base_sha256: self.image.sha256.clone(),
-                };
-                let disk = CowDisk::open(base, store.clone(), ctx, rt, *max_dirty_bytes, events)
-                    .map_err(|source| RootfsError::Io {
-                        what: "opening the block store".into(),
-                        source,
-                    })?;
                 Box::new(disk)
             }
-            Mode::Ephemeral { max_dirty_bytes } => {
-                let overlay = MemOverlay::new(base, *max_dirty_bytes);
+            (Mode::Persistent { path, cluster_size }, _) => {
+                let image = self.image();
+                let opts = OverlayOptions {
+                    cluster_size: *cluster_size,
+                    max_unsynced_bytes: self.max_dirty_bytes,
+                };
+                let base = Source::open_base(image)?;
+                Box::new(Qcow2Overlay::open(path, base, image, opts)?)
+            }
+            (Mode::ReadOnly, source) => Box::new(ReadOnly(self.open_source(source, rt)?)),
+            (Mode::Ephemeral { block_size }, source) => {
+                let b = *block_size;
+                if b < 512 || b % 512 != 0 || b > 1 << 20 {
+                    return Err(RootfsError::InvalidOption(format!(
+                        "ephemeral block size {b} must be a multiple of 512 up to 1 MiB"
+                    )));
+                }
+                let base = self.open_source(source, rt)?;
+                let overlay = MemOverlay::new(base, self.max_dirty_bytes).block_size(*block_size);
                 Box::new(match events {
                     Some(hook) => overlay.on_event(hook),
                     None => overlay,
                 })
             }
         })
+    }
+
+    fn open_source(
+        &self,
+        source: &Source,
+        rt: impl Fn() -> Result<tokio::runtime::Handle, RootfsError>,
+    ) -> Result<Box<dyn Disk>, RootfsError> {
+        match source {
+            Source::Image(image) => Source::open_base(image),
+            other => other.open_read(&rt()?),
+        }
+    }
+}
+
+impl From<Composed> for Rootfs {
+    /// The cow root: the guest's writes go into the composed overlay store.
+    fn from(c: Composed) -> Self {
+        Self::new(Source::Composed(c.clone()), Mode::Cow(c))
+    }
+}
+
+/// Refuses writes to any disk.
+struct ReadOnly(Box<dyn Disk>);
+
+impl Disk for ReadOnly {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read_only(&self) -> bool {
+        true
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read_at(offset, buf)
+    }
+    fn write_at(&mut self, _offset: u64, _data: &[u8]) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::EROFS))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

@@ -56,6 +56,9 @@ pub struct CowDisk {
     dirty: HashMap<u64, Vec<u8>>,
     max_dirty_bytes: u64,
     events: Option<EventHook>,
+    /// Written since the last successful flush (a read-only use never
+    /// calls the store's flush).
+    unflushed: bool,
 }
 
 fn store_error(e: io::Error) -> io::Error {
@@ -94,6 +97,7 @@ impl CowDisk {
             dirty: HashMap::new(),
             max_dirty_bytes: max_dirty_bytes.max(block),
             events,
+            unflushed: false,
         })
     }
 
@@ -183,6 +187,7 @@ impl Disk for CowDisk {
 
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         check(self.size(), offset, data.len())?;
+        self.unflushed = true;
         for Piece {
             index,
             within,
@@ -206,8 +211,9 @@ impl Disk for CowDisk {
             .rt
             .block_on(self.store.flush(&self.ctx))
             .map_err(store_error);
-        if let Err(e) = &result {
-            self.report(e);
+        match &result {
+            Ok(()) => self.unflushed = false,
+            Err(e) => self.report(e),
         }
         result
     }
@@ -215,6 +221,9 @@ impl Disk for CowDisk {
 
 impl Drop for CowDisk {
     fn drop(&mut self) {
+        if !self.unflushed {
+            return;
+        }
         // Shutdown: write what is left; a failure is reported, not hidden.
         // If the runtime is already gone, block_on panics: contain that to
         // a report instead of taking the device thread down.

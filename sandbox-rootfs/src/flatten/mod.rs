@@ -11,6 +11,9 @@ use std::io::{self, Seek, SeekFrom, Write};
 
 use crate::{Disk, RootfsError};
 
+mod into_store;
+pub use into_store::{flatten, FlatImage};
+
 /// Options of the qcow2 output.
 #[derive(Clone, Copy, Debug)]
 pub struct Qcow2Options {

@@ -77,3 +77,61 @@ fn bad_cluster_sizes_are_refused() {
         assert!(flatten_qcow2(&mut disk, Qcow2Options { cluster_size: cs }, &mut out).is_err());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_composed_source_flattens_into_a_store_and_streams_to_a_valid_file() {
+    use crate::{bytes, sha256_file, BlockStore, Image, ImageFormat, MemStore, Rootfs};
+    use futures::StreamExt;
+    use std::sync::Arc;
+
+    let base = tmp("store-base.raw");
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i / 4096) as u8).collect();
+    std::fs::write(&base, &data).unwrap();
+    let image = Image {
+        name: "flatten-base".into(),
+        path: base.clone(),
+        format: ImageFormat::Raw,
+        arch: "x86_64".into(),
+        sha256: sha256_file(&base).unwrap(),
+        size: data.len() as u64,
+        facts: Default::default(),
+    };
+    let overlay = Arc::new(MemStore::new(4096));
+    let composed = Rootfs::compose(image.clone(), overlay.clone());
+    let blocks = vec![
+        (5u64, bytes::Bytes::from(vec![0xab; 4096])),
+        (700, bytes::Bytes::from(vec![0u8; 4096])),
+    ];
+    overlay.write(&composed.context(), blocks).await.unwrap();
+    let mut expected = data.clone();
+    expected[5 * 4096..6 * 4096].fill(0xab);
+    expected[700 * 4096..701 * 4096].fill(0);
+    let expected_raw = tmp("store-expected.raw");
+    std::fs::write(&expected_raw, &expected).unwrap();
+
+    let dest = Arc::new(MemStore::new(65536));
+    let flat = crate::flatten(composed, Qcow2Options { cluster_size: 4096 }, dest.clone())
+        .await
+        .unwrap();
+    assert_eq!(flat.context.base_sha256, image.sha256);
+    let out = tmp("store-out.qcow2");
+    let mut chunks = Box::pin(bytes(&flat, 100_000));
+    let mut file = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        file.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(file.len() as u64, flat.len);
+    std::fs::write(&out, &file).unwrap();
+    assert_eq!(sha256_file(&out).unwrap(), flat.sha256);
+    let check = qemu_img(&["check", "-q", "-f", "qcow2"], &[&out]);
+    assert!(check.status.success(), "qemu-img check");
+    let cmp = qemu_img(
+        &["compare", "-q", "-f", "raw", "-F", "qcow2"],
+        &[&expected_raw, &out],
+    );
+    assert!(cmp.status.success(), "qemu-img compare found a difference");
+    assert!(dest.len() as u64 <= flat.len.div_ceil(65536));
+    for f in [&base, &expected_raw, &out] {
+        std::fs::remove_file(f).unwrap();
+    }
+}
