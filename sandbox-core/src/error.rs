@@ -81,8 +81,8 @@ pub enum Error {
         /// The guest's description.
         message: String,
     },
-    /// The root file system could not be prepared.
-    #[error("the root file system could not be prepared")]
+    /// The root file system could not be prepared (its message says why).
+    #[error(transparent)]
     Rootfs(#[from] sandbox_rootfs::RootfsError),
     /// The UML backend failed to start the guest.
     #[error("the UML backend failed")]

@@ -39,6 +39,15 @@ pub use sandbox::{BootOptions, Resources, Sandbox, SandboxBuilder};
 pub use sandbox_protocol::PtySize;
 pub use sandbox_rootfs::Rootfs;
 pub use sandbox_rootfs::RootfsEvent;
+
+/// Root file systems: write modes, block stores, flattening and streaming
+/// (the `sandbox-rootfs` crate).
+pub mod rootfs {
+    pub use sandbox_rootfs::{
+        bytes, flatten, BlockStore, Composed, FlatImage, ImageBytes, MemStore, Qcow2Options,
+        Rootfs, RootfsError, Source, StoreContext, DEFAULT_MAX_DIRTY_BYTES,
+    };
+}
 pub use status::{ExitStatus, Output, Signal};
 pub use tokio_util::sync::CancellationToken;
 pub use vm::{Vm, VmEvent};

@@ -93,11 +93,10 @@ impl Source {
         })
     }
 
-    /// Opens the content for reading (a block store is called on `rt`).
-    pub(crate) fn open_read(
-        &self,
-        rt: &tokio::runtime::Handle,
-    ) -> Result<Box<dyn Disk>, RootfsError> {
+    /// Opens the content for reading, the base verified first (a block
+    /// store is called on `rt`: call this off the runtime's own threads,
+    /// e.g. in `spawn_blocking`). A persistent overlay is locked while open.
+    pub fn open_read(&self, rt: &tokio::runtime::Handle) -> Result<Box<dyn Disk>, RootfsError> {
         let base = Self::open_base(self.base())?;
         Ok(match self {
             Source::Image(_) => base,
