@@ -98,8 +98,7 @@ async fn a_second_vm_on_the_same_overlay_is_refused_while_the_first_runs() {
         .unwrap();
     let err = boot(Rootfs::persistent(image.clone(), &path))
         .await
-        .err()
-        .expect("the second boot fails");
+        .expect_err("the second boot fails");
     assert!(
         matches!(err, Error::Rootfs(RootfsError::Locked(_))),
         "expected a lock error, got {err:?}"
@@ -135,8 +134,7 @@ async fn an_overlay_refuses_a_different_base() {
     };
     let err = boot(Rootfs::persistent(other, &path))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     std::fs::remove_file(&copy).unwrap();
     assert!(
         matches!(err, Error::Rootfs(RootfsError::BaseMismatch { .. })),
