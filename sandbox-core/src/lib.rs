@@ -35,7 +35,7 @@ pub use error::Error;
 pub use facts::{Fact, FactSource, PROBED_COMMANDS};
 pub use images::{Image, ImageFormat};
 pub use process::{OutputStream, Process, ProcessStdin, Pty, NOT_STARTED};
-pub use sandbox::{BootOptions, Resources, Sandbox, SandboxBuilder};
+pub use sandbox::{BootOptions, DataDisk, Resources, Sandbox, SandboxBuilder, MAX_DATA_DISKS};
 pub use sandbox_protocol::PtySize;
 pub use sandbox_rootfs::Rootfs;
 pub use sandbox_rootfs::RootfsEvent;

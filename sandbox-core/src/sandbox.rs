@@ -87,10 +87,26 @@ impl BootOptions {
     }
 }
 
+/// Most data disks a sandbox takes.
+pub const MAX_DATA_DISKS: usize = 8;
+
+/// A block device besides the root.
+#[derive(Clone, Debug)]
+pub enum DataDisk {
+    /// Served by the library's virtio-blk device, with any write mode
+    /// (an empty data image under `Rootfs::persistent` is a durable volume).
+    Rootfs(Rootfs),
+    /// Served by an external vhost-user-blk backend listening on this Unix
+    /// socket, e.g. `qemu-storage-daemon --export type=vhost-user-blk`.
+    /// UML backend only.
+    VhostUser(std::path::PathBuf),
+}
+
 /// Builder for [`Sandbox`]; nothing starts until [`Sandbox::boot`].
 #[derive(Clone, Debug, Default)]
 pub struct SandboxBuilder {
     rootfs: Option<Rootfs>,
+    disks: Vec<DataDisk>,
     resources: Resources,
     backend: BackendKind,
 }
@@ -105,6 +121,14 @@ impl SandboxBuilder {
     /// Shorthand for `.rootfs(Rootfs::read_only(image))`.
     pub fn image(self, image: Image) -> Self {
         self.rootfs(Rootfs::read_only(image))
+    }
+
+    /// Adds a block device after the root: `/dev/vdb`, `/dev/vdc`, ... in
+    /// the order added (the guest does not mount it). At most
+    /// [`MAX_DATA_DISKS`].
+    pub fn disk(mut self, disk: DataDisk) -> Self {
+        self.disks.push(disk);
+        self
     }
 
     /// CPU and memory.
@@ -134,6 +158,12 @@ impl SandboxBuilder {
                 path: image.path.clone(),
             });
         }
+        if self.disks.len() > MAX_DATA_DISKS {
+            return Err(Error::InvalidConfig(format!(
+                "{} data disks; at most {MAX_DATA_DISKS}",
+                self.disks.len()
+            )));
+        }
         let r = self.resources;
         if !(64..=65536).contains(&r.memory_mib) {
             return Err(Error::InvalidConfig(format!(
@@ -149,6 +179,7 @@ impl SandboxBuilder {
         }
         Ok(Sandbox {
             rootfs,
+            disks: self.disks,
             resources: r,
             backend: self.backend,
         })
@@ -159,6 +190,7 @@ impl SandboxBuilder {
 #[derive(Clone, Debug)]
 pub struct Sandbox {
     rootfs: Rootfs,
+    disks: Vec<DataDisk>,
     resources: Resources,
     backend: BackendKind,
 }
@@ -191,6 +223,7 @@ impl Sandbox {
                 let _ = sender.send(VmEvent::Rootfs(e));
             }),
             rootfs: self.rootfs.clone(),
+            disks: self.disks.clone(),
             memory_mib: self.resources.memory_mib,
             hostname: opts.hostname.clone(),
         };

@@ -12,4 +12,4 @@ mod launcher;
 mod vm;
 
 pub use console_log::ConsoleLog;
-pub use vm::{UmlConfig, UmlError, UmlVm};
+pub use vm::{DataDisk, UmlConfig, UmlError, UmlVm};

@@ -48,12 +48,23 @@ pub struct UmlConfig {
     pub memory_mib: u32,
     /// The root disk, served as `/dev/vda`.
     pub root: Box<dyn Disk>,
+    /// More disks, `/dev/vdb` onwards in this order.
+    pub data_disks: Vec<DataDisk>,
     /// Guest hostname, passed to the agent.
     pub hostname: String,
     /// Bytes of console output kept for error reports.
     pub console_log_bytes: usize,
     /// The vsock port the guest agent listens on.
     pub agent_port: u32,
+}
+
+/// An extra block device of a UML guest.
+pub enum DataDisk {
+    /// Served by our virtio-blk device.
+    Served(Box<dyn Disk>),
+    /// Served by an external vhost-user-blk backend listening on this
+    /// socket (e.g. `qemu-storage-daemon`).
+    External(PathBuf),
 }
 
 /// The guest's vsock CID (any value from 3 works; each guest has its own
@@ -103,6 +114,16 @@ impl UmlVm {
         };
         let read_only = cfg.root.read_only();
         let blk = vm.serve("blk", Block::new(cfg.root, "sandbox-root"))?;
+        let mut data = Vec::new();
+        for (i, disk) in cfg.data_disks.into_iter().enumerate() {
+            data.push(match disk {
+                DataDisk::Served(d) => {
+                    let name = format!("data{i}");
+                    vm.serve(&name, Block::new(d, &format!("sandbox-{name}")))?
+                }
+                DataDisk::External(path) => path,
+            });
+        }
         let vsock = vm.serve("vsock", vsock)?;
 
         let mut cmd = Command::new(&cfg.kernel);
@@ -120,6 +141,10 @@ impl UmlVm {
                 blk.display(),
                 device_id::BLOCK
             ))
+            .args(
+                data.iter()
+                    .map(|p| format!("virtio_uml.device={}:{}", p.display(), device_id::BLOCK)),
+            )
             .arg(format!(
                 "virtio_uml.device={}:{}",
                 vsock.display(),

@@ -58,6 +58,7 @@ pub fn probe_kvm() -> KvmProbe {
 /// What a backend needs to start a guest.
 pub(crate) struct MachineSpec {
     pub rootfs: Rootfs,
+    pub disks: Vec<crate::DataDisk>,
     pub events: sandbox_rootfs::EventHook,
     pub memory_mib: u32,
     pub hostname: String,
