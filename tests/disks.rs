@@ -73,7 +73,7 @@ async fn data_disks_from_our_device_and_from_qemu_storage_daemon() {
 
     let vm = Sandbox::builder()
         .rootfs(Rootfs::ephemeral(images::builtin("minimal").unwrap()))
-        .disk(DataDisk::Rootfs(Rootfs::ephemeral(ours.clone())))
+        .disk(Rootfs::ephemeral(ours.clone()))
         .disk(DataDisk::VhostUser(socket.clone()))
         .backend(sandbox::backend())
         .build()

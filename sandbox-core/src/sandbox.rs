@@ -95,11 +95,17 @@ pub const MAX_DATA_DISKS: usize = 8;
 pub enum DataDisk {
     /// Served by the library's virtio-blk device, with any write mode
     /// (an empty data image under `Rootfs::persistent` is a durable volume).
-    Rootfs(Rootfs),
+    Rootfs(Box<Rootfs>),
     /// Served by an external vhost-user-blk backend listening on this Unix
     /// socket, e.g. `qemu-storage-daemon --export type=vhost-user-blk`.
     /// UML backend only.
     VhostUser(std::path::PathBuf),
+}
+
+impl From<Rootfs> for DataDisk {
+    fn from(r: Rootfs) -> Self {
+        DataDisk::Rootfs(Box::new(r))
+    }
 }
 
 /// Builder for [`Sandbox`]; nothing starts until [`Sandbox::boot`].
@@ -126,8 +132,8 @@ impl SandboxBuilder {
     /// Adds a block device after the root: `/dev/vdb`, `/dev/vdc`, ... in
     /// the order added (the guest does not mount it). At most
     /// [`MAX_DATA_DISKS`].
-    pub fn disk(mut self, disk: DataDisk) -> Self {
-        self.disks.push(disk);
+    pub fn disk(mut self, disk: impl Into<DataDisk>) -> Self {
+        self.disks.push(disk.into());
         self
     }
 
