@@ -16,7 +16,7 @@
 //! independent VM from it as often as you like. Every call on a [`Vm`] is a
 //! request to the guest agent over the control channel.
 
-mod artifacts;
+pub mod artifacts;
 mod backend;
 mod client;
 mod command;
