@@ -5,7 +5,8 @@
 //! Workloads (queue depth 1, `O_DIRECT` in the guest, timed in the guest by
 //! `sandbox-blkbench`): sequential 1 MiB reads and writes, random 4 KiB
 //! reads and writes over the whole disk. Prints MB/s, IOPS and the ratio
-//! ours/qsd at the end. `cargo bench --bench block`; needs
+//! ours/qsd at the end. The image files live in /dev/shm when it exists,
+//! so host disk flushes do not blur the comparison. `cargo bench --bench block`; needs
 //! `cargo xtask build` and qemu-storage-daemon (Debian qemu-utils).
 
 use std::collections::BTreeMap;
@@ -74,7 +75,10 @@ impl Drop for Qsd {
 fn start_qsd(qcow2: &Path, socket: &Path) -> Qsd {
     let child = Command::new("qemu-storage-daemon")
         .arg("--blockdev")
-        .arg(format!("driver=file,node-name=file,filename={}", qcow2.display()))
+        .arg(format!(
+            "driver=file,node-name=file,filename={}",
+            qcow2.display()
+        ))
         .args(["--blockdev", "driver=qcow2,node-name=disk,file=file"])
         .arg("--export")
         .arg(format!(
@@ -86,7 +90,10 @@ fn start_qsd(qcow2: &Path, socket: &Path) -> Qsd {
         .expect("qemu-storage-daemon (Debian qemu-utils) is installed");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !socket.exists() {
-        assert!(Instant::now() < deadline, "qemu-storage-daemon did not listen");
+        assert!(
+            Instant::now() < deadline,
+            "qemu-storage-daemon did not listen"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     Qsd(child)
@@ -112,7 +119,15 @@ fn block(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let dir = std::env::temp_dir().join(format!("sandbox-block-bench-{}", std::process::id()));
+    // Files in memory (tmpfs) when possible: the comparison is about the
+    // block servers, not about the host disk's flush latency.
+    let shm = Path::new("/dev/shm");
+    let parent = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = parent.join(format!("sandbox-block-bench-{}", std::process::id()));
     let (image, ours) = prepare(&dir);
     let theirs = dir.join("qsd.qcow2");
     std::fs::copy(&ours, &theirs).unwrap();
@@ -132,7 +147,10 @@ fn block(c: &mut Criterion) {
         let agent = sandbox_core::artifacts::manifest_path("agent", "guest agent").unwrap();
         let tool = std::fs::read(agent.with_file_name("sandbox-blkbench")).unwrap();
         let opts = WriteOptions::default();
-        vm.fs().write_file("/tmp/blkbench", &tool, opts).await.unwrap();
+        vm.fs()
+            .write_file("/tmp/blkbench", &tool, opts)
+            .await
+            .unwrap();
         vm.exec("chmod", ["755", "/tmp/blkbench"]).await.unwrap();
         vm
     });

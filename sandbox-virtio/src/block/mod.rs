@@ -81,6 +81,7 @@ impl VirtioDevice for Block {
             disk,
             id: self.id.clone(),
             metrics: self.metrics.clone(),
+            bounce: Vec::new(),
         };
         self.worker = Some(Worker::spawn("virtio-blk", handler, ctx, Vec::new())?);
         Ok(())
@@ -100,6 +101,7 @@ pub(crate) fn fuzz_handler(disk: Box<dyn Disk>) -> impl Handler {
         disk,
         id: "fuzz".into(),
         metrics: Arc::default(),
+        bounce: Vec::new(),
     }
 }
 
@@ -107,6 +109,8 @@ struct BlockHandler {
     disk: Box<dyn Disk>,
     id: String,
     metrics: Arc<BlockMetrics>,
+    /// Reused for every request (allocated at the first one).
+    bounce: Vec<u8>,
 }
 
 impl Handler for BlockHandler {
@@ -117,7 +121,17 @@ impl Handler for BlockHandler {
         let mut used_any = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let len = request::execute(chain, mem, &mut *self.disk, &self.id, &self.metrics);
+            if self.bounce.is_empty() {
+                self.bounce = vec![0u8; request::CHUNK];
+            }
+            let len = request::execute(
+                chain,
+                mem,
+                &mut *self.disk,
+                &self.id,
+                &self.metrics,
+                &mut self.bounce,
+            );
             if queue.add_used(mem, head, len).is_err() {
                 self.metrics.malformed.inc();
                 return 0;

@@ -20,8 +20,9 @@ const S_OK: u8 = 0;
 pub(super) const S_IOERR: u8 = 1;
 pub(super) const S_UNSUPP: u8 = 2;
 
-/// Bytes moved between the disk and guest memory per step.
-const CHUNK: usize = 64 << 10;
+/// Bytes moved between the disk and guest memory per step (the size of the
+/// handler's bounce buffer).
+pub(super) const CHUNK: usize = 1 << 20;
 
 /// Executes the request in `chain` and returns the number of bytes written
 /// into guest memory (the used length).
@@ -31,6 +32,7 @@ pub(super) fn execute<M>(
     disk: &mut dyn Disk,
     id: &str,
     metrics: &BlockMetrics,
+    buf: &mut [u8],
 ) -> u32
 where
     M: Deref<Target = GuestMemory> + Clone,
@@ -58,7 +60,7 @@ where
         T_IN => {
             let len = writer.available_bytes();
             match offset.filter(|o| in_range(disk, *o, len)) {
-                Some(offset) => copy_to_guest(disk, offset, len, &mut writer, metrics),
+                Some(offset) => copy_to_guest(disk, offset, len, &mut writer, metrics, buf),
                 None => S_IOERR,
             }
         }
@@ -66,7 +68,7 @@ where
             let len = reader.available_bytes();
             match offset.filter(|o| in_range(disk, *o, len)) {
                 Some(_) if disk.read_only() => S_IOERR,
-                Some(offset) => copy_from_guest(disk, offset, len, &mut reader, metrics),
+                Some(offset) => copy_from_guest(disk, offset, len, &mut reader, metrics, buf),
                 None => S_IOERR,
             }
         }
@@ -99,13 +101,16 @@ fn in_range(disk: &dyn Disk, offset: u64, len: usize) -> bool {
         .is_some_and(|end| end <= disk.size())
 }
 
-/// Runs `step(position, buffer)` over `len` bytes in `CHUNK`-sized pieces,
-/// so a large request never needs a buffer of its own size.
-fn chunked(len: usize, mut step: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>) -> u8 {
-    let mut buf = vec![0u8; CHUNK.min(len)];
+/// Runs `step(position, buffer)` over `len` bytes in pieces of the bounce
+/// buffer's size, so a large request never needs a buffer of its own size.
+fn chunked(
+    len: usize,
+    buf: &mut [u8],
+    mut step: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+) -> u8 {
     let mut done = 0usize;
     while done < len {
-        let n = CHUNK.min(len - done);
+        let n = buf.len().min(len - done);
         if step(done as u64, &mut buf[..n]).is_err() {
             return S_IOERR;
         }
@@ -120,8 +125,9 @@ fn copy_to_guest(
     len: usize,
     writer: &mut impl Write,
     metrics: &BlockMetrics,
+    bounce: &mut [u8],
 ) -> u8 {
-    let status = chunked(len, |pos, buf| {
+    let status = chunked(len, bounce, |pos, buf| {
         disk.read_at(offset + pos, buf)?;
         writer.write_all(buf)
     });
@@ -137,8 +143,9 @@ fn copy_from_guest(
     len: usize,
     reader: &mut impl Read,
     metrics: &BlockMetrics,
+    bounce: &mut [u8],
 ) -> u8 {
-    let status = chunked(len, |pos, buf| {
+    let status = chunked(len, bounce, |pos, buf| {
         reader.read_exact(buf)?;
         disk.write_at(offset + pos, buf)
     });

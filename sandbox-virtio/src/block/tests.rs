@@ -46,6 +46,7 @@ fn handler(read_only: bool) -> BlockHandler {
         disk: Box::new(VecDisk { data, read_only }),
         id: "test-disk".into(),
         metrics: Arc::default(),
+        bounce: Vec::new(),
     }
 }
 

@@ -211,6 +211,15 @@ impl Qcow2Overlay {
             .map_or(0, |table| table[(c % per_l2) as usize])
     }
 
+    /// Where guest cluster `c`'s data sits in the file, if it is allocated
+    /// (and not a zero cluster): such clusters are read and written in
+    /// place.
+    fn host_offset(&self, c: u64) -> Option<u64> {
+        let entry = self.entry(c);
+        let offset = entry & L1_OFFSET_MASK;
+        (offset != 0 && entry & (L2_ZERO | L2_COMPRESSED) == 0).then_some(offset)
+    }
+
     /// A cluster to write into: a reclaimed one or a new one at the end.
     fn alloc(&mut self) -> u64 {
         self.t.free.pop().unwrap_or_else(|| {
@@ -336,6 +345,48 @@ impl Qcow2Overlay {
     }
 }
 
+/// Consecutive pieces of a request that are also consecutive in the file:
+/// one `pread`/`pwrite` instead of one per cluster.
+#[derive(Default)]
+struct Run {
+    host: u64,
+    buf_start: usize,
+    len: usize,
+}
+
+impl Run {
+    fn start(host: u64, range: std::ops::Range<usize>) -> Self {
+        Self {
+            host,
+            buf_start: range.start,
+            len: range.len(),
+        }
+    }
+
+    fn extends(&self, host: u64, range: &std::ops::Range<usize>) -> bool {
+        self.len > 0
+            && self.host + self.len as u64 == host
+            && self.buf_start + self.len == range.start
+    }
+
+    fn read(&self, file: &File, buf: &mut [u8]) -> io::Result<()> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        file.read_exact_at(
+            &mut buf[self.buf_start..self.buf_start + self.len],
+            self.host,
+        )
+    }
+
+    fn write(&self, file: &File, data: &[u8]) -> io::Result<()> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        file.write_all_at(&data[self.buf_start..self.buf_start + self.len], self.host)
+    }
+}
+
 impl Disk for Qcow2Overlay {
     fn size(&self) -> u64 {
         self.size
@@ -347,27 +398,50 @@ impl Disk for Qcow2Overlay {
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         check(self.size, offset, buf.len())?;
+        let mut run = Run::default();
         for Piece {
             index,
             within,
             range,
         } in pieces(offset, buf.len(), self.cs)
         {
-            self.read_cluster(index, within as u64, &mut buf[range])?;
+            match self.host_offset(index) {
+                Some(host) if run.extends(host + within as u64, &range) => run.len += range.len(),
+                host => {
+                    run.read(&self.file, buf)?;
+                    run = Run::default();
+                    match host {
+                        Some(host) => run = Run::start(host + within as u64, range),
+                        None => self.read_cluster(index, within as u64, &mut buf[range])?,
+                    }
+                }
+            }
         }
-        Ok(())
+        run.read(&self.file, buf)
     }
 
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         check(self.size, offset, data.len())?;
+        let mut run = Run::default();
         for Piece {
             index,
             within,
             range,
         } in pieces(offset, data.len(), self.cs)
         {
-            self.write_cluster(index, within as u64, &data[range])?;
+            match self.host_offset(index) {
+                Some(host) if run.extends(host + within as u64, &range) => run.len += range.len(),
+                host => {
+                    run.write(&self.file, data)?;
+                    run = Run::default();
+                    match host {
+                        Some(host) => run = Run::start(host + within as u64, range),
+                        None => self.write_cluster(index, within as u64, &data[range])?,
+                    }
+                }
+            }
         }
+        run.write(&self.file, data)?;
         self.unsynced += data.len() as u64;
         if self.unsynced >= self.max_unsynced {
             self.flush()?;
