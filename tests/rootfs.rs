@@ -167,37 +167,45 @@ async fn a_compressed_qcow2_image_boots_read_only_and_ephemeral() {
     std::fs::remove_file(&path).unwrap();
 }
 
-/// An in-memory `BlockStore`; `fail_writes` injects store errors.
-#[derive(Default)]
+/// The library's in-memory store, plus injected write failures and a record
+/// of the contexts it was called with.
 struct MemStore {
-    blocks: std::sync::Mutex<std::collections::HashMap<u64, bytes::Bytes>>,
+    inner: sandbox_rootfs::MemStore,
     fail_writes: std::sync::atomic::AtomicBool,
     contexts: std::sync::Mutex<Vec<sandbox_rootfs::StoreContext>>,
 }
 
+impl Default for MemStore {
+    fn default() -> Self {
+        Self {
+            inner: sandbox_rootfs::MemStore::new(4096),
+            fail_writes: Default::default(),
+            contexts: Default::default(),
+        }
+    }
+}
+
 impl sandbox_rootfs::BlockStore for MemStore {
     fn block_size(&self) -> u32 {
-        4096
+        self.inner.block_size()
     }
     fn list<'a>(
         &'a self,
         ctx: &'a sandbox_rootfs::StoreContext,
     ) -> futures::future::BoxFuture<'a, std::io::Result<Vec<u64>>> {
         self.contexts.lock().unwrap().push(ctx.clone());
-        let keys = self.blocks.lock().unwrap().keys().copied().collect();
-        Box::pin(async move { Ok(keys) })
+        self.inner.list(ctx)
     }
     fn read<'a>(
         &'a self,
-        _ctx: &'a sandbox_rootfs::StoreContext,
+        ctx: &'a sandbox_rootfs::StoreContext,
         index: u64,
     ) -> futures::future::BoxFuture<'a, std::io::Result<bytes::Bytes>> {
-        let block = self.blocks.lock().unwrap().get(&index).cloned();
-        Box::pin(async move { block.ok_or_else(|| std::io::Error::other("no such block")) })
+        self.inner.read(ctx, index)
     }
     fn write<'a>(
         &'a self,
-        _ctx: &'a sandbox_rootfs::StoreContext,
+        ctx: &'a sandbox_rootfs::StoreContext,
         blocks: Vec<(u64, bytes::Bytes)>,
     ) -> futures::future::BoxFuture<'a, std::io::Result<()>> {
         Box::pin(async move {
@@ -205,15 +213,14 @@ impl sandbox_rootfs::BlockStore for MemStore {
             if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(std::io::Error::other("injected store failure"));
             }
-            self.blocks.lock().unwrap().extend(blocks);
-            Ok(())
+            self.inner.write(ctx, blocks).await
         })
     }
     fn flush<'a>(
         &'a self,
-        _ctx: &'a sandbox_rootfs::StoreContext,
+        ctx: &'a sandbox_rootfs::StoreContext,
     ) -> futures::future::BoxFuture<'a, std::io::Result<()>> {
-        Box::pin(async { Ok(()) })
+        self.inner.flush(ctx)
     }
 }
 
@@ -227,10 +234,7 @@ async fn cow_writes_land_in_the_store_and_survive_reboot() {
         .await
         .unwrap();
     assert_eq!(out.stdout, b"ok\n");
-    assert!(
-        !store.blocks.lock().unwrap().is_empty(),
-        "sync reached the store"
-    );
+    assert!(!store.inner.is_empty(), "sync reached the store");
     vm.shutdown().await.unwrap();
     let again = boot(Rootfs::cow(image.clone(), store.clone())).await;
     let kept = again.exec("cat", ["/root/kept"]).await.unwrap();
@@ -255,7 +259,7 @@ async fn a_failing_store_is_an_io_error_in_the_guest_and_an_event_on_the_host() 
     let vm = boot(Rootfs::cow(image, store.clone())).await;
     // The store breaks after boot (a store that fails from the start cannot
     // even host the root mount: the guest's kernel panics with EIO on it).
-    let stored = store.blocks.lock().unwrap().len();
+    let stored = store.inner.len();
     store
         .fail_writes
         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -274,10 +278,6 @@ async fn a_failing_store_is_an_io_error_in_the_guest_and_an_event_on_the_host() 
         event,
         sandbox_core::VmEvent::Rootfs(sandbox_core::RootfsEvent::StoreFailed { .. })
     ));
-    assert_eq!(
-        store.blocks.lock().unwrap().len(),
-        stored,
-        "nothing was stored"
-    );
+    assert_eq!(store.inner.len(), stored, "nothing was stored");
     drop(vm);
 }
