@@ -14,6 +14,7 @@
 
 pub mod block;
 pub mod console;
+mod console_log;
 mod device;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -25,6 +26,7 @@ pub mod vhost_user;
 pub mod vsock;
 mod worker;
 
+pub use console_log::ConsoleLog;
 pub use device::{ActivationContext, DeviceError, FdInterrupt, Interrupt, QueueKick, VirtioDevice};
 
 /// Guest memory as devices see it.

@@ -7,9 +7,8 @@
 //! `no_new_privs` and dies with its parent; [`UmlVm`] kills the whole group
 //! and removes its sockets on shutdown or drop.
 
-mod console_log;
 mod launcher;
 mod vm;
 
-pub use console_log::ConsoleLog;
+pub use sandbox_virtio::ConsoleLog;
 pub use vm::{DataDisk, UmlConfig, UmlError, UmlVm};

@@ -38,7 +38,7 @@ impl ConsoleLog {
     }
 
     /// Copies everything from `src` into the log until end of file.
-    pub(crate) fn capture(&self, mut src: impl Read) {
+    pub fn capture(&self, mut src: impl Read) {
         let mut chunk = [0u8; 4096];
         while let Ok(n) = src.read(&mut chunk) {
             if n == 0 {
