@@ -10,7 +10,7 @@ use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_start_info};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, KernelLoader};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _, GuestMemoryRegion};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::layout::*;
 use crate::{GuestMemory, KvmError};
@@ -21,7 +21,8 @@ const E820_RESERVED: u32 = 2;
 
 /// Loads `vmlinux` and returns its PVH entry point.
 pub fn load_kernel(mem: &GuestMemory, kernel: &Path) -> Result<GuestAddress, KvmError> {
-    let mut file = File::open(kernel).map_err(|e| KvmError::Boot(format!("{}: {e}", kernel.display())))?;
+    let mut file =
+        File::open(kernel).map_err(|e| KvmError::Boot(format!("{}: {e}", kernel.display())))?;
     let loaded = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
         .map_err(|e| KvmError::Boot(format!("loading {}: {e}", kernel.display())))?;
     match loaded.pvh_boot_cap {
@@ -40,9 +41,11 @@ pub fn write_boot_info(mem: &GuestMemory, cmdline: &str) -> Result<(), KvmError>
     cl.insert_str(cmdline).map_err(|e| boot(&e))?;
     load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(|e| boot(&e))?;
 
+    // Base memory up to the MP table; the table and the legacy hole are
+    // reserved.
     let mut memmap = vec![
-        entry(0, EBDA_START, E820_RAM),
-        entry(EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED),
+        entry(0, MPTABLE_START, E820_RAM),
+        entry(MPTABLE_START, HIMEM_START - MPTABLE_START, E820_RESERVED),
     ];
     for region in mem.iter() {
         let start = region.start_addr().raw_value().max(HIMEM_START);

@@ -43,7 +43,8 @@ const L7_EBX_HIDDEN: u32 = (1 << 5)
     | (1 << 31);
 /// Leaf 7 ECX: AVX-512 VBMI, VBMI2, VNNI, BITALG, VPOPCNTDQ; VAES, VPCLMULQDQ
 /// (AVX encodings).
-const L7_ECX_HIDDEN: u32 = (1 << 1) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 14);
+const L7_ECX_HIDDEN: u32 =
+    (1 << 1) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 14);
 /// Leaf 7 EDX: AVX-512 4VNNIW, 4FMAPS, VP2INTERSECT, FP16.
 const L7_EDX_HIDDEN: u32 = (1 << 2) | (1 << 3) | (1 << 8) | (1 << 23);
 

@@ -1,7 +1,72 @@
-//! Linux KVM VMM built on rust-vmm crates (kvm-ioctls, vm-memory,
-//! linux-loader, vm-superio): vCPU threads, PVH boot of the project's x86_64
-//! guest kernel, CPUID filtering, serial console and a virtio-mmio bus that
-//! hosts the same `sandbox-virtio` devices as the UML backend.
+//! Linux KVM VMM built on rust-vmm crates (kvm-ioctls, kvm-bindings,
+//! vm-memory, linux-loader, vm-superio, virtio-queue): one thread per vCPU,
+//! PVH boot of the project's x86_64 `vmlinux`, an e820 map and an MP table,
+//! a filtered CPUID, a serial console captured to a bounded log, and a
+//! virtio-mmio bus hosting the same `sandbox-virtio` devices as the UML
+//! backend (irqfd for interrupts, ioeventfd for queue notifications).
 //!
-//! Not implemented yet: this crate is a placeholder so the workspace has its
-//! final shape. `sandbox-core` reports the KVM backend as unavailable.
+//! [`probe`] tells hardware KVM from an emulating host (such as the nested
+//! PVM of this project's machines) by timing the same loop at guest ring 0
+//! and ring 3; [`CpuProfile::NestedPvm`] and the kernel's
+//! `sandbox_nested_pvm` parameter are used only on the latter.
+
+mod boot;
+mod bus;
+mod cpuid;
+mod layout;
+mod mmio;
+mod mptable;
+pub mod probe;
+mod vcpu;
+mod vm;
+
+pub use cpuid::CpuProfile;
+pub use vm::{KvmConfig, KvmVm};
+
+/// Guest memory as the VMM and its devices see it.
+pub type GuestMemory = sandbox_virtio::GuestMemory;
+
+/// How a guest stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestExit {
+    /// The guest powered off (our power-off port).
+    PowerOff,
+    /// The guest asked for a reboot (i8042 reset, `reboot=k`), which is
+    /// also how a guest kernel panic ends (`panic=-1`).
+    Reboot,
+    /// A vCPU halted with nothing to wake it.
+    Halted,
+    /// Triple fault, emulation failure or a failed VM entry.
+    Crashed(String),
+    /// The host stopped the VM.
+    Stopped,
+}
+
+/// Errors creating or running a KVM guest.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    /// A KVM ioctl failed.
+    #[error("{what} failed")]
+    Kvm {
+        /// The ioctl.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Loading the kernel or writing boot information failed.
+    #[error("boot: {0}")]
+    Boot(String),
+    /// A host resource could not be set up.
+    #[error("{what}")]
+    Host {
+        /// What was being set up.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration is out of range.
+    #[error("{0}")]
+    Config(String),
+}
