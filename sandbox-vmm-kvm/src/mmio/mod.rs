@@ -197,7 +197,7 @@ impl MmioDevice {
             0x70 => self.set_status(&mut s, v),
             0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 if editable => {
                 if let Some(q) = s.queues.get_mut(sel) {
-                    let (low, high) = if offset % 8 == 0 {
+                    let (low, high) = if offset.is_multiple_of(8) {
                         (Some(v), None)
                     } else {
                         (None, Some(v))
