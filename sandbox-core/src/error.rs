@@ -84,6 +84,9 @@ pub enum Error {
     /// The root file system could not be prepared (its message says why).
     #[error(transparent)]
     Rootfs(#[from] sandbox_rootfs::RootfsError),
+    /// The KVM backend failed to start the guest.
+    #[error("the KVM backend failed: {0}")]
+    Kvm(String),
     /// The UML backend failed to start the guest.
     #[error("the UML backend failed")]
     Uml(#[from] sandbox_vmm_uml::UmlError),

@@ -231,6 +231,7 @@ impl Sandbox {
             rootfs: self.rootfs.clone(),
             disks: self.disks.clone(),
             memory_mib: self.resources.memory_mib,
+            cpus: self.resources.cpus,
             hostname: opts.hostname.clone(),
         };
         let machine = tokio::task::spawn_blocking(move || backend::start(kind, spec))

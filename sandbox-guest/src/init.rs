@@ -12,6 +12,9 @@ use crate::{server, vsock};
 /// Kernel command line keys the host uses to configure the agent.
 const HOSTNAME_KEY: &str = "sandbox.hostname=";
 const CHANNEL_KEY: &str = "sandbox.channel=";
+/// `sandbox.poweroff=port:0x501` (KVM, no ACPI): power off by writing to
+/// that I/O port, with a reset as the fallback.
+const POWEROFF_KEY: &str = "sandbox.poweroff=port:";
 
 pub fn run() -> ExitCode {
     mount_all();
@@ -192,6 +195,20 @@ fn make_raw(file: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes to the VMM's power-off port (x86 only; nothing elsewhere).
+fn power_off_port(port: u16) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: ioperm grants this process the one port; the `out` then only
+    // reaches the VMM, which stops the VM.
+    unsafe {
+        if port != 0 && libc::ioperm(u64::from(port), 1, 1) == 0 {
+            std::arch::asm!("out dx, al", in("dx") port, in("al") 0u8, options(nostack));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = port;
+}
+
 /// Kills what is left, syncs, unmounts and powers off. Never returns in a VM.
 fn power_off() -> ExitCode {
     // SAFETY: plain syscalls with no memory arguments.
@@ -206,11 +223,17 @@ fn power_off() -> ExitCode {
         }
     }
     mount("", "/", "", libc::MS_REMOUNT | libc::MS_RDONLY, "");
-    // SAFETY: plain syscalls; reboot only returns on failure.
-    unsafe {
-        libc::sync();
-        libc::reboot(libc::RB_POWER_OFF);
+    // SAFETY: a plain syscall.
+    unsafe { libc::sync() };
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Some(port) = param(&cmdline, POWEROFF_KEY) {
+        let port = u16::from_str_radix(port.trim_start_matches("0x"), 16).unwrap_or(0);
+        power_off_port(port);
+        // SAFETY: plain syscall; only returns on failure.
+        unsafe { libc::reboot(libc::RB_AUTOBOOT) };
     }
+    // SAFETY: plain syscall; only returns on failure.
+    unsafe { libc::reboot(libc::RB_POWER_OFF) };
     log(&format!("power off failed: {}", io::Error::last_os_error()));
     ExitCode::FAILURE
 }

@@ -11,7 +11,7 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -262,7 +262,3 @@ impl Drop for KvmVm {
         self.stop();
     }
 }
-
-/// Unused import guard for `GuestAddress` in some configurations.
-#[allow(dead_code)]
-fn _addr(_: GuestAddress) {}

@@ -1,0 +1,137 @@
+//! The KVM backend: `sandbox-vmm-kvm` boots the x86_64 kernel with the root
+//! disk, data disks and the agent's vsock on virtio-mmio.
+
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sandbox_protocol::AGENT_VSOCK_PORT;
+use sandbox_virtio::block::Block;
+use sandbox_virtio::vsock::{Vsock, VsockConnector};
+use sandbox_virtio::VirtioDevice;
+use sandbox_vmm_kvm::{CpuProfile, GuestExit, KvmConfig, KvmVm};
+
+use super::{Machine, MachineSpec};
+use crate::{artifacts, DataDisk, Error};
+
+const CONSOLE_LOG_BYTES: usize = 256 << 10;
+const GUEST_CID: u64 = 3;
+/// Port the VMM watches for a clean power-off (no ACPI in the guest).
+const POWER_OFF_PORT: &str = "0x501";
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Machine>, Error> {
+    let kernel = artifacts::manifest_path("kernel-x86_64", "x86_64 kernel")?;
+    let root = spec.rootfs.open(Some(spec.events.clone()))?;
+    let read_only = root.read_only();
+    let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(Block::new(root, "sandbox-root"))];
+    for (i, disk) in spec.disks.iter().enumerate() {
+        match disk {
+            DataDisk::Rootfs(r) => {
+                let d = r.open(Some(spec.events.clone()))?;
+                devices.push(Box::new(Block::new(d, &format!("sandbox-data{i}"))));
+            }
+            DataDisk::VhostUser(path) => {
+                return Err(Error::InvalidConfig(format!(
+                    "external vhost-user disks ({}) are served by the UML backend only",
+                    path.display()
+                )))
+            }
+        }
+    }
+    let (vsock, connector) =
+        Vsock::new(GUEST_CID).map_err(|e| Error::Protocol(format!("vsock: {e}")))?;
+    devices.push(Box::new(vsock));
+    let cpus = u8::try_from(spec.cpus).unwrap_or(u8::MAX);
+    let cmdline = format!(
+        "root=/dev/vda rootfstype=ext4 rootwait {} init=/sbin/sandbox-guest \
+         sandbox.hostname={} sandbox.channel=vsock:{AGENT_VSOCK_PORT} sandbox.poweroff=port:{POWER_OFF_PORT}",
+        if read_only { "ro" } else { "rw" },
+        spec.hostname
+    );
+    let vm = KvmVm::start(KvmConfig {
+        kernel,
+        memory_mib: spec.memory_mib,
+        cpus,
+        cmdline,
+        profile,
+        console_log_bytes: CONSOLE_LOG_BYTES,
+        devices,
+    })
+    .map_err(|e| Error::Kvm(e.to_string()))?;
+    let id = format!(
+        "kvm-{}-{}",
+        std::process::id(),
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    );
+    Ok(Box::new(KvmMachine {
+        vm,
+        vsock: connector,
+        id,
+    }))
+}
+
+struct KvmMachine {
+    vm: KvmVm,
+    vsock: VsockConnector,
+    id: String,
+}
+
+fn describe(exit: &GuestExit) -> String {
+    match exit {
+        GuestExit::PowerOff => "the guest powered off".into(),
+        GuestExit::Reboot => "the guest reset (a reboot, or a kernel panic)".into(),
+        GuestExit::Halted => "the guest halted".into(),
+        GuestExit::Crashed(why) => format!("the guest crashed: {why}"),
+        GuestExit::Stopped => "the VM was stopped".into(),
+    }
+}
+
+impl Machine for KvmMachine {
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    fn connect_control(&mut self, timeout: Duration) -> std::io::Result<UnixStream> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(exit) = self.vm.exited() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    format!("{} before its agent listened", describe(&exit)),
+                ));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the guest agent did not listen within {timeout:?}"),
+                ));
+            }
+            match self
+                .vsock
+                .connect(AGENT_VSOCK_PORT, left.min(Duration::from_millis(500)))
+            {
+                Ok(stream) => return Ok(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn console_tail(&self, lines: usize) -> String {
+        self.vm.console().tail(lines)
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> bool {
+        self.vm.wait_exit(timeout).is_some()
+    }
+
+    fn kill(&mut self) {
+        self.vm.stop();
+    }
+}
