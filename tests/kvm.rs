@@ -7,9 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sandbox_core::{
-    images, BackendKind, BootOptions, Resources, Rootfs, Sandbox, Signal,
-};
+use sandbox_core::{images, BackendKind, BootOptions, Resources, Rootfs, Sandbox, Signal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn open_fds() -> usize {
@@ -55,11 +53,18 @@ async fn the_kvm_backend_runs_the_whole_stack() {
     let start = Instant::now();
     let vm = Sandbox::builder()
         .rootfs(Rootfs::persistent(image.clone(), &overlay))
-        .resources(Resources { cpus: 2, memory_mib: 256 })
+        .resources(Resources {
+            cpus: 2,
+            memory_mib: 256,
+        })
         .backend(BackendKind::Kvm)
         .build()
         .unwrap()
-        .boot(BootOptions::default().hostname("kvm").timeout(Duration::from_secs(900)))
+        .boot(
+            BootOptions::default()
+                .hostname("kvm")
+                .timeout(Duration::from_secs(900)),
+        )
         .await
         .unwrap();
     eprintln!("[kvm] backend {:?}: {}", vm.backend(), vm.backend_reason());
@@ -81,9 +86,19 @@ async fn the_kvm_backend_runs_the_whole_stack() {
     let t = Instant::now();
     let mut cat = vm.command("cat").spawn().unwrap();
     cat.ready().await.unwrap();
-    cat.stdin.as_mut().unwrap().write_all(b"through stdin\n").await.unwrap();
+    cat.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"through stdin\n")
+        .await
+        .unwrap();
     let mut line = [0u8; 14];
-    cat.stdout.as_mut().unwrap().read_exact(&mut line).await.unwrap();
+    cat.stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut line)
+        .await
+        .unwrap();
     assert_eq!(&line, b"through stdin\n");
     cat.kill(Signal::TERM).unwrap();
     let status = cat.exit().await.unwrap();
@@ -93,16 +108,29 @@ async fn the_kvm_backend_runs_the_whole_stack() {
     // The file API.
     let t = Instant::now();
     let fs = vm.fs();
-    fs.write_file("/root/kvm-note", b"written over vsock\n", Default::default())
-        .await
-        .unwrap();
-    assert_eq!(fs.read_file("/root/kvm-note").await.unwrap(), b"written over vsock\n");
+    fs.write_file(
+        "/root/kvm-note",
+        b"written over vsock\n",
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        fs.read_file("/root/kvm-note").await.unwrap(),
+        b"written over vsock\n"
+    );
     step("fs write + read", t);
 
     // A block write that must reach the persistent overlay.
     let t = Instant::now();
     let out = vm
-        .exec("sh", ["-c", "echo durable on kvm > /root/kvm-block && sync && echo ok"])
+        .exec(
+            "sh",
+            [
+                "-c",
+                "echo durable on kvm > /root/kvm-block && sync && echo ok",
+            ],
+        )
         .await
         .unwrap();
     assert_eq!(out.stdout, b"ok\n");
@@ -112,7 +140,10 @@ async fn the_kvm_backend_runs_the_whole_stack() {
     vm.shutdown().await.unwrap();
     step("shutdown", t);
     assert_eq!(host_read(&overlay, "/root/kvm-block"), "durable on kvm\n");
-    assert_eq!(host_read(&overlay, "/root/kvm-note"), "written over vsock\n");
+    assert_eq!(
+        host_read(&overlay, "/root/kvm-note"),
+        "written over vsock\n"
+    );
     let check = std::process::Command::new("qemu-img")
         .args(["check", "-q"])
         .arg(&overlay)
