@@ -54,7 +54,7 @@ pub struct KvmVm {
     state: Arc<ExitState>,
     threads: Vec<JoinHandle<()>>,
     console: ConsoleLog,
-    _mem: Arc<GuestMemory>,
+    mem: Arc<GuestMemory>,
 }
 
 fn kvm(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {
@@ -204,8 +204,20 @@ impl KvmVm {
             state,
             threads,
             console,
-            _mem: mem,
+            mem,
         })
+    }
+
+    /// Host address ranges of guest RAM (to tell guest memory from the
+    /// VMM's own in `/proc/self/smaps`).
+    pub fn guest_memory_ranges(&self) -> Vec<(usize, usize)> {
+        self.mem
+            .iter()
+            .filter_map(|r| {
+                let host = self.mem.get_host_address(r.start_addr()).ok()?;
+                Some((host as usize, r.len() as usize))
+            })
+            .collect()
     }
 
     /// The console log.

@@ -21,6 +21,8 @@ pub const PACKAGES: &[&str] = &[
     "bash-static",
     "qemu-utils",
     "debootstrap",
+    // qemu-system-x86_64 -M microvm: the KVM boot benchmark's peer.
+    "qemu-system-x86",
 ];
 
 fn installed(pkg: &str) -> bool {
