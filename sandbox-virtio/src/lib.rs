@@ -5,7 +5,8 @@
 //! space and, at activation, is handed its queues, their kick descriptors and
 //! an [`Interrupt`] to signal the guest. It never sees the transport. Two
 //! transports own devices: [`vhost_user`] (User-Mode Linux's `virtio_uml`, or
-//! any vhost-user front end) and, with the KVM backend, in-process virtio-mmio.
+//! any vhost-user front end) and [`mmio`] (in-process virtio-mmio, for the KVM
+//! VMM).
 //!
 //! Devices: [`block::Block`] (virtio-blk over a [`sandbox_rootfs::Disk`]) and
 //! [`console::Console`] (a single-port virtio-console whose host side is a
@@ -20,6 +21,7 @@ mod device;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
+pub mod mmio;
 #[cfg(test)]
 mod testutil;
 pub mod vhost_user;

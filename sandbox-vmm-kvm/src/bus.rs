@@ -9,8 +9,8 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::layout::*;
-use crate::mmio::MmioDevice;
 use crate::GuestExit;
+use sandbox_virtio::mmio::MmioDevice;
 use sandbox_virtio::ConsoleLog;
 
 /// Raises the serial port's interrupt line through an irqfd.

@@ -14,7 +14,6 @@ mod boot;
 mod bus;
 mod cpuid;
 mod layout;
-mod mmio;
 mod mptable;
 pub mod probe;
 mod vcpu;

@@ -17,8 +17,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, ConsoleWriter, IrqTrigger};
 use crate::layout::*;
-use crate::mmio::{MmioDevice, REG_QUEUE_NOTIFY};
 use crate::{boot, cpuid, mptable, vcpu, CpuProfile, GuestExit, GuestMemory, KvmError};
+use sandbox_virtio::mmio::{MmioDevice, REG_QUEUE_NOTIFY};
 use sandbox_virtio::{ConsoleLog, VirtioDevice};
 
 /// What to boot.

@@ -14,12 +14,13 @@ use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
-use sandbox_virtio::{ActivationContext, GuestMemory, Interrupt, QueueKick, VirtioDevice};
+use crate::{ActivationContext, GuestMemory, Interrupt, QueueKick, VirtioDevice};
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
 const VENDOR: u32 = 0x5342_5800; // "SBX"
 
+/// Offset of the `QueueNotify` register (where ioeventfds are attached).
 pub const REG_QUEUE_NOTIFY: u64 = 0x50;
 const STATUS_ACKNOWLEDGE: u32 = 1;
 const STATUS_DRIVER: u32 = 2;
@@ -224,9 +225,7 @@ impl MmioDevice {
         }
         // FEATURES_OK only sticks if VERSION_1 was accepted.
         let mut v = v;
-        if v & STATUS_FEATURES_OK != 0
-            && s.driver_features & sandbox_virtio::VIRTIO_F_VERSION_1 == 0
-        {
+        if v & STATUS_FEATURES_OK != 0 && s.driver_features & crate::VIRTIO_F_VERSION_1 == 0 {
             v &= !STATUS_FEATURES_OK;
         }
         let needed = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;

@@ -5,7 +5,7 @@
 use std::sync::atomic::AtomicUsize;
 
 use super::*;
-use sandbox_virtio::{DeviceError, VIRTIO_F_VERSION_1};
+use crate::{DeviceError, VIRTIO_F_VERSION_1};
 use vm_memory::{Bytes, GuestAddress};
 
 #[derive(Default)]
@@ -194,7 +194,7 @@ fn a_block_read_through_the_transport() {
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let mut disk = sandbox_rootfs::MemDisk::new(64 << 10);
     sandbox_rootfs::Disk::write_at(&mut disk, 512, b"sector one").unwrap();
-    let block = sandbox_virtio::block::Block::new(Box::new(disk), "mmio-test");
+    let block = crate::block::Block::new(Box::new(disk), "mmio-test");
     let dev = MmioDevice::new(Box::new(block), mem.clone(), irq.try_clone().unwrap()).unwrap();
     w(&dev, 0x70, 3);
     w(&dev, 0x24, 1);
