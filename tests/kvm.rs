@@ -10,8 +10,23 @@ use std::time::{Duration, Instant};
 use sandbox_core::{images, BackendKind, BootOptions, Resources, Rootfs, Sandbox, Signal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+fn open_fds() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let mut fds: Vec<String> = dir
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some(format!(
+                "{} -> {}",
+                e.file_name().to_string_lossy(),
+                target.display()
+            ))
+        })
+        .collect();
+    fds.sort();
+    fds
 }
 
 fn step(name: &str, since: Instant) {
@@ -103,6 +118,7 @@ async fn the_kvm_backend_runs_the_whole_stack() {
     cat.kill(Signal::TERM).unwrap();
     let status = cat.exit().await.unwrap();
     assert_eq!(status.signal, Some(Signal::TERM));
+    drop(cat);
     step("spawn + signal", t);
 
     // The file API.
@@ -151,6 +167,12 @@ async fn the_kvm_backend_runs_the_whole_stack() {
         .unwrap();
     assert!(check.success(), "qemu-img check");
     std::fs::remove_file(&overlay).unwrap();
-    // Every vCPU thread, device thread and descriptor is gone.
+    // With every handle dropped, every vCPU thread, device thread and
+    // descriptor is gone.
+    // Give exiting threads a moment to drop what they hold.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_fds().len() > fds_before.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(open_fds(), fds_before, "descriptors leaked by the VM");
 }

@@ -15,6 +15,7 @@ const CHANNEL_KEY: &str = "sandbox.channel=";
 /// `sandbox.poweroff=port:0x501` (KVM, no ACPI): power off by writing to
 /// that I/O port, with a reset as the fallback.
 const POWEROFF_KEY: &str = "sandbox.poweroff=port:";
+const OUTPUT_GRACE_KEY: &str = "sandbox.output_grace_ms=";
 
 pub fn run() -> ExitCode {
     mount_all();
@@ -23,6 +24,7 @@ pub fn run() -> ExitCode {
     if let Err(e) = set_hostname(hostname) {
         log(&format!("cannot set hostname {hostname:?}: {e}"));
     }
+    crate::job::set_output_grace(param(&cmdline, OUTPUT_GRACE_KEY).and_then(|v| v.parse().ok()));
     let channel = param(&cmdline, CHANNEL_KEY).unwrap_or("vsock:1024");
     if let Err(e) = serve_channel(channel) {
         log(&format!("control channel {channel}: {e}"));

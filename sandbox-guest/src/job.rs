@@ -15,8 +15,20 @@ use crate::server::{lock, stream_index, Entry, Out, Table};
 use crate::window::Window;
 
 /// How long output is still collected after a process exits, for descendants
-/// that keep its pipes open.
-const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+/// that keep its pipes open (`sandbox.output_grace_ms=` on the kernel
+/// command line overrides it: guests on emulating hosts need far longer).
+const DEFAULT_OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+static OUTPUT_GRACE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// Sets the output grace from the kernel command line, once at start.
+pub fn set_output_grace(ms: Option<u64>) {
+    let _ = OUTPUT_GRACE.set(ms.map_or(DEFAULT_OUTPUT_GRACE, Duration::from_millis));
+}
+
+fn output_grace() -> Duration {
+    *OUTPUT_GRACE.get().unwrap_or(&DEFAULT_OUTPUT_GRACE)
+}
 
 /// Starts request `id` and reports `Started` or `SpawnFailed`.
 pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
@@ -95,7 +107,7 @@ pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
         .name(format!("wait-{id}"))
         .spawn(move || {
             let status = reaper::get().wait(pid);
-            let deadline = Instant::now() + OUTPUT_GRACE;
+            let deadline = Instant::now() + output_grace();
             for _ in 0..pumps {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if done_rx.recv_timeout(left).is_err() {

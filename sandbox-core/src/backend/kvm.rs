@@ -44,12 +44,17 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
         Vsock::new(GUEST_CID).map_err(|e| Error::Protocol(format!("vsock: {e}")))?;
     devices.push(Box::new(vsock));
     let cpus = u8::try_from(spec.cpus).unwrap_or(u8::MAX);
-    let cmdline = format!(
+    let mut cmdline = format!(
         "root=/dev/vda rootfstype=ext4 rootwait {} init=/sbin/sandbox-guest \
          sandbox.hostname={} sandbox.channel=vsock:{AGENT_VSOCK_PORT} sandbox.poweroff=port:{POWER_OFF_PORT}",
         if read_only { "ro" } else { "rw" },
         spec.hostname
     );
+    if profile == CpuProfile::NestedPvm {
+        // Every guest syscall is slow there: give output pumps time to
+        // drain after a process exits.
+        cmdline.push_str(" sandbox.output_grace_ms=30000");
+    }
     let vm = KvmVm::start(KvmConfig {
         kernel,
         memory_mib: spec.memory_mib,
@@ -66,15 +71,19 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
         NEXT_ID.fetch_add(1, Ordering::Relaxed)
     );
     Ok(Box::new(KvmMachine {
-        vm,
-        vsock: connector,
+        console: vm.console().clone(),
+        vm: Some(vm),
+        vsock: Some(connector),
         id,
     }))
 }
 
 struct KvmMachine {
-    vm: KvmVm,
-    vsock: VsockConnector,
+    /// Dropped by `kill`, releasing every thread and descriptor even while
+    /// process handles still reference the machine.
+    vm: Option<KvmVm>,
+    console: sandbox_virtio::ConsoleLog,
+    vsock: Option<VsockConnector>,
     id: String,
 }
 
@@ -96,7 +105,13 @@ impl Machine for KvmMachine {
     fn connect_control(&mut self, timeout: Duration) -> std::io::Result<UnixStream> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(exit) = self.vm.exited() {
+            let (Some(vm), Some(vsock)) = (&self.vm, &self.vsock) else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "the VM was stopped",
+                ));
+            };
+            if let Some(exit) = vm.exited() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::NotConnected,
                     format!("{} before its agent listened", describe(&exit)),
@@ -109,10 +124,7 @@ impl Machine for KvmMachine {
                     format!("the guest agent did not listen within {timeout:?}"),
                 ));
             }
-            match self
-                .vsock
-                .connect(AGENT_VSOCK_PORT, left.min(Duration::from_millis(500)))
-            {
+            match vsock.connect(AGENT_VSOCK_PORT, left.min(Duration::from_millis(500))) {
                 Ok(stream) => return Ok(stream),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                     std::thread::sleep(Duration::from_millis(20));
@@ -124,14 +136,19 @@ impl Machine for KvmMachine {
     }
 
     fn console_tail(&self, lines: usize) -> String {
-        self.vm.console().tail(lines)
+        self.console.tail(lines)
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> bool {
-        self.vm.wait_exit(timeout).is_some()
+        self.vm
+            .as_ref()
+            .is_none_or(|vm| vm.wait_exit(timeout).is_some())
     }
 
     fn kill(&mut self) {
-        self.vm.stop();
+        if let Some(mut vm) = self.vm.take() {
+            vm.stop();
+        }
+        self.vsock = None;
     }
 }
