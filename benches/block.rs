@@ -11,9 +11,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sandbox_core::fs::WriteOptions;
@@ -63,42 +62,6 @@ fn prepare(dir: &Path) -> (Image, PathBuf) {
     (image, overlay)
 }
 
-struct Qsd(Child);
-
-impl Drop for Qsd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_qsd(qcow2: &Path, socket: &Path) -> Qsd {
-    let child = Command::new("qemu-storage-daemon")
-        .arg("--blockdev")
-        .arg(format!(
-            "driver=file,node-name=file,filename={}",
-            qcow2.display()
-        ))
-        .args(["--blockdev", "driver=qcow2,node-name=disk,file=file"])
-        .arg("--export")
-        .arg(format!(
-            "type=vhost-user-blk,id=exp0,node-name=disk,writable=on,addr.type=unix,addr.path={}",
-            socket.display()
-        ))
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("qemu-storage-daemon (Debian qemu-utils) is installed");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "qemu-storage-daemon did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Qsd(child)
-}
-
 async fn run(vm: &Vm, dev: &str, workload: &str, block: u64, total: u64, seed: u64) -> u128 {
     let args = [dev, workload]
         .map(String::from)
@@ -132,7 +95,7 @@ fn block(c: &mut Criterion) {
     let theirs = dir.join("qsd.qcow2");
     std::fs::copy(&ours, &theirs).unwrap();
     let socket = dir.join("qsd.sock");
-    let _qsd = start_qsd(&theirs, &socket);
+    let _qsd = sandbox::Qsd::start(&theirs, "qcow2", &socket);
     let vm = rt.block_on(async {
         let vm = Sandbox::builder()
             .rootfs(Rootfs::ephemeral(images::builtin("minimal").unwrap()))

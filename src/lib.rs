@@ -62,3 +62,53 @@ pub fn rss_bytes() -> u64 {
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
+
+/// Boots a VM with `rootfs` on the test backend, default options.
+pub async fn boot_rootfs(rootfs: Rootfs) -> Result<Vm, Error> {
+    Sandbox::builder()
+        .rootfs(rootfs)
+        .backend(backend())
+        .build()?
+        .boot(BootOptions::default())
+        .await
+}
+
+/// `qemu-storage-daemon` exporting an image file over vhost-user-blk
+/// (writable) on a Unix socket; killed on drop.
+pub struct Qsd(std::process::Child);
+
+impl Qsd {
+    /// Exports `file` (`format`: `raw` or `qcow2`) on `socket` and waits
+    /// until it listens. Panics if it cannot (tests and benches only).
+    pub fn start(file: &std::path::Path, format: &str, socket: &std::path::Path) -> Self {
+        let child = std::process::Command::new("qemu-storage-daemon")
+            .arg("--blockdev")
+            .arg(format!("driver=file,node-name=file,filename={}", file.display()))
+            .arg("--blockdev")
+            .arg(format!("driver={format},node-name=disk,file=file"))
+            .arg("--export")
+            .arg(format!(
+                "type=vhost-user-blk,id=exp0,node-name=disk,writable=on,addr.type=unix,addr.path={}",
+                socket.display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("qemu-storage-daemon (Debian qemu-utils) is installed");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "qemu-storage-daemon did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for Qsd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

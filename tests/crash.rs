@@ -7,19 +7,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use sandbox_core::{images, BootOptions, Rootfs, Sandbox};
+use sandbox_core::{images, Rootfs};
 
 /// ext4 block size of the minimal image: the unit the guest writes in.
 const FS_BLOCK: usize = 1024;
 
 async fn boot(path: &Path) -> sandbox_core::Vm {
     let image = images::builtin("minimal").unwrap();
-    Sandbox::builder()
-        .rootfs(Rootfs::persistent(image, path))
-        .backend(sandbox::backend())
-        .build()
-        .unwrap()
-        .boot(BootOptions::default())
+    sandbox::boot_rootfs(Rootfs::persistent(image, path))
         .await
         .unwrap()
 }

@@ -2,8 +2,6 @@
 //! device or by an external vhost-user-blk backend (qemu-storage-daemon).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use sandbox_core::{images, BootOptions, DataDisk, Image, ImageFormat, Rootfs, Sandbox};
 use sandbox_rootfs::sha256_file;
@@ -23,42 +21,6 @@ fn data_image(path: &Path, fill: u8) -> Image {
     }
 }
 
-/// qemu-storage-daemon exporting `file` (raw, writable) on `socket`.
-struct Qsd(Child);
-
-impl Qsd {
-    fn start(file: &Path, socket: &Path) -> Self {
-        let child = Command::new("qemu-storage-daemon")
-            .arg("--blockdev")
-            .arg(format!("driver=file,node-name=file,filename={}", file.display()))
-            .args(["--blockdev", "driver=raw,node-name=disk,file=file"])
-            .arg("--export")
-            .arg(format!(
-                "type=vhost-user-blk,id=exp0,node-name=disk,writable=on,addr.type=unix,addr.path={}",
-                socket.display()
-            ))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("qemu-storage-daemon (Debian qemu-utils) is installed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "qemu-storage-daemon did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self(child)
-    }
-}
-
-impl Drop for Qsd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn tmp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("sandbox-disks-{}-{name}", std::process::id()))
 }
@@ -69,7 +31,7 @@ async fn data_disks_from_our_device_and_from_qemu_storage_daemon() {
     let theirs_file = tmp("theirs.raw");
     data_image(&theirs_file, 0x22);
     let socket = tmp("qsd.sock");
-    let _qsd = Qsd::start(&theirs_file, &socket);
+    let _qsd = sandbox::Qsd::start(&theirs_file, "raw", &socket);
 
     let vm = Sandbox::builder()
         .rootfs(Rootfs::ephemeral(images::builtin("minimal").unwrap()))

@@ -6,19 +6,12 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use sandbox_core::rootfs::{bytes, flatten, MemStore, Qcow2Options, Source};
-use sandbox_core::{images, BootOptions, Image, ImageFormat, Rootfs, Sandbox};
+use sandbox_core::{images, Image, ImageFormat, Rootfs};
 use sandbox_rootfs::sha256_file;
 use tokio::io::AsyncWriteExt;
 
 async fn boot(rootfs: Rootfs) -> sandbox_core::Vm {
-    Sandbox::builder()
-        .rootfs(rootfs)
-        .backend(sandbox::backend())
-        .build()
-        .unwrap()
-        .boot(BootOptions::default())
-        .await
-        .unwrap()
+    sandbox::boot_rootfs(rootfs).await.unwrap()
 }
 
 fn qemu_img(args: &[&str]) -> std::process::Output {

@@ -3,17 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use sandbox_core::{images, BootOptions, Error, Rootfs, Sandbox};
+use sandbox_core::{images, Error, Rootfs};
 use sandbox_rootfs::{sha256_file, RootfsError};
 
-async fn boot(rootfs: Rootfs) -> Result<sandbox_core::Vm, Error> {
-    Sandbox::builder()
-        .rootfs(rootfs)
-        .backend(sandbox::backend())
-        .build()?
-        .boot(BootOptions::default())
-        .await
-}
+use sandbox::boot_rootfs as boot;
 
 fn overlay_path(tag: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!(

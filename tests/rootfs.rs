@@ -4,14 +4,7 @@ use sandbox_core::{images, BootOptions, Error, Rootfs, Sandbox};
 use sandbox_rootfs::{sha256_file, RootfsError};
 
 async fn boot(rootfs: Rootfs) -> sandbox_core::Vm {
-    Sandbox::builder()
-        .rootfs(rootfs)
-        .backend(sandbox::backend())
-        .build()
-        .unwrap()
-        .boot(BootOptions::default())
-        .await
-        .unwrap()
+    sandbox::boot_rootfs(rootfs).await.unwrap()
 }
 
 #[tokio::test]
