@@ -82,8 +82,10 @@ pub(crate) trait Machine: Send {
 /// Resolves `Auto` and checks the choice can run; returns a description of
 /// why this backend was chosen.
 pub(crate) fn select(kind: BackendKind) -> Result<(BackendKind, String), Error> {
-    let probe = probe_kvm();
-    match (kind, probe) {
+    if kind == BackendKind::Uml {
+        return Ok((BackendKind::Uml, "requested explicitly".into()));
+    }
+    match (kind, probe_kvm()) {
         (BackendKind::Uml, _) => Ok((BackendKind::Uml, "requested explicitly".into())),
         (BackendKind::Kvm, KvmProbe::Missing(why)) => Err(Error::BackendUnavailable {
             requested: "kvm",
