@@ -186,7 +186,7 @@ impl Rootfs {
             (Mode::ReadOnly, source) => Box::new(ReadOnly(self.open_source(source, rt)?)),
             (Mode::Ephemeral { block_size }, source) => {
                 let b = *block_size;
-                if b < 512 || !b.is_multiple_of(512) || b > 1 << 20 {
+                if !crate::span::valid_block_size(u64::from(b)) {
                     return Err(RootfsError::InvalidOption(format!(
                         "ephemeral block size {b} must be a multiple of 512 up to 1 MiB"
                     )));

@@ -35,6 +35,12 @@ pub(crate) fn pieces(offset: u64, len: usize, block: u64) -> impl Iterator<Item 
     })
 }
 
+/// Whether `bytes` is a usable block size: a non-zero multiple of 512 up
+/// to 1 MiB.
+pub(crate) fn valid_block_size(bytes: u64) -> bool {
+    bytes != 0 && bytes.is_multiple_of(512) && bytes <= 1 << 20
+}
+
 /// Fails unless `len` bytes at `offset` lie within a disk of `size` bytes.
 pub(crate) fn check(size: u64, offset: u64, len: usize) -> io::Result<()> {
     match offset.checked_add(len as u64) {

@@ -76,7 +76,7 @@ impl CowDisk {
         events: Option<EventHook>,
     ) -> io::Result<Self> {
         let block = u64::from(store.block_size());
-        if block == 0 || block % 512 != 0 || block > 1 << 20 {
+        if !crate::span::valid_block_size(block) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("block store block size {block} must be a multiple of 512 up to 1 MiB"),

@@ -132,7 +132,7 @@ pub async fn flatten(
     let source = source.into();
     let rt = tokio::runtime::Handle::current();
     let block = dest.block_size();
-    if block == 0 || !block.is_multiple_of(512) || block > 1 << 20 {
+    if !crate::span::valid_block_size(u64::from(block)) {
         return Err(RootfsError::InvalidOption(format!(
             "destination block size {block} must be a multiple of 512 up to 1 MiB"
         )));
