@@ -208,35 +208,11 @@ impl UmlVm {
     /// Connects to guest vsock `port`, retrying until the agent listens,
     /// the guest stops, or `timeout` passes.
     pub fn connect(&mut self, port: u32, timeout: Duration) -> io::Result<UnixStream> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_wait() {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotConnected,
-                    format!("the guest exited ({status}) before its agent listened"),
-                ));
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "the guest agent did not listen on vsock port {port} within {timeout:?}"
-                    ),
-                ));
-            }
-            match self
-                .vsock
-                .connect(port, left.min(Duration::from_millis(500)))
-            {
-                Ok(stream) => return Ok(stream),
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let vsock = self.vsock.clone();
+        vsock.connect_when_listening(port, timeout, Duration::from_millis(5), || {
+            self.try_wait()
+                .map(|status| format!("the guest exited ({status})"))
+        })
     }
 
     /// The guest console captured so far.

@@ -3,7 +3,7 @@
 
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sandbox_protocol::AGENT_VSOCK_PORT;
 use sandbox_virtio::block::Block;
@@ -103,36 +103,17 @@ impl Machine for KvmMachine {
     }
 
     fn connect_control(&mut self, timeout: Duration) -> std::io::Result<UnixStream> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let (Some(vm), Some(vsock)) = (&self.vm, &self.vsock) else {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::NotConnected,
-                    "the VM was stopped",
-                ));
-            };
-            if let Some(exit) = vm.exited() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::NotConnected,
-                    format!("{} before its agent listened", describe(&exit)),
-                ));
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("the guest agent did not listen within {timeout:?}"),
-                ));
-            }
-            match vsock.connect(AGENT_VSOCK_PORT, left.min(Duration::from_millis(500))) {
-                Ok(stream) => return Ok(stream),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let (Some(vm), Some(vsock)) = (&self.vm, &self.vsock) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "the VM was stopped",
+            ));
+        };
+        // Refused attempts cost the guest work: poll gently.
+        let retry = Duration::from_millis(20);
+        vsock.connect_when_listening(AGENT_VSOCK_PORT, timeout, retry, || {
+            vm.exited().map(|exit| describe(&exit))
+        })
     }
 
     fn console_tail(&self, lines: usize) -> String {

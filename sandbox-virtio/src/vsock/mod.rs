@@ -82,6 +82,45 @@ impl VsockConnector {
     }
 }
 
+impl VsockConnector {
+    /// Connects to guest `port` once something listens there: retries every
+    /// `retry` while the port refuses, until `timeout` passes (`TimedOut`)
+    /// or `stopped` says why the guest is gone (`NotConnected`, with that
+    /// reason).
+    pub fn connect_when_listening(
+        &self,
+        port: u32,
+        timeout: Duration,
+        retry: Duration,
+        mut stopped: impl FnMut() -> Option<String>,
+    ) -> io::Result<UnixStream> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(why) = stopped() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    format!("{why} before its agent listened"),
+                ));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the guest agent did not listen on vsock port {port} within {timeout:?}"
+                    ),
+                ));
+            }
+            match self.connect(port, left.min(Duration::from_millis(500))) {
+                Ok(stream) => return Ok(stream),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::thread::sleep(retry),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 impl Vsock {
     /// A device giving the guest `guest_cid` (3 or more), with its connector.
     pub fn new(guest_cid: u64) -> io::Result<(Self, VsockConnector)> {
