@@ -82,39 +82,38 @@ pub(crate) trait Machine: Send {
 /// Resolves `Auto` and checks the choice can run; returns a description of
 /// why this backend was chosen.
 pub(crate) fn select(kind: BackendKind) -> Result<(BackendKind, String), Error> {
-    if kind == BackendKind::Uml {
-        return Ok((BackendKind::Uml, "requested explicitly".into()));
-    }
-    match (kind, probe_kvm()) {
-        (BackendKind::Uml, _) => Ok((BackendKind::Uml, "requested explicitly".into())),
-        (BackendKind::Kvm, KvmProbe::Missing(why)) => Err(Error::BackendUnavailable {
-            requested: "kvm",
-            reason: format!("/dev/kvm is not usable ({why})"),
+    match kind {
+        BackendKind::Uml => Ok((BackendKind::Uml, "requested explicitly".into())),
+        BackendKind::Kvm => match probe_kvm() {
+            KvmProbe::Missing(why) => Err(Error::BackendUnavailable {
+                requested: "kvm",
+                reason: format!("/dev/kvm is not usable ({why})"),
+            }),
+            KvmProbe::Emulated { cpl0_ns, .. } => Ok((
+                BackendKind::Kvm,
+                format!(
+                    "requested explicitly; guest ring 0 is emulated here ({cpl0_ns:.0} ns per probe iteration), \
+                     so the nested-PVM CPU profile and kernel parameter are used and boots are slow"
+                ),
+            )),
+            KvmProbe::Hardware { .. } => {
+                Ok((BackendKind::Kvm, "requested explicitly; hardware KVM".into()))
+            }
+        },
+        BackendKind::Auto => Ok(match probe_kvm() {
+            KvmProbe::Hardware { cpl0_ns, .. } => (
+                BackendKind::Kvm,
+                format!("auto: hardware KVM ({cpl0_ns:.1} ns per ring-0 probe iteration)"),
+            ),
+            KvmProbe::Emulated { cpl0_ns, cpl3_ns } => (
+                BackendKind::Uml,
+                format!(
+                    "auto: /dev/kvm emulates guest ring 0 ({cpl0_ns:.0} ns vs {cpl3_ns:.1} ns at ring 3 per \
+                     probe iteration), far too slow: using UML"
+                ),
+            ),
+            KvmProbe::Missing(why) => (BackendKind::Uml, format!("auto: /dev/kvm unavailable ({why})")),
         }),
-        (BackendKind::Kvm, KvmProbe::Emulated { cpl0_ns, .. }) => Ok((
-            BackendKind::Kvm,
-            format!(
-                "requested explicitly; guest ring 0 is emulated here ({cpl0_ns:.0} ns per probe iteration), \
-                 so the nested-PVM CPU profile and kernel parameter are used and boots are slow"
-            ),
-        )),
-        (BackendKind::Kvm, KvmProbe::Hardware { .. }) => {
-            Ok((BackendKind::Kvm, "requested explicitly; hardware KVM".into()))
-        }
-        (BackendKind::Auto, KvmProbe::Hardware { cpl0_ns, .. }) => Ok((
-            BackendKind::Kvm,
-            format!("auto: hardware KVM ({cpl0_ns:.1} ns per ring-0 probe iteration)"),
-        )),
-        (BackendKind::Auto, KvmProbe::Emulated { cpl0_ns, cpl3_ns }) => Ok((
-            BackendKind::Uml,
-            format!(
-                "auto: /dev/kvm emulates guest ring 0 ({cpl0_ns:.0} ns vs {cpl3_ns:.1} ns at ring 3 per \
-                 probe iteration), far too slow: using UML"
-            ),
-        )),
-        (BackendKind::Auto, KvmProbe::Missing(why)) => {
-            Ok((BackendKind::Uml, format!("auto: /dev/kvm unavailable ({why})")))
-        }
     }
 }
 
