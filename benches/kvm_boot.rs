@@ -20,7 +20,7 @@ use sandbox_core::images;
 use sandbox_rootfs::RawImage;
 use sandbox_virtio::block::Block;
 use sandbox_vmm_kvm::probe::{probe, Probe};
-use sandbox_vmm_kvm::{CpuProfile, KvmConfig, KvmVm};
+use sandbox_vmm_kvm::{CpuProfile, KvmConfig, KvmVm, NESTED_PVM_CMDLINE};
 
 const INIT_LINE: &str = "Run /sbin/sandbox-guest as init process";
 const TIMEOUT: Duration = Duration::from_secs(300);
@@ -30,22 +30,21 @@ fn kernel() -> std::path::PathBuf {
         .expect("cargo xtask build")
 }
 
-fn cmdline(profile: CpuProfile) -> String {
+/// The root and init, which both VMMs get.
+const ROOT_ARGS: &str = "root=/dev/vda ro rootfstype=ext4 init=/sbin/sandbox-guest";
+
+/// QEMU's whole command line: what our VMM adds by itself, then `ROOT_ARGS`.
+fn qemu_cmdline(profile: CpuProfile) -> String {
     let pvm = if profile == CpuProfile::NestedPvm {
-        " sandbox_nested_pvm noxsave clearcpuid=popcnt,smap"
+        format!(" {NESTED_PVM_CMDLINE}")
     } else {
-        ""
+        String::new()
     };
-    format!("console=ttyS0 reboot=k panic=-1{pvm} root=/dev/vda ro rootfstype=ext4 init=/sbin/sandbox-guest")
+    format!("console=ttyS0 reboot=k panic=-1{pvm} {ROOT_ARGS}")
 }
 
 fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    sandbox::rss_bytes() / 1024
 }
 
 /// RSS (KiB) of the mappings that hold guest RAM.
@@ -85,10 +84,7 @@ fn ours(image: &Path, profile: CpuProfile) -> (f64, u64) {
         kernel: kernel(),
         memory_mib: 256,
         cpus: 1,
-        cmdline: cmdline(profile)
-            .split_once(" root=")
-            .map(|(_, rest)| format!("root={rest}"))
-            .unwrap_or_default(),
+        cmdline: ROOT_ARGS.into(),
         profile,
         console_log_bytes: 1 << 20,
         devices: vec![Box::new(Block::new(root, "bench-root"))],
@@ -138,7 +134,7 @@ fn qemu(image: &Path, profile: CpuProfile) -> Result<f64, String> {
         .args(["-serial", "stdio", "-kernel"])
         .arg(kernel())
         .arg("-append")
-        .arg(cmdline(profile))
+        .arg(qemu_cmdline(profile))
         .arg("-drive")
         .arg(format!(
             "id=root,file={},format=raw,if=none,readonly=on",

@@ -130,11 +130,13 @@ impl KvmVm {
             echo: std::env::var_os("SANDBOX_KVM_CONSOLE").is_some(),
         };
         let mut mmio = Vec::new();
-        let mut cmdline = String::from("console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux");
+        // The agent powers off through our port (the guest has no ACPI).
+        let mut cmdline = format!(
+            "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux sandbox.poweroff=port:{POWER_OFF_PORT:#x}"
+        );
         if cfg.profile == CpuProfile::NestedPvm {
-            // The CPUID profile alone does not keep XSAVE away from the
-            // kernel on this host (measured): say it on the command line too.
-            cmdline.push_str(" sandbox_nested_pvm noxsave clearcpuid=popcnt,smap");
+            cmdline.push(' ');
+            cmdline.push_str(crate::NESTED_PVM_CMDLINE);
         }
         for (i, device) in cfg.devices.into_iter().enumerate() {
             let gsi = MMIO_GSI_START + i as u32;

@@ -16,8 +16,6 @@ use crate::{artifacts, DataDisk, Error};
 
 const CONSOLE_LOG_BYTES: usize = 256 << 10;
 const GUEST_CID: u64 = 3;
-/// Port the VMM watches for a clean power-off (no ACPI in the guest).
-const POWER_OFF_PORT: &str = "0x501";
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
@@ -46,7 +44,7 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
     let cpus = u8::try_from(spec.cpus).unwrap_or(u8::MAX);
     let mut cmdline = format!(
         "root=/dev/vda rootfstype=ext4 rootwait {} init=/sbin/sandbox-guest \
-         sandbox.hostname={} sandbox.channel=vsock:{AGENT_VSOCK_PORT} sandbox.poweroff=port:{POWER_OFF_PORT}",
+         sandbox.hostname={} sandbox.channel=vsock:{AGENT_VSOCK_PORT}",
         if read_only { "ro" } else { "rw" },
         spec.hostname
     );
