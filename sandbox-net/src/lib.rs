@@ -1,5 +1,244 @@
-//! Userspace network behind virtio-net: a smoltcp stack, NAT/relay to host
-//! sockets, DNS, HTTP/HTTPS interception with a per-sandbox CA, and the
-//! default-deny egress policy engine.
+//! The host side of a sandbox's network: a smoltcp TCP/IP stack fed the
+//! guest's Ethernet frames through a [`FramePort`], a default-deny egress
+//! [`Policy`] consulted once per new flow, DNS answered by the host with
+//! trusted hostname attribution, HTTP/HTTPS interception with a
+//! per-sandbox CA, and one [`HostEgress`] boundary for everything that
+//! leaves the host.
 //!
-//! Not implemented yet: guests have no network interface today.
+//! ```no_run
+//! # async fn demo(port: sandbox_net::FramePort) -> Result<(), sandbox_net::NetError> {
+//! use sandbox_net::{Conn, Network, NetworkOptions};
+//! let net = Network::start(port, NetworkOptions::new(|conn: Conn| async move {
+//!     if let Some(dns) = conn.match_dns() {
+//!         return Ok(dns.accept(["192.0.2.53:53".parse()?]));
+//!     }
+//!     Ok(conn.deny())
+//! }))?;
+//! println!("{:?}", net.stats());
+//! # Ok(()) }
+//! ```
+
+mod bess;
+mod classify;
+mod dns;
+mod egress;
+mod flow;
+mod frame;
+pub mod http;
+mod metadata;
+mod policy;
+mod stack;
+mod tls;
+mod udp;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
+use tokio::sync::mpsc;
+
+pub use bess::BessListener;
+pub use classify::{embedded_v4, DstClass};
+pub use egress::{
+    BoxUpstream, Connector, Counters, DirectConnector, EgressError, HostEgress, Limits,
+    RoutedConnector, Stats, Upstream,
+};
+pub use frame::{FramePort, MAX_FRAME};
+pub use http::ca::SandboxCa;
+pub use http::{HttpRequest, Middleware};
+pub use metadata::{
+    canonical_name, DnsMetadata, MAX_ENTRIES as MAX_METADATA_ENTRIES,
+    MIN_WINDOW as METADATA_MIN_WINDOW,
+};
+pub use policy::{
+    deny_all, BoxError, Conn, DenyReason, DnsGrant, EndpointMatcher, HostMatcher, HttpGrant,
+    Policy, Proto, RawGrant, Verdict,
+};
+
+/// Addresses of the guest's link. The host stack owns the gateway and the
+/// resolver address; the agent configures the guest side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The guest's address.
+    pub guest_ip: Ipv4Addr,
+    /// The default gateway (the host stack).
+    pub gateway_ip: Ipv4Addr,
+    /// The resolver the guest is told to use (answered by the host).
+    pub dns_ip: Ipv4Addr,
+    /// Prefix length of the link.
+    pub prefix_len: u8,
+    /// The gateway's MAC address.
+    pub gateway_mac: [u8; 6],
+    /// The guest's MAC address.
+    pub guest_mac: [u8; 6],
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            guest_ip: Ipv4Addr::new(10, 0, 2, 15),
+            gateway_ip: Ipv4Addr::new(10, 0, 2, 2),
+            dns_ip: Ipv4Addr::new(10, 0, 2, 3),
+            prefix_len: 24,
+            gateway_mac: [0x02, 0x5b, 0, 0, 0, 0x02],
+            guest_mac: [0x02, 0x5b, 0, 0, 0, 0x0f],
+        }
+    }
+}
+
+impl NetConfig {
+    /// The agent's kernel parameter value: `ip/prefix,gateway,dns,mac`.
+    pub fn guest_param(&self) -> String {
+        let m = self.guest_mac;
+        format!(
+            "{}/{},{},{},{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            self.guest_ip,
+            self.prefix_len,
+            self.gateway_ip,
+            self.dns_ip,
+            m[0],
+            m[1],
+            m[2],
+            m[3],
+            m[4],
+            m[5]
+        )
+    }
+}
+
+/// Everything a network needs besides its frames.
+#[derive(Clone)]
+pub struct NetworkOptions {
+    /// Decides on every new flow (default deny).
+    pub policy: Arc<dyn Policy>,
+    /// How the host reaches destinations.
+    pub connector: Arc<dyn Connector>,
+    /// Per-sandbox limits.
+    pub limits: Limits,
+    /// Addresses of the link.
+    pub config: NetConfig,
+    /// Roots trusted for upstream TLS besides the host's native roots.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+}
+
+impl NetworkOptions {
+    /// Options with `policy`, direct host dialing and default limits.
+    pub fn new(policy: impl Policy) -> Self {
+        Self {
+            policy: Arc::new(policy),
+            connector: Arc::new(DirectConnector),
+            limits: Limits::default(),
+            config: NetConfig::default(),
+            extra_roots: Vec::new(),
+        }
+    }
+
+    /// Dials through `connector` instead of directly.
+    pub fn connector(mut self, connector: impl Connector) -> Self {
+        self.connector = Arc::new(connector);
+        self
+    }
+
+    /// Replaces the limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Also trusts `root` for upstream TLS (DER).
+    pub fn add_root(mut self, root: CertificateDer<'static>) -> Self {
+        self.extra_roots.push(root);
+        self
+    }
+}
+
+impl std::fmt::Debug for NetworkOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkOptions")
+            .field("limits", &self.limits)
+            .field("config", &self.config)
+            .field("extra_roots", &self.extra_roots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors starting a network.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The interception CA could not be created.
+    #[error("creating the sandbox CA: {0}")]
+    Ca(#[from] rcgen::Error),
+    /// A root certificate was rejected.
+    #[error("upstream TLS roots: {0}")]
+    Tls(#[from] rustls::Error),
+    /// A host socket could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being set up.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Shared state of one running network.
+pub(crate) struct Ctx {
+    pub(crate) config: NetConfig,
+    pub(crate) policy: Arc<dyn Policy>,
+    pub(crate) egress: HostEgress,
+    pub(crate) metadata: DnsMetadata,
+    pub(crate) ca: SandboxCa,
+    pub(crate) upstream_tls: Arc<rustls::ClientConfig>,
+    pub(crate) to_guest: mpsc::Sender<Vec<u8>>,
+}
+
+/// A running sandbox network. Dropping it stops the stack; flows in
+/// progress end.
+pub struct Network {
+    ctx: Arc<Ctx>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Network {
+    /// Starts the stack on `port` (must be called inside a tokio runtime).
+    pub fn start(port: FramePort, opts: NetworkOptions) -> Result<Self, NetError> {
+        let ctx = Arc::new(Ctx {
+            ca: SandboxCa::generate()?,
+            upstream_tls: tls::upstream_config(&opts.extra_roots)?,
+            egress: HostEgress::new(opts.connector, opts.limits),
+            policy: opts.policy,
+            metadata: DnsMetadata::default(),
+            config: opts.config,
+            to_guest: port.tx.clone(),
+        });
+        let task = tokio::spawn(stack::run(ctx.clone(), port));
+        Ok(Self { ctx, task })
+    }
+
+    /// The interception CA's certificate (PEM) the guest must trust.
+    pub fn ca_cert_pem(&self) -> String {
+        self.ctx.ca.cert_pem()
+    }
+
+    /// The link's addresses.
+    pub fn config(&self) -> &NetConfig {
+        &self.ctx.config
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.ctx.egress.counters.snapshot()
+    }
+
+    /// Hostnames currently attributed to `ip` by accepted DNS answers.
+    pub fn hostnames(&self, ip: std::net::IpAddr) -> std::collections::BTreeSet<String> {
+        self.ctx.metadata.names(ip)
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,96 @@
+//! TCP flows: the policy verdict on a held SYN, then what runs on the
+//! accepted connection.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use crate::dns::DnsUpstream;
+use crate::egress::{BoxUpstream, Counters};
+use crate::http::Middleware;
+use crate::policy::{evaluate, Conn, Grant, Proto};
+use crate::stack::{Event, GuestStream};
+use crate::Ctx;
+
+/// What serves an accepted connection.
+pub(crate) enum Handler {
+    /// Bytes copied to and from this upstream connection.
+    Raw(BoxUpstream),
+    /// DNS over TCP.
+    Dns(DnsUpstream),
+    /// HTTP/HTTPS interception for one trusted hostname.
+    Http {
+        host: String,
+        middleware: Arc<dyn Middleware>,
+    },
+}
+
+/// Decides on a held SYN and reports the outcome to the stack.
+pub(crate) async fn decide_tcp(
+    ctx: Arc<Ctx>,
+    syn: Vec<u8>,
+    key: (SocketAddrV4, SocketAddrV4),
+    permit: OwnedSemaphorePermit,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let (src, dst) = key;
+    let conn = Conn {
+        src: src.into(),
+        dst: dst.into(),
+        proto: Proto::Tcp,
+        names: ctx.metadata.names((*dst.ip()).into()),
+    };
+    let counters = &ctx.egress.counters;
+    let handler = match evaluate(&ctx.policy, conn, ctx.egress.limits().policy_deadline).await {
+        Err(why) => {
+            log::info!("denied TCP {src} -> {dst}: {why:?}");
+            Counters::bump(&counters.flows_denied);
+            None
+        }
+        Ok(Grant::Deny) => None,
+        Ok(Grant::Raw) => match ctx.egress.dial_tcp(SocketAddr::V4(dst)).await {
+            Ok(up) => Some(Handler::Raw(up)),
+            Err(e) => {
+                log::info!("TCP {src} -> {dst}: {e}");
+                None
+            }
+        },
+        Ok(Grant::Dns(up)) => Some(Handler::Dns(up)),
+        Ok(Grant::Http { host, middleware }) => Some(Handler::Http { host, middleware }),
+    };
+    let ev = match handler {
+        Some(handler) => {
+            Counters::bump(&counters.flows_accepted);
+            Event::Open {
+                syn,
+                dst,
+                key,
+                permit,
+                handler,
+            }
+        }
+        None => Event::Refuse { syn, key },
+    };
+    let _ = events.send(ev);
+}
+
+/// Serves one accepted connection until either side closes.
+pub(crate) async fn run(
+    ctx: Arc<Ctx>,
+    mut guest: GuestStream,
+    handler: Handler,
+    key: (SocketAddrV4, SocketAddrV4),
+) {
+    match handler {
+        Handler::Raw(mut up) => {
+            let _ = tokio::io::copy_bidirectional(&mut guest, &mut up).await;
+        }
+        Handler::Dns(up) => {
+            let _ = crate::dns::serve_tcp(guest, up, &ctx.egress, &ctx.metadata).await;
+        }
+        Handler::Http { host, middleware } => {
+            crate::http::serve(ctx.clone(), guest, host, middleware, key.1).await;
+        }
+    }
+}

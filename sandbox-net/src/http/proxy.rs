@@ -1,0 +1,338 @@
+//! Serving one intercepted guest connection.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use rustls::server::Acceptor;
+use rustls::ServerConfig;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::{HttpRequest, Middleware};
+use crate::egress::BoxUpstream;
+use crate::stack::GuestStream;
+use crate::Ctx;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Largest request head accepted from the guest.
+const MAX_HEAD: usize = 64 << 10;
+/// Time the guest has to send a complete request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time the guest has to finish its TLS handshake.
+const TLS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Per-connection facts the request handler needs.
+struct Flow {
+    ctx: Arc<Ctx>,
+    host: String,
+    middleware: Arc<dyn Middleware>,
+    dst: SocketAddr,
+    sni: Option<String>,
+    alpn: Option<String>,
+    upstream: Mutex<Vec<SendRequest<Body>>>,
+}
+
+pub(crate) async fn serve(
+    ctx: Arc<Ctx>,
+    guest: GuestStream,
+    host: String,
+    middleware: Arc<dyn Middleware>,
+    dst: SocketAddrV4,
+) {
+    let mut guest = BufReader::new(guest);
+    let first = match tokio::time::timeout(HEAD_TIMEOUT, guest.fill_buf()).await {
+        Ok(Ok(b)) if !b.is_empty() => b[0],
+        _ => return,
+    };
+    let mut flow = Flow {
+        ctx,
+        host,
+        middleware,
+        dst: SocketAddr::V4(dst),
+        sni: None,
+        alpn: None,
+        upstream: Mutex::default(),
+    };
+    if first == 0x16 {
+        let acceptor = LazyConfigAcceptor::new(Acceptor::default(), guest);
+        let Ok(Ok(start)) = tokio::time::timeout(TLS_TIMEOUT, acceptor).await else {
+            return;
+        };
+        let hello = start.client_hello();
+        let sni = hello.server_name().map(str::to_ascii_lowercase);
+        if sni.as_deref() != Some(flow.host.as_str()) {
+            // The guest asks for another name than the one DNS granted:
+            // no certificate, no request, no credentials.
+            log::info!(
+                "refused TLS to {dst}: SNI {sni:?} is not the granted host {}",
+                flow.host
+            );
+            return;
+        }
+        let offered: Vec<Vec<u8>> = hello
+            .alpn()
+            .map(|a| a.map(<[u8]>::to_vec).collect())
+            .unwrap_or_default();
+        let Ok(cert) = flow.ctx.ca.leaf(&flow.host) else {
+            return;
+        };
+        let mut cfg = ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map(|b| {
+                b.with_no_client_auth()
+                    .with_cert_resolver(Arc::new(Single(cert)))
+            });
+        let Ok(cfg) = cfg.as_mut() else { return };
+        cfg.alpn_protocols = [b"h2".to_vec(), b"http/1.1".to_vec()]
+            .into_iter()
+            .filter(|p| offered.contains(p))
+            .collect();
+        let Ok(Ok(tls)) =
+            tokio::time::timeout(TLS_TIMEOUT, start.into_stream(Arc::new(cfg.clone()))).await
+        else {
+            return;
+        };
+        flow.sni = sni;
+        flow.alpn = tls
+            .get_ref()
+            .1
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        serve_http(Arc::new(flow), tls).await;
+    } else {
+        serve_http(Arc::new(flow), guest).await;
+    }
+}
+
+#[derive(Debug)]
+struct Single(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for Single {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+async fn serve_http<S>(flow: Arc<Flow>, io: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD as u32)
+        .max_concurrent_streams(64);
+    let svc = hyper::service::service_fn(move |req| {
+        let flow = flow.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(flow, req).await) }
+    });
+    let _ = b.serve_connection(TokioIo::new(io), svc).await;
+}
+
+fn plain(status: StatusCode, msg: &str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(format!("{msg}\n")))
+            .map_err(|n| match n {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// The host a request names: `:authority` (h2, absolute-form) or `Host`.
+fn named_host(req: &Request<Incoming>) -> Option<String> {
+    let auth = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            let h = h.parse::<http::uri::Authority>().ok()?;
+            Some(h.host().to_string())
+        })?;
+    Some(crate::metadata::canonical_name(&auth))
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in HOP_BY_HOP.iter().chain(&listed) {
+        h.remove(n);
+    }
+}
+
+async fn handle(flow: Arc<Flow>, req: Request<Incoming>) -> Response<Body> {
+    if req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "both Content-Length and Transfer-Encoding",
+        );
+    }
+    match named_host(&req) {
+        Some(h) if h == flow.host => {}
+        other => {
+            log::info!(
+                "refused a request for {other:?} on a flow granted for {}",
+                flow.host
+            );
+            return plain(
+                StatusCode::MISDIRECTED_REQUEST,
+                &format!("this connection may only carry requests for {}", flow.host),
+            );
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let mut view = HttpRequest {
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        headers: parts.headers,
+        host: flow.host.clone(),
+        sni: flow.sni.clone(),
+        alpn: flow.alpn.clone(),
+        dst: flow.dst,
+        refused: None,
+    };
+    // The middleware may panic: that refuses the request.
+    let mw = flow.middleware.clone();
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mw.on_request(&mut view)));
+    if outcome.is_err() {
+        return plain(
+            StatusCode::BAD_GATEWAY,
+            "the sandbox's request middleware failed",
+        );
+    }
+    if let Some(status) = view.refused {
+        return plain(status, "refused by the sandbox's egress policy");
+    }
+    let path = view
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let mut up = Request::new(body.boxed());
+    *up.method_mut() = view.method;
+    *up.uri_mut() = path
+        .parse::<Uri>()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    *up.version_mut() = Version::HTTP_11;
+    let mut headers = view.headers;
+    strip_hop_by_hop(&mut headers);
+    let default_port = if flow.sni.is_some() { 443 } else { 80 };
+    let authority = if flow.dst.port() == default_port {
+        flow.host.clone()
+    } else {
+        format!("{}:{}", flow.host, flow.dst.port())
+    };
+    match HeaderValue::from_str(&authority) {
+        Ok(v) => {
+            headers.insert(header::HOST, v);
+        }
+        Err(_) => return plain(StatusCode::BAD_GATEWAY, "invalid host"),
+    }
+    *up.headers_mut() = headers;
+    let mut sender = match upstream(&flow).await {
+        Ok(s) => s,
+        Err(e) => {
+            log::info!("upstream {} ({}): {e}", flow.host, flow.dst);
+            return plain(
+                StatusCode::BAD_GATEWAY,
+                &format!("upstream {} unreachable", flow.host),
+            );
+        }
+    };
+    let resp = sender.send_request(up).await;
+    flow.upstream
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(sender);
+    match resp {
+        Ok(r) => {
+            let (mut parts, body) = r.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.boxed())
+        }
+        Err(e) => plain(
+            StatusCode::BAD_GATEWAY,
+            &format!("upstream {}: {e}", flow.host),
+        ),
+    }
+}
+
+/// A ready upstream HTTP/1.1 connection: a pooled one or a new dial.
+async fn upstream(flow: &Flow) -> Result<SendRequest<Body>, String> {
+    loop {
+        let pooled = flow
+            .upstream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let Some(mut s) = pooled else { break };
+        if s.ready().await.is_ok() {
+            return Ok(s);
+        }
+    }
+    let tcp = flow
+        .ctx
+        .egress
+        .dial_tcp(flow.dst)
+        .await
+        .map_err(|e| e.to_string())?;
+    let io: BoxUpstream = if flow.sni.is_some() {
+        let name = ServerName::try_from(flow.host.clone()).map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(flow.ctx.upstream_tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        Box::new(tls)
+    } else {
+        tcp
+    };
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}

@@ -1,0 +1,470 @@
+//! The egress policy: one async callback per new flow, default deny.
+//!
+//! ```
+//! use sandbox_net::{Conn, Verdict};
+//! async fn policy(conn: Conn) -> Result<Verdict, sandbox_net::BoxError> {
+//!     if let Some(dns) = conn.match_dns() {
+//!         return Ok(dns.accept(["192.0.2.53:53".parse()?]));
+//!     }
+//!     if let Some(http) = conn.match_http("api.example.com") {
+//!         return Ok(http.accept(|req: &mut sandbox_net::HttpRequest| {
+//!             req.headers.insert("authorization", "Bearer secret".parse().unwrap());
+//!         }));
+//!     }
+//!     Ok(conn.deny())
+//! }
+//! ```
+//!
+//! A callback that returns an error, panics or runs past the deadline
+//! denies the flow; a denied flow never sends a byte upstream.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::classify::DstClass;
+use crate::dns::DnsUpstream;
+use crate::http::{HttpRequest, Middleware};
+use crate::metadata::canonical_name;
+
+/// Any error a policy callback returns.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The transport of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proto {
+    /// TCP: a flow is a connection.
+    Tcp,
+    /// UDP: a flow is a (source port, destination) pair.
+    Udp,
+}
+
+/// A new flow the policy decides on.
+#[derive(Clone, Debug)]
+pub struct Conn {
+    pub(crate) src: SocketAddr,
+    pub(crate) dst: SocketAddr,
+    pub(crate) proto: Proto,
+    pub(crate) names: BTreeSet<String>,
+}
+
+impl Conn {
+    /// The guest's end.
+    pub fn src(&self) -> SocketAddr {
+        self.src
+    }
+
+    /// Where the guest wants to go.
+    pub fn dst(&self) -> SocketAddr {
+        self.dst
+    }
+
+    /// TCP or UDP.
+    pub fn proto(&self) -> Proto {
+        self.proto
+    }
+
+    /// The kind of destination address.
+    pub fn class(&self) -> DstClass {
+        DstClass::of(self.dst.ip())
+    }
+
+    /// Hostnames attributed to the destination address by accepted DNS
+    /// answers (never by the guest's Host header or SNI), canonical.
+    pub fn hostnames(&self) -> &BTreeSet<String> {
+        &self.names
+    }
+
+    /// Grants the raw flow.
+    pub fn accept(&self) -> Verdict {
+        Verdict(Grant::Raw)
+    }
+
+    /// Refuses the flow (the default).
+    pub fn deny(&self) -> Verdict {
+        Verdict(Grant::Deny)
+    }
+
+    /// A raw TCP grant if this is TCP to an endpoint `m` matches.
+    pub fn match_tcp(&self, m: impl Into<EndpointMatcher>) -> Option<RawGrant> {
+        (self.proto == Proto::Tcp && m.into().matches(self)).then_some(RawGrant)
+    }
+
+    /// A raw UDP grant if this is UDP to an endpoint `m` matches.
+    pub fn match_udp(&self, m: impl Into<EndpointMatcher>) -> Option<RawGrant> {
+        (self.proto == Proto::Udp && m.into().matches(self)).then_some(RawGrant)
+    }
+
+    /// A DNS grant if this flow goes to port 53 (UDP or TCP), whatever the
+    /// address: queries to any resolver are answered by the host.
+    pub fn match_dns(&self) -> Option<DnsGrant> {
+        (self.dst.port() == 53).then_some(DnsGrant)
+    }
+
+    /// An HTTP grant if this is TCP and a trusted hostname of the
+    /// destination matches `m`. The grant is for that hostname: requests
+    /// for any other Host or SNI are refused.
+    pub fn match_http(&self, m: impl Into<HostMatcher>) -> Option<HttpGrant> {
+        if self.proto != Proto::Tcp {
+            return None;
+        }
+        let m = m.into();
+        self.names
+            .iter()
+            .find(|n| m.matches(n))
+            .map(|host| HttpGrant { host: host.clone() })
+    }
+}
+
+/// The outcome of a policy callback.
+#[derive(Clone)]
+pub struct Verdict(pub(crate) Grant);
+
+impl Verdict {
+    /// A refusal.
+    pub fn deny() -> Self {
+        Self(Grant::Deny)
+    }
+
+    /// True unless this is a refusal.
+    pub fn is_accept(&self) -> bool {
+        !matches!(self.0, Grant::Deny)
+    }
+}
+
+impl fmt::Debug for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Grant::Deny => f.write_str("Deny"),
+            Grant::Raw => f.write_str("Raw"),
+            Grant::Dns(_) => f.write_str("Dns"),
+            Grant::Http { host, .. } => write!(f, "Http({host})"),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) enum Grant {
+    Deny,
+    Raw,
+    Dns(DnsUpstream),
+    Http {
+        host: String,
+        middleware: Arc<dyn Middleware>,
+    },
+}
+
+/// A matched raw flow.
+#[derive(Debug)]
+pub struct RawGrant;
+
+impl RawGrant {
+    /// Grants the raw flow.
+    pub fn accept(self) -> Verdict {
+        Verdict(Grant::Raw)
+    }
+}
+
+/// A matched DNS flow.
+#[derive(Debug)]
+pub struct DnsGrant;
+
+impl DnsGrant {
+    /// Answers queries from these upstream resolvers (tried in order).
+    pub fn accept(self, resolvers: impl IntoIterator<Item = SocketAddr>) -> Verdict {
+        Verdict(Grant::Dns(DnsUpstream::Resolvers(
+            resolvers.into_iter().collect(),
+        )))
+    }
+
+    /// Answers queries from a host-side table: A records for the listed
+    /// names, NXDOMAIN for everything else. Answers count as accepted DNS.
+    pub fn synthesize(
+        self,
+        records: impl IntoIterator<Item = (impl AsRef<str>, IpAddr)>,
+    ) -> Verdict {
+        let mut table = std::collections::HashMap::<String, Vec<IpAddr>>::new();
+        for (name, ip) in records {
+            table
+                .entry(canonical_name(name.as_ref()))
+                .or_default()
+                .push(ip);
+        }
+        Verdict(Grant::Dns(DnsUpstream::Synthesized(Arc::new(table))))
+    }
+}
+
+/// A matched HTTP flow for one trusted hostname.
+#[derive(Debug)]
+pub struct HttpGrant {
+    host: String,
+}
+
+impl HttpGrant {
+    /// The trusted hostname this grant is for.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Enters HTTP/HTTPS interception; `middleware` may change each
+    /// upstream request's headers.
+    pub fn accept(self, middleware: impl Middleware) -> Verdict {
+        Verdict(Grant::Http {
+            host: self.host,
+            middleware: Arc::new(middleware),
+        })
+    }
+
+    /// Interception without changes to requests.
+    pub fn accept_unchanged(self) -> Verdict {
+        self.accept(|_: &mut HttpRequest| {})
+    }
+}
+
+/// Matches flow endpoints: `"203.0.113.5:443"`, `"203.0.113.5"` (any
+/// port), `"example.com:443"` / `"example.com"` (a trusted hostname of the
+/// destination), `"*:443"`, a `SocketAddr`, an `IpAddr`, or a predicate.
+#[derive(Clone)]
+pub struct EndpointMatcher(Arc<dyn Fn(&Conn) -> bool + Send + Sync>);
+
+impl EndpointMatcher {
+    /// Matches when `f` returns true.
+    pub fn predicate(f: impl Fn(&Conn) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    fn matches(&self, conn: &Conn) -> bool {
+        (self.0)(conn)
+    }
+}
+
+impl From<&str> for EndpointMatcher {
+    fn from(s: &str) -> Self {
+        if let Ok(sa) = s.parse::<SocketAddr>() {
+            return sa.into();
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return ip.into();
+        }
+        let (host, port) = match s.rsplit_once(':') {
+            Some((h, p)) => match p.parse::<u16>() {
+                Ok(p) => (h.to_string(), Some(p)),
+                Err(_) => (s.to_string(), None),
+            },
+            None => (s.to_string(), None),
+        };
+        let host = canonical_name(&host);
+        Self::predicate(move |c| {
+            port.is_none_or(|p| p == c.dst.port()) && (host == "*" || c.names.contains(&host))
+        })
+    }
+}
+
+impl From<String> for EndpointMatcher {
+    fn from(s: String) -> Self {
+        s.as_str().into()
+    }
+}
+
+impl From<SocketAddr> for EndpointMatcher {
+    fn from(sa: SocketAddr) -> Self {
+        Self::predicate(move |c| same_ip(c.dst.ip(), sa.ip()) && c.dst.port() == sa.port())
+    }
+}
+
+impl From<IpAddr> for EndpointMatcher {
+    fn from(ip: IpAddr) -> Self {
+        Self::predicate(move |c| same_ip(c.dst.ip(), ip))
+    }
+}
+
+fn same_ip(a: IpAddr, b: IpAddr) -> bool {
+    a.to_canonical() == b.to_canonical()
+}
+
+/// Matches trusted hostnames: `"api.example.com"` exactly (case and a
+/// trailing dot ignored), `"*.example.com"` for any name below it, or a
+/// predicate on the canonical name.
+#[derive(Clone)]
+pub struct HostMatcher(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl HostMatcher {
+    /// Matches when `f` returns true for a canonical hostname.
+    pub fn predicate(f: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        (self.0)(name)
+    }
+}
+
+impl From<&str> for HostMatcher {
+    fn from(s: &str) -> Self {
+        let want = canonical_name(s);
+        match want.strip_prefix("*.") {
+            Some(suffix) => {
+                let dotted = format!(".{suffix}");
+                Self::predicate(move |n| n.ends_with(&dotted))
+            }
+            None => Self::predicate(move |n| n == want),
+        }
+    }
+}
+
+impl From<String> for HostMatcher {
+    fn from(s: String) -> Self {
+        s.as_str().into()
+    }
+}
+
+/// Decides on new flows.
+pub trait Policy: Send + Sync + 'static {
+    /// The verdict for `conn`.
+    fn decide(&self, conn: Conn)
+        -> Pin<Box<dyn Future<Output = Result<Verdict, BoxError>> + Send>>;
+}
+
+impl<F, Fut> Policy for F
+where
+    F: Fn(Conn) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Verdict, BoxError>> + Send + 'static,
+{
+    fn decide(
+        &self,
+        conn: Conn,
+    ) -> Pin<Box<dyn Future<Output = Result<Verdict, BoxError>> + Send>> {
+        Box::pin(self(conn))
+    }
+}
+
+/// The policy that denies everything.
+pub fn deny_all() -> Arc<dyn Policy> {
+    Arc::new(|c: Conn| async move { Ok(c.deny()) })
+}
+
+/// Why a flow was denied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DenyReason {
+    /// The callback said so.
+    Policy,
+    /// The callback returned an error (its text).
+    Error(String),
+    /// The callback panicked.
+    Panic,
+    /// The callback ran past the deadline.
+    Deadline,
+}
+
+/// Runs `policy` on `conn` with a deadline; errors, panics and timeouts
+/// deny.
+pub(crate) async fn evaluate(
+    policy: &Arc<dyn Policy>,
+    conn: Conn,
+    deadline: Duration,
+) -> Result<Grant, DenyReason> {
+    // A callback may also panic before it returns its future.
+    let fut = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| policy.decide(conn))) {
+        Ok(fut) => fut,
+        Err(_) => return Err(DenyReason::Panic),
+    };
+    let task = tokio::spawn(fut);
+    let abort = task.abort_handle();
+    match tokio::time::timeout(deadline, task).await {
+        Err(_) => {
+            abort.abort();
+            Err(DenyReason::Deadline)
+        }
+        Ok(Err(join)) if join.is_panic() => Err(DenyReason::Panic),
+        Ok(Err(_)) => Err(DenyReason::Panic),
+        Ok(Ok(Err(e))) => Err(DenyReason::Error(e.to_string())),
+        Ok(Ok(Ok(Verdict(Grant::Deny)))) => Err(DenyReason::Policy),
+        Ok(Ok(Ok(Verdict(g)))) => Ok(g),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(dst: &str, proto: Proto, names: &[&str]) -> Conn {
+        Conn {
+            src: "10.0.2.15:40000".parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto,
+            names: names.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn matchers() {
+        let c = conn("203.0.113.5:443", Proto::Tcp, &["api.example.com"]);
+        assert!(c.match_tcp("203.0.113.5:443").is_some());
+        assert!(c.match_tcp("203.0.113.5").is_some());
+        assert!(c.match_tcp("203.0.113.5:80").is_none());
+        assert!(c.match_tcp("api.example.com:443").is_some());
+        assert!(c.match_tcp("API.example.com.").is_some());
+        assert!(c.match_tcp("other.example.com").is_none());
+        assert!(c.match_tcp("*:443").is_some());
+        assert!(c.match_udp("*:443").is_none());
+        assert!(c.match_tcp("[::ffff:203.0.113.5]:443").is_some());
+        assert!(c.match_dns().is_none());
+        assert_eq!(
+            c.match_http("api.example.com").unwrap().host(),
+            "api.example.com"
+        );
+        assert!(c.match_http("*.example.com").is_some());
+        assert!(c.match_http("*.api.example.com").is_none());
+        assert!(c.match_http("example.com").is_none());
+        assert!(c
+            .match_http(HostMatcher::predicate(|h| h.starts_with("api.")))
+            .is_some());
+        let raw_ip = conn("203.0.113.9:80", Proto::Tcp, &[]);
+        assert!(raw_ip
+            .match_http(HostMatcher::predicate(|_| true))
+            .is_none());
+        let dns = conn("198.51.100.1:53", Proto::Udp, &[]);
+        assert!(dns.match_dns().is_some());
+        assert_eq!(c.class(), DstClass::Documentation);
+    }
+
+    #[tokio::test]
+    async fn errors_panics_and_slow_callbacks_deny() {
+        let c = conn("203.0.113.5:443", Proto::Tcp, &[]);
+        let d = Duration::from_millis(200);
+        let ok: Arc<dyn Policy> = Arc::new(|c: Conn| async move { Ok(c.accept()) });
+        assert!(matches!(evaluate(&ok, c.clone(), d).await, Ok(Grant::Raw)));
+        assert_eq!(
+            evaluate(&deny_all(), c.clone(), d).await.err(),
+            Some(DenyReason::Policy)
+        );
+        let err: Arc<dyn Policy> =
+            Arc::new(|_c: Conn| async move { Err::<Verdict, BoxError>("no".into()) });
+        assert_eq!(
+            evaluate(&err, c.clone(), d).await.err(),
+            Some(DenyReason::Error("no".into()))
+        );
+        let panics: Arc<dyn Policy> = Arc::new(|_c: Conn| async move {
+            if true {
+                panic!("policy bug");
+            }
+            Ok(Verdict::deny())
+        });
+        assert_eq!(
+            evaluate(&panics, c.clone(), d).await.err(),
+            Some(DenyReason::Panic)
+        );
+        let slow: Arc<dyn Policy> = Arc::new(|c: Conn| async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(c.accept())
+        });
+        assert_eq!(
+            evaluate(&slow, c, d).await.err(),
+            Some(DenyReason::Deadline)
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! The smoltcp stack: one task per sandbox that owns the interface and its
+//! sockets, answers ARP as the gateway, and terminates every guest TCP
+//! connection locally (any destination address, `any_ip`), after the
+//! policy accepted it.
+//!
+//! A SYN to a new destination is held while the policy decides (and, for a
+//! raw grant, while the host dials upstream, so a refused dial becomes a
+//! reset the guest sees). Accepted, a listening socket for exactly that
+//! destination is created and the SYN replayed into it; denied, the SYN
+//! meets no socket and smoltcp answers with a reset. UDP never reaches
+//! smoltcp: [`crate::udp`] relays it per flow.
+
+mod stream;
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddrV4;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant as StdInstant;
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
+
+pub use stream::GuestStream;
+
+use crate::egress::Counters;
+use crate::frame::{self, Classified, FramePort, MAX_FRAME};
+use crate::{flow, udp, Ctx};
+
+/// Socket buffer sizes of one guest TCP connection.
+const TCP_BUFFER: usize = 256 << 10;
+
+pub(crate) struct Shared {
+    inner: Mutex<Inner>,
+    pub(crate) wake: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub(crate) struct Inner {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    dev: QueueDevice,
+    /// Sockets whose stream was dropped, removed once closed.
+    orphans: Vec<SocketHandle>,
+}
+
+/// A verdict on a held SYN.
+pub(crate) enum Event {
+    /// Accept: replay the SYN into a new socket and run `handler` on it.
+    Open {
+        syn: Vec<u8>,
+        dst: SocketAddrV4,
+        key: (SocketAddrV4, SocketAddrV4),
+        permit: OwnedSemaphorePermit,
+        handler: flow::Handler,
+    },
+    /// Refuse: replay the SYN with no socket, so the guest gets a reset.
+    Refuse {
+        syn: Vec<u8>,
+        key: (SocketAddrV4, SocketAddrV4),
+    },
+}
+
+/// smoltcp's view of the link: frames queued in memory.
+struct QueueDevice {
+    rx: VecDeque<Vec<u8>>,
+    tx: Vec<Vec<u8>>,
+}
+
+struct Rx(Vec<u8>);
+struct Tx<'a>(&'a mut Vec<Vec<u8>>);
+
+impl RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = vec![0u8; len];
+        let r = f(&mut buf);
+        self.0.push(buf);
+        r
+    }
+}
+
+impl Device for QueueDevice {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+
+    fn receive(&mut self, _now: Instant) -> Option<(Rx, Tx<'_>)> {
+        let f = self.rx.pop_front()?;
+        Some((Rx(f), Tx(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<Tx<'_>> {
+        Some(Tx(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = MAX_FRAME;
+        caps
+    }
+}
+
+fn now(start: StdInstant) -> Instant {
+    Instant::from_micros(start.elapsed().as_micros() as i64)
+}
+
+/// Runs the stack until the guest side of `port` closes.
+pub(crate) async fn run(ctx: Arc<Ctx>, mut port: FramePort) {
+    let start = StdInstant::now();
+    let cfg = &ctx.config;
+    let mut dev = QueueDevice {
+        rx: VecDeque::new(),
+        tx: Vec::new(),
+    };
+    let mut icfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(cfg.gateway_mac)));
+    icfg.random_seed = rand_seed();
+    let mut iface = Interface::new(icfg, &mut dev, now(start));
+    iface.update_ip_addrs(|a| {
+        let _ = a.push(IpCidr::new(cfg.gateway_ip.into(), cfg.prefix_len));
+    });
+    // Everything is routed "through" our own address, which with any_ip
+    // makes the interface take packets for every destination.
+    let _ = iface.routes_mut().add_default_ipv4_route(cfg.gateway_ip);
+    iface.set_any_ip(true);
+    let shared = Arc::new(Shared {
+        inner: Mutex::new(Inner {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            dev,
+            orphans: Vec::new(),
+        }),
+        wake: Notify::new(),
+    });
+    let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+    let mut pending: HashSet<(SocketAddrV4, SocketAddrV4)> = HashSet::new();
+    let udp = udp::Flows::new(ctx.clone());
+    let counters = &ctx.egress.counters;
+    let mut delay = None;
+    loop {
+        let sleep = tokio::time::sleep(delay.unwrap_or(std::time::Duration::from_secs(1)));
+        tokio::select! {
+            f = port.rx.recv() => {
+                let Some(f) = f else { break };
+                Counters::bump(&counters.frames_in);
+                match frame::classify(&f) {
+                    Classified::Stack => shared.lock().dev.rx.push_back(f),
+                    Classified::Drop(why) => {
+                        log::debug!("dropped a guest frame: {why}");
+                        Counters::bump(&counters.frames_dropped);
+                    }
+                    Classified::Udp { src_mac, src, dst, payload } => {
+                        udp.datagram(src_mac, src, dst, payload);
+                    }
+                    Classified::TcpSyn { src, dst } => {
+                        let key = (src, dst);
+                        let open = shared.lock().sockets.iter().any(|(_, s)| match s {
+                            smoltcp::socket::Socket::Tcp(t) => {
+                                t.remote_endpoint() == Some(src.into()) && t.local_endpoint() == Some(dst.into())
+                            }
+                            #[allow(unreachable_patterns)]
+                            _ => false,
+                        });
+                        if open {
+                            shared.lock().dev.rx.push_back(f);
+                        } else if pending.contains(&key) {
+                            // A retransmitted SYN while the policy decides.
+                        } else if pending.len() >= ctx.egress.limits().max_pending_tcp {
+                            Counters::bump(&counters.flows_limited);
+                            shared.lock().dev.rx.push_back(f); // reset
+                        } else {
+                            match ctx.egress.admit_tcp() {
+                                Ok(permit) => {
+                                    pending.insert(key);
+                                    tokio::spawn(flow::decide_tcp(ctx.clone(), f, key, permit, events_tx.clone()));
+                                }
+                                Err(e) => {
+                                    log::info!("refused {src} -> {dst}: {e}");
+                                    shared.lock().dev.rx.push_back(f); // reset
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            ev = events.recv() => {
+                let Some(ev) = ev else { break };
+                match ev {
+                    Event::Open { syn, dst, key, permit, handler } => {
+                        pending.remove(&key);
+                        let mut inner = shared.lock();
+                        let mut sock = tcp::Socket::new(
+                            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+                            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+                        );
+                        sock.set_nagle_enabled(false);
+                        let ep = IpListenEndpoint { addr: Some((*dst.ip()).into()), port: dst.port() };
+                        if sock.listen(ep).is_err() {
+                            continue;
+                        }
+                        let handle = inner.sockets.add(sock);
+                        inner.dev.rx.push_back(syn);
+                        drop(inner);
+                        let stream = GuestStream::new(shared.clone(), handle, permit);
+                        tokio::spawn(flow::run(ctx.clone(), stream, handler, key));
+                    }
+                    Event::Refuse { syn, key } => {
+                        pending.remove(&key);
+                        shared.lock().dev.rx.push_back(syn);
+                    }
+                }
+            }
+            _ = shared.wake.notified() => {}
+            _ = sleep => {}
+        }
+        let out = {
+            let mut inner = shared.lock();
+            let Inner {
+                iface,
+                sockets,
+                dev,
+                orphans,
+            } = &mut *inner;
+            let t = now(start);
+            iface.poll(t, dev, sockets);
+            orphans.retain(|h| {
+                let s = sockets.get::<tcp::Socket>(*h);
+                let done = matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait);
+                if done {
+                    sockets.remove(*h);
+                }
+                !done
+            });
+            delay = iface
+                .poll_delay(t, sockets)
+                .map(|d| std::time::Duration::from_micros(d.total_micros()));
+            std::mem::take(&mut dev.tx)
+        };
+        for f in out {
+            Counters::bump(&counters.frames_out);
+            if port.tx.send(f).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(StdInstant::now().elapsed().as_nanos() as u64);
+    h.finish()
+}

@@ -1,0 +1,132 @@
+//! A guest TCP connection as a tokio byte stream, read and written straight
+//! from its smoltcp socket buffers.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp::{Socket, State};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::Shared;
+
+/// One accepted guest TCP connection. Dropping it closes the connection
+/// (a FIN once the send buffer drains).
+pub struct GuestStream {
+    shared: Arc<Shared>,
+    handle: SocketHandle,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl GuestStream {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        handle: SocketHandle,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        Self {
+            shared,
+            handle,
+            _permit: permit,
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Socket<'static>) -> R) -> R {
+        let mut inner = self.shared.lock();
+        f(inner.sockets.get_mut::<Socket<'static>>(self.handle))
+    }
+}
+
+fn handshaking(s: State) -> bool {
+    matches!(s, State::Listen | State::SynSent | State::SynReceived)
+}
+
+impl AsyncRead for GuestStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let r = self.with(|s| {
+            if s.can_recv() {
+                let n = s
+                    .recv_slice(buf.initialize_unfilled())
+                    .map_err(|e| io::Error::new(io::ErrorKind::ConnectionReset, e.to_string()))?;
+                buf.advance(n);
+                Ok(true)
+            } else if !s.may_recv() && !handshaking(s.state()) {
+                Ok(true) // end of stream
+            } else {
+                s.register_recv_waker(cx.waker());
+                Ok(false)
+            }
+        });
+        match r {
+            Ok(true) => {
+                // The window opened: let the stack tell the guest.
+                self.shared.wake.notify_one();
+                Poll::Ready(Ok(()))
+            }
+            Ok(false) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for GuestStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = self.with(|s| {
+            if s.can_send() {
+                s.send_slice(data)
+                    .map(Some)
+                    .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()))
+            } else if !s.may_send() && !handshaking(s.state()) {
+                Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the guest closed the connection",
+                ))
+            } else {
+                s.register_send_waker(cx.waker());
+                Ok(None)
+            }
+        });
+        match r {
+            Ok(Some(n)) => {
+                self.shared.wake.notify_one();
+                Poll::Ready(Ok(n))
+            }
+            Ok(None) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.with(|s| s.close());
+        self.shared.wake.notify_one();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for GuestStream {
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock();
+        inner
+            .sockets
+            .get_mut::<Socket<'static>>(self.handle)
+            .close();
+        inner.orphans.push(self.handle);
+        drop(inner);
+        self.shared.wake.notify_one();
+    }
+}

@@ -1,0 +1,152 @@
+//! UDP: one relay task per (guest source, destination) flow, decided by the
+//! policy once, dropped after an idle period. DNS grants answer each
+//! datagram on the host; raw grants relay through a connected host socket.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+
+use smoltcp::wire::EthernetAddress;
+use tokio::sync::mpsc;
+
+use crate::egress::Counters;
+use crate::policy::{evaluate, Conn, Grant, Proto};
+use crate::{frame, Ctx};
+
+type Key = (SocketAddrV4, SocketAddrV4);
+
+/// Datagrams queued per flow before more are dropped.
+const FLOW_QUEUE: usize = 64;
+
+pub(crate) struct Flows {
+    ctx: Arc<Ctx>,
+    map: Arc<Mutex<HashMap<Key, mpsc::Sender<Vec<u8>>>>>,
+}
+
+impl Flows {
+    pub(crate) fn new(ctx: Arc<Ctx>) -> Self {
+        Self {
+            ctx,
+            map: Arc::default(),
+        }
+    }
+
+    /// Routes one guest datagram.
+    pub(crate) fn datagram(
+        &self,
+        src_mac: EthernetAddress,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        payload: &[u8],
+    ) {
+        let key = (src, dst);
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = map.get(&key) {
+            let _ = tx.try_send(payload.to_vec());
+            return;
+        }
+        let permit = match self.ctx.egress.admit_udp() {
+            Ok(p) => p,
+            Err(e) => {
+                log::info!("dropped UDP {src} -> {dst}: {e}");
+                return;
+            }
+        };
+        let (tx, rx) = mpsc::channel(FLOW_QUEUE);
+        let _ = tx.try_send(payload.to_vec());
+        map.insert(key, tx);
+        let (ctx, map) = (self.ctx.clone(), self.map.clone());
+        tokio::spawn(async move {
+            flow(ctx, src_mac, key, rx).await;
+            map.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            drop(permit);
+        });
+    }
+}
+
+async fn flow(ctx: Arc<Ctx>, src_mac: EthernetAddress, key: Key, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let (src, dst) = key;
+    let idle = ctx.egress.limits().udp_idle;
+    let conn = Conn {
+        src: src.into(),
+        dst: dst.into(),
+        proto: Proto::Udp,
+        names: ctx.metadata.names(dst.ip().to_owned().into()),
+    };
+    let grant = match evaluate(&ctx.policy, conn, ctx.egress.limits().policy_deadline).await {
+        Ok(g) => {
+            Counters::bump(&ctx.egress.counters.flows_accepted);
+            g
+        }
+        Err(why) => {
+            Counters::bump(&ctx.egress.counters.flows_denied);
+            log::info!("denied UDP {src} -> {dst}: {why:?}");
+            Grant::Deny
+        }
+    };
+    let reply = |payload: &[u8]| {
+        if payload.len() > frame::MAX_FRAME - 42 {
+            return;
+        }
+        let f = frame::udp_frame(
+            EthernetAddress(ctx.config.gateway_mac),
+            src_mac,
+            dst,
+            src,
+            payload,
+        );
+        Counters::bump(&ctx.egress.counters.frames_out);
+        let _ = ctx.to_guest.try_send(f);
+    };
+    match grant {
+        Grant::Dns(up) => {
+            while let Ok(Some(q)) = tokio::time::timeout(idle, rx.recv()).await {
+                let (ctx2, up2) = (ctx.clone(), up.clone());
+                let reply_to = (src_mac, key);
+                tokio::spawn(async move {
+                    if let Some(a) =
+                        crate::dns::answer(&q, &up2, &ctx2.egress, &ctx2.metadata, false).await
+                    {
+                        let f = frame::udp_frame(
+                            EthernetAddress(ctx2.config.gateway_mac),
+                            reply_to.0,
+                            reply_to.1 .1,
+                            reply_to.1 .0,
+                            &a,
+                        );
+                        Counters::bump(&ctx2.egress.counters.frames_out);
+                        let _ = ctx2.to_guest.send(f).await;
+                    }
+                });
+            }
+        }
+        Grant::Raw => {
+            let sock = match ctx.egress.dial_udp(SocketAddr::V4(dst)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    log::info!("UDP {src} -> {dst}: {e}");
+                    while let Ok(Some(_)) = tokio::time::timeout(idle, rx.recv()).await {}
+                    return;
+                }
+            };
+            let mut buf = vec![0u8; 65535];
+            loop {
+                tokio::select! {
+                    d = tokio::time::timeout(idle, rx.recv()) => match d {
+                        Ok(Some(d)) => { let _ = sock.send(&d).await; }
+                        _ => return,
+                    },
+                    r = sock.recv(&mut buf) => match r {
+                        Ok(n) => reply(&buf[..n]),
+                        Err(_) => return,
+                    },
+                }
+            }
+        }
+        // Denied (or an HTTP grant, which UDP cannot carry): swallow the
+        // flow's datagrams until it goes idle, so the policy runs once.
+        Grant::Deny | Grant::Http { .. } => {
+            while let Ok(Some(_)) = tokio::time::timeout(idle, rx.recv()).await {}
+        }
+    }
+}
