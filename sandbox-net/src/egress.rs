@@ -118,6 +118,9 @@ pub struct Limits {
     pub policy_deadline: Duration,
     /// How long an upstream dial may take.
     pub dial_timeout: Duration,
+    /// How long an intercepted guest connection may take to send its TLS
+    /// handshake or a complete request head (slowloris bound).
+    pub http_head_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -129,6 +132,7 @@ impl Default for Limits {
             udp_idle: Duration::from_secs(60),
             policy_deadline: Duration::from_secs(5),
             dial_timeout: Duration::from_secs(10),
+            http_head_timeout: Duration::from_secs(10),
         }
     }
 }

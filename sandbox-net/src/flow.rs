@@ -10,7 +10,7 @@ use crate::dns::DnsUpstream;
 use crate::egress::{BoxUpstream, Counters};
 use crate::http::Middleware;
 use crate::policy::{evaluate, Conn, Grant, Proto};
-use crate::stack::{Event, GuestStream};
+use crate::stack::{Event, SocketStream};
 use crate::Ctx;
 
 /// What serves an accepted connection.
@@ -78,7 +78,7 @@ pub(crate) async fn decide_tcp(
 /// Serves one accepted connection until either side closes.
 pub(crate) async fn run(
     ctx: Arc<Ctx>,
-    mut guest: GuestStream,
+    mut guest: SocketStream,
     handler: Handler,
     key: (SocketAddrV4, SocketAddrV4),
 ) {

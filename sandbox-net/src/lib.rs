@@ -27,6 +27,7 @@ mod frame;
 pub mod http;
 mod metadata;
 mod policy;
+pub mod sim;
 mod stack;
 mod tls;
 mod udp;
@@ -54,6 +55,7 @@ pub use policy::{
     deny_all, BoxError, Conn, DenyReason, DnsGrant, EndpointMatcher, HostMatcher, HttpGrant,
     Policy, Proto, RawGrant, Verdict,
 };
+pub use stack::SocketStream;
 
 /// Addresses of the guest's link. The host stack owns the gateway and the
 /// resolver address; the agent configures the guest side.
@@ -219,6 +221,11 @@ impl Network {
     /// The interception CA's certificate (PEM) the guest must trust.
     pub fn ca_cert_pem(&self) -> String {
         self.ctx.ca.cert_pem()
+    }
+
+    /// The interception CA's certificate in DER.
+    pub fn ca_cert_der(&self) -> CertificateDer<'static> {
+        self.ctx.ca.cert_der()
     }
 
     /// The link's addresses.

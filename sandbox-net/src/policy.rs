@@ -343,8 +343,8 @@ where
 }
 
 /// The policy that denies everything.
-pub fn deny_all() -> Arc<dyn Policy> {
-    Arc::new(|c: Conn| async move { Ok(c.deny()) })
+pub fn deny_all() -> impl Policy {
+    |c: Conn| async move { Ok(c.deny()) }
 }
 
 /// Why a flow was denied.
@@ -439,7 +439,9 @@ mod tests {
         let ok: Arc<dyn Policy> = Arc::new(|c: Conn| async move { Ok(c.accept()) });
         assert!(matches!(evaluate(&ok, c.clone(), d).await, Ok(Grant::Raw)));
         assert_eq!(
-            evaluate(&deny_all(), c.clone(), d).await.err(),
+            evaluate(&(Arc::new(deny_all()) as Arc<dyn Policy>), c.clone(), d)
+                .await
+                .err(),
             Some(DenyReason::Policy)
         );
         let err: Arc<dyn Policy> =

@@ -2,7 +2,6 @@
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -20,17 +19,13 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use super::{HttpRequest, Middleware};
 use crate::egress::BoxUpstream;
-use crate::stack::GuestStream;
+use crate::stack::SocketStream;
 use crate::Ctx;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Largest request head accepted from the guest.
 const MAX_HEAD: usize = 64 << 10;
-/// Time the guest has to send a complete request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time the guest has to finish its TLS handshake.
-const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Per-connection facts the request handler needs.
 struct Flow {
@@ -45,13 +40,14 @@ struct Flow {
 
 pub(crate) async fn serve(
     ctx: Arc<Ctx>,
-    guest: GuestStream,
+    guest: SocketStream,
     host: String,
     middleware: Arc<dyn Middleware>,
     dst: SocketAddrV4,
 ) {
+    let head_timeout = ctx.egress.limits().http_head_timeout;
     let mut guest = BufReader::new(guest);
-    let first = match tokio::time::timeout(HEAD_TIMEOUT, guest.fill_buf()).await {
+    let first = match tokio::time::timeout(head_timeout, guest.fill_buf()).await {
         Ok(Ok(b)) if !b.is_empty() => b[0],
         _ => return,
     };
@@ -66,7 +62,7 @@ pub(crate) async fn serve(
     };
     if first == 0x16 {
         let acceptor = LazyConfigAcceptor::new(Acceptor::default(), guest);
-        let Ok(Ok(start)) = tokio::time::timeout(TLS_TIMEOUT, acceptor).await else {
+        let Ok(Ok(start)) = tokio::time::timeout(head_timeout, acceptor).await else {
             return;
         };
         let hello = start.client_hello();
@@ -99,7 +95,7 @@ pub(crate) async fn serve(
             .filter(|p| offered.contains(p))
             .collect();
         let Ok(Ok(tls)) =
-            tokio::time::timeout(TLS_TIMEOUT, start.into_stream(Arc::new(cfg.clone()))).await
+            tokio::time::timeout(head_timeout, start.into_stream(Arc::new(cfg.clone()))).await
         else {
             return;
         };
@@ -134,7 +130,7 @@ where
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
+        .header_read_timeout(flow.ctx.egress.limits().http_head_timeout)
         .max_buf_size(MAX_HEAD)
         .keep_alive(true);
     b.http2()

@@ -13,7 +13,7 @@
 mod stream;
 
 use std::collections::{HashSet, VecDeque};
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant as StdInstant;
 
@@ -24,7 +24,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 
-pub use stream::GuestStream;
+pub use stream::SocketStream;
 
 use crate::egress::Counters;
 use crate::frame::{self, Classified, FramePort, MAX_FRAME};
@@ -39,14 +39,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 pub(crate) struct Inner {
     iface: Interface,
-    sockets: SocketSet<'static>,
+    pub(crate) sockets: SocketSet<'static>,
     dev: QueueDevice,
     /// Sockets whose stream was dropped, removed once closed.
     orphans: Vec<SocketHandle>,
@@ -118,33 +118,101 @@ fn now(start: StdInstant) -> Instant {
     Instant::from_micros(start.elapsed().as_micros() as i64)
 }
 
+impl Shared {
+    /// An interface with `mac` and `addr`, default route via `gateway`.
+    pub(crate) fn new(
+        mac: [u8; 6],
+        addr: IpCidr,
+        gateway: Ipv4Addr,
+        any_ip: bool,
+        start: StdInstant,
+    ) -> Arc<Self> {
+        let mut dev = QueueDevice {
+            rx: VecDeque::new(),
+            tx: Vec::new(),
+        };
+        let mut icfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+        icfg.random_seed = rand_seed();
+        let mut iface = Interface::new(icfg, &mut dev, now(start));
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(addr);
+        });
+        let _ = iface.routes_mut().add_default_ipv4_route(gateway);
+        iface.set_any_ip(any_ip);
+        Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                iface,
+                sockets: SocketSet::new(Vec::new()),
+                dev,
+                orphans: Vec::new(),
+            }),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Queues a frame for the interface.
+    pub(crate) fn push_frame(&self, f: Vec<u8>) {
+        self.lock().dev.rx.push_back(f);
+    }
+
+    /// Runs the interface once: processes queued frames, sends what the
+    /// sockets have, drops closed orphans. Returns the frames to transmit
+    /// and when to poll again.
+    pub(crate) fn poll(&self, start: StdInstant) -> (Vec<Vec<u8>>, Option<std::time::Duration>) {
+        let mut inner = self.lock();
+        let Inner {
+            iface,
+            sockets,
+            dev,
+            orphans,
+        } = &mut *inner;
+        let t = now(start);
+        iface.poll(t, dev, sockets);
+        orphans.retain(|h| {
+            let s = sockets.get::<tcp::Socket>(*h);
+            let done = matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait);
+            if done {
+                sockets.remove(*h);
+            }
+            !done
+        });
+        let delay = iface
+            .poll_delay(t, sockets)
+            .map(|d| std::time::Duration::from_micros(d.total_micros()));
+        (std::mem::take(&mut dev.tx), delay)
+    }
+
+    /// Adds a TCP socket with the stack's buffer sizes.
+    pub(crate) fn add_tcp(
+        &self,
+        f: impl FnOnce(&mut tcp::Socket<'static>, &mut Interface) -> bool,
+    ) -> Option<SocketHandle> {
+        let mut sock = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+        );
+        sock.set_nagle_enabled(false);
+        let mut inner = self.lock();
+        if !f(&mut sock, &mut inner.iface) {
+            return None;
+        }
+        Some(inner.sockets.add(sock))
+    }
+}
+
 /// Runs the stack until the guest side of `port` closes.
 pub(crate) async fn run(ctx: Arc<Ctx>, mut port: FramePort) {
     let start = StdInstant::now();
     let cfg = &ctx.config;
-    let mut dev = QueueDevice {
-        rx: VecDeque::new(),
-        tx: Vec::new(),
-    };
-    let mut icfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(cfg.gateway_mac)));
-    icfg.random_seed = rand_seed();
-    let mut iface = Interface::new(icfg, &mut dev, now(start));
-    iface.update_ip_addrs(|a| {
-        let _ = a.push(IpCidr::new(cfg.gateway_ip.into(), cfg.prefix_len));
-    });
     // Everything is routed "through" our own address, which with any_ip
     // makes the interface take packets for every destination.
-    let _ = iface.routes_mut().add_default_ipv4_route(cfg.gateway_ip);
-    iface.set_any_ip(true);
-    let shared = Arc::new(Shared {
-        inner: Mutex::new(Inner {
-            iface,
-            sockets: SocketSet::new(Vec::new()),
-            dev,
-            orphans: Vec::new(),
-        }),
-        wake: Notify::new(),
-    });
+    let shared = Shared::new(
+        cfg.gateway_mac,
+        IpCidr::new(cfg.gateway_ip.into(), cfg.prefix_len),
+        cfg.gateway_ip,
+        true,
+        start,
+    );
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
     let mut pending: HashSet<(SocketAddrV4, SocketAddrV4)> = HashSet::new();
     let udp = udp::Flows::new(ctx.clone());
@@ -157,7 +225,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut port: FramePort) {
                 let Some(f) = f else { break };
                 Counters::bump(&counters.frames_in);
                 match frame::classify(&f) {
-                    Classified::Stack => shared.lock().dev.rx.push_back(f),
+                    Classified::Stack => shared.push_frame(f),
                     Classified::Drop(why) => {
                         log::debug!("dropped a guest frame: {why}");
                         Counters::bump(&counters.frames_dropped);
@@ -175,12 +243,12 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut port: FramePort) {
                             _ => false,
                         });
                         if open {
-                            shared.lock().dev.rx.push_back(f);
+                            shared.push_frame(f);
                         } else if pending.contains(&key) {
                             // A retransmitted SYN while the policy decides.
                         } else if pending.len() >= ctx.egress.limits().max_pending_tcp {
                             Counters::bump(&counters.flows_limited);
-                            shared.lock().dev.rx.push_back(f); // reset
+                            shared.push_frame(f); // reset
                         } else {
                             match ctx.egress.admit_tcp() {
                                 Ok(permit) => {
@@ -189,7 +257,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut port: FramePort) {
                                 }
                                 Err(e) => {
                                     log::info!("refused {src} -> {dst}: {e}");
-                                    shared.lock().dev.rx.push_back(f); // reset
+                                    shared.push_frame(f); // reset
                                 }
                             }
                         }
@@ -201,54 +269,23 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut port: FramePort) {
                 match ev {
                     Event::Open { syn, dst, key, permit, handler } => {
                         pending.remove(&key);
-                        let mut inner = shared.lock();
-                        let mut sock = tcp::Socket::new(
-                            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-                            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-                        );
-                        sock.set_nagle_enabled(false);
                         let ep = IpListenEndpoint { addr: Some((*dst.ip()).into()), port: dst.port() };
-                        if sock.listen(ep).is_err() {
-                            continue;
-                        }
-                        let handle = inner.sockets.add(sock);
-                        inner.dev.rx.push_back(syn);
-                        drop(inner);
-                        let stream = GuestStream::new(shared.clone(), handle, permit);
+                        let Some(handle) = shared.add_tcp(|s, _| s.listen(ep).is_ok()) else { continue };
+                        shared.push_frame(syn);
+                        let stream = SocketStream::new(shared.clone(), handle, Some(permit));
                         tokio::spawn(flow::run(ctx.clone(), stream, handler, key));
                     }
                     Event::Refuse { syn, key } => {
                         pending.remove(&key);
-                        shared.lock().dev.rx.push_back(syn);
+                        shared.push_frame(syn);
                     }
                 }
             }
             _ = shared.wake.notified() => {}
             _ = sleep => {}
         }
-        let out = {
-            let mut inner = shared.lock();
-            let Inner {
-                iface,
-                sockets,
-                dev,
-                orphans,
-            } = &mut *inner;
-            let t = now(start);
-            iface.poll(t, dev, sockets);
-            orphans.retain(|h| {
-                let s = sockets.get::<tcp::Socket>(*h);
-                let done = matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait);
-                if done {
-                    sockets.remove(*h);
-                }
-                !done
-            });
-            delay = iface
-                .poll_delay(t, sockets)
-                .map(|d| std::time::Duration::from_micros(d.total_micros()));
-            std::mem::take(&mut dev.tx)
-        };
+        let (out, next) = shared.poll(start);
+        delay = next;
         for f in out {
             Counters::bump(&counters.frames_out);
             if port.tx.send(f).await.is_err() {

@@ -13,19 +13,20 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::Shared;
 
-/// One accepted guest TCP connection. Dropping it closes the connection
-/// (a FIN once the send buffer drains).
-pub struct GuestStream {
+/// One TCP connection of a smoltcp interface (on the host stack: one
+/// accepted guest connection). Dropping it closes the connection (a FIN
+/// once the send buffer drains).
+pub struct SocketStream {
     shared: Arc<Shared>,
     handle: SocketHandle,
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
-impl GuestStream {
-    pub(super) fn new(
+impl SocketStream {
+    pub(crate) fn new(
         shared: Arc<Shared>,
         handle: SocketHandle,
-        permit: OwnedSemaphorePermit,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> Self {
         Self {
             shared,
@@ -44,7 +45,7 @@ fn handshaking(s: State) -> bool {
     matches!(s, State::Listen | State::SynSent | State::SynReceived)
 }
 
-impl AsyncRead for GuestStream {
+impl AsyncRead for SocketStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -76,7 +77,7 @@ impl AsyncRead for GuestStream {
     }
 }
 
-impl AsyncWrite for GuestStream {
+impl AsyncWrite for SocketStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -118,7 +119,7 @@ impl AsyncWrite for GuestStream {
     }
 }
 
-impl Drop for GuestStream {
+impl Drop for SocketStream {
     fn drop(&mut self) {
         let mut inner = self.shared.lock();
         inner
