@@ -1,6 +1,7 @@
 //! Serving one intercepted guest connection.
 
 use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -17,6 +18,7 @@ use rustls::ServerConfig;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_rustls::LazyConfigAcceptor;
 
+use super::h1guard::H1Guard;
 use super::{HttpRequest, Middleware};
 use crate::egress::BoxUpstream;
 use crate::stack::SocketStream;
@@ -36,6 +38,8 @@ struct Flow {
     sni: Option<String>,
     alpn: Option<String>,
     upstream: Mutex<Vec<SendRequest<Body>>>,
+    /// Set when an HTTP/1.1 head was ambiguous (smuggling attempt).
+    poisoned: Arc<AtomicBool>,
 }
 
 pub(crate) async fn serve(
@@ -59,6 +63,7 @@ pub(crate) async fn serve(
         sni: None,
         alpn: None,
         upstream: Mutex::default(),
+        poisoned: Arc::default(),
     };
     if first == 0x16 {
         let acceptor = LazyConfigAcceptor::new(Acceptor::default(), guest);
@@ -105,9 +110,15 @@ pub(crate) async fn serve(
             .1
             .alpn_protocol()
             .map(|p| String::from_utf8_lossy(p).into_owned());
-        serve_http(Arc::new(flow), tls).await;
+        if flow.alpn.as_deref() == Some("h2") {
+            serve_http(Arc::new(flow), tls).await;
+        } else {
+            let io = H1Guard::new(tls, flow.poisoned.clone());
+            serve_http(Arc::new(flow), io).await;
+        }
     } else {
-        serve_http(Arc::new(flow), guest).await;
+        let io = H1Guard::new(guest, flow.poisoned.clone());
+        serve_http(Arc::new(flow), io).await;
     }
 }
 
@@ -195,13 +206,14 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 async fn handle(flow: Arc<Flow>, req: Request<Incoming>) -> Response<Body> {
-    if req.headers().contains_key(header::TRANSFER_ENCODING)
-        && req.headers().contains_key(header::CONTENT_LENGTH)
-    {
-        return plain(
+    if flow.poisoned.load(Ordering::Relaxed) {
+        let mut r = plain(
             StatusCode::BAD_REQUEST,
-            "both Content-Length and Transfer-Encoding",
+            "ambiguous request framing (Content-Length with Transfer-Encoding)",
         );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
     }
     match named_host(&req) {
         Some(h) if h == flow.host => {}
