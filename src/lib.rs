@@ -3,6 +3,8 @@
 //! backend chosen by `SANDBOX_BACKEND` (`uml`, `kvm` or `auto`, default auto)
 //! and inspects the host for leftovers.
 
+pub mod origin;
+
 use sandbox_core::{images, BackendKind, BootOptions, Error, Rootfs, Sandbox, Vm};
 
 /// The backend the tests use, from `SANDBOX_BACKEND`.

@@ -84,6 +84,9 @@ pub enum Error {
     /// The root file system could not be prepared (its message says why).
     #[error(transparent)]
     Rootfs(#[from] sandbox_rootfs::RootfsError),
+    /// The guest network could not be set up.
+    #[error("the sandbox network failed: {0}")]
+    Net(String),
     /// The KVM backend failed to start the guest.
     #[error("the KVM backend failed: {0}")]
     Kvm(String),

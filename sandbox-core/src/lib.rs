@@ -48,6 +48,16 @@ pub mod rootfs {
         Rootfs, RootfsError, Source, StoreContext, DEFAULT_MAX_DIRTY_BYTES,
     };
 }
+/// Network egress: policy, DNS, HTTP(S) interception (the `sandbox-net`
+/// crate). Pass [`net::NetworkOptions`] to [`SandboxBuilder::network`].
+pub mod net {
+    pub use sandbox_net::{
+        canonical_name, deny_all, BoxError, CertificateDer, Conn, Connector, DenyReason,
+        DirectConnector, DnsGrant, DstClass, EndpointMatcher, HostMatcher, HttpGrant, HttpRequest,
+        Limits, Middleware, NetConfig, NetworkOptions, Policy, Proto, RawGrant, RoutedConnector,
+        Stats, Verdict,
+    };
+}
 pub use status::{ExitStatus, Output, Signal};
 pub use tokio_util::sync::CancellationToken;
 pub use vm::{Vm, VmEvent};

@@ -115,6 +115,7 @@ pub struct SandboxBuilder {
     disks: Vec<DataDisk>,
     resources: Resources,
     backend: BackendKind,
+    network: Option<sandbox_net::NetworkOptions>,
 }
 
 impl SandboxBuilder {
@@ -140,6 +141,16 @@ impl SandboxBuilder {
     /// CPU and memory.
     pub fn resources(mut self, resources: Resources) -> Self {
         self.resources = resources;
+        self
+    }
+
+    /// Gives the guests a network: `eth0` behind the host's userspace
+    /// stack, every new flow decided by `options.policy` (default deny),
+    /// DNS answered by the host, HTTP(S) interception with a per-VM CA the
+    /// guest trusts. Without this call guests have no network interface.
+    /// UML backend only for now.
+    pub fn network(mut self, options: crate::net::NetworkOptions) -> Self {
+        self.network = Some(options);
         self
     }
 
@@ -188,6 +199,7 @@ impl SandboxBuilder {
             disks: self.disks,
             resources: r,
             backend: self.backend,
+            network: self.network,
         })
     }
 }
@@ -199,6 +211,7 @@ pub struct Sandbox {
     disks: Vec<DataDisk>,
     resources: Resources,
     backend: BackendKind,
+    network: Option<sandbox_net::NetworkOptions>,
 }
 
 impl Sandbox {
@@ -233,6 +246,7 @@ impl Sandbox {
             memory_mib: self.resources.memory_mib,
             cpus: self.resources.cpus,
             hostname: opts.hostname.clone(),
+            network: self.network.clone(),
         };
         let machine = tokio::task::spawn_blocking(move || backend::start(kind, spec))
             .await

@@ -98,6 +98,12 @@ impl Vm {
         lock(&self.machine).console_tail(lines)
     }
 
+    /// Counters of the VM's network (frames, flows accepted, denied and
+    /// limited, failed dials), or `None` without a network.
+    pub fn network_stats(&self) -> Option<crate::net::Stats> {
+        lock(&self.machine).network_stats()
+    }
+
     pub(crate) fn stopped(&self, reason: String) -> Error {
         Error::GuestStopped {
             reason,

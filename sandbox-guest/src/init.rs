@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
-use crate::{server, vsock};
+use crate::{net, server, vsock};
 
 /// Kernel command line keys the host uses to configure the agent.
 const HOSTNAME_KEY: &str = "sandbox.hostname=";
@@ -16,6 +16,10 @@ const CHANNEL_KEY: &str = "sandbox.channel=";
 /// that I/O port, with a reset as the fallback.
 const POWEROFF_KEY: &str = "sandbox.poweroff=port:";
 const OUTPUT_GRACE_KEY: &str = "sandbox.output_grace_ms=";
+/// `sandbox.net=IP/PREFIX,GATEWAY,DNS,MAC` (see `net`).
+const NET_KEY: &str = "sandbox.net=";
+/// `sandbox.ca=<base64 DER>`: the egress interception CA to trust.
+const CA_KEY: &str = "sandbox.ca=";
 
 pub fn run() -> ExitCode {
     mount_all();
@@ -24,12 +28,35 @@ pub fn run() -> ExitCode {
     if let Err(e) = set_hostname(hostname) {
         log(&format!("cannot set hostname {hostname:?}: {e}"));
     }
+    if let Err(e) = setup_network(&cmdline) {
+        // Fail closed: a guest that was promised a network with a trusted
+        // interception CA does not start without it.
+        log(&format!("{e}: refusing to start"));
+        return power_off();
+    }
     crate::job::set_output_grace(param(&cmdline, OUTPUT_GRACE_KEY).and_then(|v| v.parse().ok()));
     let channel = param(&cmdline, CHANNEL_KEY).unwrap_or("vsock:1024");
     if let Err(e) = serve_channel(channel) {
         log(&format!("control channel {channel}: {e}"));
     }
     power_off()
+}
+
+fn setup_network(cmdline: &str) -> Result<(), String> {
+    if let Some(v) = param(cmdline, NET_KEY) {
+        let p = net::parse(v).ok_or_else(|| format!("malformed {NET_KEY}{v}"))?;
+        net::configure(&p).map_err(|e| format!("network set-up failed: {e}"))?;
+    }
+    if let Some(ca) = param(cmdline, CA_KEY) {
+        net::install_ca(ca).map_err(|e| format!("cannot install the sandbox CA: {e}"))?;
+        crate::process::add_default_env(&[
+            ("SSL_CERT_FILE", net::BUNDLE),
+            ("CURL_CA_BUNDLE", net::BUNDLE),
+            ("REQUESTS_CA_BUNDLE", net::BUNDLE),
+            ("NODE_EXTRA_CA_CERTS", "/run/sandbox/ca.pem"),
+        ]);
+    }
+    Ok(())
 }
 
 fn param<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {

@@ -12,6 +12,7 @@
 mod fs;
 mod init;
 mod job;
+mod net;
 mod process;
 mod reaper;
 mod server;

@@ -23,6 +23,19 @@ pub const DEFAULT_ENV: &[(&str, &str)] = &[
     ("LANG", "C.UTF-8"),
 ];
 
+/// Set once at start-up (trust-store variables when the sandbox CA is
+/// installed); added after [`DEFAULT_ENV`].
+static EXTRA_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Adds variables every process starts with (first call wins).
+pub fn add_default_env(vars: &[(&str, &str)]) {
+    let _ = EXTRA_ENV.set(
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+}
+
 /// Added to [`DEFAULT_ENV`] for pty processes.
 pub const DEFAULT_TERM: &str = "xterm-256color";
 
@@ -45,6 +58,9 @@ fn command(req: &Spawn) -> io::Result<Command> {
     cmd.args(req.args.iter().map(|a| OsStr::from_bytes(a)));
     cmd.env_clear();
     for (k, v) in DEFAULT_ENV {
+        cmd.env(k, v);
+    }
+    for (k, v) in EXTRA_ENV.get().into_iter().flatten() {
         cmd.env(k, v);
     }
     if req.pty.is_some() {

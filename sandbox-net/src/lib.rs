@@ -35,7 +35,6 @@ mod udp;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use rustls::pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
 pub use bess::BessListener;
@@ -55,6 +54,7 @@ pub use policy::{
     deny_all, BoxError, Conn, DenyReason, DnsGrant, EndpointMatcher, HostMatcher, HttpGrant,
     Policy, Proto, RawGrant, Verdict,
 };
+pub use rustls::pki_types::CertificateDer;
 pub use stack::SocketStream;
 
 /// Addresses of the guest's link. The host stack owns the gateway and the
@@ -205,6 +205,20 @@ pub struct Network {
 impl Network {
     /// Starts the stack on `port` (must be called inside a tokio runtime).
     pub fn start(port: FramePort, opts: NetworkOptions) -> Result<Self, NetError> {
+        Self::start_on(async move { Ok(port) }, opts)
+    }
+
+    /// Starts the stack for a UML guest that will connect to `listener`
+    /// (inside a tokio runtime).
+    pub fn start_bess(listener: BessListener, opts: NetworkOptions) -> Result<Self, NetError> {
+        Self::start_on(listener.accept(), opts)
+    }
+
+    fn start_on(
+        port: impl std::future::Future<Output = std::io::Result<FramePort>> + Send + 'static,
+        opts: NetworkOptions,
+    ) -> Result<Self, NetError> {
+        let (to_guest, from_host) = mpsc::channel(256);
         let ctx = Arc::new(Ctx {
             ca: SandboxCa::generate()?,
             upstream_tls: tls::upstream_config(&opts.extra_roots)?,
@@ -212,9 +226,15 @@ impl Network {
             policy: opts.policy,
             metadata: DnsMetadata::default(),
             config: opts.config,
-            to_guest: port.tx.clone(),
+            to_guest,
         });
-        let task = tokio::spawn(stack::run(ctx.clone(), port));
+        let c = ctx.clone();
+        let task = tokio::spawn(async move {
+            match port.await {
+                Ok(port) => stack::run(c, port, from_host).await,
+                Err(e) => log::warn!("the guest's network link never came up: {e}"),
+            }
+        });
         Ok(Self { ctx, task })
     }
 

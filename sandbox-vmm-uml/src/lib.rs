@@ -11,4 +11,4 @@ mod launcher;
 mod vm;
 
 pub use sandbox_virtio::ConsoleLog;
-pub use vm::{DataDisk, UmlConfig, UmlError, UmlVm};
+pub use vm::{DataDisk, UmlConfig, UmlError, UmlNet, UmlVm};

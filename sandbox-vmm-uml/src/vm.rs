@@ -56,6 +56,20 @@ pub struct UmlConfig {
     pub console_log_bytes: usize,
     /// The vsock port the guest agent listens on.
     pub agent_port: u32,
+    /// A network interface, if any.
+    pub net: Option<UmlNet>,
+    /// More kernel command line words (agent parameters).
+    pub extra_args: Vec<String>,
+}
+
+/// A guest network interface on UML's vector driver with the `bess`
+/// transport: the kernel connects a `SOCK_SEQPACKET` socket to `socket`
+/// (which must be listening) when the guest brings the interface up.
+pub struct UmlNet {
+    /// The listening socket's path.
+    pub socket: PathBuf,
+    /// The interface's MAC address.
+    pub mac: [u8; 6],
 }
 
 /// An extra block device of a UML guest.
@@ -150,6 +164,20 @@ impl UmlVm {
                 vsock.display(),
                 device_id::VSOCK
             ));
+        if let Some(net) = &cfg.net {
+            let m = net.mac;
+            cmd.arg(format!(
+                "vec0:transport=bess,dst={},mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                net.socket.display(),
+                m[0],
+                m[1],
+                m[2],
+                m[3],
+                m[4],
+                m[5]
+            ));
+        }
+        cmd.args(&cfg.extra_args);
         // UML maps its memory from a file in TMPDIR and unlinks it at once.
         let shm = Path::new("/dev/shm");
         cmd.env("TMPDIR", if shm.is_dir() { shm } else { &vm.workdir });

@@ -20,6 +20,13 @@ const GUEST_CID: u64 = 3;
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Machine>, Error> {
+    if spec.network.is_some() {
+        return Err(Error::InvalidConfig(
+            "guest networks are served by the UML backend only for now (virtio-net on KVM is not built yet): \
+             use .backend(BackendKind::Uml)"
+                .into(),
+        ));
+    }
     let kernel = artifacts::manifest_path("kernel-x86_64", "x86_64 kernel")?;
     let root = spec.rootfs.open(Some(spec.events.clone()))?;
     let read_only = root.read_only();

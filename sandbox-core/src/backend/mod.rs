@@ -63,6 +63,7 @@ pub(crate) struct MachineSpec {
     pub memory_mib: u32,
     pub cpus: u32,
     pub hostname: String,
+    pub network: Option<sandbox_net::NetworkOptions>,
 }
 
 /// A started guest as the library sees it.
@@ -77,6 +78,10 @@ pub(crate) trait Machine: Send {
     fn wait_exit(&mut self, timeout: Duration) -> bool;
     /// Stops the guest now and releases every host resource.
     fn kill(&mut self);
+    /// Counters of the guest's network, if it has one.
+    fn network_stats(&self) -> Option<sandbox_net::Stats> {
+        None
+    }
 }
 
 /// Resolves `Auto` and checks the choice can run; returns a description of

@@ -4,7 +4,10 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use sandbox_protocol::AGENT_VSOCK_PORT;
-use sandbox_vmm_uml::{DataDisk as UmlDisk, UmlConfig, UmlVm};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sandbox_net::{BessListener, Network, NetworkOptions};
+use sandbox_vmm_uml::{DataDisk as UmlDisk, UmlConfig, UmlNet, UmlVm};
 
 use super::{Machine, MachineSpec};
 use crate::artifacts;
@@ -23,6 +26,15 @@ pub(super) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
             DataDisk::VhostUser(path) => UmlDisk::External(path.clone()),
         });
     }
+    let mut extra_args = Vec::new();
+    let mut net = None;
+    let mut network = None;
+    if let Some(opts) = spec.network {
+        let (uml_net, started, args) = start_network(opts)?;
+        net = Some(uml_net);
+        network = Some(started);
+        extra_args = args;
+    }
     let vm = UmlVm::start(UmlConfig {
         kernel,
         memory_mib: spec.memory_mib,
@@ -31,11 +43,42 @@ pub(super) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
         hostname: spec.hostname,
         console_log_bytes: CONSOLE_LOG_BYTES,
         agent_port: AGENT_VSOCK_PORT,
+        net,
+        extra_args,
     })?;
-    Ok(Box::new(UmlMachine(vm)))
+    Ok(Box::new(UmlMachine(vm, network)))
 }
 
-struct UmlMachine(UmlVm);
+static NEXT_NET: AtomicU64 = AtomicU64::new(0);
+
+/// Listens for the guest's `bess` link and starts the host stack on it;
+/// returns the interface, the network and the agent's parameters.
+fn start_network(opts: NetworkOptions) -> Result<(UmlNet, Network, Vec<String>), Error> {
+    let path = std::env::temp_dir().join(format!(
+        "sbx-net-{}-{}.sock",
+        std::process::id(),
+        NEXT_NET.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_file(&path);
+    let listener = BessListener::bind(&path)
+        .map_err(|e| Error::Net(format!("listening on {}: {e}", path.display())))?;
+    let mac = opts.config.guest_mac;
+    let net_param = format!("sandbox.net={}", opts.config.guest_param());
+    let network = Network::start_bess(listener, opts).map_err(|e| Error::Net(e.to_string()))?;
+    let args = vec![
+        net_param,
+        format!("sandbox.ca={}", pem_body(&network.ca_cert_pem())),
+    ];
+    Ok((UmlNet { socket: path, mac }, network, args))
+}
+
+/// The base64 body of a PEM block, on one line.
+fn pem_body(pem: &str) -> String {
+    pem.lines().filter(|l| !l.starts_with("-----")).collect()
+}
+
+/// The guest and, if it has one, its network (stopped with the guest).
+struct UmlMachine(UmlVm, Option<Network>);
 
 impl Machine for UmlMachine {
     fn id(&self) -> String {
@@ -56,5 +99,10 @@ impl Machine for UmlMachine {
 
     fn kill(&mut self) {
         self.0.kill();
+        self.1 = None;
+    }
+
+    fn network_stats(&self) -> Option<sandbox_net::Stats> {
+        self.1.as_ref().map(Network::stats)
     }
 }

@@ -201,7 +201,11 @@ impl Shared {
 }
 
 /// Runs the stack until the guest side of `port` closes.
-pub(crate) async fn run(ctx: Arc<Ctx>, mut port: FramePort) {
+pub(crate) async fn run(
+    ctx: Arc<Ctx>,
+    mut port: FramePort,
+    mut from_host: mpsc::Receiver<Vec<u8>>,
+) {
     let start = StdInstant::now();
     let cfg = &ctx.config;
     // Everything is routed "through" our own address, which with any_ip
@@ -279,6 +283,13 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut port: FramePort) {
                         pending.remove(&key);
                         shared.push_frame(syn);
                     }
+                }
+            }
+            f = from_host.recv() => {
+                // Frames built outside smoltcp (UDP replies).
+                let Some(f) = f else { break };
+                if port.tx.send(f).await.is_err() {
+                    break;
                 }
             }
             _ = shared.wake.notified() => {}
