@@ -111,12 +111,111 @@ async fn guest_curl_gets_credentials_injected_for_the_allowed_host_only() {
     assert_ne!(code, 0, "{err}");
     assert!(other.requests().is_empty());
 
-    // The trust store fails closed for other CAs: the guest cannot reach
-    // the origin's own root-signed service directly.
     let stats = vm.network_stats().expect("the VM has a network");
     assert!(
         stats.flows_denied >= 1 && stats.flows_accepted >= 3,
         "{stats:?}"
     );
+    vm.shutdown().await.unwrap();
+}
+
+/// A DNS A query over UDP or TCP from the guest, printing the answer count
+/// and the last answer's address.
+const DNS_QUERY: &str = r#"
+import socket, struct, sys
+mode, server, name = sys.argv[1:4]
+m = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0)
+m += b''.join(bytes([len(p)]) + p.encode() for p in name.split('.')) + b'\0' + struct.pack('>HH', 1, 1)
+if mode == 'tcp':
+    s = socket.create_connection((server, 53), timeout=10)
+    s.sendall(struct.pack('>H', len(m)) + m)
+    n = struct.unpack('>H', s.recv(2))[0]
+    r = b''
+    while len(r) < n:
+        r += s.recv(n - len(r))
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(10)
+    s.sendto(m, (server, 53))
+    r = s.recv(4096)
+print(struct.unpack('>H', r[6:8])[0], '.'.join(str(b) for b in r[-4:]))
+"#;
+
+#[tokio::test]
+async fn raw_tcp_grants_and_dns_over_udp_and_tcp_to_any_resolver() {
+    let raw = Origin::start(None).await.unwrap();
+    let raw_ip: IpAddr = "203.0.113.12".parse().unwrap();
+    let api_ip: IpAddr = API_IP.parse().unwrap();
+    // Only the raw endpoint is routed: a DNS query that leaked to a real
+    // resolver would fail in the connector instead of being answered.
+    let routes = RoutedConnector::new().route(SocketAddr::new(raw_ip, 8080), raw.addr);
+    let policy = move |conn: Conn| async move {
+        if let Some(dns) = conn.match_dns() {
+            return Ok(dns.synthesize([("api.test", api_ip)]));
+        }
+        if let Some(tcp) = conn.match_tcp("203.0.113.12:8080") {
+            return Ok(tcp.accept());
+        }
+        Ok(conn.deny())
+    };
+    let vm = boot(NetworkOptions::new(policy).connector(routes)).await;
+
+    let (code, out, err) = sh(&vm, "curl -sS --max-time 20 http://203.0.113.12:8080/raw").await;
+    assert_eq!((code, out.as_str()), (0, BODY), "{err}");
+    let reqs = raw.requests();
+    assert_eq!(reqs.len(), 1);
+    assert!(reqs[0].starts_with("GET /raw HTTP/1.1\r\n"), "{}", reqs[0]);
+    assert!(
+        !reqs[0].contains("authorization"),
+        "raw flows get nothing injected"
+    );
+    // Another port on the same address is not granted.
+    let (code, _, _) = sh(&vm, "curl -sS --max-time 20 http://203.0.113.12:8081/").await;
+    assert_ne!(code, 0);
+
+    for (mode, server) in [
+        ("udp", "10.0.2.3"),
+        ("tcp", "10.0.2.3"),
+        ("udp", "8.8.8.8"),
+        ("tcp", "1.1.1.1"),
+    ] {
+        let out = vm
+            .exec("python3", ["-c", DNS_QUERY, mode, server, "api.test"])
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("1 {API_IP}"),
+            "{mode} to {server}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    vm.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_read_only_guest_without_a_trust_store_still_gets_its_network() {
+    // The minimal image: read-only root, no /etc/ssl; the resolver file is
+    // mounted over the image's and the CA goes to /run/sandbox only.
+    let policy = |conn: Conn| async move { Ok(conn.deny()) };
+    let sandbox = Sandbox::builder()
+        .image(images::builtin("minimal").unwrap())
+        .backend(BackendKind::Uml)
+        .network(NetworkOptions::new(policy))
+        .build()
+        .unwrap();
+    let vm = sandbox.boot(BootOptions::default()).await.unwrap();
+    let (code, out, err) = sh(
+        &vm,
+        "cat /etc/resolv.conf /run/sandbox/ca.pem; echo $SSL_CERT_FILE",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("nameserver 10.0.2.3"), "{out}");
+    assert!(out.contains("-----BEGIN CERTIFICATE-----"), "{out}");
+    assert!(out.contains("/run/sandbox/ca-certificates.crt"), "{out}");
+    // Default deny: nothing answers, nothing connects.
+    let (code, _, _) = sh(&vm, "wget -q -T 5 -O- http://203.0.113.5/ 2>&1").await;
+    assert_ne!(code, 0);
     vm.shutdown().await.unwrap();
 }

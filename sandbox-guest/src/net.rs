@@ -62,11 +62,12 @@ pub fn configure(p: &NetParam) -> Result<(), String> {
     set_flags(&sock, "eth0", (libc::IFF_UP | libc::IFF_RUNNING) as i16)
         .map_err(|e| format!("bringing eth0 up: {e}"))?;
     default_route(&sock, p.gateway).map_err(|e| format!("default route via {}: {e}", p.gateway))?;
-    install_file(
-        Path::new("/etc/resolv.conf"),
-        &format!("nameserver {}\n", p.dns),
-    )
-    .map_err(|e| format!("/etc/resolv.conf: {e}"))?;
+    // Without a resolver file the network still works by address; not a
+    // reason to refuse to start.
+    let resolv = format!("nameserver {}\n", p.dns);
+    if let Err(e) = install_file(Path::new("/etc/resolv.conf"), &resolv) {
+        crate::init::log(&format!("cannot point /etc/resolv.conf at {}: {e}", p.dns));
+    }
     Ok(())
 }
 

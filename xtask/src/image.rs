@@ -184,5 +184,8 @@ fn populate(root: &Path, agent: &Path) -> Result<()> {
     for (path, text) in files {
         std::fs::write(root.join(path), text).map_err(|e| format!("writing {path}: {e}"))?;
     }
+    // The agent writes the resolver address there (the root is read-only).
+    symlink("/run/sandbox/resolv.conf", root.join("etc/resolv.conf"))
+        .map_err(|e| format!("linking etc/resolv.conf: {e}"))?;
     Ok(())
 }
