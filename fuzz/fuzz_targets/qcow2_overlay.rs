@@ -14,7 +14,11 @@ const BASE: usize = 256 << 10;
 
 fn dir() -> PathBuf {
     let shm = std::path::Path::new("/dev/shm");
-    let parent = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+    let parent = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
     parent.join(format!("fuzz-overlay-{}", std::process::id()))
 }
 
@@ -46,8 +50,8 @@ fn template() -> &'static [u8] {
         std::fs::write(&image.path, vec![7u8; BASE]).unwrap();
         let path = dir().join("template.qcow2");
         let _ = std::fs::remove_file(&path);
-        let mut o = Qcow2Overlay::open(&path, Box::new(MemDisk::new(BASE)), &image, options())
-            .unwrap();
+        let mut o =
+            Qcow2Overlay::open(&path, Box::new(MemDisk::new(BASE)), &image, options()).unwrap();
         for at in [0u64, 8192, 100_000, (BASE - 4096) as u64] {
             o.write_at(at, &[0x5a; 3000]).unwrap();
         }

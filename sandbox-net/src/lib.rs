@@ -24,6 +24,9 @@ mod dns;
 mod egress;
 mod flow;
 mod frame;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 mod metadata;
 mod policy;

@@ -11,7 +11,7 @@
 //! over TLS verified for the hostname when the guest used TLS.
 
 pub mod ca;
-mod h1guard;
+pub(crate) mod h1guard;
 mod proxy;
 
 use std::net::SocketAddr;
