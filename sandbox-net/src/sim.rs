@@ -77,7 +77,7 @@ impl SimGuest {
             config: config.clone(),
             raw_tx,
             udp_rx: tokio::sync::Mutex::new(udp_rx),
-            next_port: AtomicU16::new(40000),
+            next_port: AtomicU16::new(0),
             task,
         }
     }
@@ -85,7 +85,8 @@ impl SimGuest {
     /// Opens a TCP connection to `dst`; fails with `ConnectionRefused` on a
     /// reset (a denied flow) and `TimedOut` after `timeout`.
     pub async fn connect(&self, dst: SocketAddrV4, timeout: Duration) -> io::Result<SocketStream> {
-        let port = self.next_port.fetch_add(1, Ordering::Relaxed);
+        // Ephemeral ports cycle through 40000..60000.
+        let port = 40000 + self.next_port.fetch_add(1, Ordering::Relaxed) % 20000;
         let handle = self
             .shared
             .add_tcp(|s, iface| s.connect(iface.context(), dst, port).is_ok())
@@ -97,15 +98,17 @@ impl SimGuest {
             let mut inner = shared.lock();
             let s = inner.sockets.get_mut::<Socket<'static>>(handle);
             match s.state() {
-                State::Established => Poll::Ready(Ok(())),
                 State::Closed => Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::ConnectionRefused,
                     "reset",
                 ))),
-                _ => {
+                State::Listen | State::SynSent | State::SynReceived => {
                     s.register_send_waker(cx.waker());
                     Poll::Pending
                 }
+                // The peer may already have closed its side by the time we
+                // look: any state past the handshake means it connected.
+                _ => Poll::Ready(Ok(())),
             }
         });
         match tokio::time::timeout(timeout, established).await {

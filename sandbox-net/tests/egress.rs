@@ -461,7 +461,7 @@ async fn smuggling_oversized_heads_and_slowloris_are_bounded() {
 
     let mut s = g.connect(sa("203.0.113.10:80"), T).await.unwrap();
     let mut big = b"GET / HTTP/1.1\r\nHost: api.test\r\n".to_vec();
-    for i in 0..2000 {
+    for i in 0..30000 {
         big.extend_from_slice(format!("X-Pad-{i}: {}\r\n", "a".repeat(60)).as_bytes());
     }
     big.extend_from_slice(b"\r\n");
@@ -577,4 +577,25 @@ async fn malformed_frames_are_dropped_and_counted() {
     // The stack still works.
     let s = g.connect(sa("203.0.113.5:80"), T).await.unwrap();
     assert_eq!(get(s, "x", "/").await.unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_short_connections_in_a_row() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            drop(s);
+        }
+    });
+    let routes = RoutedConnector::new().route("203.0.113.5:80".parse().unwrap(), addr);
+    let policy = |conn: Conn| async move { Ok(conn.accept()) };
+    let (net, g) = start(policy, routes, Limits::default(), vec![]);
+    let t = std::time::Instant::now();
+    for i in 0..30000 {
+        if let Err(e) = g.connect(sa("203.0.113.5:80"), T).await {
+            panic!("connection {i}: {e}; {:?}", net.stats());
+        }
+    }
+    eprintln!("30000 connections in {:?}", t.elapsed());
 }

@@ -192,6 +192,9 @@ impl Shared {
             tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
         );
         sock.set_nagle_enabled(false);
+        // Acknowledge at once: a delayed ACK stalls window-limited bulk
+        // transfers between two in-memory ends.
+        sock.set_ack_delay(None);
         let mut inner = self.lock();
         if !f(&mut sock, &mut inner.iface) {
             return None;
@@ -218,8 +221,13 @@ pub(crate) async fn run(
         start,
     );
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
-    let mut pending: HashSet<(SocketAddrV4, SocketAddrV4)> = HashSet::new();
-    let udp = udp::Flows::new(ctx.clone());
+    let mut gw = Gateway {
+        udp: udp::Flows::new(ctx.clone()),
+        ctx: ctx.clone(),
+        shared: shared.clone(),
+        pending: HashSet::new(),
+        events: events_tx,
+    };
     let counters = &ctx.egress.counters;
     let mut delay = None;
     loop {
@@ -227,63 +235,18 @@ pub(crate) async fn run(
         tokio::select! {
             f = port.rx.recv() => {
                 let Some(f) = f else { break };
-                Counters::bump(&counters.frames_in);
-                match frame::classify(&f) {
-                    Classified::Stack => shared.push_frame(f),
-                    Classified::Drop(why) => {
-                        log::debug!("dropped a guest frame: {why}");
-                        Counters::bump(&counters.frames_dropped);
-                    }
-                    Classified::Udp { src_mac, src, dst, payload } => {
-                        udp.datagram(src_mac, src, dst, payload);
-                    }
-                    Classified::TcpSyn { src, dst } => {
-                        let key = (src, dst);
-                        let open = shared.lock().sockets.iter().any(|(_, s)| match s {
-                            smoltcp::socket::Socket::Tcp(t) => {
-                                t.remote_endpoint() == Some(src.into()) && t.local_endpoint() == Some(dst.into())
-                            }
-                            #[allow(unreachable_patterns)]
-                            _ => false,
-                        });
-                        if open {
-                            shared.push_frame(f);
-                        } else if pending.contains(&key) {
-                            // A retransmitted SYN while the policy decides.
-                        } else if pending.len() >= ctx.egress.limits().max_pending_tcp {
-                            Counters::bump(&counters.flows_limited);
-                            shared.push_frame(f); // reset
-                        } else {
-                            match ctx.egress.admit_tcp() {
-                                Ok(permit) => {
-                                    pending.insert(key);
-                                    tokio::spawn(flow::decide_tcp(ctx.clone(), f, key, permit, events_tx.clone()));
-                                }
-                                Err(e) => {
-                                    log::info!("refused {src} -> {dst}: {e}");
-                                    shared.push_frame(f); // reset
-                                }
-                            }
-                        }
+                gw.frame(f);
+                // Take what else is queued before running the stack once.
+                for _ in 0..RX_BATCH {
+                    match port.rx.try_recv() {
+                        Ok(f) => gw.frame(f),
+                        Err(_) => break,
                     }
                 }
             }
             ev = events.recv() => {
                 let Some(ev) = ev else { break };
-                match ev {
-                    Event::Open { syn, dst, key, permit, handler } => {
-                        pending.remove(&key);
-                        let ep = IpListenEndpoint { addr: Some((*dst.ip()).into()), port: dst.port() };
-                        let Some(handle) = shared.add_tcp(|s, _| s.listen(ep).is_ok()) else { continue };
-                        shared.push_frame(syn);
-                        let stream = SocketStream::new(shared.clone(), handle, Some(permit));
-                        tokio::spawn(flow::run(ctx.clone(), stream, handler, key));
-                    }
-                    Event::Refuse { syn, key } => {
-                        pending.remove(&key);
-                        shared.push_frame(syn);
-                    }
-                }
+                gw.event(ev);
             }
             f = from_host.recv() => {
                 // Frames built outside smoltcp (UDP replies).
@@ -301,6 +264,102 @@ pub(crate) async fn run(
             Counters::bump(&counters.frames_out);
             if port.tx.send(f).await.is_err() {
                 return;
+            }
+        }
+    }
+}
+
+/// Guest frames handled per stack poll at most.
+const RX_BATCH: usize = 64;
+
+/// The stack task's state besides smoltcp's.
+struct Gateway {
+    ctx: Arc<Ctx>,
+    shared: Arc<Shared>,
+    udp: udp::Flows,
+    /// SYNs held while the policy decides.
+    pending: HashSet<(SocketAddrV4, SocketAddrV4)>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Gateway {
+    /// Routes one guest frame.
+    fn frame(&mut self, f: Vec<u8>) {
+        let counters = &self.ctx.egress.counters;
+        Counters::bump(&counters.frames_in);
+        match frame::classify(&f) {
+            Classified::Stack => self.shared.push_frame(f),
+            Classified::Drop(why) => {
+                log::debug!("dropped a guest frame: {why}");
+                Counters::bump(&counters.frames_dropped);
+            }
+            Classified::Udp {
+                src_mac,
+                src,
+                dst,
+                payload,
+            } => self.udp.datagram(src_mac, src, dst, payload),
+            Classified::TcpSyn { src, dst } => self.syn(f, src, dst),
+        }
+    }
+
+    fn syn(&mut self, f: Vec<u8>, src: SocketAddrV4, dst: SocketAddrV4) {
+        let key = (src, dst);
+        let counters = &self.ctx.egress.counters;
+        let open = self.shared.lock().sockets.iter().any(|(_, s)| match s {
+            smoltcp::socket::Socket::Tcp(t) => {
+                t.remote_endpoint() == Some(src.into()) && t.local_endpoint() == Some(dst.into())
+            }
+            #[allow(unreachable_patterns)]
+            _ => false,
+        });
+        if open {
+            self.shared.push_frame(f);
+        } else if self.pending.contains(&key) {
+            // A retransmitted SYN while the policy decides.
+        } else if self.pending.len() >= self.ctx.egress.limits().max_pending_tcp {
+            Counters::bump(&counters.flows_limited);
+            self.shared.push_frame(f); // no socket: a reset
+        } else {
+            match self.ctx.egress.admit_tcp() {
+                Ok(permit) => {
+                    self.pending.insert(key);
+                    let ctx = self.ctx.clone();
+                    tokio::spawn(flow::decide_tcp(ctx, f, key, permit, self.events.clone()));
+                }
+                Err(e) => {
+                    log::info!("refused {src} -> {dst}: {e}");
+                    self.shared.push_frame(f); // no socket: a reset
+                }
+            }
+        }
+    }
+
+    /// Applies a verdict on a held SYN.
+    fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Open {
+                syn,
+                dst,
+                key,
+                permit,
+                handler,
+            } => {
+                self.pending.remove(&key);
+                let ep = IpListenEndpoint {
+                    addr: Some((*dst.ip()).into()),
+                    port: dst.port(),
+                };
+                let Some(handle) = self.shared.add_tcp(|s, _| s.listen(ep).is_ok()) else {
+                    return;
+                };
+                self.shared.push_frame(syn);
+                let stream = SocketStream::new(self.shared.clone(), handle, Some(permit));
+                tokio::spawn(flow::run(self.ctx.clone(), stream, handler, key));
+            }
+            Event::Refuse { syn, key } => {
+                self.pending.remove(&key);
+                self.shared.push_frame(syn);
             }
         }
     }

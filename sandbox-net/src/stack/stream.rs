@@ -112,8 +112,22 @@ impl AsyncWrite for SocketStream {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.with(|s| s.close());
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Closing a socket that is still handshaking would discard the
+        // connection (the replayed SYN may not even be processed yet):
+        // wait for the handshake, then send the FIN.
+        let waiting = self.with(|s| {
+            if handshaking(s.state()) {
+                s.register_send_waker(cx.waker());
+                true
+            } else {
+                s.close();
+                false
+            }
+        });
+        if waiting {
+            return Poll::Pending;
+        }
         self.shared.wake.notify_one();
         Poll::Ready(Ok(()))
     }

@@ -1,0 +1,202 @@
+//! Guest TCP through the network stack (host-only: a smoltcp guest on an
+//! in-memory frame link, the real host stack, a loopback origin reached
+//! through HostEgress), next to plain loopback TCP to the same origin in
+//! the same run as the limit.
+//!
+//! Groups: `upload` (guest sends 16 MiB to the origin), `download` (the
+//! origin sends 16 MiB to the guest), `connect` (one TCP connection set
+//! up, policy decision and upstream dial included, then closed). Prints
+//! MB/s, connections/s and the ratio stack/loopback at the end.
+//! `cargo bench --bench net`.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use sandbox_net::sim::SimGuest;
+use sandbox_net::{Conn, FramePort, Network, NetworkOptions, RoutedConnector};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BULK: usize = 16 << 20;
+
+/// (group, path) -> (units, seconds) summed over iterations.
+static TOTALS: Mutex<BTreeMap<(&str, &str), (f64, f64)>> = Mutex::new(BTreeMap::new());
+
+fn record(group: &'static str, path: &'static str, units: f64, d: Duration) {
+    let mut t = TOTALS.lock().unwrap();
+    let e = t.entry((group, path)).or_default();
+    e.0 += units;
+    e.1 += d.as_secs_f64();
+}
+
+/// Origin on loopback: on port `up` reads to the end then acks one byte; on
+/// `down` writes BULK bytes then closes; on `conn` closes at once.
+async fn origin() -> (SocketAddr, SocketAddr, SocketAddr) {
+    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let down = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let conn = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addrs = (
+        up.local_addr().unwrap(),
+        down.local_addr().unwrap(),
+        conn.local_addr().unwrap(),
+    );
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = up.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 << 10];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = s.write_all(b"k").await;
+            });
+        }
+    });
+    tokio::spawn(async move {
+        let block = vec![7u8; 256 << 10];
+        while let Ok((mut s, _)) = down.accept().await {
+            let block = block.clone();
+            tokio::spawn(async move {
+                let mut left = BULK;
+                while left > 0 {
+                    let n = left.min(block.len());
+                    if s.write_all(&block[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+            });
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((s, _)) = conn.accept().await {
+            drop(s);
+        }
+    });
+    addrs
+}
+
+async fn upload(mut s: impl AsyncRead + AsyncWrite + Unpin) {
+    let block = vec![3u8; 64 << 10];
+    for _ in 0..BULK / block.len() {
+        s.write_all(&block).await.unwrap();
+    }
+    s.shutdown().await.unwrap();
+    let mut ack = [0u8; 1];
+    s.read_exact(&mut ack).await.unwrap();
+}
+
+async fn download(mut s: impl AsyncRead + AsyncWrite + Unpin) {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut got = 0;
+    loop {
+        let n = s.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    assert_eq!(got, BULK);
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (up, down, conn) = rt.block_on(origin());
+    let dst = |port: u16| SocketAddrV4::new("203.0.113.5".parse().unwrap(), port);
+    let routes = RoutedConnector::new()
+        .route(dst(1).into(), up)
+        .route(dst(2).into(), down)
+        .route(dst(3).into(), conn);
+    let (guest, net) = rt.block_on(async {
+        let (host, guest) = FramePort::pair(1024);
+        let policy = |c: Conn| async move { Ok(c.accept()) };
+        let net = Network::start(host, NetworkOptions::new(policy).connector(routes)).unwrap();
+        (SimGuest::start(guest, net.config()), net)
+    });
+    let timeout = Duration::from_secs(30);
+
+    let mut g = c.benchmark_group("upload");
+    g.throughput(Throughput::Bytes(BULK as u64)).sample_size(10);
+    g.bench_function("stack", |b| {
+        b.to_async(&rt).iter(|| async {
+            let t = Instant::now();
+            upload(guest.connect(dst(1), timeout).await.unwrap()).await;
+            record("upload", "stack", BULK as f64, t.elapsed());
+        })
+    });
+    g.bench_function("loopback", |b| {
+        b.to_async(&rt).iter(|| async {
+            let t = Instant::now();
+            upload(TcpStream::connect(up).await.unwrap()).await;
+            record("upload", "loopback", BULK as f64, t.elapsed());
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("download");
+    g.throughput(Throughput::Bytes(BULK as u64)).sample_size(10);
+    g.bench_function("stack", |b| {
+        b.to_async(&rt).iter(|| async {
+            let t = Instant::now();
+            download(guest.connect(dst(2), timeout).await.unwrap()).await;
+            record("download", "stack", BULK as f64, t.elapsed());
+        })
+    });
+    g.bench_function("loopback", |b| {
+        b.to_async(&rt).iter(|| async {
+            let t = Instant::now();
+            download(TcpStream::connect(down).await.unwrap()).await;
+            record("download", "loopback", BULK as f64, t.elapsed());
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("connect");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("stack", |b| {
+        b.to_async(&rt).iter(|| async {
+            let t = Instant::now();
+            drop(guest.connect(dst(3), timeout).await.unwrap());
+            record("connect", "stack", 1.0, t.elapsed());
+        })
+    });
+    g.bench_function("loopback", |b| {
+        b.to_async(&rt).iter(|| async {
+            let t = Instant::now();
+            drop(TcpStream::connect(conn).await.unwrap());
+            record("connect", "loopback", 1.0, t.elapsed());
+        })
+    });
+    g.finish();
+    drop(guest);
+    drop(net);
+
+    let t = TOTALS.lock().unwrap();
+    println!("\nnet summary (stack = through sandbox-net, loopback = plain host TCP):");
+    for group in ["upload", "download", "connect"] {
+        let rate = |path| t.get(&(group, path)).map(|(u, s)| u / s).unwrap_or(0.0);
+        let (s, l) = (rate("stack"), rate("loopback"));
+        let unit = if group == "connect" {
+            "connections/s"
+        } else {
+            "MB/s"
+        };
+        let k = if group == "connect" { 1.0 } else { 1e6 };
+        println!(
+            "  {group:9} stack {:10.1} {unit}  loopback {:10.1} {unit}  ratio {:.3}",
+            s / k,
+            l / k,
+            if l > 0.0 { s / l } else { 0.0 }
+        );
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
