@@ -13,6 +13,9 @@ use crate::policy::{evaluate, Conn, Grant, Proto};
 use crate::stack::{Event, SocketStream};
 use crate::Ctx;
 
+/// Buffer of each direction of a raw flow's copy loop.
+const COPY_BUFFER: usize = 64 << 10;
+
 /// What serves an accepted connection.
 pub(crate) enum Handler {
     /// Bytes copied to and from this upstream connection.
@@ -84,7 +87,7 @@ pub(crate) async fn run(
 ) {
     match handler {
         Handler::Raw(mut up) => {
-            let _ = tokio::io::copy_bidirectional(&mut guest, &mut up).await;
+            let _ = tokio::io::copy_bidirectional_with_sizes(&mut guest, &mut up, COPY_BUFFER, COPY_BUFFER).await;
         }
         Handler::Dns(up) => {
             let _ = crate::dns::serve_tcp(guest, up, &ctx.egress, &ctx.metadata).await;
