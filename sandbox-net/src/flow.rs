@@ -87,7 +87,13 @@ pub(crate) async fn run(
 ) {
     match handler {
         Handler::Raw(mut up) => {
-            let _ = tokio::io::copy_bidirectional_with_sizes(&mut guest, &mut up, COPY_BUFFER, COPY_BUFFER).await;
+            let _ = tokio::io::copy_bidirectional_with_sizes(
+                &mut guest,
+                &mut up,
+                COPY_BUFFER,
+                COPY_BUFFER,
+            )
+            .await;
         }
         Handler::Dns(up) => {
             let _ = crate::dns::serve_tcp(guest, up, &ctx.egress, &ctx.metadata).await;
