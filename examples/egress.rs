@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use sandbox::origin::Origin;
 use sandbox_core::net::{Conn, HttpRequest, NetworkOptions, RoutedConnector};
-use sandbox_core::{images, BackendKind, BootOptions, Rootfs, Sandbox};
+use sandbox_core::{images, BootOptions, Rootfs, Sandbox};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -53,7 +53,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let sandbox = Sandbox::builder()
         .rootfs(Rootfs::ephemeral(images::builtin("debian:12")?))
-        .backend(BackendKind::Uml) // guest networks are UML-only for now
         .network(network)
         .build()?;
     let vm = sandbox

@@ -148,7 +148,8 @@ impl SandboxBuilder {
     /// stack, every new flow decided by `options.policy` (default deny),
     /// DNS answered by the host, HTTP(S) interception with a per-VM CA the
     /// guest trusts. Without this call guests have no network interface.
-    /// UML backend only for now.
+    /// UML carries the guest's frames over its `bess` transport, KVM over
+    /// a virtio-net device; both feed the same host stack.
     pub fn network(mut self, options: crate::net::NetworkOptions) -> Self {
         self.network = Some(options);
         self

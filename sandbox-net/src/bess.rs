@@ -98,44 +98,65 @@ impl BessListener {
             return Err(e);
         };
         let _ = std::fs::remove_file(&self.path);
-        let conn = std::sync::Arc::new(register(conn, Interest::READABLE | Interest::WRITABLE)?);
-        let (ours, theirs) = FramePort::pair(DEPTH);
-        let FramePort {
-            rx: mut to_guest,
-            tx: from_guest,
-        } = theirs;
-        let reader = conn.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 65536];
-            loop {
-                let n = match reader
-                    .async_io(Interest::READABLE, |fd| recv(fd.as_raw_fd(), &mut buf))
-                    .await
-                {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                if n > MAX_FRAME {
-                    continue;
-                }
-                if from_guest.send(buf[..n].to_vec()).await.is_err() {
-                    return;
-                }
-            }
-        });
-        tokio::spawn(async move {
-            while let Some(f) = to_guest.recv().await {
-                if conn
-                    .async_io(Interest::WRITABLE, |fd| send(fd.as_raw_fd(), &f))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        });
-        Ok(ours)
+        seqpacket_port(conn)
     }
+}
+
+/// A frame port over a connected `SOCK_SEQPACKET` socket (one Ethernet
+/// frame per message): a UML `bess` link, or the host end of a virtio-net
+/// device. Must be called inside a tokio runtime. Messages longer than
+/// [`MAX_FRAME`] are dropped.
+pub fn seqpacket_port(conn: OwnedFd) -> io::Result<FramePort> {
+    set_nonblocking(&conn)?;
+    let conn = std::sync::Arc::new(register(conn, Interest::READABLE | Interest::WRITABLE)?);
+    let (ours, theirs) = FramePort::pair(DEPTH);
+    let FramePort {
+        rx: mut to_guest,
+        tx: from_guest,
+    } = theirs;
+    let reader = conn.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = match reader
+                .async_io(Interest::READABLE, |fd| recv(fd.as_raw_fd(), &mut buf))
+                .await
+            {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if n > MAX_FRAME {
+                continue;
+            }
+            if from_guest.send(buf[..n].to_vec()).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(f) = to_guest.recv().await {
+            if conn
+                .async_io(Interest::WRITABLE, |fd| send(fd.as_raw_fd(), &f))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok(ours)
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0
+        || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Drop for BessListener {

@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-pub use bess::BessListener;
+pub use bess::{seqpacket_port, BessListener};
 pub use classify::{embedded_v4, DstClass};
 pub use egress::{
     BoxUpstream, Connector, Counters, DirectConnector, EgressError, HostEgress, Limits,
@@ -215,6 +215,19 @@ impl Network {
     /// (inside a tokio runtime).
     pub fn start_bess(listener: BessListener, opts: NetworkOptions) -> Result<Self, NetError> {
         Self::start_on(listener.accept(), opts)
+    }
+
+    /// Starts the stack on the host end of a virtio-net device (a
+    /// connected seqpacket socket; inside a tokio runtime).
+    pub fn start_seqpacket(
+        fd: std::os::fd::OwnedFd,
+        opts: NetworkOptions,
+    ) -> Result<Self, NetError> {
+        let port = seqpacket_port(fd).map_err(|source| NetError::Io {
+            what: "attaching the frame socket".into(),
+            source,
+        })?;
+        Self::start(port, opts)
     }
 
     fn start_on(

@@ -11,7 +11,9 @@
 //! Devices: [`block::Block`] (virtio-blk over a [`sandbox_rootfs::Disk`]) and
 //! [`console::Console`] (a single-port virtio-console whose host side is a
 //! byte stream) and [`vsock::Vsock`] (virtio-vsock, the agent's control
-//! channel; host connections surface as Unix socket pairs).
+//! channel; host connections surface as Unix socket pairs) and
+//! [`net::Net`] (virtio-net whose host side is a seqpacket socket of
+//! Ethernet frames, fed to `sandbox-net`).
 
 pub mod block;
 pub mod console;
@@ -22,6 +24,7 @@ mod device;
 pub mod fuzzing;
 pub mod metrics;
 pub mod mmio;
+pub mod net;
 #[cfg(test)]
 mod testutil;
 pub mod vhost_user;
@@ -36,6 +39,8 @@ pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
 
 /// Virtio device ids (virtio spec 5).
 pub mod device_id {
+    /// virtio-net.
+    pub const NET: u32 = 1;
     /// virtio-blk.
     pub const BLOCK: u32 = 2;
     /// virtio-console.

@@ -1,12 +1,15 @@
 //! The KVM backend: `sandbox-vmm-kvm` boots the x86_64 kernel with the root
-//! disk, data disks and the agent's vsock on virtio-mmio.
+//! disk, data disks, the agent's vsock and (with a network) virtio-net on
+//! virtio-mmio.
 
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use sandbox_net::Network;
 use sandbox_protocol::AGENT_VSOCK_PORT;
 use sandbox_virtio::block::Block;
+use sandbox_virtio::net::Net;
 use sandbox_virtio::vsock::{Vsock, VsockConnector};
 use sandbox_virtio::VirtioDevice;
 use sandbox_vmm_kvm::{CpuProfile, GuestExit, KvmConfig, KvmVm};
@@ -20,13 +23,6 @@ const GUEST_CID: u64 = 3;
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Machine>, Error> {
-    if spec.network.is_some() {
-        return Err(Error::InvalidConfig(
-            "guest networks are served by the UML backend only for now (virtio-net on KVM is not built yet): \
-             use .backend(BackendKind::Uml)"
-                .into(),
-        ));
-    }
     let kernel = artifacts::manifest_path("kernel-x86_64", "x86_64 kernel")?;
     let root = spec.rootfs.open(Some(spec.events.clone()))?;
     let read_only = root.read_only();
@@ -48,6 +44,15 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
     let (vsock, connector) =
         Vsock::new(GUEST_CID).map_err(|e| Error::Protocol(format!("vsock: {e}")))?;
     devices.push(Box::new(vsock));
+    let network = match spec.network {
+        Some(opts) => {
+            let (net, host_end) = Net::new(opts.config.guest_mac)
+                .map_err(|e| Error::Net(format!("creating the virtio-net device: {e}")))?;
+            devices.push(Box::new(net));
+            Some(Network::start_seqpacket(host_end, opts).map_err(|e| Error::Net(e.to_string()))?)
+        }
+        None => None,
+    };
     let cpus = u8::try_from(spec.cpus).unwrap_or(u8::MAX);
     let mut cmdline = format!(
         "root=/dev/vda rootfstype=ext4 rootwait {} init=/sbin/sandbox-guest \
@@ -55,6 +60,10 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
         if read_only { "ro" } else { "rw" },
         spec.hostname
     );
+    for arg in network.iter().flat_map(super::network_args) {
+        cmdline.push(' ');
+        cmdline.push_str(&arg);
+    }
     if profile == CpuProfile::NestedPvm {
         // Every guest syscall is slow there: give output pumps time to
         // drain after a process exits.
@@ -79,6 +88,7 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
         console: vm.console().clone(),
         vm: Some(vm),
         vsock: Some(connector),
+        network,
         id,
     }))
 }
@@ -89,6 +99,8 @@ struct KvmMachine {
     vm: Option<KvmVm>,
     console: sandbox_virtio::ConsoleLog,
     vsock: Option<VsockConnector>,
+    /// The host stack behind the guest's virtio-net device, if any.
+    network: Option<Network>,
     id: String,
 }
 
@@ -136,5 +148,10 @@ impl Machine for KvmMachine {
             vm.stop();
         }
         self.vsock = None;
+        self.network = None;
+    }
+
+    fn network_stats(&self) -> Option<sandbox_net::Stats> {
+        self.network.as_ref().map(Network::stats)
     }
 }

@@ -66,6 +66,17 @@ pub(crate) struct MachineSpec {
     pub network: Option<sandbox_net::NetworkOptions>,
 }
 
+/// The agent's kernel parameters for `network`: the link's addresses and
+/// the interception CA (the base64 body of its PEM, on one line).
+pub(crate) fn network_args(network: &sandbox_net::Network) -> Vec<String> {
+    let pem = network.ca_cert_pem();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    vec![
+        format!("sandbox.net={}", network.config().guest_param()),
+        format!("sandbox.ca={body}"),
+    ]
+}
+
 /// A started guest as the library sees it.
 pub(crate) trait Machine: Send {
     /// A host-unique id of this guest (also in the backend's process title).

@@ -1,10 +1,10 @@
 //! The User-Mode Linux backend adapter.
 
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sandbox_protocol::AGENT_VSOCK_PORT;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use sandbox_net::{BessListener, Network, NetworkOptions};
 use sandbox_vmm_uml::{DataDisk as UmlDisk, UmlConfig, UmlNet, UmlVm};
@@ -63,18 +63,9 @@ fn start_network(opts: NetworkOptions) -> Result<(UmlNet, Network, Vec<String>),
     let listener = BessListener::bind(&path)
         .map_err(|e| Error::Net(format!("listening on {}: {e}", path.display())))?;
     let mac = opts.config.guest_mac;
-    let net_param = format!("sandbox.net={}", opts.config.guest_param());
     let network = Network::start_bess(listener, opts).map_err(|e| Error::Net(e.to_string()))?;
-    let args = vec![
-        net_param,
-        format!("sandbox.ca={}", pem_body(&network.ca_cert_pem())),
-    ];
+    let args = super::network_args(&network);
     Ok((UmlNet { socket: path, mac }, network, args))
-}
-
-/// The base64 body of a PEM block, on one line.
-fn pem_body(pem: &str) -> String {
-    pem.lines().filter(|l| !l.starts_with("-----")).collect()
 }
 
 /// The guest and, if it has one, its network (stopped with the guest).

@@ -1,0 +1,288 @@
+//! virtio-net with one queue pair. The host side is one end of a
+//! `SOCK_SEQPACKET` socket pair carrying one Ethernet frame per message
+//! (the same framing as UML's `bess` transport), which the host network
+//! stack (`sandbox-net`) takes as its frame port. No offloads: every frame
+//! is a plain Ethernet frame of at most 1514 bytes.
+
+#[cfg(test)]
+mod tests;
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+
+use crate::device::{read_config_bytes, ActivationContext, DeviceError, VirtioDevice};
+use crate::worker::{Handler, Worker};
+use crate::{device_id, GuestMemory, VIRTIO_F_VERSION_1};
+
+const RX: usize = 0;
+const TX: usize = 1;
+const QUEUE_SIZE: u16 = 256;
+/// `VIRTIO_NET_F_MAC`: the device provides the MAC address.
+const F_MAC: u64 = 1 << 5;
+/// `VIRTIO_NET_F_STATUS`: the config space has a link status.
+const F_STATUS: u64 = 1 << 16;
+/// `struct virtio_net_hdr_v1` (VERSION_1 always has `num_buffers`).
+pub const HDR_LEN: usize = 12;
+/// Largest frame carried (1500-byte MTU plus the Ethernet header).
+pub const MAX_FRAME: usize = 1514;
+
+/// Counters of one net device.
+#[derive(Debug, Default)]
+pub struct NetMetrics {
+    /// Frames the guest sent to the host.
+    pub tx_frames: AtomicU64,
+    /// Frames delivered to the guest.
+    pub rx_frames: AtomicU64,
+    /// Frames dropped: malformed chains, oversized frames, a full host
+    /// queue, or a guest buffer too small.
+    pub dropped: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A virtio-net device.
+pub struct Net {
+    mac: [u8; 6],
+    host: Option<OwnedFd>,
+    metrics: Arc<NetMetrics>,
+    worker: Option<Worker>,
+}
+
+/// A connected non-blocking `SOCK_SEQPACKET` pair.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two descriptors into `fds`; checked below.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by us from here on.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+impl Net {
+    /// Creates the device with `mac`; returns the host end of its frame
+    /// socket.
+    pub fn new(mac: [u8; 6]) -> io::Result<(Self, OwnedFd)> {
+        let (device_end, host_end) = seqpacket_pair()?;
+        Ok((
+            Self {
+                mac,
+                host: Some(device_end),
+                metrics: Arc::default(),
+                worker: None,
+            },
+            host_end,
+        ))
+    }
+
+    /// Counters shared with the running device.
+    pub fn metrics(&self) -> Arc<NetMetrics> {
+        self.metrics.clone()
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        device_id::NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | F_MAC | F_STATUS
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // mac[6], status (LINK_UP), max_virtqueue_pairs.
+        let mut cfg = [0u8; 10];
+        cfg[..6].copy_from_slice(&self.mac);
+        cfg[6..8].copy_from_slice(&1u16.to_le_bytes());
+        cfg[8..10].copy_from_slice(&1u16.to_le_bytes());
+        read_config_bytes(&cfg, offset, data);
+    }
+
+    fn activate(&mut self, ctx: ActivationContext) -> Result<(), DeviceError> {
+        ctx.validate(2)?;
+        let Some(host) = self.host.take() else {
+            return Err(DeviceError::Worker(io::Error::other(
+                "net device already active",
+            )));
+        };
+        let fd = host.as_raw_fd();
+        let handler = NetHandler {
+            host,
+            held: None,
+            metrics: self.metrics.clone(),
+        };
+        self.worker = Some(Worker::spawn("virtio-net", handler, ctx, vec![fd])?);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Option<Vec<Queue>> {
+        self.worker.take().map(Worker::stop)
+    }
+}
+
+pub(crate) struct NetHandler {
+    host: OwnedFd,
+    /// A frame from the host waiting for a guest receive buffer.
+    held: Option<Vec<u8>>,
+    metrics: Arc<NetMetrics>,
+}
+
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of its length.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+impl NetHandler {
+    /// Delivers host frames into guest receive buffers until either runs out.
+    fn fill_rx(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
+        let mut used_any = false;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let frame = match self.held.take() {
+                Some(f) => f,
+                None => match recv(self.host.as_raw_fd(), &mut buf) {
+                    Ok(0) | Err(_) => return used_any, // drained (or the host is gone)
+                    Ok(n) if n > MAX_FRAME => {
+                        bump(&self.metrics.dropped);
+                        continue;
+                    }
+                    Ok(n) => buf[..n].to_vec(),
+                },
+            };
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                self.held = Some(frame); // the guest's next rx kick resumes here
+                return used_any;
+            };
+            let head = chain.head_index();
+            let mut hdr = [0u8; HDR_LEN];
+            hdr[10..12].copy_from_slice(&1u16.to_le_bytes()); // num_buffers
+            let written = match chain.writer(mem) {
+                Ok(mut w) if w.available_bytes() >= HDR_LEN + frame.len() => {
+                    match w.write_all(&hdr).and_then(|()| w.write_all(&frame)) {
+                        Ok(()) => {
+                            bump(&self.metrics.rx_frames);
+                            (HDR_LEN + frame.len()) as u32
+                        }
+                        Err(_) => {
+                            bump(&self.metrics.dropped);
+                            0
+                        }
+                    }
+                }
+                _ => {
+                    // Too small or malformed: the frame is dropped, the
+                    // buffer returned empty.
+                    bump(&self.metrics.dropped);
+                    0
+                }
+            };
+            if queue.add_used(mem, head, written).is_err() {
+                bump(&self.metrics.dropped);
+                return used_any;
+            }
+            used_any = true;
+        }
+    }
+
+    /// Sends every frame the guest transmitted to the host.
+    fn drain_tx(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
+        let mut used_any = false;
+        let mut buf = Vec::with_capacity(HDR_LEN + MAX_FRAME);
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            buf.clear();
+            let ok = match chain.reader(mem) {
+                Ok(r) => r
+                    .take((HDR_LEN + MAX_FRAME + 1) as u64)
+                    .read_to_end(&mut buf)
+                    .is_ok(),
+                Err(_) => false,
+            };
+            if ok && buf.len() > HDR_LEN && buf.len() <= HDR_LEN + MAX_FRAME {
+                match send(self.host.as_raw_fd(), &buf[HDR_LEN..]) {
+                    Ok(_) => bump(&self.metrics.tx_frames),
+                    // A full host queue drops the frame, as a NIC would.
+                    Err(_) => bump(&self.metrics.dropped),
+                }
+            } else {
+                bump(&self.metrics.dropped);
+            }
+            if queue.add_used(mem, head, 0).is_err() {
+                bump(&self.metrics.dropped);
+                return used_any;
+            }
+            used_any = true;
+        }
+        used_any
+    }
+}
+
+impl Handler for NetHandler {
+    fn queue_event(&mut self, idx: usize, queues: &mut [Queue], mem: &GuestMemory) -> u64 {
+        let Some(queue) = queues.get_mut(idx) else {
+            return 0;
+        };
+        let used = match idx {
+            RX => self.fill_rx(queue, mem),
+            TX => self.drain_tx(queue, mem),
+            _ => false,
+        };
+        if used {
+            1 << idx
+        } else {
+            0
+        }
+    }
+
+    fn extra_event(&mut self, _token: usize, queues: &mut [Queue], mem: &GuestMemory) -> u64 {
+        let Some(queue) = queues.get_mut(RX) else {
+            return 0;
+        };
+        if self.fill_rx(queue, mem) {
+            1 << RX
+        } else {
+            0
+        }
+    }
+}
