@@ -1,6 +1,7 @@
 //! Real-guest egress: `debian:12` (and the minimal image) with `eth0`
-//! behind the host stack, on the backend the harness picks (UML here); guest `curl` against loopback origins reached only through a
-//! RoutedConnector (no other host traffic).
+//! behind the host stack, on the backend the harness picks (UML here):
+//! guest `curl`, bash and python against loopback origins reached only
+//! through a RoutedConnector (no other host traffic).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -24,7 +25,7 @@ async fn boot(opts: NetworkOptions) -> Vm {
         .network(opts)
         .build()
         .unwrap();
-    sandbox
+    let vm = sandbox
         .boot(
             BootOptions::default()
                 .hostname("net")
