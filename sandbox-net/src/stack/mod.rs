@@ -169,7 +169,13 @@ impl Shared {
         let t = now(start);
         iface.poll(t, dev, sockets);
         orphans.retain(|h| {
-            let s = sockets.get::<tcp::Socket>(*h);
+            let s = sockets.get_mut::<tcp::Socket>(*h);
+            // Data arriving for a connection nobody reads any more resets
+            // it (as a closed Linux socket does), so the peer is not left
+            // writing into a closed window.
+            if s.recv_queue() > 0 && s.is_open() {
+                s.abort();
+            }
             let done = matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait);
             if done {
                 sockets.remove(*h);

@@ -136,10 +136,14 @@ impl AsyncWrite for SocketStream {
 impl Drop for SocketStream {
     fn drop(&mut self) {
         let mut inner = self.shared.lock();
-        inner
-            .sockets
-            .get_mut::<Socket<'static>>(self.handle)
-            .close();
+        let s = inner.sockets.get_mut::<Socket<'static>>(self.handle);
+        // Unread data: reset, as closing a Linux socket with unread data
+        // does; else a graceful FIN once the send buffer drains.
+        if s.recv_queue() > 0 {
+            s.abort();
+        } else {
+            s.close();
+        }
         inner.orphans.push(self.handle);
         drop(inner);
         self.shared.wake.notify_one();
