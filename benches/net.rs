@@ -23,7 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 const BULK: usize = 16 << 20;
 
 /// (group, path) -> (units, seconds) summed over iterations.
-static TOTALS: Mutex<BTreeMap<(&str, &str), (f64, f64)>> = Mutex::new(BTreeMap::new());
+type Totals = BTreeMap<(&'static str, &'static str), (f64, f64)>;
+static TOTALS: Mutex<Totals> = Mutex::new(BTreeMap::new());
 
 fn record(group: &'static str, path: &'static str, units: f64, d: Duration) {
     let mut t = TOTALS.lock().unwrap();
