@@ -13,6 +13,9 @@ use crate::policy::{evaluate, Conn, Grant, Proto};
 use crate::stack::{Event, SocketStream};
 use crate::Ctx;
 
+/// How long an accepted guest connection may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Buffer of each direction of a raw flow's copy loop.
 const COPY_BUFFER: usize = 64 << 10;
 
@@ -85,6 +88,11 @@ pub(crate) async fn run(
     handler: Handler,
     key: (SocketAddrV4, SocketAddrV4),
 ) {
+    // A guest that never completes the handshake (gone, or a lost ACK)
+    // must not hold the flow and its upstream connection.
+    if guest.established(HANDSHAKE_TIMEOUT).await.is_err() {
+        return;
+    }
     match handler {
         Handler::Raw(mut up) => {
             let _ = tokio::io::copy_bidirectional_with_sizes(

@@ -3,15 +3,12 @@
 //! stack through it exactly as a guest kernel would (ARP, TCP handshakes,
 //! UDP datagrams, and raw frames of any shape).
 
-use std::future::poll_fn;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use smoltcp::socket::tcp::{Socket, State};
 use smoltcp::wire::{EthernetAddress, IpCidr};
 use tokio::sync::mpsc;
 
@@ -93,29 +90,8 @@ impl SimGuest {
             .ok_or_else(|| io::Error::other("cannot start a connection"))?;
         self.shared.wake.notify_one();
         let stream = SocketStream::new(self.shared.clone(), handle, None);
-        let shared = self.shared.clone();
-        let established = poll_fn(|cx| {
-            let mut inner = shared.lock();
-            let s = inner.sockets.get_mut::<Socket<'static>>(handle);
-            match s.state() {
-                State::Closed => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    "reset",
-                ))),
-                State::Listen | State::SynSent | State::SynReceived => {
-                    s.register_send_waker(cx.waker());
-                    Poll::Pending
-                }
-                // The peer may already have closed its side by the time we
-                // look: any state past the handshake means it connected.
-                _ => Poll::Ready(Ok(())),
-            }
-        });
-        match tokio::time::timeout(timeout, established).await {
-            Ok(Ok(())) => Ok(stream),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no handshake")),
-        }
+        stream.established(timeout).await?;
+        Ok(stream)
     }
 
     /// Sends a UDP datagram from `src_port` to `dst`.

@@ -17,6 +17,8 @@ type Key = (SocketAddrV4, SocketAddrV4);
 
 /// Datagrams queued per flow before more are dropped.
 const FLOW_QUEUE: usize = 64;
+/// DNS queries of one flow being answered at once.
+const DNS_IN_FLIGHT: usize = 32;
 
 pub(crate) struct Flows {
     ctx: Arc<Ctx>,
@@ -100,7 +102,13 @@ async fn flow(ctx: Arc<Ctx>, src_mac: EthernetAddress, key: Key, mut rx: mpsc::R
     };
     match grant {
         Grant::Dns(up) => {
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(DNS_IN_FLIGHT));
             while let Ok(Some(q)) = tokio::time::timeout(idle, rx.recv()).await {
+                // Bounded work per flow: queries past the bound are dropped
+                // (the guest's resolver retries).
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    continue;
+                };
                 let (ctx2, up2) = (ctx.clone(), up.clone());
                 let reply_to = (src_mac, key);
                 tokio::spawn(async move {
@@ -117,6 +125,7 @@ async fn flow(ctx: Arc<Ctx>, src_mac: EthernetAddress, key: Key, mut rx: mpsc::R
                         Counters::bump(&ctx2.egress.counters.frames_out);
                         let _ = ctx2.to_guest.send(f).await;
                     }
+                    drop(permit);
                 });
             }
         }

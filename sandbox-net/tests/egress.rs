@@ -646,3 +646,40 @@ async fn raw_udp_grants_relay_both_ways_and_only_where_granted() {
     assert!(g.udp_recv(Duration::from_millis(500)).await.is_none());
     assert_eq!(net.stats().flows_denied, 1);
 }
+
+#[tokio::test]
+async fn dropping_the_network_closes_every_upstream_connection() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::channel::<()>(4);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = closed_tx.send(()).await;
+            });
+        }
+    });
+    let routes = RoutedConnector::new().route("203.0.113.5:80".parse().unwrap(), addr);
+    let policy = |conn: Conn| async move { Ok(conn.accept()) };
+    let (net, g) = start(policy, routes, Limits::default(), vec![]);
+    let mut s = g.connect(sa("203.0.113.5:80"), T).await.unwrap();
+    s.write_all(b"hello").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        closed_rx.try_recv().is_err(),
+        "still open while the network runs"
+    );
+    drop(net);
+    let closed = tokio::time::timeout(T, closed_rx.recv()).await;
+    assert!(
+        matches!(closed, Ok(Some(()))),
+        "the upstream connection was closed"
+    );
+}

@@ -226,6 +226,9 @@ pub(crate) async fn run(
         true,
         start,
     );
+    // However this task ends (the guest link closed, the Network dropped),
+    // every connection is reset so the tasks serving them end too.
+    let _close_all = CloseAll(shared.clone());
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
     let mut gw = Gateway {
         udp: udp::Flows::new(ctx.clone()),
@@ -270,6 +273,20 @@ pub(crate) async fn run(
             Counters::bump(&counters.frames_out);
             if port.tx.send(f).await.is_err() {
                 return;
+            }
+        }
+    }
+}
+
+struct CloseAll(Arc<Shared>);
+
+impl Drop for CloseAll {
+    fn drop(&mut self) {
+        let mut inner = self.0.lock();
+        for (_, s) in inner.sockets.iter_mut() {
+            if let smoltcp::socket::Socket::Tcp(t) = s {
+                // Moves to CLOSED, which wakes readers and writers.
+                t.abort();
             }
         }
     }

@@ -41,6 +41,30 @@ impl SocketStream {
     }
 }
 
+impl SocketStream {
+    /// Waits until the handshake is done (`Ok`, also when the peer already
+    /// closed its side), the connection was reset (`ConnectionRefused`) or
+    /// `timeout` passed (`TimedOut`).
+    pub async fn established(&self, timeout: std::time::Duration) -> io::Result<()> {
+        let wait = std::future::poll_fn(|cx| {
+            self.with(|s| match s.state() {
+                State::Closed => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "reset",
+                ))),
+                st if handshaking(st) => {
+                    s.register_send_waker(cx.waker());
+                    Poll::Pending
+                }
+                _ => Poll::Ready(Ok(())),
+            })
+        });
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no handshake")))
+    }
+}
+
 fn handshaking(s: State) -> bool {
     matches!(s, State::Listen | State::SynSent | State::SynReceived)
 }
