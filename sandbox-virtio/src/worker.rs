@@ -23,6 +23,49 @@ pub(crate) trait Handler: Send + 'static {
     }
 }
 
+/// A device with a receive queue (0) and a transmit queue (1) whose host
+/// side is one descriptor, watched as the worker's only extra descriptor
+/// (virtio-console, virtio-net): host data fills receive buffers, guest
+/// transmissions go to the host.
+pub(crate) trait RxTx: Send + 'static {
+    /// Moves host data into the guest's receive buffers; true if any was used.
+    fn fill_rx(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool;
+    /// Forwards the guest's transmissions; true if any buffer was used.
+    fn drain_tx(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool;
+}
+
+pub(crate) const RX: usize = 0;
+pub(crate) const TX: usize = 1;
+
+impl<T: RxTx> Handler for T {
+    fn queue_event(&mut self, idx: usize, queues: &mut [Queue], mem: &GuestMemory) -> u64 {
+        let Some(queue) = queues.get_mut(idx) else {
+            return 0;
+        };
+        let used = match idx {
+            RX => self.fill_rx(queue, mem),
+            TX => self.drain_tx(queue, mem),
+            _ => false,
+        };
+        if used {
+            1 << idx
+        } else {
+            0
+        }
+    }
+
+    fn extra_event(&mut self, _token: usize, queues: &mut [Queue], mem: &GuestMemory) -> u64 {
+        let Some(queue) = queues.get_mut(RX) else {
+            return 0;
+        };
+        if self.fill_rx(queue, mem) {
+            1 << RX
+        } else {
+            0
+        }
+    }
+}
+
 /// A running worker; dropping it without [`Worker::stop`] leaks nothing but
 /// leaves the thread to stop when the stop event fires in `Drop`.
 pub(crate) struct Worker {

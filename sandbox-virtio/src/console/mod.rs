@@ -16,12 +16,10 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 
 use crate::device::{read_config_bytes, ActivationContext, DeviceError, VirtioDevice};
-use crate::worker::{Handler, Worker};
+use crate::worker::{RxTx, Worker};
 use crate::{device_id, GuestMemory, VIRTIO_F_VERSION_1};
 pub use metrics::ConsoleMetrics;
 
-const RX: usize = 0;
-const TX: usize = 1;
 const QUEUE_SIZE: u16 = 256;
 /// Bytes read from the host stream at a time.
 const HOLD: usize = 64 << 10;
@@ -102,7 +100,7 @@ struct ConsoleHandler {
     metrics: Arc<ConsoleMetrics>,
 }
 
-impl ConsoleHandler {
+impl RxTx for ConsoleHandler {
     /// Moves host bytes into the guest's receive buffers until either runs out.
     fn fill_rx(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
         let mut used_any = false;
@@ -174,34 +172,5 @@ impl ConsoleHandler {
             used_any = true;
         }
         used_any
-    }
-}
-
-impl Handler for ConsoleHandler {
-    fn queue_event(&mut self, idx: usize, queues: &mut [Queue], mem: &GuestMemory) -> u64 {
-        let Some(queue) = queues.get_mut(idx) else {
-            return 0;
-        };
-        let used = match idx {
-            RX => self.fill_rx(queue, mem),
-            TX => self.drain_tx(queue, mem),
-            _ => false,
-        };
-        if used {
-            1 << idx
-        } else {
-            0
-        }
-    }
-
-    fn extra_event(&mut self, _token: usize, queues: &mut [Queue], mem: &GuestMemory) -> u64 {
-        let Some(queue) = queues.get_mut(RX) else {
-            return 0;
-        };
-        if self.fill_rx(queue, mem) {
-            1 << RX
-        } else {
-            0
-        }
     }
 }

@@ -8,6 +8,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 use crate::testutil::{memory, queue_with, used, used_idx, F_WRITE};
+use crate::worker::{Handler, RX, TX};
 
 fn handler() -> (ConsoleHandler, UnixStream) {
     let (device_end, host_end) = UnixStream::pair().unwrap();

@@ -4,6 +4,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 use crate::testutil::{memory, queue_with, used, used_idx};
+use crate::worker::{Handler, RX, TX};
 
 fn handler() -> (NetHandler, OwnedFd) {
     let (device_end, host_end) = seqpacket_pair().unwrap();
