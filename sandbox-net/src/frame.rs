@@ -13,9 +13,9 @@ use smoltcp::wire::{
 };
 use tokio::sync::mpsc;
 
-/// Largest Ethernet frame accepted from or sent to the guest (1500-byte
-/// MTU plus the 14-byte header).
-pub const MAX_FRAME: usize = 1514;
+/// Largest Ethernet frame any link carries (a 65535-byte MTU plus the
+/// 14-byte header); each network enforces its own MTU below that.
+pub const MAX_FRAME: usize = 65535 + 14;
 
 /// One end of a frame link.
 pub struct FramePort {
@@ -101,9 +101,10 @@ pub(crate) enum Classified<'a> {
     Drop(&'static str),
 }
 
-/// Parses just enough of a guest frame to route it; never panics.
-pub(crate) fn classify(frame: &[u8]) -> Classified<'_> {
-    if frame.len() > MAX_FRAME {
+/// Parses just enough of a guest frame to route it; never panics. Frames
+/// longer than `max_frame` are dropped.
+pub(crate) fn classify(frame: &[u8], max_frame: usize) -> Classified<'_> {
+    if frame.len() > max_frame {
         return Classified::Drop("oversized frame");
     }
     let Ok(eth) = EthernetFrame::new_checked(frame) else {
@@ -175,7 +176,7 @@ mod tests {
         let src: SocketAddrV4 = "10.0.2.15:5353".parse().unwrap();
         let dst: SocketAddrV4 = "10.0.2.3:53".parse().unwrap();
         let f = udp_frame(a, b, src, dst, b"hello");
-        match classify(&f) {
+        match classify(&f, 1514) {
             Classified::Udp {
                 src_mac,
                 src: s,
@@ -190,9 +191,9 @@ mod tests {
 
     #[test]
     fn garbage_is_dropped_not_panicked_on() {
-        assert!(matches!(classify(&[]), Classified::Drop(_)));
-        assert!(matches!(classify(&[0u8; 13]), Classified::Drop(_)));
-        assert!(matches!(classify(&[0u8; 9000]), Classified::Drop(_)));
+        assert!(matches!(classify(&[], 1514), Classified::Drop(_)));
+        assert!(matches!(classify(&[0u8; 13], 1514), Classified::Drop(_)));
+        assert!(matches!(classify(&[0u8; 9000], 1514), Classified::Drop(_)));
         let a = EthernetAddress([2, 0, 0, 0, 0, 1]);
         let good = udp_frame(
             a,
@@ -204,15 +205,15 @@ mod tests {
         for i in 14..good.len() {
             let mut bad = good.clone();
             bad[i] ^= 0x5a;
-            let _ = classify(&bad);
-            let _ = classify(&good[..i]);
+            let _ = classify(&bad, 1514);
+            let _ = classify(&good[..i], 1514);
         }
         let mut bad = good.clone();
         bad[14 + 10] ^= 1; // IPv4 checksum
-        assert_eq!(classify(&bad), Classified::Drop("bad IPv4 checksum"));
+        assert_eq!(classify(&bad, 1514), Classified::Drop("bad IPv4 checksum"));
         let mut bad = good.clone();
         let n = bad.len();
         bad[n - 1] ^= 1; // payload, so the UDP checksum fails
-        assert_eq!(classify(&bad), Classified::Drop("bad UDP checksum"));
+        assert_eq!(classify(&bad, 1514), Classified::Drop("bad UDP checksum"));
     }
 }

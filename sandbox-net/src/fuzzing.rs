@@ -16,13 +16,14 @@ use crate::RoutedConnector;
 /// One guest frame through the stack's ingress path: the classifier, then
 /// the gateway interface (any_ip, a listening socket) with a poll.
 pub fn frame(data: &[u8]) {
-    let _ = crate::frame::classify(data);
+    let _ = crate::frame::classify(data, 1514);
     let gw = Ipv4Addr::new(10, 0, 2, 2);
     let shared = Shared::new(
         [2, 0, 0, 0, 0, 2],
         IpCidr::new(gw.into(), 24),
         gw,
         true,
+        1500,
         Instant::now(),
     );
     let ep = IpListenEndpoint {

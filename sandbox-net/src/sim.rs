@@ -38,11 +38,13 @@ impl SimGuest {
             IpCidr::new(config.guest_ip.into(), config.prefix_len),
             config.gateway_ip,
             false,
+            config.mtu,
             start,
         );
         let (udp_tx, udp_rx) = mpsc::channel(1024);
         let raw_tx = port.tx.clone();
         let s = shared.clone();
+        let max_frame = usize::from(config.mtu) + 14;
         let task = tokio::spawn(async move {
             let mut delay = None;
             loop {
@@ -50,7 +52,7 @@ impl SimGuest {
                 tokio::select! {
                     f = port.rx.recv() => {
                         let Some(f) = f else { return };
-                        match frame::classify(&f) {
+                        match frame::classify(&f, max_frame) {
                             frame::Classified::Udp { src, dst, payload, .. } => {
                                 let _ = udp_tx.try_send((src, dst, payload.to_vec()));
                             }

@@ -87,7 +87,7 @@ async fn flow(ctx: Arc<Ctx>, src_mac: EthernetAddress, key: Key, mut rx: mpsc::R
         }
     };
     let reply = |payload: &[u8]| {
-        if payload.len() > frame::MAX_FRAME - 42 {
+        if payload.len() + 42 > usize::from(ctx.config.mtu) + 14 {
             return;
         }
         let f = frame::udp_frame(

@@ -70,6 +70,8 @@ pub struct UmlNet {
     pub socket: PathBuf,
     /// The interface's MAC address.
     pub mac: [u8; 6],
+    /// The interface's MTU (576-65534).
+    pub mtu: u16,
 }
 
 /// An extra block device of a UML guest.
@@ -167,7 +169,8 @@ impl UmlVm {
         if let Some(net) = &cfg.net {
             let m = net.mac;
             cmd.arg(format!(
-                "vec0:transport=bess,dst={},mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                "vec0:transport=bess,mtu={},dst={},mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                net.mtu,
                 net.socket.display(),
                 m[0],
                 m[1],

@@ -45,7 +45,9 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
         Vsock::new(GUEST_CID).map_err(|e| Error::Protocol(format!("vsock: {e}")))?;
     devices.push(Box::new(vsock));
     let network = match spec.network {
-        Some(opts) => {
+        Some(mut opts) => {
+            // Our virtio-net device carries standard frames only.
+            opts.config.mtu = 1500;
             let (net, host_end) = Net::new(opts.config.guest_mac)
                 .map_err(|e| Error::Net(format!("creating the virtio-net device: {e}")))?;
             devices.push(Box::new(net));

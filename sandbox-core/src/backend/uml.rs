@@ -51,9 +51,12 @@ pub(super) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
 
 static NEXT_NET: AtomicU64 = AtomicU64::new(0);
 
+/// MTU of UML guest links.
+const UML_MTU: u16 = 65000;
+
 /// Listens for the guest's `bess` link and starts the host stack on it;
 /// returns the interface, the network and the agent's parameters.
-fn start_network(opts: NetworkOptions) -> Result<(UmlNet, Network, Vec<String>), Error> {
+fn start_network(mut opts: NetworkOptions) -> Result<(UmlNet, Network, Vec<String>), Error> {
     let path = std::env::temp_dir().join(format!(
         "sbx-net-{}-{}.sock",
         std::process::id(),
@@ -62,10 +65,21 @@ fn start_network(opts: NetworkOptions) -> Result<(UmlNet, Network, Vec<String>),
     let _ = std::fs::remove_file(&path);
     let listener = BessListener::bind(&path)
         .map_err(|e| Error::Net(format!("listening on {}: {e}", path.display())))?;
-    let mac = opts.config.guest_mac;
+    // The link is a local socket, not a wire: 64 KB frames carry bulk
+    // transfers with a sixth of the per-frame work UML does at 1500.
+    opts.config.mtu = UML_MTU;
+    let (mac, mtu) = (opts.config.guest_mac, opts.config.mtu);
     let network = Network::start_bess(listener, opts).map_err(|e| Error::Net(e.to_string()))?;
     let args = super::network_args(&network);
-    Ok((UmlNet { socket: path, mac }, network, args))
+    Ok((
+        UmlNet {
+            socket: path,
+            mac,
+            mtu,
+        },
+        network,
+        args,
+    ))
 }
 
 /// The guest and, if it has one, its network (stopped with the guest).

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 pub use stream::SocketStream;
 
 use crate::egress::Counters;
-use crate::frame::{self, Classified, FramePort, MAX_FRAME};
+use crate::frame::{self, Classified, FramePort};
 use crate::{flow, udp, Ctx};
 
 /// Socket buffer sizes of one guest TCP connection.
@@ -73,6 +73,8 @@ pub(crate) enum Event {
 struct QueueDevice {
     rx: VecDeque<Vec<u8>>,
     tx: Vec<Vec<u8>>,
+    /// The link MTU plus the Ethernet header.
+    max_frame: usize,
 }
 
 struct Rx(Vec<u8>);
@@ -109,7 +111,7 @@ impl Device for QueueDevice {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = MAX_FRAME;
+        caps.max_transmission_unit = self.max_frame;
         caps
     }
 }
@@ -125,11 +127,13 @@ impl Shared {
         addr: IpCidr,
         gateway: Ipv4Addr,
         any_ip: bool,
+        mtu: u16,
         start: StdInstant,
     ) -> Arc<Self> {
         let mut dev = QueueDevice {
             rx: VecDeque::new(),
             tx: Vec::new(),
+            max_frame: usize::from(mtu) + 14,
         };
         let mut icfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         icfg.random_seed = rand_seed();
@@ -224,6 +228,7 @@ pub(crate) async fn run(
         IpCidr::new(cfg.gateway_ip.into(), cfg.prefix_len),
         cfg.gateway_ip,
         true,
+        cfg.mtu,
         start,
     );
     // However this task ends (the guest link closed, the Network dropped),
@@ -310,7 +315,7 @@ impl Gateway {
     fn frame(&mut self, f: Vec<u8>) {
         let counters = &self.ctx.egress.counters;
         Counters::bump(&counters.frames_in);
-        match frame::classify(&f) {
+        match frame::classify(&f, usize::from(self.ctx.config.mtu) + 14) {
             Classified::Stack => self.shared.push_frame(f),
             Classified::Drop(why) => {
                 log::debug!("dropped a guest frame: {why}");
