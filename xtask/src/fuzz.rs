@@ -40,6 +40,7 @@ pub fn build_and_run() -> Result<()> {
         .map(str::to_string)
         .collect();
     seed_qcow2(&fuzz_dir)?;
+    seed_net(&fuzz_dir)?;
     for t in &targets {
         step(&format!("fuzz {t}: build and run {SECONDS}s"));
         let status = Command::new(env!("CARGO"))
@@ -85,4 +86,103 @@ fn seed_qcow2(fuzz_dir: &std::path::Path) -> Result<()> {
         )?;
     }
     std::fs::remove_file(&raw).map_err(|e| e.to_string())
+}
+
+/// Seeds the network targets with well-formed guest traffic (ARP, a TCP
+/// SYN, a DNS query over UDP, HTTP heads), so the fuzzer starts past the
+/// header checks.
+fn seed_net(fuzz_dir: &std::path::Path) -> Result<()> {
+    let write = |target: &str, name: &str, bytes: &[u8]| -> Result<()> {
+        let dir = fuzz_dir.join("corpus").join(target);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        std::fs::write(dir.join(name), bytes).map_err(|e| e.to_string())
+    };
+    let dns = dns_query(b"api.example.test");
+    write("net_dns", "seed-query", &dns)?;
+    let guest = [10, 0, 2, 15];
+    write("net_frames", "seed-arp", &arp_request(guest, [10, 0, 2, 2]))?;
+    // Port 40000 -> 80, seq 1, header length 20, SYN, window 65535.
+    let syn = [
+        0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
+    ];
+    write(
+        "net_frames",
+        "seed-syn",
+        &ipv4_frame(guest, [203, 0, 113, 5], 6, &syn),
+    )?;
+    let mut udp = vec![0xc3, 0x50, 0, 53, 0, 0, 0, 0];
+    udp.extend_from_slice(&dns);
+    let len = udp.len() as u16;
+    udp[4..6].copy_from_slice(&len.to_be_bytes());
+    write(
+        "net_frames",
+        "seed-dns",
+        &ipv4_frame(guest, [10, 0, 2, 3], 17, &udp),
+    )?;
+    write(
+        "net_http1_framing",
+        "seed-chunked",
+        b"\x00POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\nContent-Length: 2\r\n\r\nab",
+    )
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet + IPv4 frame around a TCP (6) or UDP (17) segment whose
+/// checksum field is filled in here.
+fn ipv4_frame(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut seg = l4.to_vec();
+    let mut pseudo = [
+        &src[..],
+        &dst[..],
+        &[0, proto],
+        &(seg.len() as u16).to_be_bytes(),
+    ]
+    .concat();
+    pseudo.extend_from_slice(&seg);
+    let at = if proto == 6 { 16 } else { 6 };
+    seg[at..at + 2].copy_from_slice(&checksum(&pseudo).to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + seg.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = vec![
+        0x02, 0x5b, 0, 0, 0, 0x02, 0x02, 0x5b, 0, 0, 0, 0x0f, 0x08, 0x00,
+    ];
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&seg);
+    f
+}
+
+fn arp_request(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[
+        0x02, 0x5b, 0, 0, 0, 0x0f, 0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1,
+    ]);
+    f.extend_from_slice(&[0x02, 0x5b, 0, 0, 0, 0x0f]);
+    f.extend_from_slice(&sender);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f
+}
+
+fn dns_query(name: &[u8]) -> Vec<u8> {
+    let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split(|b| *b == b'.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label);
+    }
+    m.extend_from_slice(&[0, 0, 1, 0, 1]);
+    m
 }

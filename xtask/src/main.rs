@@ -34,9 +34,10 @@ fn main() -> ExitCode {
         Some("image") => flows::build_image(rebuild).map(|_| ()),
         Some("quickstart") => flows::quickstart(rebuild),
         Some("ci") => flows::ci(rebuild),
+        Some("fuzz") => fuzz::build_and_run(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <quickstart|ci|build|deps|kernel <uml|x86_64>|image> [--rebuild]"
+                "usage: cargo xtask <quickstart|ci|build|deps|kernel <uml|x86_64>|image|fuzz> [--rebuild]"
             );
             return ExitCode::from(2);
         }
