@@ -25,9 +25,9 @@ pub(crate) enum Handler {
     Raw(BoxUpstream),
     /// DNS over TCP.
     Dns(DnsUpstream),
-    /// HTTP/HTTPS interception for one trusted hostname.
+    /// HTTP/HTTPS interception for these trusted hostnames.
     Http {
-        host: String,
+        hosts: Arc<std::collections::BTreeSet<String>>,
         middleware: Arc<dyn Middleware>,
     },
 }
@@ -63,7 +63,7 @@ pub(crate) async fn decide_tcp(
             }
         },
         Ok(Grant::Dns(up)) => Some(Handler::Dns(up)),
-        Ok(Grant::Http { host, middleware }) => Some(Handler::Http { host, middleware }),
+        Ok(Grant::Http { hosts, middleware }) => Some(Handler::Http { hosts, middleware }),
     };
     let ev = match handler {
         Some(handler) => {
@@ -106,8 +106,8 @@ pub(crate) async fn run(
         Handler::Dns(up) => {
             let _ = crate::dns::serve_tcp(guest, up, &ctx.egress, &ctx.metadata).await;
         }
-        Handler::Http { host, middleware } => {
-            crate::http::serve(ctx.clone(), guest, host, middleware, key.1).await;
+        Handler::Http { hosts, middleware } => {
+            crate::http::serve(ctx.clone(), guest, hosts, middleware, key.1).await;
         }
     }
 }

@@ -105,18 +105,23 @@ impl Conn {
         (self.dst.port() == 53).then_some(DnsGrant)
     }
 
-    /// An HTTP grant if this is TCP and a trusted hostname of the
-    /// destination matches `m`. The grant is for that hostname: requests
-    /// for any other Host or SNI are refused.
+    /// An HTTP grant if this is TCP and trusted hostnames of the
+    /// destination match `m`. The grant is for exactly those names (a CDN
+    /// address may carry several): a TLS connection must name one of them
+    /// in its SNI and every request must name that one; plain HTTP requests
+    /// must each name one of them. Anything else is refused.
     pub fn match_http(&self, m: impl Into<HostMatcher>) -> Option<HttpGrant> {
         if self.proto != Proto::Tcp {
             return None;
         }
         let m = m.into();
-        self.names
+        let hosts: BTreeSet<String> = self
+            .names
             .iter()
-            .find(|n| m.matches(n))
-            .map(|host| HttpGrant { host: host.clone() })
+            .filter(|n| m.matches(n))
+            .cloned()
+            .collect();
+        (!hosts.is_empty()).then(|| HttpGrant { hosts })
     }
 }
 
@@ -142,7 +147,7 @@ impl fmt::Debug for Verdict {
             Grant::Deny => f.write_str("Deny"),
             Grant::Raw => f.write_str("Raw"),
             Grant::Dns(_) => f.write_str("Dns"),
-            Grant::Http { host, .. } => write!(f, "Http({host})"),
+            Grant::Http { hosts, .. } => write!(f, "Http({hosts:?})"),
         }
     }
 }
@@ -153,7 +158,7 @@ pub(crate) enum Grant {
     Raw,
     Dns(DnsUpstream),
     Http {
-        host: String,
+        hosts: Arc<BTreeSet<String>>,
         middleware: Arc<dyn Middleware>,
     },
 }
@@ -198,23 +203,23 @@ impl DnsGrant {
     }
 }
 
-/// A matched HTTP flow for one trusted hostname.
+/// A matched HTTP flow for the trusted hostnames the matcher accepted.
 #[derive(Debug)]
 pub struct HttpGrant {
-    host: String,
+    hosts: BTreeSet<String>,
 }
 
 impl HttpGrant {
-    /// The trusted hostname this grant is for.
-    pub fn host(&self) -> &str {
-        &self.host
+    /// The trusted hostnames this grant is for (canonical, at least one).
+    pub fn hosts(&self) -> &BTreeSet<String> {
+        &self.hosts
     }
 
     /// Enters HTTP/HTTPS interception; `middleware` may change each
     /// upstream request's headers.
     pub fn accept(self, middleware: impl Middleware) -> Verdict {
         Verdict(Grant::Http {
-            host: self.host,
+            hosts: Arc::new(self.hosts),
             middleware: Arc::new(middleware),
         })
     }
@@ -414,8 +419,12 @@ mod tests {
         assert!(c.match_tcp("[::ffff:203.0.113.5]:443").is_some());
         assert!(c.match_dns().is_none());
         assert_eq!(
-            c.match_http("api.example.com").unwrap().host(),
-            "api.example.com"
+            c.match_http("api.example.com")
+                .unwrap()
+                .hosts()
+                .iter()
+                .collect::<Vec<_>>(),
+            ["api.example.com"]
         );
         assert!(c.match_http("*.example.com").is_some());
         assert!(c.match_http("*.api.example.com").is_none());

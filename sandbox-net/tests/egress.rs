@@ -683,3 +683,83 @@ async fn dropping_the_network_closes_every_upstream_connection() {
         "the upstream connection was closed"
     );
 }
+
+#[tokio::test]
+async fn a_grant_covers_every_matching_name_on_a_shared_address() {
+    // Two names the policy grants and one it does not, all on one CDN
+    // address.
+    let ip: IpAddr = "203.0.113.40".parse().unwrap();
+    let plain = Origin::start(None).await;
+    let tls = Origin::start(Some("b.cdn.test")).await;
+    let routes = RoutedConnector::new()
+        .route("203.0.113.40:80".parse().unwrap(), plain.addr)
+        .route("203.0.113.40:443".parse().unwrap(), tls.addr);
+    let policy = move |conn: Conn| async move {
+        if let Some(dns) = conn.match_dns() {
+            return Ok(dns.synthesize([
+                ("a.cdn.test", ip),
+                ("b.cdn.test", ip),
+                ("other.test", ip),
+            ]));
+        }
+        if let Some(h) = conn.match_http("*.cdn.test") {
+            assert_eq!(
+                h.hosts().iter().collect::<Vec<_>>(),
+                ["a.cdn.test", "b.cdn.test"]
+            );
+            return Ok(h.accept(inject));
+        }
+        Ok(conn.deny())
+    };
+    let (net, g) = start(
+        policy,
+        routes,
+        Limits::default(),
+        vec![tls.root.clone().unwrap()],
+    );
+    for name in ["a.cdn.test.", "b.cdn.test.", "other.test."] {
+        assert_eq!(resolve(&g, name, "10.0.2.3:53").await.unwrap(), vec![ip]);
+    }
+    // Plain HTTP: one connection, requests for both granted names; the
+    // third name on the same address is refused.
+    let s = g.connect(sa("203.0.113.40:80"), T).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for (host, status) in [
+        ("a.cdn.test", 200),
+        ("b.cdn.test", 200),
+        ("other.test", 421),
+    ] {
+        let req = hyper::Request::get("/x")
+            .header("host", host)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{host}");
+        resp.into_body().collect().await.unwrap();
+    }
+    let hosts: Vec<_> = plain
+        .seen()
+        .iter()
+        .map(|s| s.headers["host"].clone())
+        .collect();
+    assert_eq!(hosts, ["a.cdn.test", "b.cdn.test"]);
+    // TLS for the second name: its SNI picks it, upstream TLS is verified
+    // for it.
+    let stream = tls_client(&g, &net, "203.0.113.40:443", "b.cdn.test", &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(get(stream, "b.cdn.test", "/tls").await.unwrap().0, 200);
+    assert_eq!(
+        tls.seen()[0]
+            .headers
+            .get("authorization")
+            .map(String::as_str),
+        Some(SECRET)
+    );
+    assert!(tls_client(&g, &net, "203.0.113.40:443", "other.test", &[])
+        .await
+        .is_err());
+}

@@ -1,5 +1,6 @@
 //! Serving one intercepted guest connection.
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,7 +33,11 @@ const MAX_HEAD: usize = 64 << 10;
 /// Per-connection facts the request handler needs.
 struct Flow {
     ctx: Arc<Ctx>,
-    host: String,
+    /// The trusted names the grant covers.
+    hosts: Arc<BTreeSet<String>>,
+    /// With TLS: the one granted name the guest's SNI asked for; every
+    /// request on the connection must name it.
+    tls_host: Option<String>,
     middleware: Arc<dyn Middleware>,
     dst: SocketAddr,
     sni: Option<String>,
@@ -45,7 +50,7 @@ struct Flow {
 pub(crate) async fn serve(
     ctx: Arc<Ctx>,
     guest: SocketStream,
-    host: String,
+    hosts: Arc<BTreeSet<String>>,
     middleware: Arc<dyn Middleware>,
     dst: SocketAddrV4,
 ) {
@@ -57,7 +62,8 @@ pub(crate) async fn serve(
     };
     let mut flow = Flow {
         ctx,
-        host,
+        hosts,
+        tls_host: None,
         middleware,
         dst: SocketAddr::V4(dst),
         sni: None,
@@ -71,21 +77,21 @@ pub(crate) async fn serve(
             return;
         };
         let hello = start.client_hello();
-        let sni = hello.server_name().map(str::to_ascii_lowercase);
-        if sni.as_deref() != Some(flow.host.as_str()) {
-            // The guest asks for another name than the one DNS granted:
+        let sni = hello.server_name().map(crate::metadata::canonical_name);
+        let Some(host) = sni.clone().filter(|s| flow.hosts.contains(s)) else {
+            // The guest asks for another name than the ones DNS granted:
             // no certificate, no request, no credentials.
             log::info!(
-                "refused TLS to {dst}: SNI {sni:?} is not the granted host {}",
-                flow.host
+                "refused TLS to {dst}: SNI {sni:?} is not a granted host {:?}",
+                flow.hosts
             );
             return;
-        }
+        };
         let offered: Vec<Vec<u8>> = hello
             .alpn()
             .map(|a| a.map(<[u8]>::to_vec).collect())
             .unwrap_or_default();
-        let Ok(cert) = flow.ctx.ca.leaf(&flow.host) else {
+        let Ok(cert) = flow.ctx.ca.leaf(&host) else {
             return;
         };
         let mut cfg = ServerConfig::builder_with_provider(crate::tls::provider())
@@ -105,6 +111,7 @@ pub(crate) async fn serve(
             return;
         };
         flow.sni = sni;
+        flow.tls_host = Some(host);
         flow.alpn = tls
             .get_ref()
             .1
@@ -215,26 +222,29 @@ async fn handle(flow: Arc<Flow>, req: Request<Incoming>) -> Response<Body> {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return r;
     }
-    match named_host(&req) {
-        Some(h) if h == flow.host => {}
-        other => {
-            log::info!(
-                "refused a request for {other:?} on a flow granted for {}",
-                flow.host
-            );
+    let named = named_host(&req);
+    let host = match (&named, &flow.tls_host) {
+        (Some(h), Some(t)) if h == t => h.clone(),
+        (Some(h), None) if flow.hosts.contains(h) => h.clone(),
+        _ => {
+            let allowed = match &flow.tls_host {
+                Some(t) => t.clone(),
+                None => flow.hosts.iter().cloned().collect::<Vec<_>>().join(", "),
+            };
+            log::info!("refused a request for {named:?} on a flow granted for {allowed}");
             return plain(
                 StatusCode::MISDIRECTED_REQUEST,
-                &format!("this connection may only carry requests for {}", flow.host),
+                &format!("this connection may only carry requests for {allowed}"),
             );
         }
-    }
+    };
     let (parts, body) = req.into_parts();
     let mut view = HttpRequest {
         method: parts.method,
         uri: parts.uri,
         version: parts.version,
         headers: parts.headers,
-        host: flow.host.clone(),
+        host: host.clone(),
         sni: flow.sni.clone(),
         alpn: flow.alpn.clone(),
         dst: flow.dst,
@@ -268,9 +278,9 @@ async fn handle(flow: Arc<Flow>, req: Request<Incoming>) -> Response<Body> {
     strip_hop_by_hop(&mut headers);
     let default_port = if flow.sni.is_some() { 443 } else { 80 };
     let authority = if flow.dst.port() == default_port {
-        flow.host.clone()
+        host.clone()
     } else {
-        format!("{}:{}", flow.host, flow.dst.port())
+        format!("{host}:{}", flow.dst.port())
     };
     match HeaderValue::from_str(&authority) {
         Ok(v) => {
@@ -282,10 +292,10 @@ async fn handle(flow: Arc<Flow>, req: Request<Incoming>) -> Response<Body> {
     let mut sender = match upstream(&flow).await {
         Ok(s) => s,
         Err(e) => {
-            log::info!("upstream {} ({}): {e}", flow.host, flow.dst);
+            log::info!("upstream {host} ({}): {e}", flow.dst);
             return plain(
                 StatusCode::BAD_GATEWAY,
-                &format!("upstream {} unreachable", flow.host),
+                &format!("upstream {host} unreachable"),
             );
         }
     };
@@ -300,10 +310,7 @@ async fn handle(flow: Arc<Flow>, req: Request<Incoming>) -> Response<Body> {
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.boxed())
         }
-        Err(e) => plain(
-            StatusCode::BAD_GATEWAY,
-            &format!("upstream {}: {e}", flow.host),
-        ),
+        Err(e) => plain(StatusCode::BAD_GATEWAY, &format!("upstream {host}: {e}")),
     }
 }
 
@@ -326,8 +333,8 @@ async fn upstream(flow: &Flow) -> Result<SendRequest<Body>, String> {
         .dial_tcp(flow.dst)
         .await
         .map_err(|e| e.to_string())?;
-    let io: BoxUpstream = if flow.sni.is_some() {
-        let name = ServerName::try_from(flow.host.clone()).map_err(|e| e.to_string())?;
+    let io: BoxUpstream = if let Some(host) = &flow.tls_host {
+        let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
         let tls = tokio_rustls::TlsConnector::from(flow.ctx.upstream_tls.clone())
             .connect(name, tcp)
             .await
