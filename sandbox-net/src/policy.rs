@@ -121,7 +121,7 @@ impl Conn {
             .filter(|n| m.matches(n))
             .cloned()
             .collect();
-        (!hosts.is_empty()).then(|| HttpGrant { hosts })
+        (!hosts.is_empty()).then_some(HttpGrant { hosts })
     }
 }
 
