@@ -19,6 +19,8 @@ type Key = (SocketAddrV4, SocketAddrV4);
 const FLOW_QUEUE: usize = 64;
 /// DNS queries of one flow being answered at once.
 const DNS_IN_FLIGHT: usize = 32;
+/// Idle time after which a DNS flow ends (answers in flight still go out).
+const DNS_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(crate) struct Flows {
     ctx: Arc<Ctx>,
@@ -102,6 +104,10 @@ async fn flow(ctx: Arc<Ctx>, src_mac: EthernetAddress, key: Key, mut rx: mpsc::R
     };
     match grant {
         Grant::Dns(up) => {
+            // Resolvers use a fresh source port per lookup: a DNS flow ends
+            // soon after its last query, so lookups do not pile up against
+            // the UDP flow limit.
+            let idle = idle.min(DNS_IDLE);
             let in_flight = Arc::new(tokio::sync::Semaphore::new(DNS_IN_FLIGHT));
             while let Ok(Some(q)) = tokio::time::timeout(idle, rx.recv()).await {
                 // Bounded work per flow: queries past the bound are dropped

@@ -763,3 +763,31 @@ async fn a_grant_covers_every_matching_name_on_a_shared_address() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn dns_flows_end_soon_after_their_last_query() {
+    let ip: IpAddr = "203.0.113.10".parse().unwrap();
+    let policy = move |conn: Conn| async move {
+        match conn.match_dns() {
+            Some(dns) => Ok(dns.synthesize([("api.test", ip)])),
+            None => Ok(conn.deny()),
+        }
+    };
+    let limits = Limits {
+        max_udp_flows: 4,
+        ..Limits::default()
+    };
+    let (net, g) = start(policy, RoutedConnector::new(), limits, vec![]);
+    // Each lookup from a fresh port is a flow; four fill the limit...
+    for _ in 0..4 {
+        assert!(resolve(&g, "api.test.", "10.0.2.3:53").await.is_some());
+    }
+    assert!(resolve(&g, "api.test.", "10.0.2.3:53").await.is_none());
+    assert_eq!(net.stats().flows_limited, 1);
+    // ... and are released a few seconds after their answers, long before
+    // the general UDP idle time (60 s).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for _ in 0..4 {
+        assert!(resolve(&g, "api.test.", "10.0.2.3:53").await.is_some());
+    }
+}
