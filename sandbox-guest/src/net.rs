@@ -89,10 +89,13 @@ pub fn install_ca(b64: &str) -> Result<(), String> {
     fs::create_dir_all(RUN_DIR).map_err(|e| format!("{RUN_DIR}: {e}"))?;
     fs::write(format!("{RUN_DIR}/ca.pem"), &pem).map_err(|e| format!("{RUN_DIR}/ca.pem: {e}"))?;
     let system = Path::new(SYSTEM_BUNDLE);
-    let mut bundle = fs::read_to_string(system).unwrap_or_default();
+    // A persistent root still holds the CA of an earlier boot: replace it.
+    let mut bundle = without_sandbox_cas(&fs::read_to_string(system).unwrap_or_default());
     if !bundle.is_empty() && !bundle.ends_with('\n') {
         bundle.push('\n');
     }
+    bundle.push_str(CA_MARKER);
+    bundle.push('\n');
     bundle.push_str(&pem);
     fs::write(BUNDLE, &bundle).map_err(|e| format!("{BUNDLE}: {e}"))?;
     // A guest with a system trust store must trust the CA there too.
@@ -100,6 +103,29 @@ pub fn install_ca(b64: &str) -> Result<(), String> {
         install_file(system, &bundle).map_err(|e| format!("{SYSTEM_BUNDLE}: {e}"))?;
     }
     Ok(())
+}
+
+/// The line written before the sandbox CA in a bundle.
+const CA_MARKER: &str = "# sandbox egress interception CA (replaced at every boot)";
+
+/// `bundle` without the certificates that follow a [`CA_MARKER`] line.
+fn without_sandbox_cas(bundle: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in bundle.lines() {
+        if line == CA_MARKER {
+            skipping = true;
+            continue;
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+        if line.starts_with("-----END") {
+            skipping = false;
+        }
+    }
+    out
 }
 
 /// Makes `path` read `content`: written in place when the root is
@@ -272,6 +298,16 @@ fn default_route(sock: &OwnedFd, gw: Ipv4Addr) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_earlier_sandbox_ca_is_replaced_not_accumulated() {
+        let system = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n";
+        let old = format!(
+            "{system}{CA_MARKER}\n-----BEGIN CERTIFICATE-----\nOLD\n-----END CERTIFICATE-----\n"
+        );
+        assert_eq!(without_sandbox_cas(&old), system);
+        assert_eq!(without_sandbox_cas(system), system);
+    }
 
     #[test]
     fn parses_the_parameter() {

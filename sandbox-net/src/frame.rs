@@ -102,8 +102,9 @@ pub(crate) enum Classified<'a> {
 }
 
 /// Parses just enough of a guest frame to route it; never panics. Frames
-/// longer than `max_frame` are dropped.
-pub(crate) fn classify(frame: &[u8], max_frame: usize) -> Classified<'_> {
+/// longer than `max_frame` are dropped, and with `guest` set, IPv4 from any
+/// other source address (no spoofing).
+pub(crate) fn classify(frame: &[u8], max_frame: usize, guest: Option<Ipv4Addr>) -> Classified<'_> {
     if frame.len() > max_frame {
         return Classified::Drop("oversized frame");
     }
@@ -126,6 +127,18 @@ pub(crate) fn classify(frame: &[u8], max_frame: usize) -> Classified<'_> {
         return Classified::Drop("IPv4 fragment");
     }
     let (src_ip, dst_ip): (Ipv4Addr, Ipv4Addr) = (ip.src_addr(), ip.dst_addr());
+    // smoltcp would answer such a source (a reset to 0.0.0.0 trips an
+    // assertion in it); no guest has a reason to send from one.
+    if src_ip.is_unspecified()
+        || src_ip.is_broadcast()
+        || src_ip.is_multicast()
+        || src_ip.is_loopback()
+    {
+        return Classified::Drop("invalid IPv4 source address");
+    }
+    if guest.is_some_and(|g| g != src_ip) {
+        return Classified::Drop("IPv4 source is not the guest's address");
+    }
     let header_len = usize::from(ip.header_len());
     let total = usize::from(ip.total_len());
     let Some(body) = payload.get(header_len..total) else {
@@ -176,7 +189,7 @@ mod tests {
         let src: SocketAddrV4 = "10.0.2.15:5353".parse().unwrap();
         let dst: SocketAddrV4 = "10.0.2.3:53".parse().unwrap();
         let f = udp_frame(a, b, src, dst, b"hello");
-        match classify(&f, 1514) {
+        match classify(&f, 1514, None) {
             Classified::Udp {
                 src_mac,
                 src: s,
@@ -191,9 +204,15 @@ mod tests {
 
     #[test]
     fn garbage_is_dropped_not_panicked_on() {
-        assert!(matches!(classify(&[], 1514), Classified::Drop(_)));
-        assert!(matches!(classify(&[0u8; 13], 1514), Classified::Drop(_)));
-        assert!(matches!(classify(&[0u8; 9000], 1514), Classified::Drop(_)));
+        assert!(matches!(classify(&[], 1514, None), Classified::Drop(_)));
+        assert!(matches!(
+            classify(&[0u8; 13], 1514, None),
+            Classified::Drop(_)
+        ));
+        assert!(matches!(
+            classify(&[0u8; 9000], 1514, None),
+            Classified::Drop(_)
+        ));
         let a = EthernetAddress([2, 0, 0, 0, 0, 1]);
         let good = udp_frame(
             a,
@@ -205,15 +224,45 @@ mod tests {
         for i in 14..good.len() {
             let mut bad = good.clone();
             bad[i] ^= 0x5a;
-            let _ = classify(&bad, 1514);
-            let _ = classify(&good[..i], 1514);
+            let _ = classify(&bad, 1514, None);
+            let _ = classify(&good[..i], 1514, None);
         }
+        let spoofed = udp_frame(
+            a,
+            a,
+            "1.2.3.5:1".parse().unwrap(),
+            "5.6.7.8:2".parse().unwrap(),
+            b"xyz",
+        );
+        let me = Some(Ipv4Addr::new(1, 2, 3, 4));
+        assert!(matches!(classify(&good, 1514, me), Classified::Udp { .. }));
+        assert_eq!(
+            classify(&spoofed, 1514, me),
+            Classified::Drop("IPv4 source is not the guest's address")
+        );
+        let zero = udp_frame(
+            a,
+            a,
+            "0.0.0.0:1".parse().unwrap(),
+            "5.6.7.8:2".parse().unwrap(),
+            b"xyz",
+        );
+        assert_eq!(
+            classify(&zero, 1514, None),
+            Classified::Drop("invalid IPv4 source address")
+        );
         let mut bad = good.clone();
         bad[14 + 10] ^= 1; // IPv4 checksum
-        assert_eq!(classify(&bad, 1514), Classified::Drop("bad IPv4 checksum"));
+        assert_eq!(
+            classify(&bad, 1514, None),
+            Classified::Drop("bad IPv4 checksum")
+        );
         let mut bad = good.clone();
         let n = bad.len();
         bad[n - 1] ^= 1; // payload, so the UDP checksum fails
-        assert_eq!(classify(&bad, 1514), Classified::Drop("bad UDP checksum"));
+        assert_eq!(
+            classify(&bad, 1514, None),
+            Classified::Drop("bad UDP checksum")
+        );
     }
 }

@@ -14,9 +14,17 @@ use crate::stack::Shared;
 use crate::RoutedConnector;
 
 /// One guest frame through the stack's ingress path: the classifier, then
-/// the gateway interface (any_ip, a listening socket) with a poll.
+/// (if it passes) the gateway interface (any_ip, a listening socket) with a
+/// poll.
 pub fn frame(data: &[u8]) {
-    let _ = crate::frame::classify(data, 1514);
+    use crate::frame::{classify, Classified};
+    // As in the stack: only what the classifier passes reaches smoltcp.
+    if !matches!(
+        classify(data, 1514, Some(Ipv4Addr::new(10, 0, 2, 15))),
+        Classified::Stack | Classified::TcpSyn { .. }
+    ) {
+        return;
+    }
     let gw = Ipv4Addr::new(10, 0, 2, 2);
     let shared = Shared::new(
         [2, 0, 0, 0, 0, 2],

@@ -52,7 +52,7 @@ impl SimGuest {
                 tokio::select! {
                     f = port.rx.recv() => {
                         let Some(f) = f else { return };
-                        match frame::classify(&f, max_frame) {
+                        match frame::classify(&f, max_frame, None) {
                             frame::Classified::Udp { src, dst, payload, .. } => {
                                 let _ = udp_tx.try_send((src, dst, payload.to_vec()));
                             }

@@ -315,7 +315,8 @@ impl Gateway {
     fn frame(&mut self, f: Vec<u8>) {
         let counters = &self.ctx.egress.counters;
         Counters::bump(&counters.frames_in);
-        match frame::classify(&f, usize::from(self.ctx.config.mtu) + 14) {
+        let (mtu, guest) = (self.ctx.config.mtu, self.ctx.config.guest_ip);
+        match frame::classify(&f, usize::from(mtu) + 14, Some(guest)) {
             Classified::Stack => self.shared.push_frame(f),
             Classified::Drop(why) => {
                 log::debug!("dropped a guest frame: {why}");
