@@ -1,5 +1,6 @@
 //! The User-Mode Linux backend adapter.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -56,34 +57,54 @@ const UML_MTU: u16 = 65000;
 
 /// Listens for the guest's `bess` link and starts the host stack on it;
 /// returns the interface, the network and the agent's parameters.
-fn start_network(mut opts: NetworkOptions) -> Result<(UmlNet, Network, Vec<String>), Error> {
-    let path = std::env::temp_dir().join(format!(
-        "sbx-net-{}-{}.sock",
+fn start_network(mut opts: NetworkOptions) -> Result<(UmlNet, GuestNetwork, Vec<String>), Error> {
+    // A fresh directory only we can enter: no other local user can reach
+    // (or pre-empt) the socket the guest kernel connects to.
+    let dir = std::env::temp_dir().join(format!(
+        "sbx-net-{}-{}",
         std::process::id(),
         NEXT_NET.fetch_add(1, Ordering::Relaxed)
     ));
-    let _ = std::fs::remove_file(&path);
-    let listener = BessListener::bind(&path)
-        .map_err(|e| Error::Net(format!("listening on {}: {e}", path.display())))?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| Error::Net(format!("creating {}: {e}", dir.display())))?;
+    let path = dir.join("link.sock");
+    let listener = BessListener::bind(&path).map_err(|e| {
+        let _ = std::fs::remove_dir(&dir);
+        Error::Net(format!("listening on {}: {e}", path.display()))
+    })?;
     // The link is a local socket, not a wire: 64 KB frames carry bulk
     // transfers with a sixth of the per-frame work UML does at 1500.
     opts.config.mtu = UML_MTU;
     let (mac, mtu) = (opts.config.guest_mac, opts.config.mtu);
-    let network = Network::start_bess(listener, opts).map_err(|e| Error::Net(e.to_string()))?;
+    let network = Network::start_bess(listener, opts).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&dir);
+        Error::Net(e.to_string())
+    })?;
     let args = super::network_args(&network);
-    Ok((
-        UmlNet {
-            socket: path,
-            mac,
-            mtu,
-        },
-        network,
-        args,
-    ))
+    let link = UmlNet {
+        socket: path,
+        mac,
+        mtu,
+    };
+    Ok((link, GuestNetwork { network, dir }, args))
+}
+
+/// A UML guest's network and the private directory of its link socket.
+struct GuestNetwork {
+    network: Network,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for GuestNetwork {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// The guest and, if it has one, its network (stopped with the guest).
-struct UmlMachine(UmlVm, Option<Network>);
+struct UmlMachine(UmlVm, Option<GuestNetwork>);
 
 impl Machine for UmlMachine {
     fn id(&self) -> String {
@@ -108,6 +129,6 @@ impl Machine for UmlMachine {
     }
 
     fn network_stats(&self) -> Option<sandbox_net::Stats> {
-        self.1.as_ref().map(Network::stats)
+        self.1.as_ref().map(|n| n.network.stats())
     }
 }
