@@ -68,6 +68,23 @@ impl Flows {
     }
 }
 
+/// The frame carrying `payload` back to the guest on flow `key` (counted
+/// as sent), or `None` if it does not fit the link MTU.
+fn reply_frame(ctx: &Ctx, src_mac: EthernetAddress, key: Key, payload: &[u8]) -> Option<Vec<u8>> {
+    let (src, dst) = key;
+    if payload.len() + 42 > usize::from(ctx.config.mtu) + 14 {
+        return None;
+    }
+    Counters::bump(&ctx.egress.counters.frames_out);
+    Some(frame::udp_frame(
+        EthernetAddress(ctx.config.gateway_mac),
+        src_mac,
+        dst,
+        src,
+        payload,
+    ))
+}
+
 async fn flow(ctx: Arc<Ctx>, src_mac: EthernetAddress, key: Key, mut rx: mpsc::Receiver<Vec<u8>>) {
     let (src, dst) = key;
     let idle = ctx.egress.limits().udp_idle;
@@ -89,18 +106,9 @@ async fn flow(ctx: Arc<Ctx>, src_mac: EthernetAddress, key: Key, mut rx: mpsc::R
         }
     };
     let reply = |payload: &[u8]| {
-        if payload.len() + 42 > usize::from(ctx.config.mtu) + 14 {
-            return;
+        if let Some(f) = reply_frame(&ctx, src_mac, key, payload) {
+            let _ = ctx.to_guest.try_send(f);
         }
-        let f = frame::udp_frame(
-            EthernetAddress(ctx.config.gateway_mac),
-            src_mac,
-            dst,
-            src,
-            payload,
-        );
-        Counters::bump(&ctx.egress.counters.frames_out);
-        let _ = ctx.to_guest.try_send(f);
     };
     match grant {
         Grant::Dns(up) => {
@@ -116,20 +124,13 @@ async fn flow(ctx: Arc<Ctx>, src_mac: EthernetAddress, key: Key, mut rx: mpsc::R
                     continue;
                 };
                 let (ctx2, up2) = (ctx.clone(), up.clone());
-                let reply_to = (src_mac, key);
                 tokio::spawn(async move {
                     if let Some(a) =
                         crate::dns::answer(&q, &up2, &ctx2.egress, &ctx2.metadata, false).await
                     {
-                        let f = frame::udp_frame(
-                            EthernetAddress(ctx2.config.gateway_mac),
-                            reply_to.0,
-                            reply_to.1 .1,
-                            reply_to.1 .0,
-                            &a,
-                        );
-                        Counters::bump(&ctx2.egress.counters.frames_out);
-                        let _ = ctx2.to_guest.send(f).await;
+                        if let Some(f) = reply_frame(&ctx2, src_mac, key, &a) {
+                            let _ = ctx2.to_guest.send(f).await;
+                        }
                     }
                     drop(permit);
                 });
