@@ -97,21 +97,24 @@ impl Default for NetConfig {
 }
 
 impl NetConfig {
-    /// The agent's kernel parameter value: `ip/prefix,gateway,dns,mac`.
-    pub fn guest_param(&self) -> String {
+    /// The guest's MAC address as `02:5b:00:00:00:0f`.
+    pub fn guest_mac_text(&self) -> String {
         let m = self.guest_mac;
         format!(
-            "{}/{},{},{},{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+
+    /// The agent's kernel parameter value: `ip/prefix,gateway,dns,mac`.
+    pub fn guest_param(&self) -> String {
+        format!(
+            "{}/{},{},{},{}",
             self.guest_ip,
             self.prefix_len,
             self.gateway_ip,
             self.dns_ip,
-            m[0],
-            m[1],
-            m[2],
-            m[3],
-            m[4],
-            m[5]
+            self.guest_mac_text()
         )
     }
 }

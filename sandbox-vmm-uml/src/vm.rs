@@ -68,8 +68,8 @@ pub struct UmlConfig {
 pub struct UmlNet {
     /// The listening socket's path.
     pub socket: PathBuf,
-    /// The interface's MAC address.
-    pub mac: [u8; 6],
+    /// The interface's MAC address, as `02:5b:00:00:00:0f`.
+    pub mac: String,
     /// The interface's MTU (576-65534).
     pub mtu: u16,
 }
@@ -167,17 +167,11 @@ impl UmlVm {
                 device_id::VSOCK
             ));
         if let Some(net) = &cfg.net {
-            let m = net.mac;
             cmd.arg(format!(
-                "vec0:transport=bess,mtu={},dst={},mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                "vec0:transport=bess,mtu={},dst={},mac={}",
                 net.mtu,
                 net.socket.display(),
-                m[0],
-                m[1],
-                m[2],
-                m[3],
-                m[4],
-                m[5]
+                net.mac
             ));
         }
         cmd.args(&cfg.extra_args);

@@ -77,7 +77,7 @@ fn start_network(mut opts: NetworkOptions) -> Result<(UmlNet, GuestNetwork, Vec<
     // The link is a local socket, not a wire: 64 KB frames carry bulk
     // transfers with a sixth of the per-frame work UML does at 1500.
     opts.config.mtu = UML_MTU;
-    let (mac, mtu) = (opts.config.guest_mac, opts.config.mtu);
+    let (mac, mtu) = (opts.config.guest_mac_text(), opts.config.mtu);
     let network = Network::start_bess(listener, opts).map_err(|e| {
         let _ = std::fs::remove_dir_all(&dir);
         Error::Net(e.to_string())
