@@ -162,59 +162,36 @@ fn bench(c: &mut Criterion) {
     });
     let timeout = Duration::from_secs(30);
 
-    let mut g = c.benchmark_group("upload");
-    g.throughput(Throughput::Bytes(BULK as u64)).sample_size(10);
-    g.bench_function("stack", |b| {
-        b.to_async(&rt).iter(|| async {
-            let t = Instant::now();
-            upload(guest.connect(dst(1), timeout).await.unwrap()).await;
-            record("upload", "stack", BULK as f64, t.elapsed());
-        })
-    });
-    g.bench_function("loopback", |b| {
-        b.to_async(&rt).iter(|| async {
-            let t = Instant::now();
-            upload(TcpStream::connect(up).await.unwrap()).await;
-            record("upload", "loopback", BULK as f64, t.elapsed());
-        })
-    });
-    g.finish();
-
-    let mut g = c.benchmark_group("download");
-    g.throughput(Throughput::Bytes(BULK as u64)).sample_size(10);
-    g.bench_function("stack", |b| {
-        b.to_async(&rt).iter(|| async {
-            let t = Instant::now();
-            download(guest.connect(dst(2), timeout).await.unwrap()).await;
-            record("download", "stack", BULK as f64, t.elapsed());
-        })
-    });
-    g.bench_function("loopback", |b| {
-        b.to_async(&rt).iter(|| async {
-            let t = Instant::now();
-            download(TcpStream::connect(down).await.unwrap()).await;
-            record("download", "loopback", BULK as f64, t.elapsed());
-        })
-    });
-    g.finish();
-
-    let mut g = c.benchmark_group("connect");
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("stack", |b| {
-        b.to_async(&rt).iter(|| async {
-            let t = Instant::now();
-            drop(guest.connect(dst(3), timeout).await.unwrap());
-            record("connect", "stack", 1.0, t.elapsed());
-        })
-    });
-    g.bench_function("loopback", |b| {
-        b.to_async(&rt).iter(|| async {
-            let t = Instant::now();
-            drop(TcpStream::connect(conn).await.unwrap());
-            record("connect", "loopback", 1.0, t.elapsed());
-        })
-    });
-    g.finish();
+    let (g, up_ep) = (&guest, dst(1));
+    compare(
+        c,
+        &rt,
+        "upload",
+        Throughput::Bytes(BULK as u64),
+        10,
+        move || async move { upload(g.connect(up_ep, timeout).await.unwrap()).await },
+        move || async move { upload(TcpStream::connect(up).await.unwrap()).await },
+    );
+    let down_ep = dst(2);
+    compare(
+        c,
+        &rt,
+        "download",
+        Throughput::Bytes(BULK as u64),
+        10,
+        move || async move { download(g.connect(down_ep, timeout).await.unwrap()).await },
+        move || async move { download(TcpStream::connect(down).await.unwrap()).await },
+    );
+    let conn_ep = dst(3);
+    compare(
+        c,
+        &rt,
+        "connect",
+        Throughput::Elements(1),
+        100,
+        move || async move { drop(g.connect(conn_ep, timeout).await.unwrap()) },
+        move || async move { drop(TcpStream::connect(conn).await.unwrap()) },
+    );
     drop(guest);
     drop(net);
     let real = rt.block_on(async {
@@ -300,6 +277,45 @@ async fn real_guest_download(origin: SocketAddr) -> Option<(f64, f64)> {
         v[v.len() / 2]
     };
     Some((median(guest), median(host)))
+}
+
+/// One group: the same workload through the stack and over plain loopback
+/// TCP, each run's time recorded for the summary.
+fn compare<S, SF, L, LF>(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    group: &'static str,
+    throughput: Throughput,
+    samples: usize,
+    stack: S,
+    loopback: L,
+) where
+    S: Fn() -> SF,
+    SF: std::future::Future<Output = ()>,
+    L: Fn() -> LF,
+    LF: std::future::Future<Output = ()>,
+{
+    let units = match throughput {
+        Throughput::Bytes(n) | Throughput::Elements(n) => n as f64,
+        _ => 1.0,
+    };
+    let mut g = c.benchmark_group(group);
+    g.throughput(throughput).sample_size(samples);
+    g.bench_function("stack", |b| {
+        b.to_async(rt).iter(|| async {
+            let t = Instant::now();
+            stack().await;
+            record(group, "stack", units, t.elapsed());
+        })
+    });
+    g.bench_function("loopback", |b| {
+        b.to_async(rt).iter(|| async {
+            let t = Instant::now();
+            loopback().await;
+            record(group, "loopback", units, t.elapsed());
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);
