@@ -74,21 +74,37 @@ fn bad(msg: impl Into<String>) -> RootfsError {
     RootfsError::Qcow2(msg.into())
 }
 
-/// Takes an exclusive, non-blocking `flock` on `file`.
+/// How long a held lock is retried before the overlay counts as in use.
+///
+/// A `flock` belongs to the open file description, and a process being
+/// spawned by any thread of this program holds a copy of every descriptor
+/// from its fork until its exec closes the close-on-exec ones. So a VM
+/// closed just now can leave its lock held for that short window; a VM
+/// really using the file holds it far longer than this.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Takes an exclusive, non-blocking `flock` on `file`, retrying for
+/// [`LOCK_GRACE`] while another description holds it.
 fn lock(file: &File, path: &Path) -> Result<(), RootfsError> {
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(());
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(RootfsError::Io {
+                what: format!("locking {}", path.display()),
+                source: e,
+            });
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(RootfsError::Locked(path.to_path_buf()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        return Err(RootfsError::Locked(path.to_path_buf()));
-    }
-    Err(RootfsError::Io {
-        what: format!("locking {}", path.display()),
-        source: e,
-    })
 }
 
 impl Qcow2Overlay {
