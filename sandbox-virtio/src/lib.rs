@@ -13,7 +13,8 @@
 //! byte stream) and [`vsock::Vsock`] (virtio-vsock, the agent's control
 //! channel; host connections surface as Unix socket pairs) and
 //! [`net::Net`] (virtio-net whose host side is a seqpacket socket of
-//! Ethernet frames, fed to `sandbox-net`).
+//! Ethernet frames, fed to `sandbox-net`) and [`rng::Rng`] (virtio-rng from
+//! the host's `getrandom`).
 
 pub mod block;
 pub mod console;
@@ -25,6 +26,7 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod mmio;
 pub mod net;
+pub mod rng;
 #[cfg(test)]
 mod testutil;
 pub mod vhost_user;
@@ -45,6 +47,8 @@ pub mod device_id {
     pub const BLOCK: u32 = 2;
     /// virtio-console.
     pub const CONSOLE: u32 = 3;
+    /// virtio-rng (entropy source).
+    pub const RNG: u32 = 4;
     /// virtio-vsock.
     pub const VSOCK: u32 = 19;
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use sandbox_rootfs::Disk;
 use sandbox_virtio::block::Block;
+use sandbox_virtio::rng::Rng;
 use sandbox_virtio::vhost_user::{self, Served};
 use sandbox_virtio::vsock::{Vsock, VsockConnector};
 use sandbox_virtio::{device_id, VirtioDevice};
@@ -141,6 +142,7 @@ impl UmlVm {
             });
         }
         let vsock = vm.serve("vsock", vsock)?;
+        let rng = vm.serve("rng", Rng::new())?;
 
         let mut cmd = Command::new(&cfg.kernel);
         cmd.arg(format!("mem={}M", cfg.memory_mib))
@@ -165,6 +167,11 @@ impl UmlVm {
                 "virtio_uml.device={}:{}",
                 vsock.display(),
                 device_id::VSOCK
+            ))
+            .arg(format!(
+                "virtio_uml.device={}:{}",
+                rng.display(),
+                device_id::RNG
             ));
         if let Some(net) = &cfg.net {
             cmd.arg(format!(

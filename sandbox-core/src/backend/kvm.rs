@@ -1,6 +1,6 @@
 //! The KVM backend: `sandbox-vmm-kvm` boots the x86_64 kernel with the root
-//! disk, data disks, the agent's vsock and (with a network) virtio-net on
-//! virtio-mmio.
+//! disk, data disks, the agent's vsock, virtio-rng and (with a network)
+//! virtio-net on virtio-mmio.
 
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +10,7 @@ use sandbox_net::Network;
 use sandbox_protocol::AGENT_VSOCK_PORT;
 use sandbox_virtio::block::Block;
 use sandbox_virtio::net::Net;
+use sandbox_virtio::rng::Rng;
 use sandbox_virtio::vsock::{Vsock, VsockConnector};
 use sandbox_virtio::VirtioDevice;
 use sandbox_vmm_kvm::{CpuProfile, GuestExit, KvmConfig, KvmVm};
@@ -44,6 +45,7 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
     let (vsock, connector) =
         Vsock::new(GUEST_CID).map_err(|e| Error::Protocol(format!("vsock: {e}")))?;
     devices.push(Box::new(vsock));
+    devices.push(Box::new(Rng::new()));
     let network = match spec.network {
         Some(mut opts) => {
             // Our virtio-net device carries standard frames only.

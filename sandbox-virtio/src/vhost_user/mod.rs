@@ -91,6 +91,12 @@ pub fn serve<D: VirtioDevice + 'static>(
                 }
             }
             backend.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
+            // A request we refused ends the session: close the connection
+            // (the handler's copy is gone, this is the other) so the front
+            // end sees the device fail instead of waiting for a reply.
+            if let Some(c) = conn2.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
         })?;
     Ok(Served {
         stop,

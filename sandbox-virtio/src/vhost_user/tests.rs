@@ -75,3 +75,29 @@ fn config_reads_are_bounded_and_zero_filled() {
     assert_eq!(b.get_config(u32::MAX, 2, flags).unwrap(), vec![0, 0]);
     assert!(b.get_config(0, 1 << 20, flags).is_err());
 }
+
+#[test]
+fn a_refused_request_closes_the_connection_instead_of_hanging() {
+    use std::io::{Read, Write};
+    let dir = std::env::temp_dir().join(format!("vu-refuse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dev.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let served = super::serve("refuse", listener, Dummy).unwrap();
+    let mut front = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    front
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    // VHOST_USER_SET_VRING_NUM (8), version 1, 8-byte payload: queue 0 with
+    // 256 entries, above the device's 64 (UML always asks for 256).
+    let mut msg = Vec::new();
+    for word in [8u32, 1, 8, 0, 256] {
+        msg.extend_from_slice(&word.to_le_bytes());
+    }
+    front.write_all(&msg).unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(front.read(&mut buf).unwrap(), 0, "closed, not left waiting");
+    served.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
