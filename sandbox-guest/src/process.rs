@@ -23,17 +23,15 @@ pub const DEFAULT_ENV: &[(&str, &str)] = &[
     ("LANG", "C.UTF-8"),
 ];
 
-/// Set once at start-up (trust-store variables when the sandbox CA is
-/// installed); added after [`DEFAULT_ENV`].
-static EXTRA_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+/// Set at start-up (trust-store variables when the sandbox CA is
+/// installed, glibc tunables from the kernel command line); added after
+/// [`DEFAULT_ENV`].
+static EXTRA_ENV: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
 
-/// Adds variables every process starts with (first call wins).
+/// Adds variables every process starts with.
 pub fn add_default_env(vars: &[(&str, &str)]) {
-    let _ = EXTRA_ENV.set(
-        vars.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    );
+    let mut env = EXTRA_ENV.lock().unwrap_or_else(|e| e.into_inner());
+    env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
 }
 
 /// Added to [`DEFAULT_ENV`] for pty processes.
@@ -60,7 +58,7 @@ fn command(req: &Spawn) -> io::Result<Command> {
     for (k, v) in DEFAULT_ENV {
         cmd.env(k, v);
     }
-    for (k, v) in EXTRA_ENV.get().into_iter().flatten() {
+    for (k, v) in EXTRA_ENV.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         cmd.env(k, v);
     }
     if req.pty.is_some() {

@@ -26,7 +26,20 @@ pub use vm::{KvmConfig, KvmVm};
 /// work-arounds, plus what the CPUID profile alone did not keep from the
 /// kernel there (measured: XSAVE stayed enabled and the first `xsave`
 /// failed).
-pub const NESTED_PVM_CMDLINE: &str = "sandbox_nested_pvm noxsave clearcpuid=popcnt,smap";
+///
+/// And glibc tunables that keep guest programs off AVX: guest user code runs
+/// natively there, where `cpuid` and `xgetbv` report the host's AVX and
+/// AVX-512 as usable, but the guest kernel (without XSAVE, which cannot be
+/// emulated) switches only the legacy x87/SSE state between processes. So
+/// one process's upper vector registers and AVX-512 state leaked into
+/// another: glibc's AVX `memcpy` then copied zeros (measured: half the
+/// processes after the first few died in startup reading a zeroed
+/// thread-local; none with these tunables). The agent gets them from the
+/// kernel command line and passes them to every process it starts.
+/// Programs that pick vector code without glibc (Go, JITs) are not covered.
+pub const NESTED_PVM_CMDLINE: &str = "sandbox_nested_pvm noxsave clearcpuid=popcnt,smap \
+     GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512CD,-AVX512BW,-AVX512DQ,\
+     -AVX512ER,-AVX512PF,-AVX512VL,-XSAVEC,-FMA,-FMA4,-AVX_Fast_Unaligned_Load";
 
 /// Guest memory as the VMM and its devices see it.
 pub type GuestMemory = sandbox_virtio::GuestMemory;
@@ -36,9 +49,11 @@ pub type GuestMemory = sandbox_virtio::GuestMemory;
 pub enum GuestExit {
     /// The guest powered off (our power-off port).
     PowerOff,
-    /// The guest asked for a reboot (i8042 reset, `reboot=k`), which is
-    /// also how a guest kernel panic ends (`panic=-1`).
+    /// The guest asked for a reboot (i8042 reset, `reboot=k`).
     Reboot,
+    /// The guest kernel panicked (it then resets, `panic=-1`): the panic
+    /// line from the console.
+    Panic(String),
     /// A vCPU halted with nothing to wake it.
     Halted,
     /// Triple fault, emulation failure or a failed VM entry.

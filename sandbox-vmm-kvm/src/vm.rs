@@ -81,6 +81,34 @@ fn install_kick_handler() {
     });
 }
 
+/// Guest RAM is not inherited by children forked by any thread of this
+/// process (as QEMU does): no copy-on-write of the whole guest while a
+/// child runs until its exec, and no guest memory in a child at all.
+fn advise_guest_ram(addr: *mut u8, len: usize) {
+    // SAFETY: advice on a mapping this VM owns; it changes no contents.
+    unsafe { libc::madvise(addr.cast(), len, libc::MADV_DONTFORK) };
+}
+
+/// Console lines searched for a panic when the guest resets.
+const PANIC_SEARCH_LINES: usize = 80;
+
+/// A reset right after the kernel's panic line is the panic (`panic=-1`
+/// resets through the same i8042 port as a reboot).
+fn classify_reset(exit: GuestExit, console: &ConsoleLog) -> GuestExit {
+    if exit != GuestExit::Reboot {
+        return exit;
+    }
+    let tail = console.tail(PANIC_SEARCH_LINES);
+    match tail
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("Kernel panic - not syncing: "))
+    {
+        Some((_, why)) => GuestExit::Panic(why.trim().to_string()),
+        None => exit,
+    }
+}
+
 impl KvmVm {
     /// Creates the VM, loads the kernel and starts every vCPU.
     pub fn start(cfg: KvmConfig) -> Result<Self, KvmError> {
@@ -106,6 +134,7 @@ impl KvmVm {
                 memory_size: region.len(),
                 userspace_addr: host_addr as u64,
             };
+            advise_guest_ram(host_addr, region.len() as usize);
             // SAFETY: the region is mapped for as long as `mem` lives, and
             // `mem` is kept by the VM (and its devices) until they stop.
             unsafe { vm.set_user_memory_region(r) }.map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
@@ -185,10 +214,11 @@ impl KvmVm {
         }
         for (id, fd) in vcpus.into_iter().enumerate() {
             let (bus, stop, state) = (bus.clone(), stop.clone(), state.clone());
+            let console = console.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
-                    let exit = vcpu::run(fd, bus, stop.clone());
+                    let exit = classify_reset(vcpu::run(fd, bus, stop.clone()), &console);
                     let mut slot = state.exit.lock().unwrap_or_else(|e| e.into_inner());
                     if slot.is_none() && exit != GuestExit::Stopped {
                         *slot = Some(exit);
@@ -276,5 +306,32 @@ impl KvmVm {
 impl Drop for KvmVm {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_after_a_panic_line_is_a_panic() {
+        let console = ConsoleLog::new(4096);
+        console.push(b"[    1.0] booting\n");
+        assert_eq!(
+            classify_reset(GuestExit::Reboot, &console),
+            GuestExit::Reboot
+        );
+        console.push(
+            b"[    9.1] Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b\n",
+        );
+        console.push(b"[    9.2] Rebooting in 1 seconds..\n");
+        assert_eq!(
+            classify_reset(GuestExit::Reboot, &console),
+            GuestExit::Panic("Attempted to kill init! exitcode=0x0000000b".into())
+        );
+        assert_eq!(
+            classify_reset(GuestExit::PowerOff, &console),
+            GuestExit::PowerOff
+        );
     }
 }

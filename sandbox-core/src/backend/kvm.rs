@@ -111,7 +111,8 @@ struct KvmMachine {
 fn describe(exit: &GuestExit) -> String {
     match exit {
         GuestExit::PowerOff => "the guest powered off".into(),
-        GuestExit::Reboot => "the guest reset (a reboot, or a kernel panic)".into(),
+        GuestExit::Reboot => "the guest rebooted".into(),
+        GuestExit::Panic(why) => format!("the guest kernel panicked: {why}"),
         GuestExit::Halted => "the guest halted".into(),
         GuestExit::Crashed(why) => format!("the guest crashed: {why}"),
         GuestExit::Stopped => "the VM was stopped".into(),
