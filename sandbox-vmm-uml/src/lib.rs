@@ -9,6 +9,7 @@
 
 mod launcher;
 mod vm;
+pub mod workdir;
 
 pub use sandbox_virtio::ConsoleLog;
 pub use vm::{DataDisk, UmlConfig, UmlError, UmlNet, UmlVm};

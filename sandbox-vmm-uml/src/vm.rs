@@ -116,8 +116,9 @@ impl UmlVm {
             std::process::id(),
             NEXT_ID.fetch_add(1, Ordering::Relaxed)
         );
-        let workdir = std::env::temp_dir().join(&id);
-        fs::create_dir_all(&workdir).map_err(host(format!("creating {}", workdir.display())))?;
+        let tmp = std::env::temp_dir();
+        let workdir = crate::workdir::create(&tmp, &id)
+            .map_err(host(format!("creating {}", tmp.join(&id).display())))?;
         let (vsock, connector) =
             Vsock::new(GUEST_CID).map_err(host("creating the vsock device"))?;
         let mut vm = Self {

@@ -1,6 +1,5 @@
 //! The User-Mode Linux backend adapter.
 
-use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -60,15 +59,14 @@ const UML_MTU: u16 = 65000;
 fn start_network(mut opts: NetworkOptions) -> Result<(UmlNet, GuestNetwork, Vec<String>), Error> {
     // A fresh directory only we can enter: no other local user can reach
     // (or pre-empt) the socket the guest kernel connects to.
-    let dir = std::env::temp_dir().join(format!(
+    let id = format!(
         "sbx-net-{}-{}",
         std::process::id(),
         NEXT_NET.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| Error::Net(format!("creating {}: {e}", dir.display())))?;
+    );
+    let tmp = std::env::temp_dir();
+    let dir = sandbox_vmm_uml::workdir::create(&tmp, &id)
+        .map_err(|e| Error::Net(format!("creating {}: {e}", tmp.join(&id).display())))?;
     let path = dir.join("link.sock");
     let listener = BessListener::bind(&path).map_err(|e| {
         let _ = std::fs::remove_dir(&dir);
