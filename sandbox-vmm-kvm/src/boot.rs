@@ -37,6 +37,14 @@ pub fn load_kernel(mem: &GuestMemory, kernel: &Path) -> Result<GuestAddress, Kvm
 /// Writes the command line, the memory map and the PVH start info.
 pub fn write_boot_info(mem: &GuestMemory, cmdline: &str) -> Result<(), KvmError> {
     let boot = |e: &dyn std::fmt::Display| KvmError::Boot(e.to_string());
+    if cmdline.len() >= CMDLINE_MAX {
+        return Err(KvmError::Boot(format!(
+            "the kernel command line is {} bytes and the kernel keeps at most {}: \
+             fewer devices (each virtio-mmio device adds a parameter) or shorter options",
+            cmdline.len(),
+            CMDLINE_MAX - 1
+        )));
+    }
     let mut cl = Cmdline::new(CMDLINE_MAX).map_err(|e| boot(&e))?;
     cl.insert_str(cmdline).map_err(|e| boot(&e))?;
     load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(|e| boot(&e))?;
@@ -113,5 +121,13 @@ mod tests {
         // Flat 32-bit code segment, as firmware builds it.
         assert_eq!(gdt_entry(0xc09b, 0, 0xfffff), 0x00cf_9b00_0000_ffff);
         assert_eq!(gdt_entry(0xc093, 0, 0xfffff), 0x00cf_9300_0000_ffff);
+    }
+
+    #[test]
+    fn command_lines_the_kernel_would_cut_are_refused() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        write_boot_info(&mem, &"x".repeat(CMDLINE_MAX - 1)).unwrap();
+        let err = write_boot_info(&mem, &"x".repeat(CMDLINE_MAX)).unwrap_err();
+        assert!(err.to_string().contains("at most 2047"), "{err}");
     }
 }

@@ -21,8 +21,9 @@ pub const MPTABLE_START: u64 = 0x9fc00;
 /// End of usable low memory (the EBDA/VGA hole starts here).
 pub const EBDA_START: u64 = 0xa0000;
 pub const CMDLINE_START: u64 = 0x20000;
-/// Longest kernel command line.
-pub const CMDLINE_MAX: usize = 4096;
+/// Longest kernel command line, with its terminating NUL: x86's
+/// `COMMAND_LINE_SIZE` (the kernel silently cuts longer ones).
+pub const CMDLINE_MAX: usize = 2048;
 /// Where the kernel's ELF segments may start.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// First virtio-mmio window; RAM stops below.
