@@ -33,13 +33,23 @@ fn installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
+fn missing() -> Vec<&'static str> {
+    PACKAGES.iter().copied().filter(|p| !installed(p)).collect()
+}
+
 /// Installs missing packages when running as root, else explains how.
+///
+/// A second pass installs what the first one removed: apt resolves a
+/// conflict by removing the older side, and a machine with a backported
+/// `qemu-utils` (10.x, which also ships `qemu-storage-daemon`) loses it
+/// when Debian 12's `qemu-system-x86` comes in; the second pass then
+/// installs the matching Debian 12 `qemu-utils`.
 pub fn ensure() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
-    if missing.is_empty() {
+    let first = missing();
+    if first.is_empty() {
         return Ok(());
     }
-    let list = missing.join(" ");
+    let list = first.join(" ");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(format!(
@@ -48,8 +58,27 @@ pub fn ensure() -> Result<()> {
     }
     step(&format!("installing {list}"));
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    for pass in 0..2 {
+        let now = missing();
+        if now.is_empty() {
+            return Ok(());
+        }
+        if pass > 0 {
+            step(&format!(
+                "installing {} (removed by apt in the first pass)",
+                now.join(" ")
+            ));
+        }
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&now)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    match missing().as_slice() {
+        [] => Ok(()),
+        left => Err(format!(
+            "apt-get could not install {} together with the rest; see its output above",
+            left.join(" ")
+        )),
+    }
 }
