@@ -4,7 +4,7 @@
 //! step in order, so the boot is paid once: exec with stdout, stderr and exit code on the root's
 //! persistent overlay; spawn with stdin; a signal; a pty; a guest HTTP
 //! request (bash /dev/tcp) through virtio-net and the host network stack;
-//! the file API; a clean power-off; the written file found on the host in
+//! the file API; the guest's hardware rng (virtio-rng); a clean power-off; the written file found on the host in
 //! the overlay (its blocks went through virtio-blk on virtio-mmio); no
 //! leaked descriptors. `KVM_STRESS_EXECS=N` adds N more execs (soak runs).
 
@@ -225,6 +225,26 @@ async fn the_kvm_backend_runs_the_whole_stack() {
         .unwrap();
     assert_eq!(fs.read_file("/root/kvm-note").await.unwrap(), note);
     step("fs write + read", t);
+
+    // virtio-rng: the guest's hardware rng is ours and yields bytes.
+    let t = Instant::now();
+    let out = vm
+        .exec(
+            "sh",
+            [
+                "-c",
+                "cat /sys/class/misc/hw_random/rng_current; head -c 4096 /dev/hwrng | wc -c",
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "virtio_rng.0\n4096\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    step("virtio-rng read", t);
 
     let t = Instant::now();
     vm.shutdown().await.unwrap();
