@@ -39,6 +39,28 @@ pub async fn boot(hostname: &str) -> Result<Vm, Error> {
     Ok(vm)
 }
 
+/// Asserts that the guest's hardware rng is our virtio-rng device and that
+/// 4096 bytes come out of `/dev/hwrng`. With `select`, `virtio_rng.0` is
+/// chosen first (UML's own host-backed rng is the default there); without
+/// it, it must already be the current one.
+pub async fn assert_virtio_hwrng(vm: &Vm, select: bool) {
+    let script = format!(
+        "cd /sys/class/misc/hw_random && {}cat rng_current && head -c 4096 /dev/hwrng | wc -c",
+        if select {
+            "echo virtio_rng.0 > rng_current && "
+        } else {
+            ""
+        }
+    );
+    let out = vm.exec("sh", ["-c", &script]).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "virtio_rng.0\n4096\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Host processes whose command line carries `umid=<id>`: the UML kernel of
 /// VM `id` and every helper process it forked.
 pub fn guest_processes(id: &str) -> Vec<u32> {
