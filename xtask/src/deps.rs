@@ -58,11 +58,8 @@ pub fn ensure() -> Result<()> {
     }
     step(&format!("installing {list}"));
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    let mut now = first;
     for pass in 0..2 {
-        let now = missing();
-        if now.is_empty() {
-            return Ok(());
-        }
         if pass > 0 {
             step(&format!(
                 "installing {} (removed by apt in the first pass)",
@@ -73,12 +70,13 @@ pub fn ensure() -> Result<()> {
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&now)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        now = missing();
+        if now.is_empty() {
+            return Ok(());
+        }
     }
-    match missing().as_slice() {
-        [] => Ok(()),
-        left => Err(format!(
-            "apt-get could not install {} together with the rest; see its output above",
-            left.join(" ")
-        )),
-    }
+    Err(format!(
+        "apt-get could not install {} together with the rest; see its output above",
+        now.join(" ")
+    ))
 }
