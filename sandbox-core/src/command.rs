@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::Event;
 use crate::process::{self, Process, Pty};
-use crate::{Error, ExitStatus, Output, Signal, Vm};
+use crate::{Error, ExitStatus, Output, Vm};
 
 /// Exit code reported when an exec's timeout killed it (as `timeout(1)`).
 pub const TIMEOUT_EXIT_CODE: i32 = 124;
@@ -75,7 +75,10 @@ impl<'vm> Command<'vm> {
     }
 
     /// For [`Command::exec`]: kill the whole process group after `timeout`
-    /// and report exit code 124.
+    /// and report exit code 124, [`Output::timed_out`] and a last stderr
+    /// line `sandbox: exec timed out after N ms`. The call returns within a
+    /// few milliseconds of the deadline even when descendants that left the
+    /// group keep the output pipes open (their later output is dropped).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -113,11 +116,9 @@ impl<'vm> Command<'vm> {
             spawn: self.spawn,
         })
         .map_err(|r| self.vm.stopped(r))?;
+        // Kills the process group and asks for the exit report at once.
         let kill = || {
-            let _ = link.send(HostMsg::Signal {
-                id,
-                signal: Signal::KILL.0,
-            });
+            let _ = link.send(HostMsg::Abort { id });
         };
         let deadline = self.timeout.map(|t| tokio::time::Instant::now() + t);
         let cancelled = async {
@@ -172,18 +173,28 @@ impl<'vm> Command<'vm> {
                     }
                 }
                 Event::Exited { code, signal } => {
-                    let status = if timed_out {
-                        ExitStatus {
-                            code: Some(TIMEOUT_EXIT_CODE),
-                            signal: None,
+                    let timeout = self.timeout.filter(|_| timed_out);
+                    let status = match timeout {
+                        Some(t) => {
+                            if !stderr.is_empty() && !stderr.ends_with(b"\n") {
+                                stderr.push(b'\n');
+                            }
+                            stderr.extend(
+                                format!("sandbox: exec timed out after {} ms\n", t.as_millis())
+                                    .as_bytes(),
+                            );
+                            ExitStatus {
+                                code: Some(TIMEOUT_EXIT_CODE),
+                                signal: None,
+                            }
                         }
-                    } else {
-                        ExitStatus::from_wire(code, signal)
+                        None => ExitStatus::from_wire(code, signal),
                     };
                     return Ok(Output {
                         status,
                         stdout,
                         stderr,
+                        timed_out: timeout,
                     });
                 }
                 Event::SpawnFailed { errno, message } => {

@@ -77,6 +77,22 @@ pub struct Output {
     pub status: ExitStatus,
     /// Everything it wrote to stdout.
     pub stdout: Vec<u8>,
-    /// Everything it wrote to stderr.
+    /// Everything it wrote to stderr; after a timeout, it ends with the
+    /// line `sandbox: exec timed out after N ms`.
     pub stderr: Vec<u8>,
+    /// The timeout that killed it, if one did.
+    pub(crate) timed_out: Option<std::time::Duration>,
+}
+
+impl Output {
+    /// Whether the exec's timeout killed the process (its status is then
+    /// exit code 124, as `timeout(1)` reports).
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.is_some()
+    }
+
+    /// The timeout that killed the process, if one did.
+    pub fn timeout(&self) -> Option<std::time::Duration> {
+        self.timed_out
+    }
 }

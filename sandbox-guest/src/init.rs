@@ -28,6 +28,12 @@ pub fn run() -> ExitCode {
     if let Err(e) = set_hostname(hostname) {
         log(&format!("cannot set hostname {hostname:?}: {e}"));
     }
+    if let Err(e) = crate::etc::install_hostname(hostname) {
+        log(&format!("cannot write /etc/hostname and /etc/hosts: {e}"));
+    }
+    if let Err(e) = net::loopback_up() {
+        log(&format!("cannot bring lo up: {e}"));
+    }
     if let Err(e) = setup_network(&cmdline) {
         // Fail closed: a guest that was promised a network with a trusted
         // interception CA does not start without it.
@@ -136,6 +142,13 @@ fn mount_all() {
         "tmpfs",
         libc::MS_NOSUID | libc::MS_NODEV,
         "mode=0755",
+    );
+    mount(
+        "mqueue",
+        "/dev/mqueue",
+        "mqueue",
+        nosuid_nodev_noexec,
+        "",
     );
     mount(
         "cgroup2",
@@ -252,7 +265,7 @@ fn power_off() -> ExitCode {
         libc::kill(-1, libc::SIGKILL);
         libc::sync();
     }
-    for target in ["/sys/fs/cgroup", "/run", "/tmp", "/dev/shm", "/dev/pts"] {
+    for target in ["/sys/fs/cgroup", "/dev/mqueue", "/run", "/tmp", "/dev/shm", "/dev/pts"] {
         if let Ok(t) = CString::new(target) {
             // SAFETY: `t` is a valid NUL-terminated path.
             unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };

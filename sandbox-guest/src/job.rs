@@ -26,6 +26,18 @@ pub fn set_output_grace(ms: Option<u64>) {
     let _ = OUTPUT_GRACE.set(ms.map_or(DEFAULT_OUTPUT_GRACE, Duration::from_millis));
 }
 
+/// How long an aborted process's output is still drained after it died:
+/// enough for what it wrote before the kill, not for descendants.
+const ABORT_DRAIN: Duration = Duration::from_millis(50);
+
+/// What the waiter of a process hears about after the exit.
+pub enum Wake {
+    /// One output pump reached end of file.
+    PumpDone,
+    /// The host aborted the request: report without the grace.
+    Aborted,
+}
+
 fn output_grace() -> Duration {
     *OUTPUT_GRACE.get().unwrap_or(&DEFAULT_OUTPUT_GRACE)
 }
@@ -79,6 +91,7 @@ pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
             .map(|s| Box::new(s) as Box<dyn Write + Send>);
     }
     let stdin = stdin.map(|w| stdin_thread(id, w, out.clone()));
+    let (done_tx, done_rx) = mpsc::channel::<Wake>();
     lock(table).insert(
         id,
         Entry {
@@ -86,6 +99,7 @@ pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
             stdin,
             windows: windows.clone(),
             pty,
+            abort: Some(done_tx.clone()),
         },
     );
     let _ = out.send(GuestMsg::Started {
@@ -94,7 +108,6 @@ pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
     });
     // Output is forwarded while `open` is true; the exit report closes it.
     let open = Arc::new(Mutex::new(true));
-    let (done_tx, done_rx) = mpsc::channel::<()>();
     let pumps = outputs.len();
     for (stream, reader) in outputs {
         let window = windows[stream_index(stream)].clone();
@@ -107,11 +120,16 @@ pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
         .name(format!("wait-{id}"))
         .spawn(move || {
             let status = reaper::get().wait(pid);
-            let deadline = Instant::now() + output_grace();
-            for _ in 0..pumps {
+            let mut deadline = Instant::now() + output_grace();
+            let mut open_pumps = pumps;
+            while open_pumps > 0 {
                 let left = deadline.saturating_duration_since(Instant::now());
-                if done_rx.recv_timeout(left).is_err() {
-                    break;
+                match done_rx.recv_timeout(left) {
+                    Ok(Wake::PumpDone) => open_pumps -= 1,
+                    Ok(Wake::Aborted) => {
+                        deadline = deadline.min(Instant::now() + ABORT_DRAIN);
+                    }
+                    Err(_) => break,
                 }
             }
             let mut open = lock(&open);
@@ -151,7 +169,7 @@ fn pump(
     window: Arc<Window>,
     out: &Out,
     open: &Arc<Mutex<bool>>,
-    done: Sender<()>,
+    done: Sender<Wake>,
 ) {
     let out = out.clone();
     let open = open.clone();
@@ -179,7 +197,7 @@ fn pump(
                     data: buf[..n].to_vec(),
                 });
             }
-            let _ = done.send(());
+            let _ = done.send(Wake::PumpDone);
         });
 }
 

@@ -9,6 +9,7 @@
 //! descriptor (`sandbox-guest --fd N`), which is how the host-side tests drive
 //! the request handling over a socketpair without booting anything.
 
+mod etc;
 mod fs;
 mod init;
 mod job;

@@ -6,15 +6,13 @@
 //! guest trust store; if the guest has a system trust store that cannot be
 //! updated, set-up fails and the agent refuses to start (fail closed).
 
-use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-/// Where the agent keeps its generated files (tmpfs).
-const RUN_DIR: &str = "/run/sandbox";
+use crate::etc::RUN_DIR;
 /// Debian's bundle (also what curl, OpenSSL and Python use there).
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The combined bundle, for `SSL_CERT_FILE` and friends.
@@ -46,7 +44,6 @@ pub fn parse(v: &str) -> Option<NetParam> {
 /// Configures the link; errors say which step failed.
 pub fn configure(p: &NetParam) -> Result<(), String> {
     let sock = socket().map_err(|e| format!("socket: {e}"))?;
-    set_flags(&sock, "lo", libc::IFF_UP as i16).map_err(|e| format!("bringing lo up: {e}"))?;
     let name = find_by_mac(&p.mac).ok_or_else(|| format!("no interface with MAC {}", p.mac))?;
     if name != "eth0" {
         rename(&sock, &name, "eth0").map_err(|e| format!("renaming {name} to eth0: {e}"))?;
@@ -65,10 +62,16 @@ pub fn configure(p: &NetParam) -> Result<(), String> {
     // Without a resolver file the network still works by address; not a
     // reason to refuse to start.
     let resolv = format!("nameserver {}\n", p.dns);
-    if let Err(e) = install_file(Path::new("/etc/resolv.conf"), &resolv) {
+    if let Err(e) = crate::etc::install_file(Path::new("/etc/resolv.conf"), &resolv) {
         crate::init::log(&format!("cannot point /etc/resolv.conf at {}: {e}", p.dns));
     }
     Ok(())
+}
+
+/// Brings `lo` up, which gives it 127.0.0.1/8 and ::1 (with or without a
+/// guest network: servers on localhost need it).
+pub fn loopback_up() -> io::Result<()> {
+    set_flags(&socket()?, "lo", (libc::IFF_UP | libc::IFF_RUNNING) as i16)
 }
 
 /// Adds the CA (base64 DER from the command line) to the trust store.
@@ -100,7 +103,7 @@ pub fn install_ca(b64: &str) -> Result<(), String> {
     fs::write(BUNDLE, &bundle).map_err(|e| format!("{BUNDLE}: {e}"))?;
     // A guest with a system trust store must trust the CA there too.
     if system.parent().is_some_and(Path::is_dir) {
-        install_file(system, &bundle).map_err(|e| format!("{SYSTEM_BUNDLE}: {e}"))?;
+        crate::etc::install_file(system, &bundle).map_err(|e| format!("{SYSTEM_BUNDLE}: {e}"))?;
     }
     Ok(())
 }
@@ -126,57 +129,6 @@ fn without_sandbox_cas(bundle: &str) -> String {
         }
     }
     out
-}
-
-/// Makes `path` read `content`: written in place when the root is
-/// writable, else a file in the tmpfs bind-mounted over it (following a
-/// dangling symlink into /run, as systemd-resolved images have).
-fn install_file(path: &Path, content: &str) -> io::Result<()> {
-    let staged = Path::new(RUN_DIR).join(path.file_name().unwrap_or_default());
-    fs::create_dir_all(RUN_DIR)?;
-    fs::write(&staged, content)?;
-    if let Ok(target) = fs::read_link(path) {
-        let target = if target.is_absolute() {
-            target
-        } else {
-            path.parent().unwrap_or(Path::new("/")).join(target)
-        };
-        if !target.exists() {
-            if let Some(dir) = target.parent() {
-                fs::create_dir_all(dir)?;
-            }
-            return fs::write(&target, content);
-        }
-    }
-    if fs::write(path, content).is_ok() {
-        return Ok(());
-    }
-    if !path.exists() {
-        return Err(io::Error::new(
-            io::ErrorKind::ReadOnlyFilesystem,
-            "read-only root and no file to mount over",
-        ));
-    }
-    let (src, dst) = (cstr(&staged)?, cstr(path)?);
-    // SAFETY: both are valid NUL-terminated paths; a bind mount takes no data.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn cstr(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
 fn find_by_mac(mac: &str) -> Option<String> {

@@ -41,6 +41,8 @@ pub(crate) struct Entry {
     pub windows: [Arc<Window>; 2],
     /// The pty master, for resizing.
     pub pty: Option<File>,
+    /// Tells the process's waiter that the host aborted the request.
+    pub abort: Option<Sender<job::Wake>>,
 }
 
 impl Entry {
@@ -53,6 +55,7 @@ impl Entry {
             stdin: write,
             windows: [read, Arc::new(Window::new(0))],
             pty: None,
+            abort: None,
         }
     }
 }
@@ -162,6 +165,24 @@ fn handle(msg: HostMsg, out: &Out, table: &Table) {
                 }
             }
             None => reject(Some(id), format!("request {id} is not running")),
+        },
+        HostMsg::Abort { id } => match t.get(&id) {
+            Some(e) => {
+                if let Some(pid) = e.pid {
+                    // SAFETY: kill has no memory arguments; the negative pid
+                    // targets the process group the child leads.
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                }
+                if let Some(abort) = &e.abort {
+                    let _ = abort.send(job::Wake::Aborted);
+                } else {
+                    for w in &e.windows {
+                        w.close();
+                    }
+                }
+            }
+            // Already reported: nothing left to cancel.
+            None => {}
         },
         HostMsg::Fs { id, op } => {
             if t.contains_key(&id) {

@@ -109,6 +109,14 @@ pub enum HostMsg {
     },
     /// Sync, unmount and power off.
     Shutdown,
+    /// Cancel request `id`: a process's group is killed with SIGKILL and
+    /// its exit is reported at once, without the output grace a normal exit
+    /// gets (descendants that left the group and keep its pipes open no
+    /// longer hold up the report); a file request is woken and fails.
+    Abort {
+        /// Request id.
+        id: u32,
+    },
 }
 
 /// Messages from the guest to the host.
