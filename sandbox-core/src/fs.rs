@@ -34,9 +34,14 @@ pub struct WriteOptions {
     pub create_parents: bool,
 }
 
+/// How long a metadata request (stat, read_dir, mkdir, remove, rename)
+/// may go unanswered before it is cancelled; see [`Fs::deadline`].
+pub const DEFAULT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Guest file system operations of one VM.
 pub struct Fs<'vm> {
     vm: &'vm Vm,
+    deadline: std::time::Duration,
 }
 
 fn bytes(p: &OsStr) -> Vec<u8> {
@@ -56,7 +61,19 @@ fn check_path(op: &'static str, path: &OsStr) -> Result<(), Error> {
 
 impl<'vm> Fs<'vm> {
     pub(crate) fn new(vm: &'vm Vm) -> Self {
-        Self { vm }
+        Self {
+            vm,
+            deadline: DEFAULT_DEADLINE,
+        }
+    }
+
+    /// How long a metadata request may go unanswered (default
+    /// [`DEFAULT_DEADLINE`]); past it the guest is told to cancel it and
+    /// the call fails with `ETIMEDOUT`. Each request runs on its own guest
+    /// thread, so a stuck one never delays others.
+    pub fn deadline(mut self, deadline: std::time::Duration) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     /// Sends `op` and returns its route.
@@ -88,8 +105,24 @@ impl<'vm> Fs<'vm> {
     ) -> Result<(FsReply, Vec<DirEntry>), Error> {
         let mut req = self.send(op, path, fs_op)?;
         let mut entries = Vec::new();
+        let deadline = tokio::time::Instant::now() + self.deadline;
         loop {
-            match req.events.recv().await {
+            let event = match tokio::time::timeout_at(deadline, req.events.recv()).await {
+                Ok(event) => event,
+                Err(_) => {
+                    let _ = self.vm.client().link().send(HostMsg::Abort { id: req.id });
+                    return Err(Error::Fs {
+                        op,
+                        path: path.to_string_lossy().into_owned(),
+                        errno: libc::ETIMEDOUT,
+                        message: format!(
+                            "no answer from the guest within {} ms; the request was cancelled",
+                            self.deadline.as_millis()
+                        ),
+                    });
+                }
+            };
+            match event {
                 Some(Event::FsEntries(batch)) => {
                     entries.extend(batch.into_iter().map(|e| DirEntry {
                         name: OsString::from_vec(e.name),

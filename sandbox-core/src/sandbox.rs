@@ -231,6 +231,16 @@ impl Sandbox {
         &self.rootfs
     }
 
+    /// The block devices besides the root.
+    pub fn data_disks(&self) -> &[DataDisk] {
+        &self.disks
+    }
+
+    /// The network options, if guests have a network.
+    pub fn network_options(&self) -> Option<&sandbox_net::NetworkOptions> {
+        self.network.as_ref()
+    }
+
     /// Boots a VM and returns once its agent is ready.
     pub async fn boot(&self, opts: BootOptions) -> Result<Vm, Error> {
         opts.validate()?;

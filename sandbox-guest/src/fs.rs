@@ -6,6 +6,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -27,10 +28,45 @@ fn path(bytes: &[u8]) -> PathBuf {
 }
 
 fn fs_error(e: &io::Error) -> FsError {
+    let errno = e.raw_os_error().unwrap_or(match e.kind() {
+        io::ErrorKind::PermissionDenied => libc::EPERM,
+        io::ErrorKind::ResourceBusy => libc::EBUSY,
+        io::ErrorKind::InvalidInput => libc::EINVAL,
+        io::ErrorKind::Interrupted => libc::EINTR,
+        _ => libc::EIO,
+    });
     FsError {
-        errno: e.raw_os_error().unwrap_or(libc::EIO),
+        errno,
         message: e.to_string(),
     }
+}
+
+/// Opens `p` for a streamed read or write without ever blocking in
+/// `open(2)` (a FIFO waits there for its other end) and refuses anything
+/// but a regular file: FIFOs, sockets and devices are `EINVAL`, a
+/// directory `EISDIR`.
+fn open_regular(p: &Path, opts: &mut OpenOptions) -> io::Result<File> {
+    let file = opts
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(p)?;
+    let ft = file.metadata()?.file_type();
+    if ft.is_dir() {
+        return Err(io::Error::from_raw_os_error(libc::EISDIR));
+    }
+    if !ft.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (FIFOs, sockets and devices are not read or written through the file API)",
+        ));
+    }
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own take integer arguments.
+    unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(file)
 }
 
 fn done(out: &Out, id: u32, result: io::Result<FsReply>) {
@@ -152,6 +188,7 @@ fn read_dir(id: u32, p: &Path, out: &Out) -> io::Result<FsReply> {
 }
 
 fn remove(p: &Path, recursive: bool, force: bool) -> io::Result<()> {
+    crate::protect::check_remove(p, recursive)?;
     let r = match fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() && recursive => fs::remove_dir_all(p),
         Ok(m) if m.is_dir() => fs::remove_dir(p),
@@ -173,7 +210,7 @@ fn read_file(
     out: &Out,
     table: &Table,
 ) {
-    let opened = File::open(p).and_then(|mut f| {
+    let opened = open_regular(p, OpenOptions::new().read(true)).and_then(|mut f| {
         f.seek(SeekFrom::Start(offset))?;
         Ok(f)
     });
@@ -229,13 +266,11 @@ fn write_file(
         Some(dir) if create_parents => fs::create_dir_all(dir),
         _ => Ok(()),
     };
+    // Truncated only once it is known to be a regular file.
     let opened = parents.and_then(|()| {
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(p)
+        let f = open_regular(p, OpenOptions::new().write(true).create(true).mode(mode))?;
+        f.set_len(0)?;
+        Ok(f)
     });
     let mut file = match opened {
         Ok(f) => f,

@@ -15,6 +15,7 @@ mod init;
 mod job;
 mod net;
 mod process;
+mod protect;
 mod reaper;
 mod server;
 mod vsock;

@@ -24,7 +24,7 @@ pub use memstore::MemStore;
 pub use overlay::MemOverlay;
 pub use qcow2::{OverlayOptions, Qcow2Image, Qcow2Overlay};
 pub use raw::RawImage;
-pub use rootfs::{Rootfs, DEFAULT_EPHEMERAL_BLOCK, DEFAULT_MAX_DIRTY_BYTES};
+pub use rootfs::{Rootfs, WriteMode, DEFAULT_EPHEMERAL_BLOCK, DEFAULT_MAX_DIRTY_BYTES};
 pub use source::{Composed, Source};
 pub use store::{BlockStore, CowDisk, StoreContext};
 pub use stream::{bytes, ImageBytes};

@@ -24,6 +24,38 @@ enum Mode {
     Persistent { path: PathBuf, cluster_size: u32 },
 }
 
+/// How a root treats writes, as data (for environment facts and callers
+/// that report on a definition).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Guest writes fail.
+    ReadOnly,
+    /// Writes are dropped at shutdown; at most `max_dirty_bytes` of them.
+    Ephemeral {
+        /// The bound on written bytes.
+        max_dirty_bytes: u64,
+    },
+    /// Writes go to the qcow2 overlay at `path`.
+    Persistent {
+        /// The overlay file.
+        path: PathBuf,
+    },
+    /// Writes go to a caller-owned block store.
+    Cow,
+}
+
+impl WriteMode {
+    /// A short name: `read-only`, `ephemeral`, `persistent` or `cow`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WriteMode::ReadOnly => "read-only",
+            WriteMode::Ephemeral { .. } => "ephemeral",
+            WriteMode::Persistent { .. } => "persistent",
+            WriteMode::Cow => "cow",
+        }
+    }
+}
+
 /// A root file system: what the disk holds ([`Source`]) plus a write policy.
 #[derive(Clone, Debug)]
 pub struct Rootfs {
@@ -130,6 +162,18 @@ impl Rootfs {
     /// Whether the guest can write.
     pub fn writable(&self) -> bool {
         !matches!(self.mode, Mode::ReadOnly)
+    }
+
+    /// The write mode, as data.
+    pub fn write_mode(&self) -> WriteMode {
+        match &self.mode {
+            Mode::ReadOnly => WriteMode::ReadOnly,
+            Mode::Ephemeral { .. } => WriteMode::Ephemeral {
+                max_dirty_bytes: self.max_dirty_bytes,
+            },
+            Mode::Persistent { path, .. } => WriteMode::Persistent { path: path.clone() },
+            Mode::Cow(_) => WriteMode::Cow,
+        }
     }
 
     /// A description of the write mode, for environment facts.
