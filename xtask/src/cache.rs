@@ -19,6 +19,16 @@ pub fn root() -> PathBuf {
     PathBuf::from(home).join(".cache/sandbox")
 }
 
+/// Creates the cache root if needed and makes it private (0700): images,
+/// kernels and manifests are the owner's alone whatever the umask.
+pub fn make_private() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = root();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("making {} private: {e}", dir.display()))
+}
+
 /// The repository root (the workspace this xtask belongs to).
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -10,6 +10,7 @@ use crate::{deps, image, Result};
 /// Builds every artifact (cached).
 pub fn build(rebuild: bool) -> Result<()> {
     deps::ensure()?;
+    cache::make_private()?;
     kernel::build(Flavor::Uml, rebuild)?;
     kernel::build(Flavor::X86_64, rebuild)?;
     build_image(rebuild)?;

@@ -117,6 +117,11 @@ pub fn mkfs(tree: &Path, image: &Path, mib: u64, prefix: &str) -> Result<()> {
         .arg(&tmp)
         .arg(format!("{mib}M"))
         .env("E2FSPROGS_FAKE_TIME", "1700000000"))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("making {} private: {e}", tmp.display()))?;
+    }
     std::fs::rename(&tmp, image).map_err(|e| format!("renaming image: {e}"))?;
     cache::remove_others(dir, prefix, image);
     Ok(())

@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use super::{EXT_BACKING_FORMAT, EXT_BASE_DIGEST};
@@ -142,7 +142,18 @@ pub(super) fn create(path: &Path, n: &NewOverlay) -> Result<(), RootfsError> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.creating-{}", std::process::id()));
-    let file = File::create(&tmp).map_err(io("creating the persistent overlay next to"))?;
+    // A crashed creator with the same pid may have left its file.
+    let _ = std::fs::remove_file(&tmp);
+    // The overlay holds guest disk contents: the owner's alone, whatever
+    // the umask (fchmod after create, as the umask may clear owner bits).
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("creating the persistent overlay next to"))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io("making private the persistent overlay next to"))?;
     let written = write_layout(&file, n);
     let linked = written.and_then(|()| match std::fs::hard_link(&tmp, path) {
         Ok(()) => Ok(()),

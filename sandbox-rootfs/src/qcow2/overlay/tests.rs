@@ -178,3 +178,21 @@ fn many_refcount_blocks_on_a_large_sparse_disk() {
     o.read_at(5 << 20, &mut got[..4096]).unwrap();
     assert!(got[..4096].iter().all(|b| *b == 0));
 }
+
+#[test]
+fn a_new_overlay_is_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Dir::new("overlay-mode");
+    let base = dir.path("base.raw");
+    std::fs::write(&base, base_bytes(1 << 20)).unwrap();
+    let img = image(&base, &crate::sha256_file(&base).unwrap());
+    let path = dir.path("state.qcow2");
+    // SAFETY: umask only swaps the process's file mode mask.
+    let old = unsafe { libc::umask(0) };
+    let opened = open(&path, &img, 65536);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    drop(opened.unwrap());
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "overlay mode {mode:o}");
+}
