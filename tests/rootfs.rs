@@ -80,6 +80,13 @@ async fn exceeding_max_dirty_bytes_is_an_io_error_in_the_guest() {
         })
     );
     assert!(events.try_recv().is_err(), "reported once");
+    // The guest's kernel log names the limit too.
+    let log = vm.exec("dmesg", [""; 0]).await.unwrap();
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(
+        log.contains("sandbox: the root disk's write budget is used up (max_dirty_bytes = 4 MiB)"),
+        "{log}"
+    );
     // The VM still answers.
     assert_eq!(vm.exec("echo", ["alive"]).await.unwrap().stdout, b"alive\n");
     drop(vm);

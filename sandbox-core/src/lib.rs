@@ -45,7 +45,8 @@ pub use sandbox_rootfs::RootfsEvent;
 pub mod rootfs {
     pub use sandbox_rootfs::{
         bytes, flatten, BlockStore, Composed, FlatImage, ImageBytes, MemStore, Qcow2Options,
-        Rootfs, RootfsError, Source, StoreContext, WriteMode, DEFAULT_MAX_DIRTY_BYTES,
+        Rootfs, RootfsError, Source, StoreContext, WriteMode, DEFAULT_EPHEMERAL_SPILL_BYTES,
+        DEFAULT_MAX_DIRTY_BYTES,
     };
 }
 /// Network egress: policy, DNS, HTTP(S) interception (the `sandbox-net`

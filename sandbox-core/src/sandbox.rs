@@ -3,9 +3,27 @@
 use std::time::{Duration, Instant};
 
 use crate::backend::{self, BackendKind, MachineSpec};
-use crate::client::Client;
+use std::sync::{Arc, OnceLock};
+
+use sandbox_protocol::HostMsg;
+use sandbox_rootfs::RootfsEvent;
+
+use crate::client::{Client, Link};
 use crate::vm::Vm;
 use crate::{Error, Image, Rootfs, VmEvent};
+
+/// The guest kernel log line for a root file system condition.
+fn guest_notice(e: &RootfsEvent) -> Option<String> {
+    match e {
+        RootfsEvent::DirtyLimitReached { max_dirty_bytes } => Some(format!(
+            "the root disk's write budget is used up (max_dirty_bytes = {} MiB); \
+             writes to new blocks fail with I/O errors until shutdown",
+            max_dirty_bytes >> 20
+        )),
+        // May repeat at every retry: the host's event is enough.
+        RootfsEvent::StoreFailed { .. } => None,
+    }
+}
 
 /// Events kept for subscribers that lag behind.
 const EVENT_BACKLOG: usize = 64;
@@ -248,8 +266,15 @@ impl Sandbox {
         let (kind, why) = backend::select(self.backend)?;
         let (events, _) = tokio::sync::broadcast::channel(EVENT_BACKLOG);
         let sender = events.clone();
+        // The guest hears about host-side disk conditions in its kernel log
+        // once the control channel exists.
+        let notices: Arc<OnceLock<Link>> = Arc::default();
+        let notice_link = notices.clone();
         let spec = MachineSpec {
-            events: std::sync::Arc::new(move |e| {
+            events: Arc::new(move |e| {
+                if let (Some(link), Some(text)) = (notice_link.get(), guest_notice(&e)) {
+                    let _ = link.send(HostMsg::Notice { text });
+                }
                 let _ = sender.send(VmEvent::Rootfs(e));
             }),
             rootfs: self.rootfs.clone(),
@@ -304,6 +329,7 @@ impl Sandbox {
                 });
             }
         };
+        let _ = notices.set(client.link().clone());
         Ok(Vm::new(
             client,
             machine,

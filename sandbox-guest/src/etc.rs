@@ -33,7 +33,9 @@ pub fn hosts(old: &str, name: &str) -> String {
     out.push_str(HOSTS_BEGIN);
     out.push('\n');
     out.push_str(&format!("127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n"));
-    out.push_str(&format!("::1\tlocalhost ip6-localhost ip6-loopback {name}\n"));
+    out.push_str(&format!(
+        "::1\tlocalhost ip6-localhost ip6-loopback {name}\n"
+    ));
     out.push_str(HOSTS_END);
     out.push('\n');
     let mut managed = false;
@@ -106,7 +108,6 @@ fn cstr(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
-
 
 #[cfg(test)]
 mod tests {

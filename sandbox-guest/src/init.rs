@@ -80,7 +80,12 @@ fn param<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
 
 /// Writes a line to the kernel log, which the host captures with the console.
 pub fn log(msg: &str) {
-    let line = format!("sandbox-guest: {msg}\n");
+    log_as("sandbox-guest", msg);
+}
+
+/// Writes `tag: msg` to the kernel log (or stderr outside a VM).
+pub fn log_as(tag: &str, msg: &str) {
+    let line = format!("{tag}: {msg}\n");
     if let Ok(mut f) = OpenOptions::new().write(true).open("/dev/kmsg") {
         let _ = io::Write::write_all(&mut f, line.as_bytes());
     } else {
@@ -143,13 +148,7 @@ fn mount_all() {
         libc::MS_NOSUID | libc::MS_NODEV,
         "mode=0755",
     );
-    mount(
-        "mqueue",
-        "/dev/mqueue",
-        "mqueue",
-        nosuid_nodev_noexec,
-        "",
-    );
+    mount("mqueue", "/dev/mqueue", "mqueue", nosuid_nodev_noexec, "");
     mount(
         "cgroup2",
         "/sys/fs/cgroup",
@@ -265,7 +264,14 @@ fn power_off() -> ExitCode {
         libc::kill(-1, libc::SIGKILL);
         libc::sync();
     }
-    for target in ["/sys/fs/cgroup", "/dev/mqueue", "/run", "/tmp", "/dev/shm", "/dev/pts"] {
+    for target in [
+        "/sys/fs/cgroup",
+        "/dev/mqueue",
+        "/run",
+        "/tmp",
+        "/dev/shm",
+        "/dev/pts",
+    ] {
         if let Ok(t) = CString::new(target) {
             // SAFETY: `t` is a valid NUL-terminated path.
             unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };

@@ -79,9 +79,9 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let oct = b.get(i + 1..i + 4).filter(|d| {
-            b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c))
-        });
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
         if let Some(d) = oct {
             let v = d.iter().fold(0u32, |a, c| a * 8 + u32::from(c - b'0'));
             out.push(v as u8);
@@ -100,7 +100,16 @@ mod tests {
 
     #[test]
     fn root_and_api_file_systems_are_refused() {
-        for p in ["/", "//", "/.", "/tmp/..", "/proc", "/sys/", "/dev", "/run/sandbox"] {
+        for p in [
+            "/",
+            "//",
+            "/.",
+            "/tmp/..",
+            "/proc",
+            "/sys/",
+            "/dev",
+            "/run/sandbox",
+        ] {
             assert!(check_remove(Path::new(p), true).is_err(), "{p}");
         }
         // A parent of a protected path only when recursive.

@@ -184,6 +184,10 @@ fn handle(msg: HostMsg, out: &Out, table: &Table) {
             // Already reported: nothing left to cancel.
             None => {}
         },
+        HostMsg::Notice { text } => {
+            let line: String = text.chars().filter(|c| !c.is_control()).take(512).collect();
+            init::log_as("sandbox", &line);
+        }
         HostMsg::Fs { id, op } => {
             if t.contains_key(&id) {
                 return reject(Some(id), format!("request id {id} is already running"));

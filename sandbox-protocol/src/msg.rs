@@ -117,6 +117,13 @@ pub enum HostMsg {
         /// Request id.
         id: u32,
     },
+    /// A line for the guest's kernel log, about something the host did to
+    /// the guest (for example its root disk's write budget ran out). The
+    /// agent writes `sandbox: <text>` to `/dev/kmsg`.
+    Notice {
+        /// One line of text (control characters are dropped).
+        text: String,
+    },
 }
 
 /// Messages from the guest to the host.

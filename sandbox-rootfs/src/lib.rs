@@ -17,6 +17,7 @@ mod source;
 mod span;
 mod store;
 mod stream;
+mod tmpfile;
 
 pub use flatten::{flatten, flatten_qcow2, FlatImage, Qcow2Options};
 pub use image::{sha256_file, Image, ImageFormat};
@@ -24,7 +25,10 @@ pub use memstore::MemStore;
 pub use overlay::MemOverlay;
 pub use qcow2::{OverlayOptions, Qcow2Image, Qcow2Overlay};
 pub use raw::RawImage;
-pub use rootfs::{Rootfs, WriteMode, DEFAULT_EPHEMERAL_BLOCK, DEFAULT_MAX_DIRTY_BYTES};
+pub use rootfs::{
+    Rootfs, WriteMode, DEFAULT_EPHEMERAL_BLOCK, DEFAULT_EPHEMERAL_SPILL_BYTES,
+    DEFAULT_MAX_DIRTY_BYTES,
+};
 pub use source::{Composed, Source};
 pub use store::{BlockStore, CowDisk, StoreContext};
 pub use stream::{bytes, ImageBytes};

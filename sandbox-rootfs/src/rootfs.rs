@@ -10,16 +10,29 @@ use crate::{
     RootfsError,
 };
 
-/// Default bound of an ephemeral overlay, a cow batch, and unsynced
-/// persistent writes.
+/// Default bound of an in-memory ephemeral overlay, a cow batch, and
+/// unsynced persistent writes (all held in host memory).
 pub const DEFAULT_MAX_DIRTY_BYTES: u64 = 64 << 20;
+/// Default bound of an ephemeral overlay spilled to a scratch file (the
+/// default ephemeral kind): sparse, so it costs nothing until written.
+pub const DEFAULT_EPHEMERAL_SPILL_BYTES: u64 = 4 << 30;
+
+/// Where an ephemeral overlay keeps the guest's writes.
+#[derive(Clone, Debug)]
+enum Spill {
+    /// Host memory.
+    Memory,
+    /// An unlinked sparse file in this directory (`None`: the system's
+    /// temporary directory, `$TMPDIR` or `/tmp`).
+    File(Option<PathBuf>),
+}
 /// Default block size of ephemeral overlays.
 pub const DEFAULT_EPHEMERAL_BLOCK: u32 = 4096;
 
 #[derive(Clone, Debug)]
 enum Mode {
     ReadOnly,
-    Ephemeral { block_size: u32 },
+    Ephemeral { block_size: u32, spill: Spill },
     Cow(Composed),
     Persistent { path: PathBuf, cluster_size: u32 },
 }
@@ -61,7 +74,8 @@ impl WriteMode {
 pub struct Rootfs {
     source: Source,
     mode: Mode,
-    max_dirty_bytes: u64,
+    /// Set by the caller; otherwise the mode's default.
+    max_dirty_bytes: Option<u64>,
 }
 
 impl Rootfs {
@@ -69,8 +83,19 @@ impl Rootfs {
         Self {
             source,
             mode,
-            max_dirty_bytes: DEFAULT_MAX_DIRTY_BYTES,
+            max_dirty_bytes: None,
         }
+    }
+
+    /// The bound on written bytes this root applies.
+    fn dirty_limit(&self) -> u64 {
+        self.max_dirty_bytes.unwrap_or(match &self.mode {
+            Mode::Ephemeral {
+                spill: Spill::File(_),
+                ..
+            } => DEFAULT_EPHEMERAL_SPILL_BYTES,
+            _ => DEFAULT_MAX_DIRTY_BYTES,
+        })
     }
 
     /// Writes fail (the guest mounts its root read-only); the default.
@@ -78,16 +103,37 @@ impl Rootfs {
         Self::new(source.into(), Mode::ReadOnly)
     }
 
-    /// Writes are kept in memory and dropped at shutdown, up to
-    /// `max_dirty_bytes` (default 64 MiB); past that the guest gets I/O
-    /// errors, never the host an out-of-memory.
+    /// Writes are dropped at shutdown. They go to an unlinked sparse
+    /// scratch file (0600) in the system's temporary directory, up to
+    /// `max_dirty_bytes` (default 4 GiB, [`DEFAULT_EPHEMERAL_SPILL_BYTES`]);
+    /// past that the guest gets I/O errors and a kernel log line naming
+    /// the limit. See [`Rootfs::in_memory`] and [`Rootfs::spill_dir`].
     pub fn ephemeral(source: impl Into<Source>) -> Self {
         Self::new(
             source.into(),
             Mode::Ephemeral {
                 block_size: DEFAULT_EPHEMERAL_BLOCK,
+                spill: Spill::File(None),
             },
         )
+    }
+
+    /// Ephemeral roots: keep the writes in host memory instead of a
+    /// scratch file (default bound then 64 MiB). Other modes ignore it.
+    pub fn in_memory(mut self) -> Self {
+        if let Mode::Ephemeral { spill, .. } = &mut self.mode {
+            *spill = Spill::Memory;
+        }
+        self
+    }
+
+    /// Ephemeral roots: create the scratch file in `dir` (for example a
+    /// fast local disk) instead of the system's temporary directory.
+    pub fn spill_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        if let Mode::Ephemeral { spill, .. } = &mut self.mode {
+            *spill = Spill::File(Some(dir.into()));
+        }
+        self
     }
 
     /// Writes go to a qcow2 overlay file at `path` (absolute), created on
@@ -127,7 +173,7 @@ impl Rootfs {
     /// Bounds memory held for writes: the ephemeral overlay, the cow
     /// batch, and (persistent) bytes written before an unrequested sync.
     pub fn max_dirty_bytes(mut self, bytes: u64) -> Self {
-        self.max_dirty_bytes = bytes;
+        self.max_dirty_bytes = Some(bytes);
         self
     }
 
@@ -136,7 +182,7 @@ impl Rootfs {
     /// cow store sets its own block size; read-only ignores this.
     pub fn block_size(mut self, bytes: u32) -> Self {
         match &mut self.mode {
-            Mode::Ephemeral { block_size } => *block_size = bytes,
+            Mode::Ephemeral { block_size, .. } => *block_size = bytes,
             Mode::Persistent { cluster_size, .. } => *cluster_size = bytes,
             Mode::ReadOnly | Mode::Cow(_) => {}
         }
@@ -169,7 +215,7 @@ impl Rootfs {
         match &self.mode {
             Mode::ReadOnly => WriteMode::ReadOnly,
             Mode::Ephemeral { .. } => WriteMode::Ephemeral {
-                max_dirty_bytes: self.max_dirty_bytes,
+                max_dirty_bytes: self.dirty_limit(),
             },
             Mode::Persistent { path, .. } => WriteMode::Persistent { path: path.clone() },
             Mode::Cow(_) => WriteMode::Cow,
@@ -180,9 +226,16 @@ impl Rootfs {
     pub fn describe(&self) -> String {
         match &self.mode {
             Mode::ReadOnly => "read-only: guest writes to / fail".into(),
-            Mode::Ephemeral { .. } => format!(
-                "ephemeral: writes stay in memory (at most {} MiB) and vanish at shutdown",
-                self.max_dirty_bytes >> 20
+            Mode::Ephemeral { spill, .. } => format!(
+                "ephemeral: writes go to {} (at most {} MiB) and vanish at shutdown",
+                match spill {
+                    Spill::Memory => "host memory".to_string(),
+                    Spill::File(dir) => format!(
+                        "an unlinked scratch file in {}",
+                        dir.clone().unwrap_or_else(std::env::temp_dir).display()
+                    ),
+                },
+                self.dirty_limit() >> 20
             ),
             Mode::Cow(_) => "copy-on-write into a caller-owned block store".into(),
             Mode::Persistent { path, .. } => {
@@ -209,7 +262,7 @@ impl Rootfs {
                     c.overlay.clone(),
                     c.context(),
                     rt()?,
-                    self.max_dirty_bytes,
+                    self.dirty_limit(),
                     events,
                 )
                 .map_err(|source| RootfsError::Io {
@@ -222,13 +275,13 @@ impl Rootfs {
                 let image = self.image();
                 let opts = OverlayOptions {
                     cluster_size: *cluster_size,
-                    max_unsynced_bytes: self.max_dirty_bytes,
+                    max_unsynced_bytes: self.dirty_limit(),
                 };
                 let base = Source::open_base(image)?;
                 Box::new(Qcow2Overlay::open(path, base, image, opts)?)
             }
             (Mode::ReadOnly, source) => Box::new(ReadOnly(self.open_source(source, rt)?)),
-            (Mode::Ephemeral { block_size }, source) => {
+            (Mode::Ephemeral { block_size, spill }, source) => {
                 let b = *block_size;
                 if !crate::span::valid_block_size(u64::from(b)) {
                     return Err(RootfsError::InvalidOption(format!(
@@ -236,7 +289,24 @@ impl Rootfs {
                     )));
                 }
                 let base = self.open_source(source, rt)?;
-                let overlay = MemOverlay::new(base, self.max_dirty_bytes).block_size(*block_size);
+                let limit = self.dirty_limit();
+                let overlay = match spill {
+                    Spill::Memory => MemOverlay::new(base, limit),
+                    Spill::File(dir) => {
+                        let dir = dir.clone().unwrap_or_else(std::env::temp_dir);
+                        MemOverlay::spilled(base, limit, &dir).map_err(|source| {
+                            RootfsError::Io {
+                                what: format!(
+                                    "creating the ephemeral scratch file in {} (choose \
+                                     another with .spill_dir(..) or use .in_memory())",
+                                    dir.display()
+                                ),
+                                source,
+                            }
+                        })?
+                    }
+                }
+                .block_size(*block_size);
                 Box::new(match events {
                     Some(hook) => overlay.on_event(hook),
                     None => overlay,

@@ -148,7 +148,10 @@ impl Vm {
         if let Ok(b) = fs.read_file("/etc/os-release").await {
             let pairs = os_release::parse(&String::from_utf8_lossy(&b));
             let get = |k| os_release::get(&pairs, k).map(clean);
-            if let Some(name) = get("PRETTY_NAME").or_else(|| get("NAME")).or_else(|| get("ID")) {
+            if let Some(name) = get("PRETTY_NAME")
+                .or_else(|| get("NAME"))
+                .or_else(|| get("ID"))
+            {
                 facts.push(fact(g, "distro", "is", name));
             }
             if let Some(id) = get("ID") {
@@ -167,7 +170,11 @@ impl Vm {
             .command("sh")
             .args(["-c", PROBE, "probe"])
             .args(PROBED_COMMANDS)
-            .args(PACKAGE_MANAGERS.iter().filter(|p| !PROBED_COMMANDS.contains(p)))
+            .args(
+                PACKAGE_MANAGERS
+                    .iter()
+                    .filter(|p| !PROBED_COMMANDS.contains(p)),
+            )
             .exec()
             .await?;
         let mut manager = None;

@@ -82,7 +82,10 @@ mod tests {
         let p = parse(text);
         assert_eq!(get(&p, "ID"), Some("debian"));
         assert_eq!(get(&p, "VERSION_ID"), Some("12"));
-        assert_eq!(get(&p, "PRETTY_NAME"), Some("Debian GNU/Linux 12 (bookworm)"));
+        assert_eq!(
+            get(&p, "PRETTY_NAME"),
+            Some("Debian GNU/Linux 12 (bookworm)")
+        );
         assert_eq!(get(&p, "HOME_URL"), Some("https://www.debian.org/"));
     }
 
