@@ -43,5 +43,43 @@ async fn debian_12_boots_with_its_tools() {
     assert!(facts
         .iter()
         .any(|f| f.topic == "command" && f.relation == "present" && f.value == "apt-get"));
+    let has = |topic: &str, relation: &str, value: &str| {
+        facts
+            .iter()
+            .any(|f| f.topic == topic && f.relation == relation && f.value == value)
+    };
+    assert!(has("distro", "id", "debian"), "{facts:?}");
+    assert!(has("distro", "version", "12"), "{facts:?}");
+    assert!(has("package_manager", "is", "apt"), "{facts:?}");
+    assert!(has("rootfs", "mounted", "rw"), "{facts:?}");
+
+    // glibc resolves the guest's own name and localhost (sudo and friends
+    // look their host up).
+    let own = vm.exec("getent", ["ahostsv4", "deb"]).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&own.stdout).starts_with("127.0.1.1 "),
+        "{own:?}"
+    );
+    let lh = vm.exec("getent", ["hosts", "localhost"]).await.unwrap();
+    assert_eq!(lh.status.code, Some(0), "{lh:?}");
+
+    // The default ephemeral root takes far more than the old 64 MiB RAM
+    // budget (it spills to a sparse host file): 256 MiB, synced.
+    let big = vm
+        .exec(
+            "sh",
+            [
+                "-c",
+                "dd if=/dev/zero of=/var/tmp/big bs=1M count=256 conv=fsync 2>&1 && sync && \
+                 stat -c %s /var/tmp/big",
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&big.stdout).ends_with("268435456\n"),
+        "{}",
+        String::from_utf8_lossy(&big.stdout)
+    );
     vm.shutdown().await.unwrap();
 }
