@@ -8,8 +8,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::dns::DnsUpstream;
 use crate::egress::{BoxUpstream, Counters};
-use crate::http::Middleware;
-use crate::policy::{evaluate, Conn, Grant, Proto};
+use crate::policy::{evaluate, Conn, Grant, HttpMode, Proto};
 use crate::stack::{Event, SocketStream};
 use crate::Ctx;
 
@@ -25,10 +24,11 @@ pub(crate) enum Handler {
     Raw(BoxUpstream),
     /// DNS over TCP.
     Dns(DnsUpstream),
-    /// HTTP/HTTPS interception for these trusted hostnames.
+    /// HTTP/HTTPS interception or TLS pass-through for these trusted
+    /// hostnames.
     Http {
         hosts: Arc<std::collections::BTreeSet<String>>,
-        middleware: Arc<dyn Middleware>,
+        mode: HttpMode,
     },
 }
 
@@ -63,7 +63,7 @@ pub(crate) async fn decide_tcp(
             }
         },
         Ok(Grant::Dns(up)) => Some(Handler::Dns(up)),
-        Ok(Grant::Http { hosts, middleware }) => Some(Handler::Http { hosts, middleware }),
+        Ok(Grant::Http { hosts, mode }) => Some(Handler::Http { hosts, mode }),
     };
     let ev = match handler {
         Some(handler) => {
@@ -106,8 +106,17 @@ pub(crate) async fn run(
         Handler::Dns(up) => {
             let _ = crate::dns::serve_tcp(guest, up, &ctx.egress, &ctx.metadata).await;
         }
-        Handler::Http { hosts, middleware } => {
+        Handler::Http {
+            hosts,
+            mode: HttpMode::Intercept(middleware),
+        } => {
             crate::http::serve(ctx.clone(), guest, hosts, middleware, key.1).await;
+        }
+        Handler::Http {
+            hosts,
+            mode: HttpMode::Passthrough,
+        } => {
+            crate::http::passthrough(ctx.clone(), guest, &hosts, key.1).await;
         }
     }
 }

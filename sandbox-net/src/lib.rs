@@ -30,6 +30,7 @@ pub mod fuzzing;
 pub mod http;
 mod metadata;
 mod policy;
+mod resolvconf;
 pub mod sim;
 mod stack;
 mod tls;
@@ -57,6 +58,7 @@ pub use policy::{
     deny_all, BoxError, Conn, DenyReason, DnsGrant, EndpointMatcher, HostMatcher, HttpGrant,
     Policy, Proto, RawGrant, Verdict,
 };
+pub use resolvconf::{host_resolvers, RESOLV_CONF};
 pub use rustls::pki_types::CertificateDer;
 pub use stack::SocketStream;
 

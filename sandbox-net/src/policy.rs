@@ -110,17 +110,31 @@ impl Conn {
     /// address may carry several): a TLS connection must name one of them
     /// in its SNI and every request must name that one; plain HTTP requests
     /// must each name one of them. Anything else is refused.
+    ///
+    /// An address matcher (`match_http("203.0.113.5")`, see
+    /// [`HostMatcher::address`]) grants the destination address itself as
+    /// the identity, for requests that name the address and for TLS
+    /// without SNI (the interception certificate then carries the
+    /// address). Name matchers, predicates included, never match an
+    /// address, so credentials keyed by host name only reach an address
+    /// the policy granted by address.
     pub fn match_http(&self, m: impl Into<HostMatcher>) -> Option<HttpGrant> {
         if self.proto != Proto::Tcp {
             return None;
         }
         let m = m.into();
-        let hosts: BTreeSet<String> = self
+        let mut hosts: BTreeSet<String> = self
             .names
             .iter()
             .filter(|n| m.matches(n))
             .cloned()
             .collect();
+        // The destination address itself is an identity an address
+        // matcher may grant (`match_http("203.0.113.5")`): requests that
+        // name the address (and TLS without SNI) are then served with it.
+        if m.matches_address(self.dst.ip()) {
+            hosts.insert(self.dst.ip().to_canonical().to_string());
+        }
         (!hosts.is_empty()).then_some(HttpGrant { hosts })
     }
 }
@@ -147,7 +161,14 @@ impl fmt::Debug for Verdict {
             Grant::Deny => f.write_str("Deny"),
             Grant::Raw => f.write_str("Raw"),
             Grant::Dns(_) => f.write_str("Dns"),
-            Grant::Http { hosts, .. } => write!(f, "Http({hosts:?})"),
+            Grant::Http {
+                hosts,
+                mode: HttpMode::Intercept(_),
+            } => write!(f, "Http({hosts:?})"),
+            Grant::Http {
+                hosts,
+                mode: HttpMode::Passthrough,
+            } => write!(f, "HttpPassthrough({hosts:?})"),
         }
     }
 }
@@ -159,8 +180,17 @@ pub(crate) enum Grant {
     Dns(DnsUpstream),
     Http {
         hosts: Arc<BTreeSet<String>>,
-        middleware: Arc<dyn Middleware>,
+        mode: HttpMode,
     },
+}
+
+/// What an HTTP grant does with the flow.
+#[derive(Clone)]
+pub(crate) enum HttpMode {
+    /// Terminate TLS with the sandbox CA and pass requests through this.
+    Intercept(Arc<dyn Middleware>),
+    /// Check the TLS server name, then forward the bytes untouched.
+    Passthrough,
 }
 
 /// A matched raw flow.
@@ -184,6 +214,24 @@ impl DnsGrant {
         Verdict(Grant::Dns(DnsUpstream::Resolvers(
             resolvers.into_iter().collect(),
         )))
+    }
+
+    /// Answers queries from the host's own resolvers, read from its
+    /// resolver configuration (`/etc/resolv.conf`) at each new DNS flow,
+    /// so a policy need not name resolver addresses. If the host names
+    /// none, the flow's queries get SERVFAIL (and the reason is logged).
+    pub fn accept_host_resolvers(self) -> Verdict {
+        self.accept_resolv_conf(crate::resolvconf::RESOLV_CONF)
+    }
+
+    /// Answers queries from the `nameserver`s of a resolv.conf-format
+    /// file (port 53), as [`DnsGrant::accept_host_resolvers`] does.
+    pub fn accept_resolv_conf(self, path: impl AsRef<std::path::Path>) -> Verdict {
+        let resolvers = crate::resolvconf::resolvers_in(path.as_ref()).unwrap_or_else(|e| {
+            log::warn!("DNS grant from a resolver configuration: {e}");
+            Vec::new()
+        });
+        self.accept(resolvers)
     }
 
     /// Answers queries from a host-side table: A records for the listed
@@ -220,7 +268,21 @@ impl HttpGrant {
     pub fn accept(self, middleware: impl Middleware) -> Verdict {
         Verdict(Grant::Http {
             hosts: Arc::new(self.hosts),
-            middleware: Arc::new(middleware),
+            mode: HttpMode::Intercept(Arc::new(middleware)),
+        })
+    }
+
+    /// Forwards HTTPS untouched, end to end: no interception, so the
+    /// guest needs no CA for this flow and sees the origin's own
+    /// certificate, and no middleware runs (nothing can be injected). The
+    /// flow stays bound to the grant: its TLS ClientHello must name one of
+    /// [`HttpGrant::hosts`] in its SNI (else the connection is reset and
+    /// nothing goes upstream), and it goes only to the flow's destination
+    /// address and port. Plain HTTP and TLS without SNI are refused.
+    pub fn accept_passthrough(self) -> Verdict {
+        Verdict(Grant::Http {
+            hosts: Arc::new(self.hosts),
+            mode: HttpMode::Passthrough,
         })
     }
 
@@ -293,23 +355,47 @@ fn same_ip(a: IpAddr, b: IpAddr) -> bool {
 
 /// Matches trusted hostnames: `"api.example.com"` exactly (case and a
 /// trailing dot ignored), `"*.example.com"` for any name below it, or a
-/// predicate on the canonical name.
+/// predicate on the canonical name. An address (`"203.0.113.5"`, an
+/// `IpAddr`, or [`HostMatcher::address`]) matches the destination address
+/// itself instead, which then becomes the flow's identity; name matchers,
+/// predicates included, never match an address.
 #[derive(Clone)]
-pub struct HostMatcher(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+pub struct HostMatcher {
+    names: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>,
+    address: Option<Arc<dyn Fn(IpAddr) -> bool + Send + Sync>>,
+}
 
 impl HostMatcher {
     /// Matches when `f` returns true for a canonical hostname.
     pub fn predicate(f: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
-        Self(Arc::new(f))
+        Self {
+            names: Some(Arc::new(f)),
+            address: None,
+        }
+    }
+
+    /// Matches destination addresses (not names) for which `f` is true.
+    pub fn address(f: impl Fn(IpAddr) -> bool + Send + Sync + 'static) -> Self {
+        Self {
+            names: None,
+            address: Some(Arc::new(f)),
+        }
     }
 
     fn matches(&self, name: &str) -> bool {
-        (self.0)(name)
+        self.names.as_ref().is_some_and(|f| f(name))
+    }
+
+    fn matches_address(&self, ip: IpAddr) -> bool {
+        self.address.as_ref().is_some_and(|f| f(ip.to_canonical()))
     }
 }
 
 impl From<&str> for HostMatcher {
     fn from(s: &str) -> Self {
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return ip.into();
+        }
         let want = canonical_name(s);
         match want.strip_prefix("*.") {
             Some(suffix) => {
@@ -318,6 +404,12 @@ impl From<&str> for HostMatcher {
             }
             None => Self::predicate(move |n| n == want),
         }
+    }
+}
+
+impl From<IpAddr> for HostMatcher {
+    fn from(ip: IpAddr) -> Self {
+        Self::address(move |a| same_ip(a, ip))
     }
 }
 
@@ -436,6 +528,15 @@ mod tests {
         assert!(raw_ip
             .match_http(HostMatcher::predicate(|_| true))
             .is_none());
+        let by_ip = raw_ip.match_http("203.0.113.9").unwrap();
+        assert_eq!(by_ip.hosts().iter().collect::<Vec<_>>(), ["203.0.113.9"]);
+        assert!(raw_ip.match_http("203.0.113.10").is_none());
+        assert!(c.match_http("203.0.113.5").is_some());
+        assert!(c
+            .match_http(HostMatcher::address(|ip| ip.is_ipv4()))
+            .is_some_and(
+                |g| g.hosts().contains("203.0.113.5") && !g.hosts().contains("api.example.com")
+            ));
         let dns = conn("198.51.100.1:53", Proto::Udp, &[]);
         assert!(dns.match_dns().is_some());
         assert_eq!(c.class(), DstClass::Documentation);

@@ -6,75 +6,20 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use sandbox_net::sim::SimGuest;
 use sandbox_net::{
-    Conn, FramePort, HostMatcher, HttpRequest, Limits, Network, NetworkOptions, Policy,
-    RoutedConnector, SocketStream, Verdict,
+    Conn, HostMatcher, HttpRequest, Limits, Policy, RoutedConnector, SocketStream, Verdict,
 };
-use support::{addresses, query, Answer, Origin, Rec, Resolver};
+use support::guest::{get, resolve, sa, start, tls_client, T};
+use support::{Answer, Origin, Rec, Resolver};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const T: Duration = Duration::from_secs(5);
 const SECRET: &str = "Bearer host-secret-7f3a";
-
-fn sa(s: &str) -> SocketAddrV4 {
-    s.parse().unwrap()
-}
-
-fn start(
-    policy: impl Policy,
-    connector: RoutedConnector,
-    limits: Limits,
-    roots: Vec<rustls::pki_types::CertificateDer<'static>>,
-) -> (Network, SimGuest) {
-    let (host, guest) = FramePort::pair(256);
-    let mut opts = NetworkOptions::new(policy)
-        .connector(connector)
-        .limits(limits);
-    for r in roots {
-        opts = opts.add_root(r);
-    }
-    let net = Network::start(host, opts).unwrap();
-    let g = SimGuest::start(guest, net.config());
-    (net, g)
-}
-
-static PORT: AtomicU16 = AtomicU16::new(20000);
-
-async fn resolve(g: &SimGuest, name: &str, server: &str) -> Option<Vec<IpAddr>> {
-    let port = PORT.fetch_add(1, Ordering::Relaxed);
-    g.udp_send(port, sa(server), &query(port, name)).await;
-    let (_, _, a) = g.udp_recv(Duration::from_secs(3)).await?;
-    Some(addresses(&a))
-}
-
-async fn get(
-    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-    host: &str,
-    path: &str,
-) -> hyper::Result<(u16, String)> {
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", host)
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = send.send_request(req).await?;
-    let status = resp.status().as_u16();
-    let headers = format!("{:?}", resp.headers());
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((
-        status,
-        format!("{headers}\n{}", String::from_utf8_lossy(&body)),
-    ))
-}
 
 fn inject(req: &mut HttpRequest) {
     req.headers.insert("authorization", SECRET.parse().unwrap());
@@ -239,30 +184,6 @@ async fn raw_ip_http_has_no_hostname_and_is_denied() {
         Some(0)
     );
     assert_eq!(origin.accepts(), 0);
-}
-
-async fn tls_client(
-    g: &SimGuest,
-    net: &Network,
-    dst: &str,
-    sni: &str,
-    alpn: &[&[u8]],
-) -> std::io::Result<tokio_rustls::client::TlsStream<SocketStream>> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(net.ca_cert_der()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let s = g.connect(sa(dst), T).await?;
-    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, s)
-        .await
 }
 
 #[tokio::test]

@@ -123,6 +123,12 @@ fn seed_net(fuzz_dir: &std::path::Path) -> Result<()> {
         "net_http1_framing",
         "seed-chunked",
         b"\x00POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\nContent-Length: 2\r\n\r\nab",
+    )?;
+    // A TLS 1.3 ClientHello naming a.example.
+    write(
+        "net_tls_hello",
+        "seed-client-hello",
+        b"\x16\x03\x01\x00\x48\x01\x00\x00\x44\x03\x03\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x00\x00\x02\x13\x01\x01\x00\x00\x19\x00\x00\x00\x0e\x00\x0c\x00\x00\x09a.example\x00\x2b\x00\x03\x02\x03\x04",
     )
 }
 

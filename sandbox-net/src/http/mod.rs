@@ -12,12 +12,15 @@
 
 pub mod ca;
 pub(crate) mod h1guard;
+pub mod hello;
+mod passthrough;
 mod proxy;
 
 use std::net::SocketAddr;
 
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
+pub(crate) use passthrough::passthrough;
 pub(crate) use proxy::serve;
 
 /// A request as the middleware sees it.
@@ -32,10 +35,14 @@ pub struct HttpRequest {
     pub version: Version,
     /// The headers that will be sent upstream; change them here.
     pub headers: HeaderMap,
-    /// The trusted hostname the flow was granted for (from DNS metadata).
+    /// The identity the flow was granted for: a trusted hostname (from
+    /// DNS metadata), or the destination address as text when the policy
+    /// granted the address itself.
     pub host: String,
-    /// The TLS server name the guest sent (equal to `host`), if TLS.
+    /// The TLS server name the guest sent (equal to `host`), if TLS with
+    /// SNI.
     pub sni: Option<String>,
+    tls: bool,
     /// The ALPN protocol negotiated with the guest, if TLS.
     pub alpn: Option<String>,
     /// The flow's destination address.
@@ -49,9 +56,9 @@ impl HttpRequest {
         self.refused = Some(status);
     }
 
-    /// True if the guest used TLS.
+    /// True if the guest used TLS (with or without SNI).
     pub fn is_tls(&self) -> bool {
-        self.sni.is_some()
+        self.tls
     }
 }
 

@@ -41,6 +41,8 @@ struct Flow {
     middleware: Arc<dyn Middleware>,
     dst: SocketAddr,
     sni: Option<String>,
+    /// Whether the guest used TLS (with or without SNI).
+    tls: bool,
     alpn: Option<String>,
     upstream: Mutex<Vec<SendRequest<Body>>>,
     /// Set when an HTTP/1.1 head was ambiguous (smuggling attempt).
@@ -67,6 +69,7 @@ pub(crate) async fn serve(
         middleware,
         dst: SocketAddr::V4(dst),
         sni: None,
+        tls: false,
         alpn: None,
         upstream: Mutex::default(),
         poisoned: Arc::default(),
@@ -78,7 +81,9 @@ pub(crate) async fn serve(
         };
         let hello = start.client_hello();
         let sni = hello.server_name().map(crate::metadata::canonical_name);
-        let Some(host) = sni.clone().filter(|s| flow.hosts.contains(s)) else {
+        // Without SNI the identity is the destination address, if granted.
+        let identity = sni.clone().unwrap_or_else(|| dst.ip().to_string());
+        let Some(host) = Some(identity).filter(|s| flow.hosts.contains(s)) else {
             // The guest asks for another name than the ones DNS granted:
             // no certificate, no request, no credentials.
             log::info!(
@@ -111,6 +116,7 @@ pub(crate) async fn serve(
             return;
         };
         flow.sni = sni;
+        flow.tls = true;
         flow.tls_host = Some(host);
         flow.alpn = tls
             .get_ref()
@@ -246,6 +252,7 @@ async fn handle(flow: Arc<Flow>, req: Request<Incoming>) -> Response<Body> {
         headers: parts.headers,
         host: host.clone(),
         sni: flow.sni.clone(),
+        tls: flow.tls,
         alpn: flow.alpn.clone(),
         dst: flow.dst,
         refused: None,
@@ -276,7 +283,7 @@ async fn handle(flow: Arc<Flow>, req: Request<Incoming>) -> Response<Body> {
     *up.version_mut() = Version::HTTP_11;
     let mut headers = view.headers;
     strip_hop_by_hop(&mut headers);
-    let default_port = if flow.sni.is_some() { 443 } else { 80 };
+    let default_port = if flow.tls { 443 } else { 80 };
     let authority = if flow.dst.port() == default_port {
         host.clone()
     } else {
