@@ -13,6 +13,7 @@ use sandbox_core::{images, BootOptions, Rootfs, Sandbox, Vm};
 const SECRET: &str = "Bearer host-secret-9b1c";
 const API_IP: &str = "203.0.113.10";
 const DENIED_IP: &str = "203.0.113.11";
+const PASS_IP: &str = "203.0.113.13";
 
 fn inject(req: &mut HttpRequest) {
     req.headers.insert("authorization", SECRET.parse().unwrap());
@@ -62,18 +63,28 @@ async fn guest_curl_gets_credentials_injected_for_the_allowed_host_only() {
     let api = Origin::start(Some("api.test")).await.unwrap();
     let api_plain = Origin::start(None).await.unwrap();
     let other = Origin::start(Some("denied.test")).await.unwrap();
+    let pass = Origin::start(Some("pass.test")).await.unwrap();
     let api_ip: IpAddr = API_IP.parse().unwrap();
     let denied_ip: IpAddr = DENIED_IP.parse().unwrap();
+    let pass_ip: IpAddr = PASS_IP.parse().unwrap();
     let routes = RoutedConnector::new()
         .route(SocketAddr::new(api_ip, 443), api.addr)
         .route(SocketAddr::new(api_ip, 80), api_plain.addr)
-        .route(SocketAddr::new(denied_ip, 443), other.addr);
+        .route(SocketAddr::new(denied_ip, 443), other.addr)
+        .route(SocketAddr::new(pass_ip, 443), pass.addr);
     let policy = move |conn: Conn| async move {
         if let Some(dns) = conn.match_dns() {
-            return Ok(dns.synthesize([("api.test", api_ip), ("denied.test", denied_ip)]));
+            return Ok(dns.synthesize([
+                ("api.test", api_ip),
+                ("denied.test", denied_ip),
+                ("pass.test", pass_ip),
+            ]));
         }
         if let Some(http) = conn.match_http("api.test") {
             return Ok(http.accept(inject));
+        }
+        if let Some(http) = conn.match_http("pass.test") {
+            return Ok(http.accept_passthrough());
         }
         Ok(conn.deny())
     };
@@ -122,6 +133,35 @@ async fn guest_curl_gets_credentials_injected_for_the_allowed_host_only() {
     let (code, _, err) = sh(&vm, "curl -sS --max-time 20 https://denied.test/").await;
     assert_ne!(code, 0, "{err}");
     assert!(other.requests().is_empty());
+
+    // Pass-through: the origin's own certificate reaches the guest (curl
+    // trusting only the origin's root succeeds; the default store, which
+    // holds the sandbox CA, does not), and no header is injected.
+    let der = pass.root.clone().unwrap();
+    vm.fs()
+        .write_file("/tmp/pass-root.der", der.as_ref(), Default::default())
+        .await
+        .unwrap();
+    let (code, out, err) = sh(
+        &vm,
+        "openssl x509 -inform DER -in /tmp/pass-root.der -out /tmp/pass-root.pem && \
+         curl -sS --max-time 20 --cacert /tmp/pass-root.pem https://pass.test/direct",
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, BODY), "{err}");
+    let (code, _, err) = sh(&vm, "curl -sS --max-time 20 https://pass.test/intercepted").await;
+    assert_ne!(
+        code, 0,
+        "the sandbox CA must not verify a pass-through flow: {err}"
+    );
+    let reqs = pass.requests();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert!(
+        reqs[0].starts_with("GET /direct HTTP/1.1\r\n"),
+        "{}",
+        reqs[0]
+    );
+    assert!(!reqs[0].contains("authorization"), "{}", reqs[0]);
 
     let stats = vm.network_stats().expect("the VM has a network");
     assert!(

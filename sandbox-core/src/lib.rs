@@ -53,10 +53,10 @@ pub mod rootfs {
 /// crate). Pass [`net::NetworkOptions`] to [`SandboxBuilder::network`].
 pub mod net {
     pub use sandbox_net::{
-        canonical_name, deny_all, BoxError, CertificateDer, Conn, Connector, DenyReason,
-        DirectConnector, DnsGrant, DstClass, EndpointMatcher, HostMatcher, HttpGrant, HttpRequest,
-        Limits, Middleware, NetConfig, NetworkOptions, Policy, Proto, RawGrant, RoutedConnector,
-        Stats, Verdict,
+        canonical_name, deny_all, host_resolvers, BoxError, CertificateDer, Conn, Connector,
+        DenyReason, DirectConnector, DnsGrant, DstClass, EndpointMatcher, HostMatcher, HttpGrant,
+        HttpRequest, Limits, Middleware, NetConfig, NetworkOptions, Policy, Proto, RawGrant,
+        RoutedConnector, Stats, Verdict,
     };
 }
 pub use status::{ExitStatus, Output, Signal};
