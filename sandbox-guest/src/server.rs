@@ -166,8 +166,9 @@ fn handle(msg: HostMsg, out: &Out, table: &Table) {
             }
             None => reject(Some(id), format!("request {id} is not running")),
         },
-        HostMsg::Abort { id } => match t.get(&id) {
-            Some(e) => {
+        // An id already reported has nothing left to cancel.
+        HostMsg::Abort { id } => {
+            if let Some(e) = t.get(&id) {
                 if let Some(pid) = e.pid {
                     // SAFETY: kill has no memory arguments; the negative pid
                     // targets the process group the child leads.
@@ -181,9 +182,7 @@ fn handle(msg: HostMsg, out: &Out, table: &Table) {
                     }
                 }
             }
-            // Already reported: nothing left to cancel.
-            None => {}
-        },
+        }
         HostMsg::Notice { text } => {
             let line: String = text.chars().filter(|c| !c.is_control()).take(512).collect();
             init::log_as("sandbox", &line);

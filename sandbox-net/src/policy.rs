@@ -361,9 +361,12 @@ fn same_ip(a: IpAddr, b: IpAddr) -> bool {
 /// predicates included, never match an address.
 #[derive(Clone)]
 pub struct HostMatcher {
-    names: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>,
-    address: Option<Arc<dyn Fn(IpAddr) -> bool + Send + Sync>>,
+    names: Option<NamePredicate>,
+    address: Option<AddressPredicate>,
 }
+
+type NamePredicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+type AddressPredicate = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
 impl HostMatcher {
     /// Matches when `f` returns true for a canonical hostname.

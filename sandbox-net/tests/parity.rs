@@ -43,9 +43,14 @@ async fn passthrough_forwards_tls_untouched_and_only_for_granted_names() {
 
     // The guest trusts only the origin's own root, not the sandbox CA: the
     // handshake succeeds only if the origin's certificate reached it.
-    let tls = tls_with_roots(&g, "203.0.113.20:443", "pass.test", &[root.clone()])
-        .await
-        .unwrap();
+    let tls = tls_with_roots(
+        &g,
+        "203.0.113.20:443",
+        "pass.test",
+        std::slice::from_ref(&root),
+    )
+    .await
+    .unwrap();
     let (status, body) = get(tls, "pass.test", "/direct").await.unwrap();
     assert_eq!(status, 200, "{body}");
     let seen = origin.seen();

@@ -271,7 +271,7 @@ mod tests {
         assert_eq!(buf[..2], data[BLOCK as usize - 4..BLOCK as usize - 2]);
         assert_eq!(buf[2..6], [0xaa; 4]);
         assert_eq!(buf[6..], data[BLOCK as usize + 2..BLOCK as usize + 4]);
-        assert_eq!(std::fs::read(&path).unwrap(), data);
+        assert_eq!(std::fs::read(path).unwrap(), data);
         // Two blocks are dirty: the limit is reached and a third block fails.
         let err = o.write_at(2 * BLOCK, &[1]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::StorageFull);
