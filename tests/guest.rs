@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use sandbox::{backend, boot};
-use sandbox_core::{images, BootOptions, CancellationToken, Error, FactSource, Rootfs, Sandbox};
+use sandbox_core::{images, BootOptions, Error, FactSource, Rootfs, Sandbox};
 
 fn errno<T: std::fmt::Debug>(r: Result<T, Error>) -> i32 {
     match r {
@@ -136,29 +136,6 @@ async fn a_timeout_returns_promptly_even_when_a_setsid_descendant_holds_stdout()
         String::from_utf8_lossy(&out.stderr)
     );
     // The old 2 s output grace made this about 2.3 s late.
-    assert!(late < Duration::from_millis(1000), "{late:?} late");
-
-    // Cancellation too.
-    let token = CancellationToken::new();
-    let t2 = token.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        t2.cancel();
-    });
-    let started = Instant::now();
-    let err = vm
-        .command("sh")
-        .args(["-c", "setsid sleep 30 & sleep 30"])
-        .cancel_on(token)
-        .exec()
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Aborted), "{err:?}");
-    let late = started.elapsed().saturating_sub(Duration::from_millis(300));
-    eprintln!(
-        "cancelled exec returned {} ms after the cancel",
-        late.as_millis()
-    );
     assert!(late < Duration::from_millis(1000), "{late:?} late");
 
     // A normal exit is not marked, and later calls are unaffected.

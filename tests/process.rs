@@ -86,7 +86,14 @@ async fn cancellation_aborts_and_leaves_the_vm_usable() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Aborted), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // Prompt: the agent reports an aborted exec without the output grace
+    // (the descendant holds stdout; the old grace made this ~2.3 s late).
+    let late = started.elapsed().saturating_sub(Duration::from_millis(300));
+    eprintln!(
+        "cancelled exec returned {} ms after the cancel",
+        late.as_millis()
+    );
+    assert!(late < Duration::from_millis(1000), "{late:?} late");
     let out = vm.exec("echo", ["after"]).await.unwrap();
     assert_eq!(out.stdout, b"after\n");
     vm.shutdown().await.unwrap();
