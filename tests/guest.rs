@@ -31,7 +31,10 @@ async fn loopback_works_without_a_network() {
     // No network was asked for: no eth0, and lo is up.
     let ifaces = sh(&vm, "ls /sys/class/net").await;
     let ifaces: Vec<&str> = ifaces.split_whitespace().collect();
-    assert!(ifaces.contains(&"lo") && !ifaces.contains(&"eth0"), "{ifaces:?}");
+    assert!(
+        ifaces.contains(&"lo") && !ifaces.contains(&"eth0"),
+        "{ifaces:?}"
+    );
     let flags = sh(&vm, "cat /sys/class/net/lo/flags").await;
     let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap();
     assert_eq!(flags & 1, 1, "IFF_UP");

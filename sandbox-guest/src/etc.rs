@@ -27,15 +27,14 @@ pub fn install_hostname(name: &str) -> io::Result<()> {
 }
 
 /// `/etc/hosts` for `name`: the image's other lines kept, the loopback
-/// names ours (`localhost` and `name` resolve to loopback addresses).
+/// names ours (`localhost` resolves to 127.0.0.1 and ::1, `name` to
+/// 127.0.1.1, as Debian lays it out).
 pub fn hosts(old: &str, name: &str) -> String {
     let mut out = String::new();
     out.push_str(HOSTS_BEGIN);
     out.push('\n');
     out.push_str(&format!("127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n"));
-    out.push_str(&format!(
-        "::1\tlocalhost ip6-localhost ip6-loopback {name}\n"
-    ));
+    out.push_str("::1\tlocalhost ip6-localhost ip6-loopback\n");
     out.push_str(HOSTS_END);
     out.push('\n');
     let mut managed = false;
