@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -92,9 +92,17 @@ fn tls_config(
     let root_key = KeyPair::generate()?;
     let mut root = CertificateParams::new(Vec::<String>::new())?;
     root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct subject names: OpenSSL takes a leaf whose subject equals its
+    // issuer for a self-signed certificate (rcgen's default name is shared).
+    root.distinguished_name = DistinguishedName::new();
+    root.distinguished_name
+        .push(DnType::CommonName, format!("sandbox test root for {host}"));
     let root = root.self_signed(&root_key)?;
     let key = KeyPair::generate()?;
-    let leaf = CertificateParams::new(vec![host.to_string()])?.signed_by(&key, &root, &root_key)?;
+    let mut leaf = CertificateParams::new(vec![host.to_string()])?;
+    leaf.distinguished_name = DistinguishedName::new();
+    leaf.distinguished_name.push(DnType::CommonName, host);
+    let leaf = leaf.signed_by(&key, &root, &root_key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
