@@ -15,8 +15,16 @@
 
 use std::time::Instant;
 
-use sandbox_core::net::{Conn, NetworkOptions};
+use sandbox_core::net::{Conn, HostMatcher, NetworkOptions};
 use sandbox_core::{images, BootOptions, Rootfs, Sandbox, Vm};
+
+/// The names the guest may reach.
+const REGISTRIES: &[&str] = &[
+    "deb.debian.org",
+    "pypi.org",
+    "files.pythonhosted.org",
+    "registry.npmjs.org",
+];
 
 /// Steps: a label and a shell script run in the guest.
 const STEPS: &[(&str, &str)] = &[
@@ -60,16 +68,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Ok(dns.accept_host_resolvers());
         }
         // apt speaks plain HTTP, pip and npm HTTPS: all intercepted
-        // (nothing to inject here).
-        for registry in [
-            "deb.debian.org",
-            "pypi.org",
-            "files.pythonhosted.org",
-            "registry.npmjs.org",
-        ] {
-            if let Some(http) = conn.match_http(registry) {
-                return Ok(http.accept_unchanged());
-            }
+        // (nothing to inject here). One matcher for every registry: a
+        // grant covers only the names its matcher accepts, and here the
+        // registries share addresses.
+        let registry = HostMatcher::predicate(|name| REGISTRIES.contains(&name));
+        if let Some(http) = conn.match_http(registry) {
+            return Ok(http.accept_unchanged());
         }
         Ok(conn.deny())
     };
