@@ -194,6 +194,7 @@ async fn the_file_api_refuses_to_destroy_the_machine() {
         "/sys",
         "/dev",
         "/run/sandbox",
+        "/run/sandbox/hosts",
     ] {
         assert_eq!(
             errno(fs.remove(path, true, true).await),

@@ -1,6 +1,6 @@
 //! Paths the host's file API refuses to remove: `/`, the API file systems
-//! (`/proc`, `/sys`, `/dev`), the agent's own state (`/run/sandbox`), and
-//! any mount point. A recursive removal is refused too when a mount point
+//! (`/proc`, `/sys`, `/dev`) and anything inside `/proc` and `/sys`, the
+//! agent's own state (`/run/sandbox` and its files), and any mount point. A recursive removal is refused too when a mount point
 //! lies beneath the directory (it would empty the mounted file system).
 //! The check runs before anything is touched.
 
@@ -10,6 +10,9 @@ use std::path::{Component, Path, PathBuf};
 
 /// Never removed, nor any directory that contains them.
 const PROTECTED: &[&str] = &["/proc", "/sys", "/dev", "/run/sandbox"];
+/// Nothing inside these is removed either (`/dev` is left out: its
+/// `shm` and `mqueue` hold the guest's own files).
+const PROTECTED_TREES: &[&str] = &["/proc", "/sys", "/run/sandbox"];
 
 /// Refuses the removal of `p` (with `recursive`) if it would touch a
 /// protected path or a mounted file system.
@@ -28,6 +31,11 @@ pub fn check_remove(p: &Path, recursive: bool) -> io::Result<()> {
     for prot in PROTECTED.iter().map(Path::new) {
         if target == prot || (recursive && prot.starts_with(&target)) {
             return refuse(format!("{} is needed by the running guest", prot.display()));
+        }
+    }
+    for tree in PROTECTED_TREES.iter().map(Path::new) {
+        if target.starts_with(tree) {
+            return refuse(format!("{} belongs to the running guest", tree.display()));
         }
     }
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -114,6 +122,9 @@ mod tests {
         }
         // A parent of a protected path only when recursive.
         assert!(check_remove(Path::new("/run"), true).is_err());
+        // Inside the agent's own state and the kernel's file systems.
+        assert!(check_remove(Path::new("/run/sandbox/ca.pem"), false).is_err());
+        assert!(check_remove(Path::new("/proc/sys/kernel"), true).is_err());
     }
 
     #[test]
