@@ -99,6 +99,36 @@ async fn cancellation_aborts_and_leaves_the_vm_usable() {
 }
 
 #[tokio::test]
+async fn dropping_an_exec_future_kills_the_guest_process() {
+    let vm = boot("dropexec").await.unwrap();
+    // `yes` writes far more than the credit window: before, the dropped
+    // call left it running, blocked on a full pipe, forever.
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(500),
+        vm.command("sh").args(["-c", "yes; echo never"]).exec(),
+    )
+    .await;
+    assert!(dropped.is_err(), "yes never ends on its own");
+    let mut left = usize::MAX;
+    for _ in 0..50 {
+        let out = vm
+            .exec("sh", ["-c", "ps -o comm | grep -c '^yes$' || true"])
+            .await
+            .unwrap();
+        left = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the dropped exec's process is gone");
+    // Later requests are unaffected.
+    let out = vm.exec("echo", ["after"]).await.unwrap();
+    assert_eq!(out.stdout, b"after\n");
+    vm.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn an_already_cancelled_token_launches_nothing() {
     let vm = boot("precancel").await.unwrap();
     let token = CancellationToken::new();

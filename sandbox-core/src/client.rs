@@ -77,6 +77,38 @@ impl Link {
     }
 }
 
+/// Cancels a guest request when dropped while still armed: the future
+/// that owned it was dropped (`tokio::time::timeout`, `select!`), so the
+/// guest process group is killed and everything it held is released.
+pub(crate) struct AbortOnDrop {
+    link: Link,
+    id: u32,
+    armed: bool,
+}
+
+impl AbortOnDrop {
+    pub fn new(link: Link, id: u32) -> Self {
+        Self {
+            link,
+            id,
+            armed: true,
+        }
+    }
+
+    /// The request finished: nothing to cancel.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.link.send(HostMsg::Abort { id: self.id });
+        }
+    }
+}
+
 /// A registered request; dropping it forgets the route.
 pub(crate) struct Request {
     pub id: u32,

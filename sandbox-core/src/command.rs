@@ -8,7 +8,7 @@ use std::time::Duration;
 use sandbox_protocol::{HostMsg, PtySize, Spawn, Stream};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::Event;
+use crate::client::{AbortOnDrop, Event};
 use crate::process::{self, Process, Pty};
 use crate::{Error, ExitStatus, Output, Vm};
 
@@ -104,6 +104,11 @@ impl<'vm> Command<'vm> {
     }
 
     /// Runs to completion and returns status, stdout and stderr.
+    ///
+    /// Dropping the future before it completes (under
+    /// `tokio::time::timeout`, in a `select!`) cancels the process as
+    /// [`Command::cancel_on`] does: its group is killed and its output
+    /// discarded, and later calls are unaffected.
     pub async fn exec(self) -> Result<Output, Error> {
         self.check_cancel()?;
         let program = self.program();
@@ -116,6 +121,8 @@ impl<'vm> Command<'vm> {
             spawn: self.spawn,
         })
         .map_err(|r| self.vm.stopped(r))?;
+        // Dropping this future before the exit report cancels the process.
+        let mut guard = AbortOnDrop::new(link.clone(), id);
         // Kills the process group and asks for the exit report at once.
         let kill = || {
             let _ = link.send(HostMsg::Abort { id });
@@ -173,6 +180,7 @@ impl<'vm> Command<'vm> {
                     }
                 }
                 Event::Exited { code, signal } => {
+                    guard.disarm();
                     let timeout = self.timeout.filter(|_| timed_out);
                     let status = match timeout {
                         Some(t) => {
@@ -198,13 +206,17 @@ impl<'vm> Command<'vm> {
                     });
                 }
                 Event::SpawnFailed { errno, message } => {
+                    guard.disarm();
                     return Err(Error::Spawn {
                         program,
                         errno,
                         message,
-                    })
+                    });
                 }
-                Event::Rejected(message) => return Err(Error::Rejected(message)),
+                Event::Rejected(message) => {
+                    guard.disarm();
+                    return Err(Error::Rejected(message));
+                }
             }
         }
     }

@@ -235,7 +235,8 @@ impl<'vm> Fs<'vm> {
             self.vm.client().link().clone(),
             self.vm.console_fn(),
         );
-        Ok(FileReader { data, done })
+        let guard = data.abort_guard();
+        Ok(FileReader { data, done, guard })
     }
 
     /// The whole file.
@@ -253,6 +254,7 @@ impl<'vm> Fs<'vm> {
         let mut reader = self.open_read(path, offset, length)?;
         let mut data = Vec::new();
         let read = reader.data.read_to_end(&mut data).await;
+        reader.guard.disarm();
         reader.done.finish().await?;
         read.map_err(Error::io("reading a guest file"))?;
         Ok(data)
@@ -299,16 +301,19 @@ impl<'vm> Fs<'vm> {
     }
 }
 
-/// A guest file being read; see [`Fs::open_read`].
+/// A guest file being read; see [`Fs::open_read`]. Dropping it before
+/// [`FileReader::finish`] cancels the guest's read.
 pub struct FileReader {
     data: OutputStream,
     done: process::FileDone,
+    guard: crate::client::AbortOnDrop,
 }
 
 impl FileReader {
     /// Waits for the guest to confirm the whole range was read (or says
     /// why not), after the stream reached its end.
-    pub async fn finish(self) -> Result<(), Error> {
+    pub async fn finish(mut self) -> Result<(), Error> {
+        self.guard.disarm();
         self.done.finish().await
     }
 }

@@ -213,6 +213,11 @@ pub struct OutputStream {
 }
 
 impl OutputStream {
+    /// A guard that cancels this stream's request if dropped armed.
+    pub(crate) fn abort_guard(&self) -> crate::client::AbortOnDrop {
+        crate::client::AbortOnDrop::new(self.link.clone(), self.id)
+    }
+
     fn credit(&mut self, force: bool) {
         if self.uncredited > 0 && (force || self.uncredited >= INITIAL_WINDOW / 4) {
             let bytes = std::mem::take(&mut self.uncredited);
