@@ -99,6 +99,42 @@ async fn cancellation_aborts_and_leaves_the_vm_usable() {
 }
 
 #[tokio::test]
+async fn bad_process_input_is_refused_at_once_with_a_clear_error() {
+    let vm = boot("badinput").await.unwrap();
+    let invalid = |r: Result<sandbox_core::Output, Error>| match r {
+        Err(Error::InvalidConfig(m)) => m,
+        other => panic!("expected a clear refusal, got {other:?}"),
+    };
+    // An argument larger than one protocol frame: refused, not hung.
+    let big = "x".repeat(2 << 20);
+    let m = tokio::time::timeout(Duration::from_secs(10), vm.exec("echo", [big.as_str()]))
+        .await
+        .expect("refused at once, not hung");
+    assert!(invalid(m).contains("at most"));
+    for (k, v) in [("", "x"), ("A=B", "x"), ("A\0B", "x"), ("A", "x\0y")] {
+        let m = invalid(vm.command("true").env(k, v).exec().await);
+        assert!(m.contains("environment variable"), "{m}");
+    }
+    let m = invalid(vm.command("true").cwd("relative").exec().await);
+    assert!(m.contains("absolute"), "{m}");
+    assert!(vm.command("true").cwd("relative").spawn().is_err());
+    // A missing working directory is named as such.
+    match vm.command("true").cwd("/no/such/dir").exec().await {
+        Err(Error::Spawn { errno, message, .. }) => {
+            assert_eq!(errno, libc::ENOENT);
+            assert!(
+                message.contains("working directory /no/such/dir"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a spawn error, got {other:?}"),
+    }
+    // Nothing was poisoned.
+    assert_eq!(vm.exec("echo", ["ok"]).await.unwrap().stdout, b"ok\n");
+    vm.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn dropping_an_exec_future_kills_the_guest_process() {
     let vm = boot("dropexec").await.unwrap();
     // `yes` writes far more than the credit window: before, the dropped

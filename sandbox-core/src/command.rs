@@ -96,6 +96,54 @@ impl<'vm> Command<'vm> {
         String::from_utf8_lossy(&self.spawn.program).into_owned()
     }
 
+    /// Refuses what the guest could not run as asked, before anything is
+    /// sent: NUL bytes (execve cannot carry them), environment names that
+    /// are empty or contain `=`, a relative working directory, and a
+    /// request too large for one protocol frame.
+    fn validate(&self) -> Result<(), Error> {
+        let s = &self.spawn;
+        let bad = |what: String| Err(Error::InvalidConfig(what));
+        if s.program.is_empty() || s.program.contains(&0) {
+            return bad(format!(
+                "program {:?} must be non-empty and free of NUL bytes",
+                self.program()
+            ));
+        }
+        if let Some(i) = s.args.iter().position(|a| a.contains(&0)) {
+            return bad(format!("argument {i} contains a NUL byte"));
+        }
+        for (k, v) in &s.env {
+            if k.is_empty() || k.contains(&b'=') || k.contains(&0) || v.contains(&0) {
+                return bad(format!(
+                    "environment variable {:?}: the name must be non-empty without '=' or NUL, the value without NUL",
+                    String::from_utf8_lossy(k)
+                ));
+            }
+        }
+        if let Some(cwd) = &s.cwd {
+            if cwd.first() != Some(&b'/') || cwd.contains(&0) {
+                return bad(format!(
+                    "cwd {:?} must be an absolute guest path",
+                    String::from_utf8_lossy(cwd)
+                ));
+            }
+        }
+        let msg = HostMsg::Spawn {
+            id: 0,
+            spawn: s.clone(),
+        };
+        if let Err(sandbox_protocol::ProtocolError::TooLarge(size)) = sandbox_protocol::encode(&msg)
+        {
+            return bad(format!(
+                "the command's program, arguments, environment and cwd take {size} bytes \
+                 encoded; one request carries at most {} bytes (pass large data through \
+                 stdin or a file instead)",
+                sandbox_protocol::MAX_FRAME
+            ));
+        }
+        Ok(())
+    }
+
     fn check_cancel(&self) -> Result<(), Error> {
         match &self.cancel {
             Some(t) if t.is_cancelled() => Err(Error::Aborted),
@@ -111,6 +159,7 @@ impl<'vm> Command<'vm> {
     /// discarded, and later calls are unaffected.
     pub async fn exec(self) -> Result<Output, Error> {
         self.check_cancel()?;
+        self.validate()?;
         let program = self.program();
         let client = self.vm.client();
         let mut req = client.register().map_err(|r| self.vm.stopped(r))?;
@@ -241,6 +290,7 @@ impl<'vm> Command<'vm> {
         self,
         build: impl FnOnce(crate::client::Request, String, crate::client::Link, process::Console) -> T,
     ) -> Result<T, Error> {
+        self.validate()?;
         let program = self.program();
         let client = self.vm.client();
         let req = client.register().map_err(|r| self.vm.stopped(r))?;

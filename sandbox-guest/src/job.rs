@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,6 +45,24 @@ fn output_grace() -> Duration {
 
 /// Starts request `id` and reports `Started` or `SpawnFailed`.
 pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
+    // A missing working directory would fail the spawn with the same
+    // ENOENT as a missing program: say which one it was.
+    if let Some(cwd) = spawn.cwd.as_deref() {
+        let dir = std::path::Path::new(std::ffi::OsStr::from_bytes(cwd));
+        let problem = match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => None,
+            Ok(_) => Some(io::Error::from_raw_os_error(libc::ENOTDIR)),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = problem {
+            let _ = out.send(GuestMsg::SpawnFailed {
+                id,
+                errno: e.raw_os_error().unwrap_or(libc::ENOENT),
+                message: format!("working directory {}: {e}", dir.display()),
+            });
+            return;
+        }
+    }
     let mut started = match reaper::get().spawn(|| {
         let s = process::start(&spawn)?;
         let pid = s.pid;
