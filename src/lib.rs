@@ -16,8 +16,8 @@ pub fn backend() -> BackendKind {
     }
 }
 
-/// A sandbox over the built-in `minimal` image with an ephemeral
-/// (in-memory) writable root.
+/// A sandbox over the built-in `minimal` image with an ephemeral writable
+/// root (writes in an unlinked scratch file, dropped at shutdown).
 pub fn minimal() -> Result<Sandbox, Error> {
     Sandbox::builder()
         .rootfs(Rootfs::ephemeral(images::builtin("minimal")?))
