@@ -95,6 +95,12 @@ impl AbortOnDrop {
         }
     }
 
+    /// Cancels the request now (the guard stays armed: a second abort of
+    /// a request the guest already ended is ignored).
+    pub fn abort(&self) {
+        let _ = self.link.send(HostMsg::Abort { id: self.id });
+    }
+
     /// The request finished: nothing to cancel.
     pub fn disarm(&mut self) {
         self.armed = false;
@@ -104,7 +110,7 @@ impl AbortOnDrop {
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         if self.armed {
-            let _ = self.link.send(HostMsg::Abort { id: self.id });
+            self.abort();
         }
     }
 }

@@ -170,12 +170,9 @@ impl<'vm> Command<'vm> {
             spawn: self.spawn,
         })
         .map_err(|r| self.vm.stopped(r))?;
-        // Dropping this future before the exit report cancels the process.
+        // Dropping this future before the exit report cancels the process;
+        // `abort` kills the group and asks for the exit report at once.
         let mut guard = AbortOnDrop::new(link.clone(), id);
-        // Kills the process group and asks for the exit report at once.
-        let kill = || {
-            let _ = link.send(HostMsg::Abort { id });
-        };
         let deadline = self.timeout.map(|t| tokio::time::Instant::now() + t);
         let cancelled = async {
             match &self.cancel {
@@ -197,11 +194,11 @@ impl<'vm> Command<'vm> {
                 e = req.events.recv() => e,
                 () = expired => {
                     timed_out = true;
-                    kill();
+                    guard.abort();
                     continue;
                 }
                 () = &mut cancelled => {
-                    kill();
+                    // The guard's drop aborts the request.
                     return Err(Error::Aborted);
                 }
             };

@@ -1,13 +1,12 @@
 //! Defining a sandbox once and booting VMs from it.
 
-use std::time::{Duration, Instant};
-
-use crate::backend::{self, BackendKind, MachineSpec};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use sandbox_protocol::HostMsg;
 use sandbox_rootfs::RootfsEvent;
 
+use crate::backend::{self, BackendKind, MachineSpec};
 use crate::client::{Client, Link};
 use crate::vm::Vm;
 use crate::{Error, Image, Rootfs, VmEvent};

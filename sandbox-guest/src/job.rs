@@ -45,24 +45,6 @@ fn output_grace() -> Duration {
 
 /// Starts request `id` and reports `Started` or `SpawnFailed`.
 pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
-    // A missing working directory would fail the spawn with the same
-    // ENOENT as a missing program: say which one it was.
-    if let Some(cwd) = spawn.cwd.as_deref() {
-        let dir = std::path::Path::new(std::ffi::OsStr::from_bytes(cwd));
-        let problem = match std::fs::metadata(dir) {
-            Ok(m) if m.is_dir() => None,
-            Ok(_) => Some(io::Error::from_raw_os_error(libc::ENOTDIR)),
-            Err(e) => Some(e),
-        };
-        if let Some(e) = problem {
-            let _ = out.send(GuestMsg::SpawnFailed {
-                id,
-                errno: e.raw_os_error().unwrap_or(libc::ENOENT),
-                message: format!("working directory {}: {e}", dir.display()),
-            });
-            return;
-        }
-    }
     let mut started = match reaper::get().spawn(|| {
         let s = process::start(&spawn)?;
         let pid = s.pid;
@@ -70,11 +52,8 @@ pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
     }) {
         Ok(s) => s,
         Err(e) => {
-            let _ = out.send(GuestMsg::SpawnFailed {
-                id,
-                errno: e.raw_os_error().unwrap_or(libc::EINVAL),
-                message: e.to_string(),
-            });
+            let (errno, message) = spawn_error(&spawn, &e);
+            let _ = out.send(GuestMsg::SpawnFailed { id, errno, message });
             return;
         }
     };
@@ -164,6 +143,26 @@ pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
             };
             let _ = out.send(GuestMsg::Exited { id, code, signal });
         });
+}
+
+/// The errno and message of a failed spawn. A missing working directory
+/// fails with the same ENOENT as a missing program: the directory is
+/// checked only then (off the hot path) and named when it is the cause.
+fn spawn_error(spawn: &Spawn, e: &io::Error) -> (i32, String) {
+    let errno = e.raw_os_error().unwrap_or(libc::EINVAL);
+    if let Some(cwd) = spawn.cwd.as_deref() {
+        let dir = std::path::Path::new(std::ffi::OsStr::from_bytes(cwd));
+        let problem = match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => None,
+            Ok(_) => Some(io::Error::from_raw_os_error(libc::ENOTDIR)),
+            Err(e) => Some(e),
+        };
+        if let Some(p) = problem {
+            let errno = p.raw_os_error().unwrap_or(errno);
+            return (errno, format!("working directory {}: {p}", dir.display()));
+        }
+    }
+    (errno, e.to_string())
 }
 
 /// Bytes an output pipe holds: large enough that one read takes a whole

@@ -81,10 +81,17 @@ pub(crate) async fn decide_tcp(
     let _ = events.send(ev);
 }
 
+/// Copies bytes both ways between a guest connection and its upstream
+/// until either side closes.
+pub(crate) async fn splice(mut guest: SocketStream, mut up: BoxUpstream) {
+    let _ = tokio::io::copy_bidirectional_with_sizes(&mut guest, &mut up, COPY_BUFFER, COPY_BUFFER)
+        .await;
+}
+
 /// Serves one accepted connection until either side closes.
 pub(crate) async fn run(
     ctx: Arc<Ctx>,
-    mut guest: SocketStream,
+    guest: SocketStream,
     handler: Handler,
     key: (SocketAddrV4, SocketAddrV4),
 ) {
@@ -94,15 +101,7 @@ pub(crate) async fn run(
         return;
     }
     match handler {
-        Handler::Raw(mut up) => {
-            let _ = tokio::io::copy_bidirectional_with_sizes(
-                &mut guest,
-                &mut up,
-                COPY_BUFFER,
-                COPY_BUFFER,
-            )
-            .await;
-        }
+        Handler::Raw(up) => splice(guest, up).await,
         Handler::Dns(up) => {
             let _ = crate::dns::serve_tcp(guest, up, &ctx.egress, &ctx.metadata).await;
         }

@@ -182,13 +182,10 @@ impl Vm {
             let Some((key, value)) = line.split_once(' ') else {
                 continue;
             };
+            if key == "present" && PACKAGE_MANAGERS.contains(&value) && manager.is_none() {
+                manager = Some(value.trim_end_matches("-get").to_string());
+            }
             match key {
-                "present" if PACKAGE_MANAGERS.contains(&value) => {
-                    manager = manager.or(Some(value.trim_end_matches("-get").to_string()));
-                    if PROBED_COMMANDS.contains(&value) {
-                        facts.push(fact(g, "command", key, value));
-                    }
-                }
                 "present" | "missing" if PROBED_COMMANDS.contains(&value) => {
                     facts.push(fact(g, "command", key, value))
                 }

@@ -14,9 +14,6 @@ use super::hello::{self, Hello, MAX_HELLO};
 use crate::stack::SocketStream;
 use crate::Ctx;
 
-/// Buffer of each direction of the copy loop.
-const COPY_BUFFER: usize = 64 << 10;
-
 pub(crate) async fn passthrough(
     ctx: Arc<Ctx>,
     mut guest: SocketStream,
@@ -68,6 +65,5 @@ pub(crate) async fn passthrough(
     if up.write_all(&first).await.is_err() {
         return;
     }
-    let _ = tokio::io::copy_bidirectional_with_sizes(&mut guest, &mut up, COPY_BUFFER, COPY_BUFFER)
-        .await;
+    crate::flow::splice(guest, up).await;
 }
