@@ -45,6 +45,19 @@ impl DstClass {
     pub fn is_public(self) -> bool {
         self == Self::Public
     }
+
+    /// True for destinations that are the host itself or its link rather
+    /// than a network beyond it: loopback, link-local (cloud metadata
+    /// services live at 169.254.169.254), multicast, broadcast and the
+    /// reserved blocks (0.0.0.0/8 reaches the host's own sockets on
+    /// Linux). Wildcard and predicate grants never match these, and
+    /// [`crate::DirectConnector`] refuses them unless told otherwise.
+    pub fn is_special_use(self) -> bool {
+        matches!(
+            self,
+            Self::Loopback | Self::LinkLocal | Self::Multicast | Self::Broadcast | Self::Reserved
+        )
+    }
 }
 
 /// The IPv4 address inside an IPv4-mapped, IPv4-compatible or NAT64 IPv6
@@ -169,6 +182,32 @@ mod tests {
         assert_eq!(c("3fff::1"), DstClass::Documentation);
         assert_eq!(c("2606:4700::1111"), DstClass::Public);
         assert_eq!(c("2002::1"), DstClass::Reserved);
+    }
+
+    #[test]
+    fn special_use() {
+        for a in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "169.254.169.254",
+            "::1",
+            "::ffff:127.0.0.1",
+            "fe80::1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+        ] {
+            assert!(c(a).is_special_use(), "{a}");
+        }
+        for a in [
+            "10.0.0.1",
+            "203.0.113.80",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "fd00::1",
+        ] {
+            assert!(!c(a).is_special_use(), "{a}");
+        }
     }
 
     #[test]

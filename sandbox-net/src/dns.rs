@@ -160,7 +160,10 @@ async fn exchange(
     tcp: bool,
 ) -> io::Result<Vec<u8>> {
     if tcp {
-        let mut s = egress.dial_tcp(resolver).await.map_err(io::Error::other)?;
+        let mut s = egress
+            .dial_tcp_resolver(resolver)
+            .await
+            .map_err(io::Error::other)?;
         let len = u16::try_from(raw.len()).map_err(|_| io::Error::other("query too long"))?;
         let mut msg = len.to_be_bytes().to_vec();
         msg.extend_from_slice(raw);
@@ -170,7 +173,10 @@ async fn exchange(
         s.read_exact(&mut buf).await?;
         Ok(buf)
     } else {
-        let s = egress.dial_udp(resolver).await.map_err(io::Error::other)?;
+        let s = egress
+            .dial_udp_resolver(resolver)
+            .await
+            .map_err(io::Error::other)?;
         s.send(raw).await?;
         let mut buf = vec![0u8; 65535];
         let n = s.recv(&mut buf).await?;

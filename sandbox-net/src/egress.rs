@@ -28,37 +28,100 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// How the host reaches a destination.
 pub trait Connector: Send + Sync + 'static {
-    /// Opens a TCP connection to `dst`.
+    /// Opens a TCP connection to `dst` (a guest flow's destination).
     fn tcp(&self, dst: SocketAddr) -> BoxFuture<io::Result<BoxUpstream>>;
-    /// Opens a UDP socket connected to `dst`.
+    /// Opens a UDP socket connected to `dst` (a guest flow's destination).
     fn udp(&self, dst: SocketAddr) -> BoxFuture<io::Result<UdpSocket>>;
+    /// Opens a TCP connection to a DNS resolver the policy named (never an
+    /// address the guest chose; the host's own resolver is often on
+    /// loopback). Defaults to [`Connector::tcp`].
+    fn tcp_resolver(&self, dst: SocketAddr) -> BoxFuture<io::Result<BoxUpstream>> {
+        self.tcp(dst)
+    }
+    /// Opens a UDP socket to a DNS resolver the policy named. Defaults to
+    /// [`Connector::udp`].
+    fn udp_resolver(&self, dst: SocketAddr) -> BoxFuture<io::Result<UdpSocket>> {
+        self.udp(dst)
+    }
 }
 
 /// Dials destinations directly from the host.
+///
+/// By default it refuses guest flows to special-use destinations
+/// ([`crate::DstClass::is_special_use`]: the host's loopback, link-local
+/// and cloud-metadata addresses, 0.0.0.0, multicast, broadcast), a second
+/// line behind the policy, whose wildcard grants already exclude them. A
+/// sandbox that must reach a service on the host's loopback grants its
+/// exact address and uses [`DirectConnector::allow_special_use`].
+/// Resolvers the policy names are dialed wherever they are.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct DirectConnector;
+pub struct DirectConnector {
+    special_use: bool,
+}
+
+impl DirectConnector {
+    /// A connector that refuses special-use destinations.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Also dials special-use destinations (the host's loopback, metadata
+    /// services...) that the policy granted by exact address.
+    pub fn allow_special_use(mut self) -> Self {
+        self.special_use = true;
+        self
+    }
+
+    fn check(&self, dst: SocketAddr) -> io::Result<SocketAddr> {
+        let class = crate::DstClass::of(dst.ip());
+        if self.special_use || !class.is_special_use() {
+            return Ok(dst);
+        }
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "refusing to dial {dst}: a {class:?} address is the host itself or its link \
+                 (DirectConnector::allow_special_use dials it)"
+            ),
+        ))
+    }
+}
 
 impl Connector for DirectConnector {
     fn tcp(&self, dst: SocketAddr) -> BoxFuture<io::Result<BoxUpstream>> {
-        Box::pin(async move {
-            let s = TcpStream::connect(dst).await?;
-            s.set_nodelay(true)?;
-            Ok(Box::new(s) as BoxUpstream)
-        })
+        let dst = self.check(dst);
+        Box::pin(async move { dial_tcp(dst?).await })
     }
 
     fn udp(&self, dst: SocketAddr) -> BoxFuture<io::Result<UdpSocket>> {
-        Box::pin(async move {
-            let bind: SocketAddr = if dst.is_ipv4() {
-                "0.0.0.0:0".parse().expect("literal")
-            } else {
-                "[::]:0".parse().expect("literal")
-            };
-            let s = UdpSocket::bind(bind).await?;
-            s.connect(dst).await?;
-            Ok(s)
-        })
+        let dst = self.check(dst);
+        Box::pin(async move { dial_udp(dst?).await })
     }
+
+    fn tcp_resolver(&self, dst: SocketAddr) -> BoxFuture<io::Result<BoxUpstream>> {
+        Box::pin(dial_tcp(dst))
+    }
+
+    fn udp_resolver(&self, dst: SocketAddr) -> BoxFuture<io::Result<UdpSocket>> {
+        Box::pin(dial_udp(dst))
+    }
+}
+
+async fn dial_tcp(dst: SocketAddr) -> io::Result<BoxUpstream> {
+    let s = TcpStream::connect(dst).await?;
+    s.set_nodelay(true)?;
+    Ok(Box::new(s) as BoxUpstream)
+}
+
+async fn dial_udp(dst: SocketAddr) -> io::Result<UdpSocket> {
+    let bind: SocketAddr = if dst.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let s = UdpSocket::bind(bind).await?;
+    s.connect(dst).await?;
+    Ok(s)
 }
 
 /// Sends each listed destination to another address and refuses every
@@ -94,12 +157,12 @@ impl RoutedConnector {
 impl Connector for RoutedConnector {
     fn tcp(&self, dst: SocketAddr) -> BoxFuture<io::Result<BoxUpstream>> {
         let to = self.lookup(dst);
-        Box::pin(async move { DirectConnector.tcp(to?).await })
+        Box::pin(async move { dial_tcp(to?).await })
     }
 
     fn udp(&self, dst: SocketAddr) -> BoxFuture<io::Result<UdpSocket>> {
         let to = self.lookup(dst);
-        Box::pin(async move { DirectConnector.udp(to?).await })
+        Box::pin(async move { dial_udp(to?).await })
     }
 }
 
@@ -263,6 +326,20 @@ impl HostEgress {
     /// Opens a UDP socket connected to `dst`.
     pub async fn dial_udp(&self, dst: SocketAddr) -> Result<UdpSocket, EgressError> {
         let r = tokio::time::timeout(self.limits.dial_timeout, self.connector.udp(dst)).await;
+        self.dialed(dst, r)
+    }
+
+    /// Dials a resolver the policy named over TCP.
+    pub async fn dial_tcp_resolver(&self, dst: SocketAddr) -> Result<BoxUpstream, EgressError> {
+        let r =
+            tokio::time::timeout(self.limits.dial_timeout, self.connector.tcp_resolver(dst)).await;
+        self.dialed(dst, r)
+    }
+
+    /// Opens a UDP socket to a resolver the policy named.
+    pub async fn dial_udp_resolver(&self, dst: SocketAddr) -> Result<UdpSocket, EgressError> {
+        let r =
+            tokio::time::timeout(self.limits.dial_timeout, self.connector.udp_resolver(dst)).await;
         self.dialed(dst, r)
     }
 

@@ -141,7 +141,7 @@ impl NetworkOptions {
     pub fn new(policy: impl Policy) -> Self {
         Self {
             policy: Arc::new(policy),
-            connector: Arc::new(DirectConnector),
+            connector: Arc::new(DirectConnector::new()),
             limits: Limits::default(),
             config: NetConfig::default(),
             extra_roots: Vec::new(),

@@ -119,10 +119,10 @@ impl Conn {
     /// address, so credentials keyed by host name only reach an address
     /// the policy granted by address.
     pub fn match_http(&self, m: impl Into<HostMatcher>) -> Option<HttpGrant> {
-        if self.proto != Proto::Tcp {
+        let m = m.into();
+        if self.proto != Proto::Tcp || !m.reaches(self.dst.ip()) {
             return None;
         }
-        let m = m.into();
         let mut hosts: BTreeSet<String> = self
             .names
             .iter()
@@ -295,17 +295,38 @@ impl HttpGrant {
 /// Matches flow endpoints: `"203.0.113.5:443"`, `"203.0.113.5"` (any
 /// port), `"example.com:443"` / `"example.com"` (a trusted hostname of the
 /// destination), `"*:443"`, a `SocketAddr`, an `IpAddr`, or a predicate.
+///
+/// Only an exact address (`"127.0.0.1:8080"`, an `IpAddr`) matches a
+/// special-use destination ([`DstClass::is_special_use`]: the host's
+/// loopback, link-local and metadata addresses, 0.0.0.0, multicast...);
+/// names, `"*"` and predicates never do, so a wildcard grant or a DNS
+/// answer pointing a granted name at 127.0.0.1 cannot reach the host's own
+/// services.
 #[derive(Clone)]
-pub struct EndpointMatcher(Arc<dyn Fn(&Conn) -> bool + Send + Sync>);
+pub struct EndpointMatcher {
+    f: Arc<dyn Fn(&Conn) -> bool + Send + Sync>,
+    exact_address: bool,
+}
 
 impl EndpointMatcher {
-    /// Matches when `f` returns true.
+    /// Matches when `f` returns true (never for a special-use
+    /// destination).
     pub fn predicate(f: impl Fn(&Conn) -> bool + Send + Sync + 'static) -> Self {
-        Self(Arc::new(f))
+        Self {
+            f: Arc::new(f),
+            exact_address: false,
+        }
+    }
+
+    fn exact(f: impl Fn(&Conn) -> bool + Send + Sync + 'static) -> Self {
+        Self {
+            f: Arc::new(f),
+            exact_address: true,
+        }
     }
 
     fn matches(&self, conn: &Conn) -> bool {
-        (self.0)(conn)
+        (self.exact_address || !conn.class().is_special_use()) && (self.f)(conn)
     }
 }
 
@@ -339,13 +360,13 @@ impl From<String> for EndpointMatcher {
 
 impl From<SocketAddr> for EndpointMatcher {
     fn from(sa: SocketAddr) -> Self {
-        Self::predicate(move |c| same_ip(c.dst.ip(), sa.ip()) && c.dst.port() == sa.port())
+        Self::exact(move |c| same_ip(c.dst.ip(), sa.ip()) && c.dst.port() == sa.port())
     }
 }
 
 impl From<IpAddr> for EndpointMatcher {
     fn from(ip: IpAddr) -> Self {
-        Self::predicate(move |c| same_ip(c.dst.ip(), ip))
+        Self::exact(move |c| same_ip(c.dst.ip(), ip))
     }
 }
 
@@ -359,10 +380,15 @@ fn same_ip(a: IpAddr, b: IpAddr) -> bool {
 /// `IpAddr`, or [`HostMatcher::address`]) matches the destination address
 /// itself instead, which then becomes the flow's identity; name matchers,
 /// predicates included, never match an address.
+///
+/// As with [`EndpointMatcher`], only an exact address matches a special-use
+/// destination (loopback, link-local, 0.0.0.0...): a name whose DNS answer
+/// points there, or an address predicate, does not.
 #[derive(Clone)]
 pub struct HostMatcher {
     names: Option<NamePredicate>,
     address: Option<AddressPredicate>,
+    exact_address: bool,
 }
 
 type NamePredicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -374,15 +400,22 @@ impl HostMatcher {
         Self {
             names: Some(Arc::new(f)),
             address: None,
+            exact_address: false,
         }
     }
 
-    /// Matches destination addresses (not names) for which `f` is true.
+    /// Matches destination addresses (not names) for which `f` is true
+    /// (never a special-use one: grant those by their exact address).
     pub fn address(f: impl Fn(IpAddr) -> bool + Send + Sync + 'static) -> Self {
         Self {
             names: None,
             address: Some(Arc::new(f)),
+            exact_address: false,
         }
+    }
+
+    fn reaches(&self, ip: IpAddr) -> bool {
+        self.exact_address || !DstClass::of(ip).is_special_use()
     }
 
     fn matches(&self, name: &str) -> bool {
@@ -412,7 +445,10 @@ impl From<&str> for HostMatcher {
 
 impl From<IpAddr> for HostMatcher {
     fn from(ip: IpAddr) -> Self {
-        Self::address(move |a| same_ip(a, ip))
+        Self {
+            exact_address: true,
+            ..Self::address(move |a| same_ip(a, ip))
+        }
     }
 }
 
@@ -543,6 +579,45 @@ mod tests {
         let dns = conn("198.51.100.1:53", Proto::Udp, &[]);
         assert!(dns.match_dns().is_some());
         assert_eq!(c.class(), DstClass::Documentation);
+    }
+
+    #[test]
+    fn only_exact_addresses_match_special_use_destinations() {
+        for dst in [
+            "127.0.0.1:8080",
+            "0.0.0.0:8080",
+            "169.254.169.254:8080",
+            "[::ffff:127.0.0.1]:8080",
+        ] {
+            let c = conn(dst, Proto::Tcp, &["rebind.test"]);
+            assert!(c.match_tcp("*:8080").is_none(), "{dst}");
+            assert!(c.match_tcp("rebind.test:8080").is_none(), "{dst}");
+            assert!(
+                c.match_tcp(EndpointMatcher::predicate(|_| true)).is_none(),
+                "{dst}"
+            );
+            assert!(c.match_http("rebind.test").is_none(), "{dst}");
+            assert!(
+                c.match_http(HostMatcher::address(|_| true)).is_none(),
+                "{dst}"
+            );
+            assert!(
+                c.match_http(HostMatcher::predicate(|_| true)).is_none(),
+                "{dst}"
+            );
+            let exact: SocketAddr = dst.parse().unwrap();
+            assert!(c.match_tcp(exact).is_some(), "{dst}");
+            assert!(c.match_tcp(exact.ip()).is_some(), "{dst}");
+            assert!(c.match_tcp(dst).is_some(), "{dst}");
+            assert!(c.match_http(exact.ip()).is_some(), "{dst}");
+        }
+        let udp = conn("169.254.169.254:53", Proto::Udp, &[]);
+        assert!(udp.match_udp("*:53").is_none());
+        // DNS is answered by the host whatever the address.
+        assert!(udp.match_dns().is_some());
+        // Private and documentation addresses are not special-use.
+        let lan = conn("192.168.1.9:8080", Proto::Tcp, &[]);
+        assert!(lan.match_tcp("*:8080").is_some());
     }
 
     #[tokio::test]

@@ -26,7 +26,7 @@ pub fn sa(s: &str) -> SocketAddrV4 {
 
 pub fn start(
     policy: impl Policy,
-    connector: RoutedConnector,
+    connector: impl sandbox_net::Connector,
     limits: Limits,
     roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 ) -> (Network, SimGuest) {
