@@ -11,9 +11,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::CertificateDer;
 use sandbox_net::sim::SimGuest;
-use sandbox_net::{
-    FramePort, Limits, Network, NetworkOptions, Policy, RoutedConnector, SocketStream,
-};
+use sandbox_net::{FramePort, Limits, Network, NetworkOptions, Policy, SocketStream};
 
 use super::{addresses, query};
 
