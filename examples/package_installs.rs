@@ -71,8 +71,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // (nothing to inject here). One matcher for every registry: a
         // grant covers only the names its matcher accepts, and here the
         // registries share addresses.
+        // A grant is bound to a scheme and port: HTTPS on 443, and the
+        // same names over cleartext on 80 as a second grant.
         let registry = HostMatcher::predicate(|name| REGISTRIES.contains(&name));
-        if let Some(http) = conn.match_http(registry) {
+        let grant = conn
+            .match_http(registry.clone())
+            .or_else(|| conn.match_http(registry.cleartext()));
+        if let Some(http) = grant {
             return Ok(http.accept_unchanged());
         }
         Ok(conn.deny())

@@ -83,6 +83,11 @@ async fn guest_curl_gets_credentials_injected_for_the_allowed_host_only() {
         if let Some(http) = conn.match_http("api.test") {
             return Ok(http.accept(inject));
         }
+        // Cleartext to the same name is a separate grant; without
+        // `allow_cleartext_credentials` the injection is refused.
+        if let Some(http) = conn.match_http("http://api.test") {
+            return Ok(http.accept(inject));
+        }
         if let Some(http) = conn.match_http("pass.test") {
             return Ok(http.accept_passthrough());
         }
@@ -126,6 +131,14 @@ async fn guest_curl_gets_credentials_injected_for_the_allowed_host_only() {
     // Plain HTTP with a spoofed Host header: refused on this flow.
     let (code, out, _) = sh(&vm, "curl -sS --max-time 20 -o /dev/null -w '%{http_code}' -H 'Host: denied.test' http://api.test/").await;
     assert_eq!((code, out.as_str()), (0, "421"));
+    // Plain HTTP to the granted name: the credential would travel in the
+    // clear, so the request is refused (403) and nothing goes upstream.
+    let (code, out, _) = sh(
+        &vm,
+        "curl -sS --max-time 20 -o /dev/null -w '%{http_code}' http://api.test/",
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "403"));
     assert!(api_plain.requests().is_empty());
 
     // A host the policy does not grant: the connection is refused and the

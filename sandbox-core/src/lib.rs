@@ -55,8 +55,8 @@ pub mod net {
     pub use sandbox_net::{
         canonical_name, deny_all, host_resolvers, BoxError, CertificateDer, Conn, Connector,
         DenyReason, DirectConnector, DnsGrant, DstClass, EndpointMatcher, HostMatcher, HttpGrant,
-        HttpRequest, Limits, Middleware, NetConfig, NetworkOptions, Policy, Proto, RawGrant,
-        RoutedConnector, Stats, Verdict,
+        HttpRequest, HttpScheme, Limits, Middleware, NetConfig, NetworkOptions, Policy, Proto,
+        RawGrant, RoutedConnector, Stats, Verdict,
     };
 }
 pub use status::{ExitStatus, Output, Signal};

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::dns::DnsUpstream;
 use crate::egress::{BoxUpstream, Counters};
-use crate::policy::{evaluate, Conn, Grant, HttpMode, Proto};
+use crate::policy::{evaluate, Conn, Grant, HttpFlow, HttpMode, Proto};
 use crate::stack::{Event, SocketStream};
 use crate::Ctx;
 
@@ -24,12 +24,8 @@ pub(crate) enum Handler {
     Raw(BoxUpstream),
     /// DNS over TCP.
     Dns(DnsUpstream),
-    /// HTTP/HTTPS interception or TLS pass-through for these trusted
-    /// hostnames.
-    Http {
-        hosts: Arc<std::collections::BTreeSet<String>>,
-        mode: HttpMode,
-    },
+    /// HTTP/HTTPS interception or TLS pass-through, bound to a grant.
+    Http(HttpFlow),
 }
 
 /// Decides on a held SYN and reports the outcome to the stack.
@@ -63,7 +59,7 @@ pub(crate) async fn decide_tcp(
             }
         },
         Ok(Grant::Dns(up)) => Some(Handler::Dns(up)),
-        Ok(Grant::Http { hosts, mode }) => Some(Handler::Http { hosts, mode }),
+        Ok(Grant::Http(h)) => Some(Handler::Http(h)),
     };
     let ev = match handler {
         Some(handler) => {
@@ -105,17 +101,11 @@ pub(crate) async fn run(
         Handler::Dns(up) => {
             let _ = crate::dns::serve_tcp(guest, up, &ctx.egress, &ctx.metadata).await;
         }
-        Handler::Http {
-            hosts,
-            mode: HttpMode::Intercept(middleware),
-        } => {
-            crate::http::serve(ctx.clone(), guest, hosts, middleware, key.1).await;
-        }
-        Handler::Http {
-            hosts,
-            mode: HttpMode::Passthrough,
-        } => {
-            crate::http::passthrough(ctx.clone(), guest, &hosts, key.1).await;
-        }
+        Handler::Http(grant) => match grant.mode {
+            HttpMode::Intercept(_) => crate::http::serve(ctx.clone(), guest, grant, key.1).await,
+            HttpMode::Passthrough => {
+                crate::http::passthrough(ctx.clone(), guest, &grant.hosts, key.1).await
+            }
+        },
     }
 }

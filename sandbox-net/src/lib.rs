@@ -56,7 +56,7 @@ pub use metadata::{
 };
 pub use policy::{
     deny_all, BoxError, Conn, DenyReason, DnsGrant, EndpointMatcher, HostMatcher, HttpGrant,
-    Policy, Proto, RawGrant, Verdict,
+    HttpScheme, Policy, Proto, RawGrant, Verdict,
 };
 pub use resolvconf::{host_resolvers, RESOLV_CONF};
 pub use rustls::pki_types::CertificateDer;

@@ -105,8 +105,11 @@ impl Conn {
         (self.dst.port() == 53).then_some(DnsGrant)
     }
 
-    /// An HTTP grant if this is TCP and trusted hostnames of the
-    /// destination match `m`. The grant is for exactly those names (a CDN
+    /// An HTTP grant if this is TCP to the matcher's port (443 unless
+    /// named: `"api.example.com:8443"`, `"http://api.example.com"` for
+    /// port 80) and trusted hostnames of the destination match `m`. The
+    /// grant is bound to the matcher's scheme: HTTPS grants serve only TLS,
+    /// `http://` grants only cleartext. The grant is for exactly those names (a CDN
     /// address may carry several): a TLS connection must name one of them
     /// in its SNI and every request must name that one; plain HTTP requests
     /// must each name one of them. Anything else is refused.
@@ -120,7 +123,10 @@ impl Conn {
     /// the policy granted by address.
     pub fn match_http(&self, m: impl Into<HostMatcher>) -> Option<HttpGrant> {
         let m = m.into();
-        if self.proto != Proto::Tcp || !m.reaches(self.dst.ip()) {
+        if self.proto != Proto::Tcp
+            || self.dst.port() != m.port_or_default()
+            || !m.reaches(self.dst.ip())
+        {
             return None;
         }
         let mut hosts: BTreeSet<String> = self
@@ -135,7 +141,12 @@ impl Conn {
         if m.matches_address(self.dst.ip()) {
             hosts.insert(self.dst.ip().to_canonical().to_string());
         }
-        (!hosts.is_empty()).then_some(HttpGrant { hosts })
+        (!hosts.is_empty()).then_some(HttpGrant {
+            hosts,
+            scheme: m.scheme,
+            port: m.port_or_default(),
+            cleartext_credentials: false,
+        })
     }
 }
 
@@ -161,14 +172,13 @@ impl fmt::Debug for Verdict {
             Grant::Deny => f.write_str("Deny"),
             Grant::Raw => f.write_str("Raw"),
             Grant::Dns(_) => f.write_str("Dns"),
-            Grant::Http {
-                hosts,
-                mode: HttpMode::Intercept(_),
-            } => write!(f, "Http({hosts:?})"),
-            Grant::Http {
-                hosts,
-                mode: HttpMode::Passthrough,
-            } => write!(f, "HttpPassthrough({hosts:?})"),
+            Grant::Http(h) => {
+                let kind = match h.mode {
+                    HttpMode::Intercept(_) => "Http",
+                    HttpMode::Passthrough => "HttpPassthrough",
+                };
+                write!(f, "{kind}({:?} {:?})", h.scheme, h.hosts)
+            }
         }
     }
 }
@@ -178,10 +188,38 @@ pub(crate) enum Grant {
     Deny,
     Raw,
     Dns(DnsUpstream),
-    Http {
-        hosts: Arc<BTreeSet<String>>,
-        mode: HttpMode,
-    },
+    Http(HttpFlow),
+}
+
+/// What an accepted HTTP grant binds a flow to.
+#[derive(Clone)]
+pub(crate) struct HttpFlow {
+    /// The trusted names the grant covers.
+    pub(crate) hosts: Arc<BTreeSet<String>>,
+    pub(crate) mode: HttpMode,
+    /// TLS (HTTPS) or cleartext: the flow must speak this.
+    pub(crate) scheme: HttpScheme,
+    /// Whether the middleware may change a cleartext request's headers.
+    pub(crate) cleartext_credentials: bool,
+}
+
+/// The scheme an HTTP grant is bound to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HttpScheme {
+    /// HTTP over TLS (port 443 unless named).
+    Https,
+    /// Cleartext HTTP (port 80 unless named).
+    Http,
+}
+
+impl HttpScheme {
+    /// 443 or 80.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::Https => 443,
+            Self::Http => 80,
+        }
+    }
 }
 
 /// What an HTTP grant does with the flow.
@@ -251,10 +289,14 @@ impl DnsGrant {
     }
 }
 
-/// A matched HTTP flow for the trusted hostnames the matcher accepted.
+/// A matched HTTP flow for the trusted hostnames the matcher accepted,
+/// bound to the matcher's scheme and port.
 #[derive(Debug)]
 pub struct HttpGrant {
     hosts: BTreeSet<String>,
+    scheme: HttpScheme,
+    port: u16,
+    cleartext_credentials: bool,
 }
 
 impl HttpGrant {
@@ -263,13 +305,40 @@ impl HttpGrant {
         &self.hosts
     }
 
-    /// Enters HTTP/HTTPS interception; `middleware` may change each
-    /// upstream request's headers.
-    pub fn accept(self, middleware: impl Middleware) -> Verdict {
-        Verdict(Grant::Http {
+    /// The scheme the flow must speak.
+    pub fn scheme(&self) -> HttpScheme {
+        self.scheme
+    }
+
+    /// The destination port (the matcher's).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Lets the middleware change headers of cleartext (`http://`)
+    /// requests. Without it, a cleartext request whose headers the
+    /// middleware changed (an injected credential, typically) is refused
+    /// with 403 and nothing goes upstream: anything on the path could read
+    /// a credential sent in the clear. No effect on HTTPS grants.
+    pub fn allow_cleartext_credentials(mut self) -> Self {
+        self.cleartext_credentials = true;
+        self
+    }
+
+    fn verdict(self, mode: HttpMode) -> Verdict {
+        Verdict(Grant::Http(HttpFlow {
             hosts: Arc::new(self.hosts),
-            mode: HttpMode::Intercept(Arc::new(middleware)),
-        })
+            mode,
+            scheme: self.scheme,
+            cleartext_credentials: self.cleartext_credentials,
+        }))
+    }
+
+    /// Enters HTTP/HTTPS interception; `middleware` may change each
+    /// upstream request's headers (over cleartext only after
+    /// [`HttpGrant::allow_cleartext_credentials`]).
+    pub fn accept(self, middleware: impl Middleware) -> Verdict {
+        self.verdict(HttpMode::Intercept(Arc::new(middleware)))
     }
 
     /// Forwards HTTPS untouched, end to end: no interception, so the
@@ -278,12 +347,10 @@ impl HttpGrant {
     /// flow stays bound to the grant: its TLS ClientHello must name one of
     /// [`HttpGrant::hosts`] in its SNI (else the connection is reset and
     /// nothing goes upstream), and it goes only to the flow's destination
-    /// address and port. Plain HTTP and TLS without SNI are refused.
+    /// address and port. Plain HTTP (an `http://` grant included) and TLS
+    /// without SNI are refused.
     pub fn accept_passthrough(self) -> Verdict {
-        Verdict(Grant::Http {
-            hosts: Arc::new(self.hosts),
-            mode: HttpMode::Passthrough,
-        })
+        self.verdict(HttpMode::Passthrough)
     }
 
     /// Interception without changes to requests.
@@ -384,11 +451,19 @@ fn same_ip(a: IpAddr, b: IpAddr) -> bool {
 /// As with [`EndpointMatcher`], only an exact address matches a special-use
 /// destination (loopback, link-local, 0.0.0.0...): a name whose DNS answer
 /// points there, or an address predicate, does not.
+///
+/// A matcher is bound to a scheme and port: HTTPS on 443 by default.
+/// `"api.example.com:8443"` is HTTPS on 8443, `"http://api.example.com"`
+/// cleartext on 80, `"http://api.example.com:8080"` cleartext on 8080
+/// (`"https://"` may be written too); [`HostMatcher::port`] and
+/// [`HostMatcher::cleartext`] do the same for predicates.
 #[derive(Clone)]
 pub struct HostMatcher {
     names: Option<NamePredicate>,
     address: Option<AddressPredicate>,
     exact_address: bool,
+    scheme: HttpScheme,
+    port: Option<u16>,
 }
 
 type NamePredicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -401,6 +476,8 @@ impl HostMatcher {
             names: Some(Arc::new(f)),
             address: None,
             exact_address: false,
+            scheme: HttpScheme::Https,
+            port: None,
         }
     }
 
@@ -411,7 +488,26 @@ impl HostMatcher {
             names: None,
             address: Some(Arc::new(f)),
             exact_address: false,
+            scheme: HttpScheme::Https,
+            port: None,
         }
+    }
+
+    /// Matches flows to `port` instead of the scheme's default.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// Binds the grant to cleartext HTTP (port 80 unless
+    /// [`HostMatcher::port`] names another).
+    pub fn cleartext(mut self) -> Self {
+        self.scheme = HttpScheme::Http;
+        self
+    }
+
+    fn port_or_default(&self) -> u16 {
+        self.port.unwrap_or(self.scheme.default_port())
     }
 
     fn reaches(&self, ip: IpAddr) -> bool {
@@ -429,17 +525,45 @@ impl HostMatcher {
 
 impl From<&str> for HostMatcher {
     fn from(s: &str) -> Self {
-        if let Ok(ip) = s.parse::<IpAddr>() {
-            return ip.into();
-        }
-        let want = canonical_name(s);
-        match want.strip_prefix("*.") {
-            Some(suffix) => {
-                let dotted = format!(".{suffix}");
-                Self::predicate(move |n| n.ends_with(&dotted))
+        let lower = s.to_ascii_lowercase();
+        let (scheme, rest) = if let Some(r) = lower.strip_prefix("http://") {
+            (HttpScheme::Http, r)
+        } else if let Some(r) = lower.strip_prefix("https://") {
+            (HttpScheme::Https, r)
+        } else {
+            (HttpScheme::Https, lower.as_str())
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (host, port) = split_port(rest);
+        let mut m = if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
+            ip.into()
+        } else {
+            let want = canonical_name(host);
+            match want.strip_prefix("*.") {
+                Some(suffix) => {
+                    let dotted = format!(".{suffix}");
+                    Self::predicate(move |n| n.ends_with(&dotted))
+                }
+                None => Self::predicate(move |n| n == want),
             }
-            None => Self::predicate(move |n| n == want),
-        }
+        };
+        m.scheme = scheme;
+        m.port = port;
+        m
+    }
+}
+
+/// `host:port`, `[v6]:port`, a bare IPv6 address or a bare host.
+fn split_port(s: &str) -> (&str, Option<u16>) {
+    if s.parse::<IpAddr>().is_ok() {
+        return (s, None);
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) => match p.parse::<u16>() {
+            Ok(p) => (h, Some(p)),
+            Err(_) => (s, None),
+        },
+        None => (s, None),
     }
 }
 
@@ -567,9 +691,14 @@ mod tests {
         assert!(raw_ip
             .match_http(HostMatcher::predicate(|_| true))
             .is_none());
-        let by_ip = raw_ip.match_http("203.0.113.9").unwrap();
+        assert!(
+            raw_ip.match_http("203.0.113.9").is_none(),
+            "HTTPS on 443 only"
+        );
+        let by_ip = raw_ip.match_http("http://203.0.113.9").unwrap();
+        assert_eq!(by_ip.scheme(), HttpScheme::Http);
         assert_eq!(by_ip.hosts().iter().collect::<Vec<_>>(), ["203.0.113.9"]);
-        assert!(raw_ip.match_http("203.0.113.10").is_none());
+        assert!(raw_ip.match_http("http://203.0.113.10").is_none());
         assert!(c.match_http("203.0.113.5").is_some());
         assert!(c
             .match_http(HostMatcher::address(|ip| ip.is_ipv4()))
@@ -582,16 +711,44 @@ mod tests {
     }
 
     #[test]
+    fn http_grants_are_bound_to_a_scheme_and_port() {
+        let names = &["api.example.com"];
+        let https = conn("203.0.113.5:443", Proto::Tcp, names);
+        let alt = conn("203.0.113.5:8443", Proto::Tcp, names);
+        let http = conn("203.0.113.5:80", Proto::Tcp, names);
+        let g = https.match_http("api.example.com").unwrap();
+        assert_eq!((g.scheme(), g.port()), (HttpScheme::Https, 443));
+        assert!(alt.match_http("api.example.com").is_none());
+        assert!(http.match_http("api.example.com").is_none());
+        let g = alt.match_http("API.example.com.:8443").unwrap();
+        assert_eq!((g.scheme(), g.port()), (HttpScheme::Https, 8443));
+        assert!(alt.match_http("https://api.example.com:8443/").is_some());
+        let g = http.match_http("http://api.example.com").unwrap();
+        assert_eq!((g.scheme(), g.port()), (HttpScheme::Http, 80));
+        assert!(https.match_http("http://api.example.com").is_none());
+        assert!(http.match_http("*.example.com").is_none());
+        assert!(http.match_http("http://*.example.com").is_some());
+        let p = HostMatcher::predicate(|n| n.starts_with("api."));
+        assert!(alt.match_http(p.clone()).is_none());
+        assert!(alt.match_http(p.clone().port(8443)).is_some());
+        let g = http.match_http(p.cleartext()).unwrap();
+        assert_eq!(g.scheme(), HttpScheme::Http);
+        let v6 = conn("[2001:db8::5]:8443", Proto::Tcp, &[]);
+        assert!(v6.match_http("[2001:db8::5]:8443").is_some());
+        assert!(v6.match_http("2001:db8::5").is_none());
+    }
+
+    #[test]
     fn only_exact_addresses_match_special_use_destinations() {
         for dst in [
-            "127.0.0.1:8080",
-            "0.0.0.0:8080",
-            "169.254.169.254:8080",
-            "[::ffff:127.0.0.1]:8080",
+            "127.0.0.1:443",
+            "0.0.0.0:443",
+            "169.254.169.254:443",
+            "[::ffff:127.0.0.1]:443",
         ] {
             let c = conn(dst, Proto::Tcp, &["rebind.test"]);
-            assert!(c.match_tcp("*:8080").is_none(), "{dst}");
-            assert!(c.match_tcp("rebind.test:8080").is_none(), "{dst}");
+            assert!(c.match_tcp("*:443").is_none(), "{dst}");
+            assert!(c.match_tcp("rebind.test:443").is_none(), "{dst}");
             assert!(
                 c.match_tcp(EndpointMatcher::predicate(|_| true)).is_none(),
                 "{dst}"

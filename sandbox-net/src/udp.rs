@@ -161,7 +161,7 @@ async fn flow(ctx: Arc<Ctx>, src_mac: EthernetAddress, key: Key, mut rx: mpsc::R
         }
         // Denied (or an HTTP grant, which UDP cannot carry): swallow the
         // flow's datagrams until it goes idle, so the policy runs once.
-        Grant::Deny | Grant::Http { .. } => {
+        Grant::Deny | Grant::Http(_) => {
             while let Ok(Some(_)) = tokio::time::timeout(idle, rx.recv()).await {}
         }
     }

@@ -16,7 +16,7 @@ use sandbox_net::{
     Conn, HostMatcher, HttpRequest, Limits, Policy, RoutedConnector, SocketStream, Verdict,
 };
 use support::guest::{get, resolve, sa, start, tls_client, T};
-use support::{Answer, Origin, Rec, Resolver};
+use support::{match_web, Answer, Origin, Rec, Resolver};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "Bearer host-secret-7f3a";
@@ -34,7 +34,7 @@ fn http_policy(names: Vec<(&'static str, IpAddr)>, http_host: &'static str) -> i
             if let Some(dns) = conn.match_dns() {
                 return Ok(dns.synthesize(names));
             }
-            if let Some(http) = conn.match_http(http_host) {
+            if let Some(http) = match_web(&conn, http_host) {
                 return Ok(http.accept(inject));
             }
             Ok(conn.deny())
@@ -276,7 +276,7 @@ async fn dns_rebinding_to_loopback_gets_no_credentials() {
         if let Some(dns) = conn.match_dns() {
             return Ok(dns.accept([upstream]));
         }
-        if let Some(h) = conn.match_http("rebind.test") {
+        if let Some(h) = match_web(&conn, "rebind.test") {
             return Ok(h.accept(inject));
         }
         Ok(conn.deny())
@@ -324,7 +324,7 @@ async fn cname_chain_with_additional_section_address_matches_the_queried_name() 
         if let Some(dns) = conn.match_dns() {
             return Ok(dns.accept([upstream]));
         }
-        if let Some(h) = conn.match_http("registry.test") {
+        if let Some(h) = match_web(&conn, "registry.test") {
             return Ok(h.accept(inject));
         }
         Ok(conn.deny())
@@ -623,7 +623,7 @@ async fn a_grant_covers_every_matching_name_on_a_shared_address() {
                 ("other.test", ip),
             ]));
         }
-        if let Some(h) = conn.match_http("*.cdn.test") {
+        if let Some(h) = match_web(&conn, "*.cdn.test") {
             assert_eq!(
                 h.hosts().iter().collect::<Vec<_>>(),
                 ["a.cdn.test", "b.cdn.test"]

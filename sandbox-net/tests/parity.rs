@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use sandbox_net::{Conn, HttpRequest, Limits, RoutedConnector};
 use support::guest::{get, resolve, sa, start, tls_with_roots, T};
-use support::{Answer, Origin, Rec, Resolver};
+use support::{match_web, Answer, Origin, Rec, Resolver};
 
 const SECRET: &str = "Bearer host-secret-parity";
 
@@ -63,13 +63,15 @@ async fn passthrough_forwards_tls_untouched_and_only_for_granted_names() {
         .await
         .is_err());
 
-    // Another SNI, plain HTTP: closed before anything goes upstream.
+    // Another SNI, plain HTTP on the granted port: closed before anything
+    // goes upstream. Port 80 is not granted at all (HTTPS grant).
     let accepted = origin.accepts();
     assert!(tls_with_roots(&g, "203.0.113.20:443", "evil.test", &[root])
         .await
         .is_err());
-    let s = g.connect(sa("203.0.113.20:80"), T).await.unwrap();
+    let s = g.connect(sa("203.0.113.20:443"), T).await.unwrap();
     assert!(get(s, "pass.test", "/plain").await.is_err());
+    assert!(g.connect(sa("203.0.113.20:80"), T).await.is_err());
     assert_eq!(origin.accepts(), accepted);
 }
 
@@ -83,12 +85,12 @@ async fn a_destination_granted_by_address_is_intercepted_with_the_address_as_ide
         .route("203.0.113.21:80".parse().unwrap(), plain.addr);
     let policy = |conn: Conn| async move {
         // A name-keyed grant first: it must not match an address.
-        if let Some(http) = conn.match_http("*.test") {
+        if let Some(http) = match_web(&conn, "*.test") {
             return Ok(http.accept(|r: &mut HttpRequest| {
                 r.headers.insert("x-wrong", "name-keyed".parse().unwrap());
             }));
         }
-        if let Some(http) = conn.match_http("203.0.113.21") {
+        if let Some(http) = match_web(&conn, "203.0.113.21") {
             return Ok(http.accept(|r: &mut HttpRequest| {
                 assert_eq!(r.host, "203.0.113.21");
                 assert!(r.is_tls() || r.dst.port() == 80);

@@ -45,8 +45,10 @@ pub struct HttpRequest {
     tls: bool,
     /// The ALPN protocol negotiated with the guest, if TLS.
     pub alpn: Option<String>,
-    /// The flow's destination address.
+    /// The flow's destination address (its port is the grant's).
     pub dst: SocketAddr,
+    /// The scheme the grant is bound to, which the guest speaks.
+    pub scheme: crate::HttpScheme,
     refused: Option<StatusCode>,
 }
 

@@ -22,6 +22,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use super::h1guard::H1Guard;
 use super::{HttpRequest, Middleware};
 use crate::egress::BoxUpstream;
+use crate::policy::{HttpFlow, HttpMode, HttpScheme};
 use crate::stack::SocketStream;
 use crate::Ctx;
 
@@ -39,6 +40,8 @@ struct Flow {
     /// request on the connection must name it.
     tls_host: Option<String>,
     middleware: Arc<dyn Middleware>,
+    /// Whether the middleware may change cleartext requests' headers.
+    cleartext_credentials: bool,
     dst: SocketAddr,
     sni: Option<String>,
     /// Whether the guest used TLS (with or without SNI).
@@ -49,24 +52,33 @@ struct Flow {
     poisoned: Arc<AtomicBool>,
 }
 
-pub(crate) async fn serve(
-    ctx: Arc<Ctx>,
-    guest: SocketStream,
-    hosts: Arc<BTreeSet<String>>,
-    middleware: Arc<dyn Middleware>,
-    dst: SocketAddrV4,
-) {
+pub(crate) async fn serve(ctx: Arc<Ctx>, guest: SocketStream, grant: HttpFlow, dst: SocketAddrV4) {
+    let HttpMode::Intercept(middleware) = grant.mode else {
+        return;
+    };
     let head_timeout = ctx.egress.limits().http_head_timeout;
     let mut guest = BufReader::new(guest);
     let first = match tokio::time::timeout(head_timeout, guest.fill_buf()).await {
         Ok(Ok(b)) if !b.is_empty() => b[0],
         _ => return,
     };
+    // The grant names the scheme: TLS on an `http://` grant, or cleartext
+    // on an HTTPS one, is another service than the one granted.
+    let wants_tls = grant.scheme == HttpScheme::Https;
+    if (first == 0x16) != wants_tls {
+        log::info!(
+            "refused a {} connection to {dst} on a {:?} grant",
+            if first == 0x16 { "TLS" } else { "cleartext" },
+            grant.scheme
+        );
+        return;
+    }
     let mut flow = Flow {
         ctx,
-        hosts,
+        hosts: grant.hosts,
         tls_host: None,
         middleware,
+        cleartext_credentials: grant.cleartext_credentials,
         dst: SocketAddr::V4(dst),
         sni: None,
         tls: false,
@@ -255,8 +267,14 @@ async fn handle(flow: Arc<Flow>, req: Request<Incoming>) -> Response<Body> {
         tls: flow.tls,
         alpn: flow.alpn.clone(),
         dst: flow.dst,
+        scheme: if flow.tls {
+            HttpScheme::Https
+        } else {
+            HttpScheme::Http
+        },
         refused: None,
     };
+    let before = (!flow.tls && !flow.cleartext_credentials).then(|| view.headers.clone());
     // The middleware may panic: that refuses the request.
     let mw = flow.middleware.clone();
     let outcome =
@@ -269,6 +287,16 @@ async fn handle(flow: Arc<Flow>, req: Request<Incoming>) -> Response<Body> {
     }
     if let Some(status) = view.refused {
         return plain(status, "refused by the sandbox's egress policy");
+    }
+    if before.is_some_and(|b| b != view.headers) {
+        log::warn!(
+            "refused a cleartext request to {host}: the middleware changed its headers \
+             (HttpGrant::allow_cleartext_credentials permits it)"
+        );
+        return plain(
+            StatusCode::FORBIDDEN,
+            "refused: the sandbox does not send credentials over cleartext HTTP",
+        );
     }
     let path = view
         .uri

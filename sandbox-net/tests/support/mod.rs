@@ -248,3 +248,13 @@ pub fn addresses(answer: &[u8]) -> Vec<IpAddr> {
         })
         .collect()
 }
+
+/// An HTTP grant for `m` over HTTPS on 443 or cleartext on 80 (credentials
+/// allowed there), as the tests' origins listen on both.
+#[allow(dead_code)]
+pub fn match_web(conn: &sandbox_net::Conn, m: &str) -> Option<sandbox_net::HttpGrant> {
+    conn.match_http(m).or_else(|| {
+        conn.match_http(format!("http://{m}"))
+            .map(sandbox_net::HttpGrant::allow_cleartext_credentials)
+    })
+}
