@@ -411,6 +411,19 @@ async fn smuggling_oversized_heads_and_slowloris_are_bounded() {
     );
     assert!(started.elapsed() < Duration::from_secs(4));
     assert!(origin.seen().is_empty(), "{:?}", origin.seen());
+
+    // A clean head ended by a mixed terminator (a bare-LF line, then an
+    // empty CRLF line, where hyper ends it), a body, then a pipelined CL+TE head: the smuggled
+    // request never reaches the origin.
+    let mut s = g.connect(sa("203.0.113.10:80"), T).await.unwrap();
+    let mixed = b"POST /first HTTP/1.1\nHost: api.test\nContent-Length: 5\n\r\nhelloPOST /first HTTP/1.1\nHost: api.test\nContent-Length: 44\nTransfer-Encoding: chunked\n\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: api.test\r\n\r\n";
+    let out = raw_exchange(&mut s, mixed, Duration::from_secs(3)).await;
+    assert!(out.contains("HTTP/1.1 400"), "{out}");
+    assert!(
+        origin.seen().iter().all(|r| r.path != "/admin"),
+        "{:?}",
+        origin.seen()
+    );
 }
 
 #[tokio::test]

@@ -6,8 +6,16 @@
 //! before our service sees the request, so this wrapper follows the same
 //! bytes hyper reads - request heads, then bodies by their framing - and
 //! marks the connection poisoned when a head carries both headers (or two
-//! different Content-Lengths). Anything it cannot follow (h2, malformed
-//! input hyper will reject anyway) stops the tracking, never the bytes.
+//! different Content-Lengths).
+//!
+//! A head ends exactly where hyper's parser (httparse) ends it: at the
+//! first empty line, whatever the mix of CRLF and bare LF line endings
+//! (`\r\n\r\n`, `\n\n`, `\r\n\n`, `\n\r\n`), so no head can hide inside
+//! what the guard took for the previous one. Framing the guard cannot
+//! follow (a head or chunk line httparse rejects, a Content-Length it
+//! cannot read, a non-chunked Transfer-Encoding, an oversized head) is
+//! input hyper rejects too; the guard fails closed on it: the connection is
+//! poisoned, so no later request on it goes upstream unchecked.
 
 use std::io;
 use std::pin::Pin;
@@ -29,6 +37,7 @@ enum State {
     ChunkData(u64),
     ChunkEnd(u8),
     Trailers(Vec<u8>),
+    /// Framing not followed: the connection is poisoned.
     Stopped,
 }
 
@@ -89,16 +98,16 @@ impl Tracker {
                     }
                     buf.push(b);
                     if buf.len() > MAX_HEAD {
-                        self.state = State::Stopped;
+                        self.stop();
                         return;
                     }
                     if b != b'\n' {
                         continue;
                     }
                     self.state = match std::mem::replace(&mut self.state, State::Stopped) {
-                        State::Head(buf)
-                            if buf.ends_with(b"\r\n\r\n") || buf.ends_with(b"\n\n") =>
-                        {
+                        // An empty line (CRLF or bare LF) after any line
+                        // ending: where httparse ends a head.
+                        State::Head(buf) if buf.ends_with(b"\n\n") || buf.ends_with(b"\n\r\n") => {
                             self.head(&buf)
                         }
                         State::ChunkSize(buf) => chunk_size(&buf),
@@ -108,16 +117,27 @@ impl Tracker {
                         State::Trailers(_) => State::Trailers(Vec::new()),
                         other => other,
                     };
+                    if matches!(self.state, State::Stopped) {
+                        self.stop();
+                    }
                 }
             }
         }
     }
 
+    /// Stops following and poisons the connection (fail closed).
+    fn stop(&mut self) {
+        self.poisoned.store(true, Ordering::Relaxed);
+        self.state = State::Stopped;
+    }
+
     fn head(&self, buf: &[u8]) -> State {
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
-        if !matches!(req.parse(buf), Ok(httparse::Status::Complete(_))) {
-            return State::Stopped;
+        match req.parse(buf) {
+            // httparse ends the head where the guard did.
+            Ok(httparse::Status::Complete(n)) if n == buf.len() => {}
+            _ => return State::Stopped,
         }
         let mut lengths = Vec::new();
         let mut te: Option<&[u8]> = None;
@@ -145,16 +165,31 @@ impl Tracker {
         }
         match lengths.first() {
             None => State::Head(Vec::new()),
-            Some(v) => match std::str::from_utf8(v)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-            {
+            Some(v) => match content_length(v) {
                 Some(0) => State::Head(Vec::new()),
                 Some(n) => State::Body(n),
                 None => State::Stopped,
             },
         }
     }
+}
+
+/// A Content-Length value as hyper reads it: digits, or a comma-separated
+/// list of equal values.
+fn content_length(v: &[u8]) -> Option<u64> {
+    let mut out = None;
+    for part in v.split(|b| *b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = std::str::from_utf8(part).ok()?.parse::<u64>().ok()?;
+        if out.is_some_and(|o| o != n) {
+            return None;
+        }
+        out = Some(n);
+    }
+    out
 }
 
 fn chunk_size(line: &[u8]) -> State {
@@ -245,6 +280,44 @@ mod tests {
         assert!(poisoned_by(&[x, y]));
         assert!(poisoned_by(&[
             b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+        ]));
+    }
+
+    #[test]
+    fn heads_end_where_httparse_ends_them_with_any_line_endings() {
+        // A clean request whose head ends in a mixed terminator, with a
+        // body; then a CL+TE request. The guard must see the second head.
+        for end in [&b"\r\n\n"[..], b"\n\r\n", b"\n\n", b"\r\n\r\n"] {
+            let mut req = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5".to_vec();
+            req.extend_from_slice(end);
+            req.extend_from_slice(b"hello");
+            assert!(!poisoned_by(&[&req]), "{end:?}");
+            req.extend_from_slice(b"POST / HTTP/1.1\nHost: x\nContent-Length: 4\nTransfer-Encoding: chunked\n\n0\r\n\r\n");
+            assert!(poisoned_by(&[&req]), "{end:?}");
+            // Byte by byte too.
+            let bytes: Vec<&[u8]> = req.chunks(1).collect();
+            assert!(poisoned_by(&bytes), "{end:?}");
+        }
+    }
+
+    #[test]
+    fn unfollowable_framing_fails_closed() {
+        assert!(poisoned_by(&[
+            b"POST / HTTP/1.1\r\nContent-Length: 5x\r\n\r\n"
+        ]));
+        assert!(poisoned_by(&[
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"
+        ]));
+        assert!(poisoned_by(&[b"\x00\x01 not http\r\n\r\n"]));
+        assert!(poisoned_by(&[
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+        ]));
+        // hyper's equal-value lists are followed.
+        assert!(!poisoned_by(&[
+            b"POST / HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nabGET / HTTP/1.1\r\n\r\n"
+        ]));
+        assert!(poisoned_by(&[
+            b"POST / HTTP/1.1\r\nContent-Length: 2, 3\r\n\r\nab"
         ]));
     }
 
