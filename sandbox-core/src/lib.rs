@@ -54,9 +54,9 @@ pub mod rootfs {
 pub mod net {
     pub use sandbox_net::{
         canonical_name, deny_all, host_resolvers, BoxError, CertificateDer, Conn, Connector,
-        DenyReason, DirectConnector, DnsGrant, DstClass, EndpointMatcher, HostMatcher, HttpGrant,
-        HttpRequest, HttpScheme, Limits, Middleware, NetConfig, NetworkOptions, Policy, Proto,
-        RawGrant, RoutedConnector, Stats, Verdict,
+        DenyReason, DirectConnector, DnsGrant, DnsQuery, DstClass, EndpointMatcher, HostMatcher,
+        HttpGrant, HttpRequest, HttpScheme, Limits, Middleware, NetConfig, NetworkOptions, Policy,
+        Proto, RawGrant, RoutedConnector, Stats, Verdict,
     };
 }
 pub use status::{ExitStatus, Output, Signal};

@@ -1,29 +1,157 @@
 //! DNS for the guest: every query to port 53 (UDP or TCP, any address) is
-//! answered by the host - forwarded to the resolvers the policy accepted,
-//! or synthesized from a host table - and accepted answers become the
+//! answered by the host. The policy decides each query (name, type,
+//! class) before anything is forwarded - to the resolvers it accepted, to
+//! the guest's own destination (a raw accept), from a host table, or
+//! answered NXDOMAIN/REFUSED locally - and accepted answers become the
 //! guest's trusted hostname metadata.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::classify::DstClass;
-use crate::egress::HostEgress;
+use crate::egress::{Counters, HostEgress};
 use crate::metadata::{canonical_name, DnsMetadata};
+use crate::policy::{evaluate, Conn, DnsQuery, Grant, Proto, DNS_DECISION_TTL};
+use crate::Ctx;
 
 /// Where answers come from.
 #[derive(Clone, Debug)]
 pub(crate) enum DnsUpstream {
     /// Forward to these resolvers, in order.
     Resolvers(Vec<SocketAddr>),
+    /// Forward to the address the guest sent the query to (a raw accept):
+    /// dialed as a guest destination, so the special-use checks apply.
+    Destination(SocketAddr),
     /// Answer from this table (canonical name -> addresses).
     Synthesized(Arc<HashMap<String, Vec<IpAddr>>>),
+}
+
+/// What the host does with one query.
+#[derive(Clone, Debug)]
+enum Decision {
+    Answer(DnsUpstream),
+    Reply(ResponseCode),
+}
+
+/// Entries of the per-query decision cache.
+const MAX_DECISIONS: usize = 4096;
+
+/// Per-query decisions, reused for [`DNS_DECISION_TTL`] per (destination,
+/// name, type, class): the policy is not called for every retry.
+#[derive(Default)]
+pub(crate) struct Decisions {
+    map: Mutex<HashMap<(SocketAddr, DnsQuery), (Instant, Decision)>>,
+}
+
+impl Decisions {
+    fn get(&self, key: &(SocketAddr, DnsQuery)) -> Option<Decision> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, d) = map.get(key)?;
+        (at.elapsed() < DNS_DECISION_TTL).then(|| d.clone())
+    }
+
+    fn put(&self, key: (SocketAddr, DnsQuery), d: Decision) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_DECISIONS {
+            map.retain(|_, (at, _)| at.elapsed() < DNS_DECISION_TTL);
+            if map.len() >= MAX_DECISIONS {
+                map.clear();
+            }
+        }
+        map.insert(key, (Instant::now(), d));
+    }
+}
+
+/// Answers one guest query sent from `src` to `dst` (port 53): the policy
+/// decides it first. `None` drops it (not even a DNS header).
+pub(crate) async fn serve_query(
+    ctx: &Ctx,
+    src: SocketAddr,
+    dst: SocketAddr,
+    raw: &[u8],
+    tcp: bool,
+) -> Option<Vec<u8>> {
+    let (q, question) = match parse(raw) {
+        Ok(ok) => ok,
+        Err(reply) => return reply,
+    };
+    let key = (dst, question.clone());
+    let decision = match ctx.dns_decisions.get(&key) {
+        Some(d) => d,
+        None => {
+            let conn = Conn {
+                src,
+                dst,
+                proto: if tcp { Proto::Tcp } else { Proto::Udp },
+                names: ctx.metadata.names(dst.ip()),
+                dns: Some(question.clone()),
+            };
+            let d = match evaluate(&ctx.policy, conn, ctx.egress.limits().policy_deadline).await {
+                Ok(Grant::Dns(up)) => Decision::Answer(up),
+                Ok(Grant::Raw) => Decision::Answer(DnsUpstream::Destination(dst)),
+                Ok(Grant::DnsReply(code)) => Decision::Reply(code),
+                Ok(Grant::Deny | Grant::Http(_)) => Decision::Reply(ResponseCode::Refused),
+                Err(why) => {
+                    log::info!(
+                        "denied DNS {} {} from {src} to {dst}: {why:?}",
+                        question.type_name(),
+                        question.name()
+                    );
+                    Decision::Reply(ResponseCode::Refused)
+                }
+            };
+            ctx.dns_decisions.put(key, d.clone());
+            d
+        }
+    };
+    match decision {
+        Decision::Answer(up) => {
+            Counters::bump(&ctx.egress.counters.dns_answered);
+            answer_parsed(raw, &q, &up, &ctx.egress, &ctx.metadata, tcp).await
+        }
+        Decision::Reply(code) => {
+            Counters::bump(&ctx.egress.counters.dns_denied);
+            reply_error(&q, code)
+        }
+    }
+}
+
+/// Parses a guest query: the message and its one question, or the reply
+/// to send at once (FORMERR, NOTIMP) or `None` (drop).
+fn parse(raw: &[u8]) -> Result<(Message, DnsQuery), Option<Vec<u8>>> {
+    let q = match Message::from_vec(raw) {
+        Ok(q) => q,
+        Err(_) => {
+            // Answer FORMERR if at least the header's id is there.
+            let (Some(a), Some(b)) = (raw.first(), raw.get(1)) else {
+                return Err(None);
+            };
+            let id = u16::from_be_bytes([*a, *b]);
+            return Err(Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
+                .to_vec()
+                .ok());
+        }
+    };
+    if q.message_type() != MessageType::Query
+        || q.op_code() != OpCode::Query
+        || q.queries().len() != 1
+    {
+        return Err(reply_error(&q, ResponseCode::NotImp));
+    }
+    let query = &q.queries()[0];
+    let question = DnsQuery {
+        name: canonical_name(&query.name().to_ascii()),
+        qtype: query.query_type().into(),
+        qclass: query.query_class().into(),
+    };
+    Ok((q, question))
 }
 
 /// Largest UDP answer sent to the guest (fits one 1500-byte frame);
@@ -34,7 +162,9 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// TTL of synthesized answers.
 const SYNTH_TTL: u32 = 60;
 
-/// Answers one guest query; `None` drops it (not a parseable query).
+/// Answers one guest query from `up` without asking the policy; `None`
+/// drops it (not a parseable query).
+#[cfg_attr(not(any(test, feature = "fuzzing")), allow(dead_code))]
 pub(crate) async fn answer(
     query: &[u8],
     up: &DnsUpstream,
@@ -42,30 +172,29 @@ pub(crate) async fn answer(
     meta: &DnsMetadata,
     tcp: bool,
 ) -> Option<Vec<u8>> {
-    let q = match Message::from_vec(query) {
-        Ok(q) => q,
-        Err(_) => {
-            // Answer FORMERR if at least the header's id is there.
-            let id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
-            return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
-                .to_vec()
-                .ok();
-        }
-    };
-    if q.message_type() != MessageType::Query
-        || q.op_code() != OpCode::Query
-        || q.queries().len() != 1
-    {
-        return reply_error(&q, ResponseCode::NotImp);
+    match parse(query) {
+        Ok((q, _)) => answer_parsed(query, &q, up, egress, meta, tcp).await,
+        Err(reply) => reply,
     }
+}
+
+async fn answer_parsed(
+    query: &[u8],
+    q: &Message,
+    up: &DnsUpstream,
+    egress: &HostEgress,
+    meta: &DnsMetadata,
+    tcp: bool,
+) -> Option<Vec<u8>> {
     let resp = match up {
-        DnsUpstream::Synthesized(table) => synthesize(&q, table),
-        DnsUpstream::Resolvers(rs) => forward(query, &q, rs, egress, tcp).await,
+        DnsUpstream::Synthesized(table) => synthesize(q, table),
+        DnsUpstream::Resolvers(rs) => forward(query, q, rs, egress, tcp, true).await,
+        DnsUpstream::Destination(d) => forward(query, q, &[*d], egress, tcp, false).await,
     };
     let Some((bytes, msg)) = resp else {
-        return reply_error(&q, ResponseCode::ServFail);
+        return reply_error(q, ResponseCode::ServFail);
     };
-    record(&q, &msg, meta);
+    record(q, &msg, meta);
     if !tcp && bytes.len() > MAX_UDP_ANSWER {
         let mut t = Message::new();
         t.set_id(q.id())
@@ -122,9 +251,14 @@ async fn forward(
     resolvers: &[SocketAddr],
     egress: &HostEgress,
     tcp: bool,
+    named_by_policy: bool,
 ) -> Option<(Vec<u8>, Message)> {
     for r in resolvers {
-        let got = tokio::time::timeout(UPSTREAM_TIMEOUT, exchange(raw, *r, egress, tcp)).await;
+        let got = tokio::time::timeout(
+            UPSTREAM_TIMEOUT,
+            exchange(raw, *r, egress, tcp, named_by_policy),
+        )
+        .await;
         let bytes = match got {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
@@ -158,12 +292,15 @@ async fn exchange(
     resolver: SocketAddr,
     egress: &HostEgress,
     tcp: bool,
+    named_by_policy: bool,
 ) -> io::Result<Vec<u8>> {
     if tcp {
-        let mut s = egress
-            .dial_tcp_resolver(resolver)
-            .await
-            .map_err(io::Error::other)?;
+        let s = if named_by_policy {
+            egress.dial_tcp_resolver(resolver).await
+        } else {
+            egress.dial_tcp(resolver).await
+        };
+        let mut s = s.map_err(io::Error::other)?;
         let len = u16::try_from(raw.len()).map_err(|_| io::Error::other("query too long"))?;
         let mut msg = len.to_be_bytes().to_vec();
         msg.extend_from_slice(raw);
@@ -173,10 +310,12 @@ async fn exchange(
         s.read_exact(&mut buf).await?;
         Ok(buf)
     } else {
-        let s = egress
-            .dial_udp_resolver(resolver)
-            .await
-            .map_err(io::Error::other)?;
+        let s = if named_by_policy {
+            egress.dial_udp_resolver(resolver).await
+        } else {
+            egress.dial_udp(resolver).await
+        };
+        let s = s.map_err(io::Error::other)?;
         s.send(raw).await?;
         let mut buf = vec![0u8; 65535];
         let n = s.recv(&mut buf).await?;
@@ -246,12 +385,13 @@ fn attributable(ip: IpAddr) -> bool {
     )
 }
 
-/// Serves DNS over one guest TCP connection (2-byte length prefixes).
+/// Serves DNS over one guest TCP connection (2-byte length prefixes),
+/// each query decided by the policy.
 pub(crate) async fn serve_tcp<S>(
     mut s: S,
-    up: DnsUpstream,
-    egress: &HostEgress,
-    meta: &DnsMetadata,
+    ctx: &Ctx,
+    src: SocketAddr,
+    dst: SocketAddr,
 ) -> io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -265,7 +405,7 @@ where
         tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut q))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "slow DNS query"))??;
-        let Some(a) = answer(&q, &up, egress, meta, true).await else {
+        let Some(a) = serve_query(ctx, src, dst, &q, true).await else {
             return Ok(());
         };
         let len = u16::try_from(a.len()).map_err(|_| io::Error::other("answer too long"))?;

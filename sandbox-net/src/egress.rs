@@ -217,6 +217,11 @@ pub struct Counters {
     pub flows_limited: AtomicU64,
     /// Upstream dials that failed.
     pub dials_failed: AtomicU64,
+    /// DNS queries the policy let through (forwarded or synthesized).
+    pub dns_answered: AtomicU64,
+    /// DNS queries the policy denied (answered REFUSED or NXDOMAIN by the
+    /// host; nothing forwarded).
+    pub dns_denied: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -236,6 +241,10 @@ pub struct Stats {
     pub flows_limited: u64,
     /// See [`Counters::dials_failed`].
     pub dials_failed: u64,
+    /// See [`Counters::dns_answered`].
+    pub dns_answered: u64,
+    /// See [`Counters::dns_denied`].
+    pub dns_denied: u64,
 }
 
 impl Counters {
@@ -250,6 +259,8 @@ impl Counters {
             flows_accepted: r(&self.flows_accepted),
             flows_limited: r(&self.flows_limited),
             dials_failed: r(&self.dials_failed),
+            dns_answered: r(&self.dns_answered),
+            dns_denied: r(&self.dns_denied),
         }
     }
 

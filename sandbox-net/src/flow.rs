@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use crate::dns::DnsUpstream;
 use crate::egress::{BoxUpstream, Counters};
 use crate::policy::{evaluate, Conn, Grant, HttpFlow, HttpMode, Proto};
 use crate::stack::{Event, SocketStream};
@@ -22,8 +21,8 @@ const COPY_BUFFER: usize = 64 << 10;
 pub(crate) enum Handler {
     /// Bytes copied to and from this upstream connection.
     Raw(BoxUpstream),
-    /// DNS over TCP.
-    Dns(DnsUpstream),
+    /// DNS over TCP, each query decided by the policy.
+    Dns,
     /// HTTP/HTTPS interception or TLS pass-through, bound to a grant.
     Http(HttpFlow),
 }
@@ -37,14 +36,47 @@ pub(crate) async fn decide_tcp(
     events: mpsc::UnboundedSender<Event>,
 ) {
     let (src, dst) = key;
-    let conn = Conn {
-        src: src.into(),
-        dst: dst.into(),
-        proto: Proto::Tcp,
-        names: ctx.metadata.names((*dst.ip()).into()),
+    // Port 53 is DNS answered by the host: the policy decides each query
+    // (counted in dns_answered / dns_denied), not the connection.
+    let handler = if dst.port() == 53 {
+        Some(Handler::Dns)
+    } else {
+        let conn = Conn {
+            src: src.into(),
+            dst: dst.into(),
+            proto: Proto::Tcp,
+            names: ctx.metadata.names((*dst.ip()).into()),
+            dns: None,
+        };
+        let verdict = evaluate(&ctx.policy, conn, ctx.egress.limits().policy_deadline).await;
+        let handler = on_verdict(&ctx, verdict, src, dst).await;
+        if handler.is_some() {
+            Counters::bump(&ctx.egress.counters.flows_accepted);
+        }
+        handler
     };
+    let ev = match handler {
+        Some(handler) => Event::Open {
+            syn,
+            dst,
+            key,
+            permit,
+            handler,
+        },
+        None => Event::Refuse { syn, key },
+    };
+    let _ = events.send(ev);
+}
+
+/// What serves a flow the policy decided on (`None`: refused).
+async fn on_verdict(
+    ctx: &Ctx,
+    verdict: Result<Grant, crate::policy::DenyReason>,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+) -> Option<Handler> {
     let counters = &ctx.egress.counters;
-    let handler = match evaluate(&ctx.policy, conn, ctx.egress.limits().policy_deadline).await {
+    match verdict {
         Err(why) => {
             log::info!("denied TCP {src} -> {dst}: {why:?}");
             Counters::bump(&counters.flows_denied);
@@ -58,23 +90,10 @@ pub(crate) async fn decide_tcp(
                 None
             }
         },
-        Ok(Grant::Dns(up)) => Some(Handler::Dns(up)),
         Ok(Grant::Http(h)) => Some(Handler::Http(h)),
-    };
-    let ev = match handler {
-        Some(handler) => {
-            Counters::bump(&counters.flows_accepted);
-            Event::Open {
-                syn,
-                dst,
-                key,
-                permit,
-                handler,
-            }
-        }
-        None => Event::Refuse { syn, key },
-    };
-    let _ = events.send(ev);
+        // DNS grants exist only for queries on port 53.
+        Ok(Grant::Dns(_) | Grant::DnsReply(_)) => None,
+    }
 }
 
 /// Copies bytes both ways between a guest connection and its upstream
@@ -98,8 +117,8 @@ pub(crate) async fn run(
     }
     match handler {
         Handler::Raw(up) => splice(guest, up).await,
-        Handler::Dns(up) => {
-            let _ = crate::dns::serve_tcp(guest, up, &ctx.egress, &ctx.metadata).await;
+        Handler::Dns => {
+            let _ = crate::dns::serve_tcp(guest, &ctx, key.0.into(), key.1.into()).await;
         }
         Handler::Http(grant) => match grant.mode {
             HttpMode::Intercept(_) => crate::http::serve(ctx.clone(), guest, grant, key.1).await,

@@ -55,8 +55,8 @@ pub use metadata::{
     MIN_WINDOW as METADATA_MIN_WINDOW,
 };
 pub use policy::{
-    deny_all, BoxError, Conn, DenyReason, DnsGrant, EndpointMatcher, HostMatcher, HttpGrant,
-    HttpScheme, Policy, Proto, RawGrant, Verdict,
+    deny_all, BoxError, Conn, DenyReason, DnsGrant, DnsQuery, EndpointMatcher, HostMatcher,
+    HttpGrant, HttpScheme, Policy, Proto, RawGrant, Verdict, DNS_DECISION_TTL,
 };
 pub use resolvconf::{host_resolvers, RESOLV_CONF};
 pub use rustls::pki_types::CertificateDer;
@@ -203,6 +203,7 @@ pub(crate) struct Ctx {
     pub(crate) policy: Arc<dyn Policy>,
     pub(crate) egress: HostEgress,
     pub(crate) metadata: DnsMetadata,
+    pub(crate) dns_decisions: dns::Decisions,
     pub(crate) ca: SandboxCa,
     pub(crate) upstream_tls: Arc<rustls::ClientConfig>,
     pub(crate) to_guest: mpsc::Sender<Vec<u8>>,
@@ -252,6 +253,7 @@ impl Network {
             egress: HostEgress::new(opts.connector, opts.limits),
             policy: opts.policy,
             metadata: DnsMetadata::default(),
+            dns_decisions: dns::Decisions::default(),
             config: opts.config,
             to_guest,
         });

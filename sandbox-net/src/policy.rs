@@ -50,6 +50,49 @@ pub struct Conn {
     pub(crate) dst: SocketAddr,
     pub(crate) proto: Proto,
     pub(crate) names: BTreeSet<String>,
+    /// The query, when the policy is asked about one DNS query.
+    pub(crate) dns: Option<DnsQuery>,
+}
+
+/// One DNS question a guest asked, as the policy sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DnsQuery {
+    pub(crate) name: String,
+    pub(crate) qtype: u16,
+    pub(crate) qclass: u16,
+}
+
+impl DnsQuery {
+    /// The queried name, canonical (lowercase, no trailing dot).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The query type's number (1 = A, 28 = AAAA, 16 = TXT...).
+    pub fn qtype(&self) -> u16 {
+        self.qtype
+    }
+
+    /// The query type's mnemonic: "A", "AAAA", "TXT"...
+    pub fn type_name(&self) -> String {
+        hickory_proto::rr::RecordType::from(self.qtype).to_string()
+    }
+
+    /// The query class's number (1 = IN).
+    pub fn qclass(&self) -> u16 {
+        self.qclass
+    }
+
+    /// True if the name is `suffix` or below it (`"example.com"` covers
+    /// `example.com` and `a.b.example.com`; case and trailing dots
+    /// ignored).
+    pub fn is_under(&self, suffix: &str) -> bool {
+        let suffix = canonical_name(suffix);
+        self.name == suffix
+            || (self.name.len() > suffix.len()
+                && self.name.ends_with(&suffix)
+                && self.name.as_bytes()[self.name.len() - suffix.len() - 1] == b'.')
+    }
 }
 
 impl Conn {
@@ -99,10 +142,21 @@ impl Conn {
         (self.proto == Proto::Udp && m.into().matches(self)).then_some(RawGrant)
     }
 
-    /// A DNS grant if this flow goes to port 53 (UDP or TCP), whatever the
-    /// address: queries to any resolver are answered by the host.
+    /// A DNS grant for one query. Every flow to port 53 (UDP or TCP,
+    /// whatever the address) is DNS answered by the host, and the policy
+    /// is asked once per query, before anything is forwarded, with the
+    /// question in [`DnsGrant::query`] (decisions are cached per
+    /// destination, name, type and class for [`DNS_DECISION_TTL`]). A
+    /// query the policy denies is answered REFUSED by the host (or NXDOMAIN
+    /// with [`DnsGrant::nxdomain`]) and reaches no upstream.
     pub fn match_dns(&self) -> Option<DnsGrant> {
-        (self.dst.port() == 53).then_some(DnsGrant)
+        let query = self.dns.clone()?;
+        (self.dst.port() == 53).then_some(DnsGrant { query })
+    }
+
+    /// The DNS question this decision is about, if any.
+    pub fn dns_query(&self) -> Option<&DnsQuery> {
+        self.dns.as_ref()
     }
 
     /// An HTTP grant if this is TCP to the matcher's port (443 unless
@@ -172,6 +226,7 @@ impl fmt::Debug for Verdict {
             Grant::Deny => f.write_str("Deny"),
             Grant::Raw => f.write_str("Raw"),
             Grant::Dns(_) => f.write_str("Dns"),
+            Grant::DnsReply(code) => write!(f, "DnsReply({code})"),
             Grant::Http(h) => {
                 let kind = match h.mode {
                     HttpMode::Intercept(_) => "Http",
@@ -188,8 +243,14 @@ pub(crate) enum Grant {
     Deny,
     Raw,
     Dns(DnsUpstream),
+    /// A DNS query answered by the host with this code, forwarded nowhere.
+    DnsReply(hickory_proto::op::ResponseCode),
     Http(HttpFlow),
 }
+
+/// How long a per-query DNS decision is reused for the same destination,
+/// name, type and class.
+pub const DNS_DECISION_TTL: Duration = Duration::from_secs(30);
 
 /// What an accepted HTTP grant binds a flow to.
 #[derive(Clone)]
@@ -242,11 +303,51 @@ impl RawGrant {
     }
 }
 
-/// A matched DNS flow.
+/// A matched DNS query.
 #[derive(Debug)]
-pub struct DnsGrant;
+pub struct DnsGrant {
+    query: DnsQuery,
+}
 
 impl DnsGrant {
+    /// The question: name, type, class.
+    pub fn query(&self) -> &DnsQuery {
+        &self.query
+    }
+
+    /// True if the name is one of `suffixes` or below one.
+    pub fn is_under<S: AsRef<str>>(&self, suffixes: impl IntoIterator<Item = S>) -> bool {
+        suffixes
+            .into_iter()
+            .any(|s| self.query.is_under(s.as_ref()))
+    }
+
+    /// Forwards the query to `resolvers` if its name is one of `suffixes`
+    /// or below one; answers NXDOMAIN locally otherwise.
+    pub fn accept_under<S: AsRef<str>>(
+        self,
+        suffixes: impl IntoIterator<Item = S>,
+        resolvers: impl IntoIterator<Item = SocketAddr>,
+    ) -> Verdict {
+        if self.is_under(suffixes) {
+            self.accept(resolvers)
+        } else {
+            self.nxdomain()
+        }
+    }
+
+    /// Answers NXDOMAIN (the name does not exist) from the host; nothing
+    /// is forwarded.
+    pub fn nxdomain(self) -> Verdict {
+        Verdict(Grant::DnsReply(hickory_proto::op::ResponseCode::NXDomain))
+    }
+
+    /// Answers REFUSED from the host; nothing is forwarded. The same as
+    /// denying the query.
+    pub fn refuse(self) -> Verdict {
+        Verdict(Grant::DnsReply(hickory_proto::op::ResponseCode::Refused))
+    }
+
     /// Answers queries from these upstream resolvers (tried in order).
     pub fn accept(self, resolvers: impl IntoIterator<Item = SocketAddr>) -> Verdict {
         Verdict(Grant::Dns(DnsUpstream::Resolvers(
@@ -657,6 +758,11 @@ mod tests {
             dst: dst.parse().unwrap(),
             proto,
             names: names.iter().map(|s| s.to_string()).collect(),
+            dns: (proto == Proto::Udp).then(|| DnsQuery {
+                name: "q.test".into(),
+                qtype: 1,
+                qclass: 1,
+            }),
         }
     }
 

@@ -1,6 +1,7 @@
-//! UDP: one relay task per (guest source, destination) flow, decided by the
-//! policy once, dropped after an idle period. DNS grants answer each
-//! datagram on the host; raw grants relay through a connected host socket.
+//! UDP: one relay task per (guest source, destination) flow, dropped after
+//! an idle period. Flows to port 53 are DNS answered by the host, each query
+//! decided by the policy; other flows are decided once, and raw grants
+//! relay through a connected host socket.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -88,11 +89,15 @@ fn reply_frame(ctx: &Ctx, src_mac: EthernetAddress, key: Key, payload: &[u8]) ->
 async fn flow(ctx: Arc<Ctx>, src_mac: EthernetAddress, key: Key, mut rx: mpsc::Receiver<Vec<u8>>) {
     let (src, dst) = key;
     let idle = ctx.egress.limits().udp_idle;
+    if dst.port() == 53 {
+        return dns_flow(ctx, src_mac, key, rx).await;
+    }
     let conn = Conn {
         src: src.into(),
         dst: dst.into(),
         proto: Proto::Udp,
         names: ctx.metadata.names(dst.ip().to_owned().into()),
+        dns: None,
     };
     let grant = match evaluate(&ctx.policy, conn, ctx.egress.limits().policy_deadline).await {
         Ok(g) => {
@@ -111,31 +116,6 @@ async fn flow(ctx: Arc<Ctx>, src_mac: EthernetAddress, key: Key, mut rx: mpsc::R
         }
     };
     match grant {
-        Grant::Dns(up) => {
-            // Resolvers use a fresh source port per lookup: a DNS flow ends
-            // soon after its last query, so lookups do not pile up against
-            // the UDP flow limit.
-            let idle = idle.min(DNS_IDLE);
-            let in_flight = Arc::new(tokio::sync::Semaphore::new(DNS_IN_FLIGHT));
-            while let Ok(Some(q)) = tokio::time::timeout(idle, rx.recv()).await {
-                // Bounded work per flow: queries past the bound are dropped
-                // (the guest's resolver retries).
-                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                    continue;
-                };
-                let (ctx2, up2) = (ctx.clone(), up.clone());
-                tokio::spawn(async move {
-                    if let Some(a) =
-                        crate::dns::answer(&q, &up2, &ctx2.egress, &ctx2.metadata, false).await
-                    {
-                        if let Some(f) = reply_frame(&ctx2, src_mac, key, &a) {
-                            let _ = ctx2.to_guest.send(f).await;
-                        }
-                    }
-                    drop(permit);
-                });
-            }
-        }
         Grant::Raw => {
             let sock = match ctx.egress.dial_udp(SocketAddr::V4(dst)).await {
                 Ok(s) => s,
@@ -159,10 +139,44 @@ async fn flow(ctx: Arc<Ctx>, src_mac: EthernetAddress, key: Key, mut rx: mpsc::R
                 }
             }
         }
-        // Denied (or an HTTP grant, which UDP cannot carry): swallow the
-        // flow's datagrams until it goes idle, so the policy runs once.
-        Grant::Deny | Grant::Http(_) => {
+        // Denied (or an HTTP grant, which UDP cannot carry, or a DNS grant
+        // off port 53): swallow the flow's datagrams until it goes idle, so
+        // the policy runs once.
+        Grant::Deny | Grant::Http(_) | Grant::Dns(_) | Grant::DnsReply(_) => {
             while let Ok(Some(_)) = tokio::time::timeout(idle, rx.recv()).await {}
         }
+    }
+}
+
+/// A flow to port 53: DNS answered by the host, each query decided by the
+/// policy (no decision for the flow as a whole).
+async fn dns_flow(
+    ctx: Arc<Ctx>,
+    src_mac: EthernetAddress,
+    key: Key,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) {
+    // Resolvers use a fresh source port per lookup: a DNS flow ends soon
+    // after its last query, so lookups do not pile up against the UDP flow
+    // limit.
+    let idle = ctx.egress.limits().udp_idle.min(DNS_IDLE);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(DNS_IN_FLIGHT));
+    while let Ok(Some(q)) = tokio::time::timeout(idle, rx.recv()).await {
+        // Bounded work per flow: queries past the bound are dropped (the
+        // guest's resolver retries).
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            continue;
+        };
+        let ctx2 = ctx.clone();
+        tokio::spawn(async move {
+            let (src, dst) = key;
+            if let Some(a) = crate::dns::serve_query(&ctx2, src.into(), dst.into(), &q, false).await
+            {
+                if let Some(f) = reply_frame(&ctx2, src_mac, key, &a) {
+                    let _ = ctx2.to_guest.send(f).await;
+                }
+            }
+            drop(permit);
+        });
     }
 }

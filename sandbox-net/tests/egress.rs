@@ -15,8 +15,8 @@ use hyper_util::rt::TokioIo;
 use sandbox_net::{
     Conn, HostMatcher, HttpRequest, Limits, Policy, RoutedConnector, SocketStream, Verdict,
 };
-use support::guest::{get, resolve, sa, start, tls_client, T};
-use support::{match_web, Answer, Origin, Rec, Resolver};
+use support::guest::{get, lookup, resolve, sa, start, tls_client, T};
+use support::{addresses, match_web, rcode, Answer, Origin, Rec, Resolver};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "Bearer host-secret-7f3a";
@@ -53,11 +53,13 @@ async fn default_deny_sends_nothing_upstream() {
         .err()
         .expect("denied");
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
-    assert!(resolve(&g, "example.com.", "10.0.2.3:53").await.is_none());
+    // The query is refused by the host itself (REFUSED, no answers).
+    let a = lookup(&g, "example.com.", "10.0.2.3:53").await.unwrap();
+    assert_eq!((rcode(&a), addresses(&a)), (5, vec![]));
     assert_eq!(origin.accepts(), 0);
     let s = net.stats();
-    assert!(s.flows_denied >= 2, "{s:?}");
-    assert_eq!(s.flows_accepted, 0);
+    assert_eq!((s.flows_denied, s.dns_denied), (1, 1), "{s:?}");
+    assert_eq!((s.flows_accepted, s.dns_answered), (0, 0));
 }
 
 #[tokio::test]
@@ -116,8 +118,10 @@ async fn dns_is_answered_by_the_accepted_resolver_wherever_the_guest_sends_it() 
             .collect::<Vec<_>>(),
         ["api.test"]
     );
-    // An unapproved resolver: no answer, and nothing reached any resolver.
-    assert!(resolve(&g, "api.test.", "8.8.8.8:53").await.is_none());
+    // An unapproved resolver: refused by the host, and nothing reached
+    // any resolver.
+    let a = lookup(&g, "api.test.", "8.8.8.8:53").await.unwrap();
+    assert_eq!(rcode(&a), 5);
     assert_eq!(resolver.queries(), ["api.test."]);
 }
 

@@ -43,10 +43,16 @@ pub fn start(
 static PORT: AtomicU16 = AtomicU16::new(20000);
 
 pub async fn resolve(g: &SimGuest, name: &str, server: &str) -> Option<Vec<IpAddr>> {
+    let a = lookup(g, name, server).await?;
+    Some(addresses(&a))
+}
+
+/// The raw answer to an A query for `name` sent to `server` over UDP.
+pub async fn lookup(g: &SimGuest, name: &str, server: &str) -> Option<Vec<u8>> {
     let port = PORT.fetch_add(1, Ordering::Relaxed);
     g.udp_send(port, sa(server), &query(port, name)).await;
     let (_, _, a) = g.udp_recv(Duration::from_secs(3)).await?;
-    Some(addresses(&a))
+    Some(a)
 }
 
 pub async fn get(

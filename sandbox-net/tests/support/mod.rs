@@ -163,49 +163,53 @@ pub struct Resolver {
     pub queries: Arc<Mutex<Vec<String>>>,
 }
 
+type Script = Arc<Mutex<HashMap<String, Vec<Answer>>>>;
+
 impl Resolver {
     pub async fn start(script: HashMap<String, Vec<Answer>>) -> Resolver {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // UDP and TCP on the same port.
+        let (sock, tcp) = loop {
+            let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            if let Ok(t) = tokio::net::TcpListener::bind(sock.local_addr().unwrap()).await {
+                break (sock, t);
+            }
+        };
         let addr = sock.local_addr().unwrap();
         let queries: Arc<Mutex<Vec<String>>> = Arc::default();
-        let q2 = queries.clone();
-        let script = Arc::new(Mutex::new(script));
+        let script: Script = Arc::new(Mutex::new(script));
+        let (q2, s2) = (queries.clone(), script.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
                 let Ok((n, from)) = sock.recv_from(&mut buf).await else {
                     return;
                 };
-                let Ok(q) = Message::from_vec(&buf[..n]) else {
-                    continue;
-                };
-                let name = q.queries()[0].name().to_ascii().to_ascii_lowercase();
-                q2.lock().unwrap().push(name.clone());
-                let ans = {
-                    let mut s = script.lock().unwrap();
-                    match s.get_mut(&name) {
-                        Some(list) if list.len() > 1 => Some(list.remove(0)),
-                        Some(list) => list.first().cloned(),
-                        None => None,
-                    }
-                };
-                let mut r = q.clone();
-                r.set_message_type(MessageType::Response)
-                    .set_recursion_available(true);
-                match ans {
-                    None => {
-                        r.set_response_code(hickory_proto::op::ResponseCode::NXDomain);
-                    }
-                    Some(a) => {
-                        for (n, rec) in &a.answers {
-                            r.add_answer(record(n, rec, a.ttl));
-                        }
-                        for (n, rec) in &a.additional {
-                            r.add_additional(record(n, rec, a.ttl));
-                        }
-                    }
+                if let Some(r) = respond(&s2, &q2, &buf[..n]) {
+                    let _ = sock.send_to(&r, from).await;
                 }
-                let _ = sock.send_to(&r.to_vec().unwrap(), from).await;
+            }
+        });
+        let (q2, s2) = (queries.clone(), script.clone());
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut c, _)) = tcp.accept().await {
+                let (q3, s3) = (q2.clone(), s2.clone());
+                tokio::spawn(async move {
+                    while let Ok(n) = c.read_u16().await {
+                        let mut buf = vec![0u8; usize::from(n)];
+                        if c.read_exact(&mut buf).await.is_err() {
+                            return;
+                        }
+                        let Some(r) = respond(&s3, &q3, &buf) else {
+                            return;
+                        };
+                        let mut out = (r.len() as u16).to_be_bytes().to_vec();
+                        out.extend_from_slice(&r);
+                        if c.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                });
             }
         });
         Resolver { addr, queries }
@@ -214,6 +218,38 @@ impl Resolver {
     pub fn queries(&self) -> Vec<String> {
         self.queries.lock().unwrap().clone()
     }
+}
+
+/// The scripted answer to one query (recorded in `queries`).
+fn respond(script: &Script, queries: &Mutex<Vec<String>>, q: &[u8]) -> Option<Vec<u8>> {
+    let q = Message::from_vec(q).ok()?;
+    let name = q.queries()[0].name().to_ascii().to_ascii_lowercase();
+    queries.lock().unwrap().push(name.clone());
+    let ans = {
+        let mut s = script.lock().unwrap();
+        match s.get_mut(&name) {
+            Some(list) if list.len() > 1 => Some(list.remove(0)),
+            Some(list) => list.first().cloned(),
+            None => None,
+        }
+    };
+    let mut r = q.clone();
+    r.set_message_type(MessageType::Response)
+        .set_recursion_available(true);
+    match ans {
+        None => {
+            r.set_response_code(hickory_proto::op::ResponseCode::NXDomain);
+        }
+        Some(a) => {
+            for (n, rec) in &a.answers {
+                r.add_answer(record(n, rec, a.ttl));
+            }
+            for (n, rec) in &a.additional {
+                r.add_additional(record(n, rec, a.ttl));
+            }
+        }
+    }
+    r.to_vec().ok()
 }
 
 fn record(name: &str, rec: &Rec, ttl: u32) -> Record {
@@ -257,4 +293,10 @@ pub fn match_web(conn: &sandbox_net::Conn, m: &str) -> Option<sandbox_net::HttpG
         conn.match_http(format!("http://{m}"))
             .map(sandbox_net::HttpGrant::allow_cleartext_credentials)
     })
+}
+
+/// The response code of a DNS answer (0 NOERROR, 3 NXDOMAIN, 5 REFUSED).
+#[allow(dead_code)]
+pub fn rcode(answer: &[u8]) -> u16 {
+    Message::from_vec(answer).unwrap().response_code().into()
 }
