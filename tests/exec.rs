@@ -181,21 +181,24 @@ async fn a_kernel_panic_in_the_guest_is_reported() {
 #[tokio::test]
 async fn the_uml_kernel_process_has_no_host_network() {
     let vm = boot("netns").await.unwrap();
+    const NAME: &str = "exec::the_uml_kernel_process_has_no_host_network";
     if vm.backend() != sandbox_core::BackendKind::Uml {
-        eprintln!("skipped: only meaningful for the UML backend");
+        sandbox::skip(NAME, "only meaningful for the UML backend");
+        vm.shutdown().await.unwrap();
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        sandbox::skip(NAME, "not root: unshare(CLONE_NEWNET) may be refused");
+        vm.shutdown().await.unwrap();
         return;
     }
     let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("not root: unshare(CLONE_NEWNET) may be refused, only listing namespaces");
-    }
-    for pid in guest_processes(&vm.id()) {
+    let pids = guest_processes(&vm.id());
+    assert!(!pids.is_empty(), "no UML kernel process found");
+    for pid in pids {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
-        if root {
-            assert_ne!(theirs, ours, "pid {pid} shares the host network namespace");
-        }
+        assert_ne!(theirs, ours, "pid {pid} shares the host network namespace");
     }
     vm.shutdown().await.unwrap();
 }

@@ -63,7 +63,10 @@ async fn the_kvm_backend_runs_the_whole_stack() {
     eprintln!("[kvm] probe: {probe:?}");
     if let sandbox_core::KvmProbe::Missing(why) = &probe {
         // Not a pass: say why nothing ran.
-        eprintln!("[kvm] SKIPPED: /dev/kvm is not usable here ({why})");
+        sandbox::skip(
+            "kvm::the_kvm_backend_runs_the_whole_stack",
+            &format!("/dev/kvm is not usable here ({why})"),
+        );
         return;
     }
     // A loopback origin the guest reaches through its virtio-net device

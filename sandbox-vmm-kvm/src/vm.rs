@@ -201,7 +201,6 @@ impl KvmVm {
         install_kick_handler();
         let stop = Arc::new(AtomicBool::new(false));
         let state = Arc::new(ExitState::default());
-        let mut threads = Vec::new();
         let mut vcpus = Vec::new();
         for id in 0..cfg.cpus {
             let fd = vm
@@ -212,9 +211,18 @@ impl KvmVm {
             vcpu::configure(&fd, &cpuid, (id == 0).then_some(entry.0))?;
             vcpus.push(fd);
         }
+        let mut this = Self {
+            _vm: vm,
+            bus,
+            stop,
+            state,
+            threads: Vec::new(),
+            console,
+            mem,
+        };
         for (id, fd) in vcpus.into_iter().enumerate() {
-            let (bus, stop, state) = (bus.clone(), stop.clone(), state.clone());
-            let console = console.clone();
+            let (bus, stop, state) = (this.bus.clone(), this.stop.clone(), this.state.clone());
+            let console = this.console.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
@@ -226,18 +234,12 @@ impl KvmVm {
                     stop.store(true, Ordering::Release);
                     state.changed.notify_all();
                 })
+                // On failure `this` is dropped, and its Drop stops and
+                // joins the vCPU threads already started and the devices.
                 .map_err(host("starting a vCPU thread"))?;
-            threads.push(thread);
+            this.threads.push(thread);
         }
-        Ok(Self {
-            _vm: vm,
-            bus,
-            stop,
-            state,
-            threads,
-            console,
-            mem,
-        })
+        Ok(this)
     }
 
     /// Host address ranges of guest RAM (to tell guest memory from the
