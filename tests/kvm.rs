@@ -235,8 +235,18 @@ async fn the_kvm_backend_runs_the_whole_stack() {
     step("virtio-rng read", t);
 
     let t = Instant::now();
+    let mut events = vm.subscribe();
     vm.shutdown().await.unwrap();
     step("shutdown", t);
+    // The power-off came through the VMM's power-off port: reported once.
+    let stopped = loop {
+        match events.recv().await {
+            Ok(sandbox_core::VmEvent::Stopped { reason }) => break reason,
+            Ok(_) => continue,
+            Err(e) => panic!("no Stopped event: {e}"),
+        }
+    };
+    assert_eq!(stopped, sandbox_core::StopReason::PowerOff);
     assert_eq!(
         host_read(&overlay, "/root/kvm-note"),
         "written over vsock\n"

@@ -51,11 +51,15 @@ struct Routes {
     closed: Option<String>,
 }
 
+/// Set to true once the guest's side of the control channel has closed.
+pub(crate) type Ended = tokio::sync::watch::Receiver<bool>;
+
 /// A connected guest agent.
 pub(crate) struct Client {
     link: Link,
     next_id: AtomicU32,
     pub hello: Hello,
+    ended: Ended,
 }
 
 /// A cheap handle for sending to the guest, held by process handles.
@@ -163,13 +167,24 @@ impl Client {
         }
         let routes: Arc<Mutex<Routes>> = Arc::default();
         let (out, out_rx) = mpsc::unbounded_channel();
+        let (ended_tx, ended) = tokio::sync::watch::channel(false);
+        let routes2 = routes.clone();
         tokio::spawn(write_loop(wr, out_rx, routes.clone()));
-        tokio::spawn(read_loop(rd, decoder, routes.clone()));
+        tokio::spawn(async move {
+            read_loop(rd, decoder, routes2).await;
+            let _ = ended_tx.send(true);
+        });
         Ok(Self {
             link: Link { out, routes },
             next_id: AtomicU32::new(1),
             hello,
+            ended,
         })
+    }
+
+    /// Becomes true when the guest's side of the channel closes.
+    pub fn ended(&self) -> Ended {
+        self.ended.clone()
     }
 
     /// Allocates a request id with its event channel.

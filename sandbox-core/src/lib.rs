@@ -27,6 +27,7 @@ pub mod images;
 mod process;
 mod sandbox;
 mod status;
+mod stop;
 mod vm;
 
 pub use backend::{probe_kvm, BackendKind, KvmProbe};
@@ -60,5 +61,6 @@ pub mod net {
     };
 }
 pub use status::{ExitStatus, Output, Signal};
+pub use stop::StopReason;
 pub use tokio_util::sync::CancellationToken;
 pub use vm::{Vm, VmEvent};

@@ -9,6 +9,7 @@ use sandbox_protocol::{HostMsg, PtySize};
 use crate::backend::{BackendKind, Machine};
 use crate::client::Client;
 use crate::process::{Console, Process, Pty};
+use crate::stop::{StopReason, StopReport};
 use crate::{Command, Error, Output};
 
 /// How long `shutdown` waits for a clean power-off before killing the guest.
@@ -19,15 +20,22 @@ const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum VmEvent {
     /// A root file system condition.
     Rootfs(sandbox_rootfs::RootfsEvent),
+    /// The guest ended (sent exactly once per VM). By the time it is
+    /// delivered the backend's host processes and threads are gone.
+    Stopped {
+        /// How it ended.
+        reason: StopReason,
+    },
 }
 
-type SharedMachine = Arc<Mutex<Box<dyn Machine>>>;
+pub(crate) type SharedMachine = Arc<Mutex<Box<dyn Machine>>>;
 
 /// A booted VM. Dropping it kills the guest (use [`Vm::shutdown`] for a
 /// clean power-off).
 pub struct Vm {
     client: Client,
     events: tokio::sync::broadcast::Sender<VmEvent>,
+    stop: Arc<StopReport>,
     machine: SharedMachine,
     backend: BackendKind,
     backend_reason: String,
@@ -35,7 +43,7 @@ pub struct Vm {
     boot_time: Duration,
 }
 
-fn lock(m: &SharedMachine) -> std::sync::MutexGuard<'_, Box<dyn Machine>> {
+pub(crate) fn lock(m: &SharedMachine) -> std::sync::MutexGuard<'_, Box<dyn Machine>> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -49,10 +57,14 @@ impl Vm {
         boot_time: Duration,
         events: tokio::sync::broadcast::Sender<VmEvent>,
     ) -> Self {
+        let machine = Arc::new(Mutex::new(machine));
+        let stop = StopReport::new(events.clone());
+        crate::stop::watch(client.ended(), machine.clone(), stop.clone());
         Self {
             client,
             events,
-            machine: Arc::new(Mutex::new(machine)),
+            stop,
+            machine,
             backend,
             backend_reason,
             cwd,
@@ -66,9 +78,10 @@ impl Vm {
         lock(&self.machine).id()
     }
 
-    /// Events about this VM from now on (for example a full ephemeral
-    /// overlay). A subscriber that falls behind by more than 64 events sees
-    /// `RecvError::Lagged`.
+    /// Events about this VM from now on: a full ephemeral overlay, and
+    /// [`VmEvent::Stopped`] once when the guest ends (power-off, reboot,
+    /// panic, crash, or the host stopping it). A subscriber that falls
+    /// behind by more than 64 events sees `RecvError::Lagged`.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<VmEvent> {
         self.events.subscribe()
     }
@@ -170,14 +183,20 @@ impl Vm {
     pub async fn shutdown(self) -> Result<(), Error> {
         let _ = self.client.link().send(HostMsg::Shutdown);
         let machine = self.machine.clone();
-        let clean = tokio::task::spawn_blocking(move || {
+        let (clean, reason) = tokio::task::spawn_blocking(move || {
             let mut m = lock(&machine);
             let clean = m.wait_exit(POWER_OFF_TIMEOUT);
+            let reason = if clean {
+                m.stop_reason().unwrap_or(StopReason::PowerOff)
+            } else {
+                StopReason::Killed
+            };
             m.kill();
-            clean
+            (clean, reason)
         })
         .await
-        .unwrap_or(false);
+        .unwrap_or((false, StopReason::Killed));
+        self.stop.report(reason);
         if clean {
             Ok(())
         } else {
@@ -199,5 +218,6 @@ impl std::fmt::Debug for Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         lock(&self.machine).kill();
+        self.stop.report(StopReason::Killed);
     }
 }

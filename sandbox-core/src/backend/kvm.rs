@@ -119,6 +119,18 @@ fn describe(exit: &GuestExit) -> String {
     }
 }
 
+fn stop_reason(exit: GuestExit) -> crate::StopReason {
+    use crate::StopReason;
+    match exit {
+        GuestExit::PowerOff => StopReason::PowerOff,
+        GuestExit::Reboot => StopReason::Reboot,
+        GuestExit::Panic(line) => StopReason::Panic(line),
+        GuestExit::Halted => StopReason::Crash("a vCPU halted with nothing to wake it".into()),
+        GuestExit::Crashed(why) => StopReason::Crash(why),
+        GuestExit::Stopped => StopReason::Killed,
+    }
+}
+
 impl Machine for KvmMachine {
     fn id(&self) -> String {
         self.id.clone()
@@ -158,5 +170,12 @@ impl Machine for KvmMachine {
 
     fn network_stats(&self) -> Option<sandbox_net::Stats> {
         self.network.as_ref().map(Network::stats)
+    }
+
+    fn stop_reason(&mut self) -> Option<crate::StopReason> {
+        match &self.vm {
+            Some(vm) => vm.exited().map(stop_reason),
+            None => Some(crate::StopReason::Killed),
+        }
     }
 }

@@ -93,6 +93,9 @@ pub(crate) trait Machine: Send {
     fn network_stats(&self) -> Option<sandbox_net::Stats> {
         None
     }
+    /// How the guest stopped, if it has (never blocks). Called before
+    /// `kill`.
+    fn stop_reason(&mut self) -> Option<crate::StopReason>;
 }
 
 /// Resolves `Auto` and checks the choice can run; returns a description of

@@ -129,4 +129,27 @@ impl Machine for UmlMachine {
     fn network_stats(&self) -> Option<sandbox_net::Stats> {
         self.1.as_ref().map(|n| n.network.stats())
     }
+
+    fn stop_reason(&mut self) -> Option<crate::StopReason> {
+        use crate::StopReason;
+        use std::os::unix::process::ExitStatusExt;
+        let console = self.0.console().tail(40);
+        // A panicking or rebooting UML kernel may still be running (it
+        // re-executes itself to reboot): the console says so first.
+        if let Some(line) = crate::stop::panic_line(&console) {
+            return Some(StopReason::Panic(line));
+        }
+        let rebooting = console.contains("reboot: Restarting system");
+        match self.0.try_wait() {
+            None if rebooting => Some(StopReason::Reboot),
+            None => None,
+            Some(_) if rebooting => Some(StopReason::Reboot),
+            Some(status) => Some(match status.signal() {
+                Some(sig) => {
+                    StopReason::Crash(format!("the UML kernel process was killed by signal {sig}"))
+                }
+                None => StopReason::PowerOff,
+            }),
+        }
+    }
 }
