@@ -39,19 +39,25 @@ pub use device::{ActivationContext, DeviceError, FdInterrupt, Interrupt, QueueKi
 /// Guest memory as devices see it.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
 
-/// Virtio device ids (virtio spec 5).
+/// Virtio device ids (virtio spec 5), from `virtio-bindings`.
 pub mod device_id {
+    use virtio_bindings::virtio_ids;
     /// virtio-net.
-    pub const NET: u32 = 1;
+    pub const NET: u32 = virtio_ids::VIRTIO_ID_NET;
     /// virtio-blk.
-    pub const BLOCK: u32 = 2;
+    pub const BLOCK: u32 = virtio_ids::VIRTIO_ID_BLOCK;
     /// virtio-console.
-    pub const CONSOLE: u32 = 3;
+    pub const CONSOLE: u32 = virtio_ids::VIRTIO_ID_CONSOLE;
     /// virtio-rng (entropy source).
-    pub const RNG: u32 = 4;
+    pub const RNG: u32 = virtio_ids::VIRTIO_ID_RNG;
     /// virtio-vsock.
-    pub const VSOCK: u32 = 19;
+    pub const VSOCK: u32 = virtio_ids::VIRTIO_ID_VSOCK;
+}
+
+/// The feature bit `bit` as a mask.
+pub(crate) const fn feature(bit: u32) -> u64 {
+    1 << bit
 }
 
 /// `VIRTIO_F_VERSION_1`.
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_F_VERSION_1: u64 = feature(virtio_bindings::virtio_config::VIRTIO_F_VERSION_1);

@@ -58,6 +58,7 @@ pub fn ci(rebuild: bool) -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    crate::hygiene::check()?;
     crate::fuzz::build_and_run()?;
     test_workspace()
 }

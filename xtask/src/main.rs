@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! cargo xtask quickstart        install what is missing, build, run the example
-//! cargo xtask ci                the same set-up, then fmt, clippy, fuzz build, tests
+//! cargo xtask ci                the same set-up, then fmt, clippy, hygiene, fuzz, tests
+//! cargo xtask hygiene           unused dependencies, build with the declared rust-version
 //! cargo xtask build [--rebuild] build every artifact
 //! cargo xtask deps              install (or print) the system packages needed
 //! ```
@@ -14,6 +15,7 @@ mod debian;
 mod deps;
 mod flows;
 mod fuzz;
+mod hygiene;
 mod image;
 mod kernel;
 
@@ -35,9 +37,10 @@ fn main() -> ExitCode {
         Some("quickstart") => flows::quickstart(rebuild),
         Some("ci") => flows::ci(rebuild),
         Some("fuzz") => fuzz::build_and_run(),
+        Some("hygiene") => hygiene::check(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <quickstart|ci|build|deps|kernel <uml|x86_64>|image|fuzz> [--rebuild]"
+                "usage: cargo xtask <quickstart|ci|build|deps|kernel <uml|x86_64>|image|fuzz|hygiene> [--rebuild]"
             );
             return ExitCode::from(2);
         }

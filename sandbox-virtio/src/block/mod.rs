@@ -16,9 +16,9 @@ pub use metrics::BlockMetrics;
 use sandbox_rootfs::Disk;
 
 /// `VIRTIO_BLK_F_RO`.
-const F_RO: u64 = 1 << 5;
+const F_RO: u64 = crate::feature(virtio_bindings::virtio_blk::VIRTIO_BLK_F_RO);
 /// `VIRTIO_BLK_F_FLUSH`.
-const F_FLUSH: u64 = 1 << 9;
+const F_FLUSH: u64 = crate::feature(virtio_bindings::virtio_blk::VIRTIO_BLK_F_FLUSH);
 /// Queue size offered to the driver.
 const QUEUE_SIZE: u16 = 256;
 

@@ -11,14 +11,14 @@ use super::BlockMetrics;
 use crate::GuestMemory;
 use sandbox_rootfs::Disk;
 
-pub(super) const T_IN: u32 = 0;
-pub(super) const T_OUT: u32 = 1;
-pub(super) const T_FLUSH: u32 = 4;
-pub(super) const T_GET_ID: u32 = 8;
+pub(super) use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_T_FLUSH as T_FLUSH, VIRTIO_BLK_T_GET_ID as T_GET_ID, VIRTIO_BLK_T_IN as T_IN,
+    VIRTIO_BLK_T_OUT as T_OUT,
+};
 
-const S_OK: u8 = 0;
-pub(super) const S_IOERR: u8 = 1;
-pub(super) const S_UNSUPP: u8 = 2;
+const S_OK: u8 = virtio_bindings::virtio_blk::VIRTIO_BLK_S_OK as u8;
+pub(super) const S_IOERR: u8 = virtio_bindings::virtio_blk::VIRTIO_BLK_S_IOERR as u8;
+pub(super) const S_UNSUPP: u8 = virtio_bindings::virtio_blk::VIRTIO_BLK_S_UNSUPP as u8;
 
 /// Bytes moved between the disk and guest memory per step (the size of the
 /// handler's bounce buffer).

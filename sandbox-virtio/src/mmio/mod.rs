@@ -21,14 +21,14 @@ const VERSION: u32 = 2;
 const VENDOR: u32 = 0x5342_5800; // "SBX"
 
 /// Offset of the `QueueNotify` register (where ioeventfds are attached).
-pub const REG_QUEUE_NOTIFY: u64 = 0x50;
-const STATUS_ACKNOWLEDGE: u32 = 1;
-const STATUS_DRIVER: u32 = 2;
-const STATUS_DRIVER_OK: u32 = 4;
-const STATUS_FEATURES_OK: u32 = 8;
-const STATUS_NEEDS_RESET: u32 = 0x40;
-const STATUS_FAILED: u32 = 0x80;
-const INT_USED_RING: u32 = 1;
+pub const REG_QUEUE_NOTIFY: u64 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY as u64;
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE as STATUS_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER as STATUS_DRIVER,
+    VIRTIO_CONFIG_S_DRIVER_OK as STATUS_DRIVER_OK, VIRTIO_CONFIG_S_FAILED as STATUS_FAILED,
+    VIRTIO_CONFIG_S_FEATURES_OK as STATUS_FEATURES_OK,
+    VIRTIO_CONFIG_S_NEEDS_RESET as STATUS_NEEDS_RESET,
+};
+use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING as INT_USED_RING;
 
 /// Sets the used-ring bit, then raises the irqfd.
 struct MmioInterrupt {

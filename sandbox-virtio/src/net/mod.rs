@@ -20,9 +20,9 @@ use crate::{device_id, GuestMemory, VIRTIO_F_VERSION_1};
 
 const QUEUE_SIZE: u16 = 256;
 /// `VIRTIO_NET_F_MAC`: the device provides the MAC address.
-const F_MAC: u64 = 1 << 5;
+const F_MAC: u64 = crate::feature(virtio_bindings::virtio_net::VIRTIO_NET_F_MAC);
 /// `VIRTIO_NET_F_STATUS`: the config space has a link status.
-const F_STATUS: u64 = 1 << 16;
+const F_STATUS: u64 = crate::feature(virtio_bindings::virtio_net::VIRTIO_NET_F_STATUS);
 /// `struct virtio_net_hdr_v1` (VERSION_1 always has `num_buffers`).
 pub const HDR_LEN: usize = 12;
 /// Largest frame carried (1500-byte MTU plus the Ethernet header).
