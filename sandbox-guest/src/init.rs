@@ -9,17 +9,11 @@ use std::process::ExitCode;
 
 use crate::{net, server, vsock};
 
-/// Kernel command line keys the host uses to configure the agent.
-const HOSTNAME_KEY: &str = "sandbox.hostname=";
-const CHANNEL_KEY: &str = "sandbox.channel=";
-/// `sandbox.poweroff=port:0x501` (KVM, no ACPI): power off by writing to
-/// that I/O port, with a reset as the fallback.
-const POWEROFF_KEY: &str = "sandbox.poweroff=port:";
-const OUTPUT_GRACE_KEY: &str = "sandbox.output_grace_ms=";
-/// `sandbox.net=IP/PREFIX,GATEWAY,DNS,MAC` (see `net`).
-const NET_KEY: &str = "sandbox.net=";
-/// `sandbox.ca=<base64 DER>`: the egress interception CA to trust.
-const CA_KEY: &str = "sandbox.ca=";
+// The kernel command-line keys the host configures the agent with.
+use sandbox_protocol::cmdline::{
+    find as param, CA as CA_KEY, CHANNEL as CHANNEL_KEY, HOSTNAME as HOSTNAME_KEY, NET as NET_KEY,
+    OUTPUT_GRACE_MS as OUTPUT_GRACE_KEY, POWEROFF as POWEROFF_KEY,
+};
 
 pub fn run() -> ExitCode {
     mount_all();
@@ -57,7 +51,7 @@ pub fn run() -> ExitCode {
 
 fn setup_network(cmdline: &str) -> Result<(), String> {
     if let Some(v) = param(cmdline, NET_KEY) {
-        let p = net::parse(v).ok_or_else(|| format!("malformed {NET_KEY}{v}"))?;
+        let p = net::parse(v).ok_or_else(|| format!("malformed {NET_KEY}={v}"))?;
         net::configure(&p).map_err(|e| format!("network set-up failed: {e}"))?;
     }
     if let Some(ca) = param(cmdline, CA_KEY) {
@@ -70,12 +64,6 @@ fn setup_network(cmdline: &str) -> Result<(), String> {
         ]);
     }
     Ok(())
-}
-
-fn param<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline
-        .split_ascii_whitespace()
-        .find_map(|w| w.strip_prefix(key))
 }
 
 /// Writes a line to the kernel log, which the host captures with the console.
@@ -281,7 +269,9 @@ fn power_off() -> ExitCode {
     // SAFETY: a plain syscall.
     unsafe { libc::sync() };
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    if let Some(port) = param(&cmdline, POWEROFF_KEY) {
+    // `port:0x501` (KVM, no ACPI): power off by writing to that I/O port,
+    // with a reset as the fallback.
+    if let Some(port) = param(&cmdline, POWEROFF_KEY).and_then(|v| v.strip_prefix("port:")) {
         let port = u16::from_str_radix(port.trim_start_matches("0x"), 16).unwrap_or(0);
         power_off_port(port);
         // SAFETY: plain syscall; only returns on failure.

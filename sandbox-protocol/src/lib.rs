@@ -12,6 +12,7 @@
 //! rejected before any buffer is allocated, and every decoder returns an
 //! error on malformed input instead of panicking.
 
+pub mod cmdline;
 mod codec;
 mod fs;
 mod msg;

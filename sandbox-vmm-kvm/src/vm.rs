@@ -161,7 +161,11 @@ impl KvmVm {
         let mut mmio = Vec::new();
         // The agent powers off through our port (the guest has no ACPI).
         let mut cmdline = format!(
-            "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux sandbox.poweroff=port:{POWER_OFF_PORT:#x}"
+            "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux {}",
+            sandbox_protocol::cmdline::param(
+                sandbox_protocol::cmdline::POWEROFF,
+                sandbox_protocol::cmdline::poweroff_port(POWER_OFF_PORT)
+            )
         );
         if cfg.profile == CpuProfile::NestedPvm {
             cmdline.push(' ');

@@ -1,6 +1,8 @@
 //! Starting, watching and stopping one UML guest.
 
 use std::fs;
+
+use sandbox_protocol::cmdline;
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -153,8 +155,11 @@ impl UmlVm {
             .args(["root=/dev/vda", "rootfstype=ext4", "rootwait"])
             .arg(if read_only { "ro" } else { "rw" })
             .arg("init=/sbin/sandbox-guest")
-            .arg(format!("sandbox.hostname={}", cfg.hostname))
-            .arg(format!("sandbox.channel=vsock:{}", cfg.agent_port))
+            .arg(cmdline::param(cmdline::HOSTNAME, &cfg.hostname))
+            .arg(cmdline::param(
+                cmdline::CHANNEL,
+                cmdline::vsock_channel(cfg.agent_port),
+            ))
             .arg(format!(
                 "virtio_uml.device={}:{}",
                 blk.display(),

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sandbox_net::Network;
-use sandbox_protocol::AGENT_VSOCK_PORT;
+use sandbox_protocol::{cmdline, AGENT_VSOCK_PORT};
 use sandbox_virtio::block::Block;
 use sandbox_virtio::net::Net;
 use sandbox_virtio::rng::Rng;
@@ -59,10 +59,10 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
     };
     let cpus = u8::try_from(spec.cpus).unwrap_or(u8::MAX);
     let mut cmdline = format!(
-        "root=/dev/vda rootfstype=ext4 rootwait {} init=/sbin/sandbox-guest \
-         sandbox.hostname={} sandbox.channel=vsock:{AGENT_VSOCK_PORT}",
+        "root=/dev/vda rootfstype=ext4 rootwait {} init=/sbin/sandbox-guest {} {}",
         if read_only { "ro" } else { "rw" },
-        spec.hostname
+        cmdline::param(cmdline::HOSTNAME, &spec.hostname),
+        cmdline::param(cmdline::CHANNEL, cmdline::vsock_channel(AGENT_VSOCK_PORT)),
     );
     for arg in network.iter().flat_map(super::network_args) {
         cmdline.push(' ');
@@ -71,7 +71,8 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
     if profile == CpuProfile::NestedPvm {
         // Every guest syscall is slow there: give output pumps time to
         // drain after a process exits.
-        cmdline.push_str(" sandbox.output_grace_ms=30000");
+        cmdline.push(' ');
+        cmdline.push_str(&cmdline::param(cmdline::OUTPUT_GRACE_MS, 30_000));
     }
     let vm = KvmVm::start(KvmConfig {
         kernel,

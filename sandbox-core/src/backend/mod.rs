@@ -7,6 +7,8 @@ mod uml;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use sandbox_protocol::cmdline;
+
 use crate::{Error, Rootfs};
 
 /// Which backend boots the VM.
@@ -72,8 +74,8 @@ pub(crate) fn network_args(network: &sandbox_net::Network) -> Vec<String> {
     let pem = network.ca_cert_pem();
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     vec![
-        format!("sandbox.net={}", network.config().guest_param()),
-        format!("sandbox.ca={body}"),
+        cmdline::param(cmdline::NET, network.config().guest_param()),
+        cmdline::param(cmdline::CA, body),
     ]
 }
 

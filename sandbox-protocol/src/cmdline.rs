@@ -1,0 +1,65 @@
+//! The agent's kernel command-line parameters, named once: the host
+//! (`sandbox-core` and the VMMs) writes them with [`param`], the agent reads
+//! them with [`find`].
+
+use std::fmt::Display;
+
+/// `sandbox.hostname=NAME`: the guest's hostname.
+pub const HOSTNAME: &str = "sandbox.hostname";
+/// `sandbox.channel=vsock:PORT`: where the agent listens for the host.
+pub const CHANNEL: &str = "sandbox.channel";
+/// `sandbox.poweroff=port:0xNNN` (KVM, no ACPI): power off by writing to
+/// this I/O port.
+pub const POWEROFF: &str = "sandbox.poweroff";
+/// `sandbox.output_grace_ms=N`: how long output pumps may drain after a
+/// process exits.
+pub const OUTPUT_GRACE_MS: &str = "sandbox.output_grace_ms";
+/// `sandbox.net=IP/PREFIX,GATEWAY,DNS,MAC`: the guest's link.
+pub const NET: &str = "sandbox.net";
+/// `sandbox.ca=<base64 DER>`: the egress interception CA to trust.
+pub const CA: &str = "sandbox.ca";
+
+/// `key=value`, one kernel command-line word.
+pub fn param(key: &str, value: impl Display) -> String {
+    format!("{key}={value}")
+}
+
+/// The value of `key` on `cmdline` (its first occurrence).
+pub fn find<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline
+        .split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The [`CHANNEL`] value for a vsock port.
+pub fn vsock_channel(port: u32) -> String {
+    format!("vsock:{port}")
+}
+
+/// The [`POWEROFF`] value for an I/O port.
+pub fn poweroff_port(port: u16) -> String {
+    format!("port:{port:#x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_parameters_are_found() {
+        let line = [
+            param(HOSTNAME, "box"),
+            param(CHANNEL, vsock_channel(1024)),
+            param(POWEROFF, poweroff_port(0x501)),
+            param(OUTPUT_GRACE_MS, 30000),
+        ]
+        .join(" ");
+        assert_eq!(find(&line, HOSTNAME), Some("box"));
+        assert_eq!(find(&line, CHANNEL), Some("vsock:1024"));
+        assert_eq!(find(&line, POWEROFF), Some("port:0x501"));
+        assert_eq!(find(&line, OUTPUT_GRACE_MS), Some("30000"));
+        // A key that is a prefix of another does not match it.
+        assert_eq!(find("sandbox.netx=1", NET), None);
+        assert_eq!(find("", CA), None);
+    }
+}
