@@ -4,7 +4,6 @@
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 
 use crate::{net, server, vsock};
@@ -169,34 +168,30 @@ fn set_hostname(name: &str) -> io::Result<()> {
     }
 }
 
-/// Serves the control channel named on the kernel command line until a
-/// `Shutdown` request. `vsock:PORT` accepts host connections on a vsock
-/// port, one thread each; `hvcN` is a virtio-console port, switched to raw
-/// mode so bytes pass unchanged.
+/// Serves the control channel named on the kernel command line
+/// (`vsock:PORT`): host connections on a vsock port, one thread each, until
+/// a `Shutdown` request powers the guest off.
 fn serve_channel(name: &str) -> io::Result<()> {
-    if let Some(port) = name.strip_prefix("vsock:") {
-        let port = port
-            .parse()
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad vsock port"))?;
-        let listener = vsock::listen(port)?;
-        loop {
-            let conn = vsock::accept(&listener)?;
-            std::thread::Builder::new()
-                .name("conn".into())
-                .spawn(move || {
-                    if serve_guarded(conn) == Some(server::Ended::Shutdown) {
-                        let _ = power_off();
-                    }
-                })?;
-        }
+    let port = name
+        .strip_prefix("vsock:")
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the control channel must be vsock:PORT, not {name:?}"),
+            )
+        })?;
+    let listener = vsock::listen(port)?;
+    loop {
+        let conn = vsock::accept(&listener)?;
+        std::thread::Builder::new()
+            .name("conn".into())
+            .spawn(move || {
+                if serve_guarded(conn) == Some(server::Ended::Shutdown) {
+                    let _ = power_off();
+                }
+            })?;
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("/dev/{name}"))?;
-    make_raw(&file)?;
-    serve_guarded(file);
-    Ok(())
 }
 
 /// Serves one connection; a panic is logged instead of killing PID 1.
@@ -212,23 +207,6 @@ fn serve_guarded(conn: File) -> Option<server::Ended> {
             None
         }
     }
-}
-
-fn make_raw(file: &File) -> io::Result<()> {
-    // SAFETY: termios is plain old data; zeroed is a valid starting value
-    // that tcgetattr overwrites.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: the fd is open for the duration of the calls and `t` is valid.
-    unsafe {
-        if libc::tcgetattr(file.as_raw_fd(), &mut t) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        libc::cfmakeraw(&mut t);
-        if libc::tcsetattr(file.as_raw_fd(), libc::TCSANOW, &t) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// Writes to the VMM's power-off port (x86 only; nothing elsewhere).

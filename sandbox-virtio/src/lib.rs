@@ -9,15 +9,13 @@
 //! VMM).
 //!
 //! Devices: [`block::Block`] (virtio-blk over a [`sandbox_rootfs::Disk`]) and
-//! [`console::Console`] (a single-port virtio-console whose host side is a
-//! byte stream) and [`vsock::Vsock`] (virtio-vsock, the agent's control
+//! [`vsock::Vsock`] (virtio-vsock, the agent's control
 //! channel; host connections surface as Unix socket pairs) and
 //! [`net::Net`] (virtio-net whose host side is a seqpacket socket of
 //! Ethernet frames, fed to `sandbox-net`) and [`rng::Rng`] (virtio-rng from
 //! the host's `getrandom`).
 
 pub mod block;
-pub mod console;
 mod console_log;
 mod device;
 #[cfg(feature = "fuzzing")]
@@ -46,8 +44,6 @@ pub mod device_id {
     pub const NET: u32 = virtio_ids::VIRTIO_ID_NET;
     /// virtio-blk.
     pub const BLOCK: u32 = virtio_ids::VIRTIO_ID_BLOCK;
-    /// virtio-console.
-    pub const CONSOLE: u32 = virtio_ids::VIRTIO_ID_CONSOLE;
     /// virtio-rng (entropy source).
     pub const RNG: u32 = virtio_ids::VIRTIO_ID_RNG;
     /// virtio-vsock.
