@@ -59,7 +59,7 @@ pub fn ci(rebuild: bool) -> Result<()> {
         "warnings",
     ])?;
     crate::hygiene::check()?;
-    crate::fuzz::build_and_run()?;
+    crate::fuzz::build_and_run(crate::fuzz::CI_SECONDS)?;
     test_workspace()
 }
 

@@ -6,7 +6,7 @@ use crate::cache::{self, step};
 use crate::Result;
 
 /// Seconds each fuzz target runs in CI.
-const SECONDS: u32 = 20;
+pub const CI_SECONDS: u32 = 20;
 
 fn have_cargo_fuzz() -> bool {
     Command::new(env!("CARGO"))
@@ -18,7 +18,7 @@ fn have_cargo_fuzz() -> bool {
 /// Installs cargo-fuzz if missing, builds every target, runs each for a
 /// short while. The stable toolchain is the only one here, so the nightly
 /// flags cargo-fuzz passes are enabled with `RUSTC_BOOTSTRAP=1`.
-pub fn build_and_run() -> Result<()> {
+pub fn build_and_run(seconds: u32) -> Result<()> {
     if !have_cargo_fuzz() {
         step("installing cargo-fuzz from crates.io");
         let status = Command::new(env!("CARGO"))
@@ -41,15 +41,17 @@ pub fn build_and_run() -> Result<()> {
         .collect();
     seed_qcow2(&fuzz_dir)?;
     seed_net(&fuzz_dir)?;
+    crate::fuzz_seeds::virtio(&fuzz_dir)?;
+    step(&format!("{} fuzz targets, {seconds} s each", targets.len()));
     for t in &targets {
-        step(&format!("fuzz {t}: build and run {SECONDS}s"));
+        step(&format!("fuzz {t}: build and run {seconds}s"));
         let status = Command::new(env!("CARGO"))
             .args([
                 "fuzz",
                 "run",
                 t,
                 "--",
-                &format!("-max_total_time={SECONDS}"),
+                &format!("-max_total_time={seconds}"),
             ])
             .env("RUSTC_BOOTSTRAP", "1")
             .current_dir(&fuzz_dir)

@@ -6,6 +6,7 @@
 //! cargo xtask quickstart        install what is missing, build, run the example
 //! cargo xtask ci                the same set-up, then fmt, clippy, hygiene, fuzz, tests
 //! cargo xtask hygiene           unused dependencies, build with the declared rust-version
+//! cargo xtask fuzz [--minutes N] every fuzz target for 20 s (or N minutes) each
 //! cargo xtask build [--rebuild] build every artifact
 //! cargo xtask deps              install (or print) the system packages needed
 //! ```
@@ -15,6 +16,7 @@ mod debian;
 mod deps;
 mod flows;
 mod fuzz;
+mod fuzz_seeds;
 mod hygiene;
 mod image;
 mod kernel;
@@ -36,7 +38,10 @@ fn main() -> ExitCode {
         Some("image") => flows::build_image(rebuild).map(|_| ()),
         Some("quickstart") => flows::quickstart(rebuild),
         Some("ci") => flows::ci(rebuild),
-        Some("fuzz") => fuzz::build_and_run(),
+        Some("fuzz") => match minutes(&args) {
+            Ok(m) => fuzz::build_and_run(m.map_or(fuzz::CI_SECONDS, |m| m * 60)),
+            Err(e) => Err(e),
+        },
         Some("hygiene") => hygiene::check(),
         _ => {
             eprintln!(
@@ -51,6 +56,19 @@ fn main() -> ExitCode {
             eprintln!("xtask: error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The value of `--minutes N`, if given.
+fn minutes(args: &[String]) -> Result<Option<u32>> {
+    match args.iter().position(|a| a == "--minutes") {
+        None => Ok(None),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .filter(|m| *m > 0)
+            .map(Some)
+            .ok_or_else(|| "usage: cargo xtask fuzz [--minutes N] (N > 0)".into()),
     }
 }
 

@@ -137,6 +137,23 @@ impl VirtioDevice for Net {
     }
 }
 
+/// A handler over one end of a fresh frame socket pair, and the other end
+/// (the host stack's side).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_handler() -> io::Result<(NetHandler, OwnedFd)> {
+    let (mut dev, peer) = Net::new([0x02, 0, 0, 0, 0, 1])?;
+    let host = dev
+        .host
+        .take()
+        .ok_or_else(|| io::Error::other("no host end"))?;
+    let handler = NetHandler {
+        host,
+        held: None,
+        metrics: dev.metrics.clone(),
+    };
+    Ok((handler, peer))
+}
+
 pub(crate) struct NetHandler {
     host: OwnedFd,
     /// A frame from the host waiting for a guest receive buffer.

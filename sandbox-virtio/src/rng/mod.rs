@@ -79,6 +79,14 @@ impl VirtioDevice for Rng {
     }
 }
 
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_handler() -> impl Handler {
+    RngHandler {
+        buf: vec![0; MAX_PER_REQUEST],
+        metrics: Default::default(),
+    }
+}
+
 struct RngHandler {
     buf: Vec<u8>,
     metrics: std::sync::Arc<RngMetrics>,

@@ -1,0 +1,123 @@
+//! Seeds for the virtio fuzz targets: inputs that reach past the first
+//! checks (a valid descriptor chain, an mmio initialization sequence, valid
+//! vhost-user message headers), so the fuzzer mutates from there.
+
+use std::path::Path;
+
+use crate::Result;
+
+fn write(fuzz_dir: &Path, target: &str, name: &str, bytes: &[u8]) -> Result<()> {
+    let dir = fuzz_dir.join("corpus").join(target);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::write(dir.join(name), bytes).map_err(|e| e.to_string())
+}
+
+/// Puts one descriptor (`addr`, `len`, `flags`) at the head of the queue
+/// whose rings start at `base` (layout of `sandbox_virtio::fuzzing`), and
+/// makes it available.
+fn one_chain(mem: &mut Vec<u8>, base: usize, addr: u64, len: u32, flags: u16) {
+    let need = base + 0x300;
+    if mem.len() < need {
+        mem.resize(need, 0);
+    }
+    mem[base..base + 8].copy_from_slice(&addr.to_le_bytes());
+    mem[base + 8..base + 12].copy_from_slice(&len.to_le_bytes());
+    mem[base + 12..base + 14].copy_from_slice(&flags.to_le_bytes());
+    // avail: flags 0, idx 1, ring[0] = 0
+    mem[base + 0x100..base + 0x106].copy_from_slice(&[0, 0, 1, 0, 0, 0]);
+}
+
+const WRITE: u16 = 2;
+
+fn mmio_init() -> Vec<u8> {
+    // (flag, offset/4, value): flag bit 0 = write, bits 1-2 = size (4 bytes).
+    let w = |off: u8, v: u32| {
+        let mut a = vec![5u8, off / 4];
+        a.extend_from_slice(&v.to_le_bytes());
+        a
+    };
+    let r = |off: u8| vec![4u8, off / 4];
+    let mut s = Vec::new();
+    for part in [
+        r(0x00),
+        r(0x04),
+        r(0x08),
+        w(0x70, 1),
+        w(0x70, 3),
+        w(0x14, 1),
+        r(0x10),
+        w(0x24, 1),
+        w(0x20, 1),
+        w(0x70, 0xb),
+        r(0x70),
+    ] {
+        s.extend(part);
+    }
+    for q in 0..2u32 {
+        for part in [
+            w(0x30, q),
+            r(0x34),
+            w(0x38, 16),
+            w(0x80, 0x1000 * q),
+            w(0x90, 0x1000 * q + 0x100),
+            w(0xa0, 0x1000 * q + 0x200),
+            w(0x44, 1),
+        ] {
+            s.extend(part);
+        }
+    }
+    for part in [w(0x70, 0xf), w(0x50, 0), r(0x60), w(0x64, 1), r(0xfc)] {
+        s.extend(part);
+    }
+    // A config-space read (offset 0x100 is beyond one byte's reach / 4).
+    s.extend([0u8, 0xff / 4 + 1]);
+    s
+}
+
+fn vhost_user_session() -> Vec<u8> {
+    let msg = |req: u32, payload: &[u8]| {
+        let mut m = req.to_le_bytes().to_vec();
+        m.extend_from_slice(&1u32.to_le_bytes()); // version 1
+        m.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        m.extend_from_slice(payload);
+        m
+    };
+    let mut s = Vec::new();
+    s.extend(msg(1, &[])); // GET_FEATURES
+    s.extend(msg(3, &[])); // SET_OWNER
+    s.extend(msg(15, &[])); // GET_PROTOCOL_FEATURES
+    s.extend(msg(2, &(1u64 << 32 | 1 << 30).to_le_bytes())); // SET_FEATURES
+    s.extend(msg(17, &[])); // GET_QUEUE_NUM
+    let mut state = 0u32.to_le_bytes().to_vec();
+    state.extend_from_slice(&256u32.to_le_bytes());
+    s.extend(msg(8, &state)); // SET_VRING_NUM
+    s.extend(msg(10, &state)); // SET_VRING_BASE
+    let mut cfg = 0u32.to_le_bytes().to_vec(); // offset
+    cfg.extend_from_slice(&8u32.to_le_bytes()); // size
+    cfg.extend_from_slice(&0u32.to_le_bytes()); // flags
+    cfg.extend_from_slice(&[0; 8]);
+    s.extend(msg(24, &cfg)); // GET_CONFIG
+    s
+}
+
+/// Writes every virtio seed.
+pub fn virtio(fuzz_dir: &Path) -> Result<()> {
+    let mut rng = Vec::new();
+    one_chain(&mut rng, 0, 0x1000, 64, WRITE);
+    write(fuzz_dir, "virtio_rng", "seed-request", &rng)?;
+
+    let mut net = Vec::new();
+    one_chain(&mut net, 0, 0x2000, 12 + 60, 0); // tx: header + frame
+    one_chain(&mut net, 0x800, 0x3000, 2048, WRITE); // rx buffer
+    net.resize(0x3000 + 2048, 0);
+    net.extend_from_slice(&[0xff; 60]); // the host's frame
+    write(fuzz_dir, "virtio_net", "seed-rx-tx", &net)?;
+
+    write(fuzz_dir, "virtio_mmio", "seed-init", &mmio_init())?;
+    write(
+        fuzz_dir,
+        "vhost_user_messages",
+        "seed-session",
+        &vhost_user_session(),
+    )
+}
