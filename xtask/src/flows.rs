@@ -60,7 +60,19 @@ pub fn ci(rebuild: bool) -> Result<()> {
     ])?;
     crate::hygiene::check()?;
     crate::fuzz::build_and_run(crate::fuzz::CI_SECONDS)?;
-    test_workspace()
+    test_workspace()?;
+    soak(CI_SOAK_CYCLES)
+}
+
+/// Soak cycles CI runs.
+pub const CI_SOAK_CYCLES: u32 = 50;
+
+/// Runs the soak binary (`src/bin/soak.rs`, debug build: the tests already
+/// built its dependencies) for `cycles` cycles of two UML VMs.
+pub fn soak(cycles: u32) -> Result<()> {
+    step(&format!("soak: {cycles} cycles of two VMs"));
+    let n = cycles.to_string();
+    cargo(&["run", "--quiet", "--bin", "soak", "--", "--cycles", &n])
 }
 
 /// Runs `cargo test --workspace`, echoing its output, and ends with one

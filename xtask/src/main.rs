@@ -7,6 +7,7 @@
 //! cargo xtask ci                the same set-up, then fmt, clippy, hygiene, fuzz, tests
 //! cargo xtask hygiene           unused dependencies, build with the declared rust-version
 //! cargo xtask fuzz [--minutes N] every fuzz target for 20 s (or N minutes) each
+//! cargo xtask soak [--cycles N]  VM cycles (default 50), failing on host resource growth
 //! cargo xtask build [--rebuild] build every artifact
 //! cargo xtask deps              install (or print) the system packages needed
 //! ```
@@ -43,9 +44,13 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Some("hygiene") => hygiene::check(),
+        Some("soak") => match cycles(&args) {
+            Ok(n) => flows::soak(n),
+            Err(e) => Err(e),
+        },
         _ => {
             eprintln!(
-                "usage: cargo xtask <quickstart|ci|build|deps|kernel <uml|x86_64>|image|fuzz|hygiene> [--rebuild]"
+                "usage: cargo xtask <quickstart|ci|build|deps|kernel <uml|x86_64>|image|fuzz [--minutes N]|hygiene|soak [--cycles N]> [--rebuild]"
             );
             return ExitCode::from(2);
         }
@@ -56,6 +61,18 @@ fn main() -> ExitCode {
             eprintln!("xtask: error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The value of `--cycles N` (default 50).
+fn cycles(args: &[String]) -> Result<u32> {
+    match args.iter().position(|a| a == "--cycles") {
+        None => Ok(flows::CI_SOAK_CYCLES),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| "usage: cargo xtask soak [--cycles N] (N > 0)".into()),
     }
 }
 
