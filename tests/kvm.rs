@@ -217,6 +217,13 @@ async fn the_kvm_backend_runs_the_whole_stack() {
     assert!(origin.requests()[0].starts_with("GET /kvm HTTP/1.0\r\n"));
     let stats = vm.network_stats().unwrap();
     assert!(stats.flows_accepted >= 1, "{stats:?}");
+    // The virtio-net device's own counters moved.
+    match vm.metrics().device("net") {
+        Some(sandbox_core::metrics::DeviceCounters::Net(n)) => {
+            assert!(n.tx_frames > 0 && n.rx_frames > 0, "{n:?}")
+        }
+        other => panic!("no virtio-net counters: {other:?}"),
+    }
     step("guest HTTP request through virtio-net", t);
 
     // The file API.

@@ -49,6 +49,8 @@ struct Routes {
     map: HashMap<u32, mpsc::UnboundedSender<Event>>,
     /// Why the connection ended, once it has.
     closed: Option<String>,
+    /// Requests whose process started and has not exited.
+    running: std::collections::HashSet<u32>,
 }
 
 /// Set to true once the guest's side of the control channel has closed.
@@ -182,6 +184,17 @@ impl Client {
         })
     }
 
+    /// Guest processes started and not yet exited (0 once the channel
+    /// closed).
+    pub fn live_processes(&self) -> usize {
+        let r = lock(&self.link.routes);
+        if r.closed.is_some() {
+            0
+        } else {
+            r.running.len()
+        }
+    }
+
     /// Becomes true when the guest's side of the channel closes.
     pub fn ended(&self) -> Ended {
         self.ended.clone()
@@ -280,6 +293,15 @@ async fn read_loop(mut rd: OwnedReadHalf, mut decoder: FrameDecoder, routes: Arc
 }
 
 fn route(msg: GuestMsg, routes: &Mutex<Routes>) {
+    match &msg {
+        GuestMsg::Started { id, .. } => {
+            lock(routes).running.insert(*id);
+        }
+        GuestMsg::Exited { id, .. } => {
+            lock(routes).running.remove(id);
+        }
+        _ => {}
+    }
     let (id, event) = match msg {
         GuestMsg::Started { id, pid } => (id, Event::Started { pid }),
         GuestMsg::StdinCredit { id, bytes } => (id, Event::StdinCredit(bytes)),

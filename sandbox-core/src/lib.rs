@@ -24,6 +24,7 @@ mod error;
 mod facts;
 pub mod fs;
 pub mod images;
+pub mod metrics;
 mod process;
 mod sandbox;
 mod status;

@@ -117,6 +117,19 @@ impl Vm {
         lock(&self.machine).network_stats()
     }
 
+    /// Counters of this VM: boot time, live processes, each device
+    /// (docs/metrics.md), the network, console bytes dropped.
+    pub fn metrics(&self) -> crate::metrics::VmMetrics {
+        let m = lock(&self.machine);
+        crate::metrics::VmMetrics {
+            boot_time: self.boot_time,
+            live_processes: self.client.live_processes(),
+            devices: m.device_counters(),
+            network: m.network_stats(),
+            console_dropped_bytes: m.console_dropped_bytes(),
+        }
+    }
+
     pub(crate) fn stopped(&self, reason: String) -> Error {
         Error::GuestStopped {
             reason,

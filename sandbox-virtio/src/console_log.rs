@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The last bytes the guest printed, bounded to a fixed size.
@@ -9,6 +10,7 @@ use std::sync::{Arc, Mutex};
 pub struct ConsoleLog {
     inner: Arc<Mutex<VecDeque<u8>>>,
     limit: usize,
+    dropped: Arc<AtomicU64>,
 }
 
 impl ConsoleLog {
@@ -17,7 +19,13 @@ impl ConsoleLog {
         Self {
             inner: Arc::default(),
             limit: limit.max(1),
+            dropped: Arc::default(),
         }
+    }
+
+    /// Bytes dropped from the front to stay within the limit so far.
+    pub fn dropped_bytes(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Appends bytes, dropping the oldest beyond the limit.
@@ -26,6 +34,7 @@ impl ConsoleLog {
         buf.extend(bytes);
         let excess = buf.len().saturating_sub(self.limit);
         buf.drain(..excess);
+        self.dropped.fetch_add(excess as u64, Ordering::Relaxed);
     }
 
     /// The last `lines` lines, lossily decoded.
@@ -60,5 +69,7 @@ mod tests {
         log.push(b"third\n");
         assert_eq!(log.tail(5), "ond\nthird");
         assert_eq!(log.tail(1), "third");
+        // 24 bytes pushed, 10 kept.
+        assert_eq!(log.dropped_bytes(), 14);
     }
 }

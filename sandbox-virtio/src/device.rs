@@ -32,6 +32,10 @@ pub enum DeviceError {
 pub trait Interrupt: Send + Sync {
     /// Raises the interrupt of queue `queue`.
     fn signal_used_queue(&self, queue: usize);
+    /// The device failed (its worker panicked) and serves no more
+    /// requests: the transport tells the driver (virtio-mmio sets
+    /// `DEVICE_NEEDS_RESET` and raises a configuration interrupt).
+    fn device_failed(&self) {}
 }
 
 /// The descriptor a driver writes to when it adds buffers to a queue (an
@@ -119,6 +123,10 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivationContext) -> Result<(), DeviceError>;
     /// Stops serving and returns the queues (for their indices), if active.
     fn reset(&mut self) -> Option<Vec<Queue>>;
+    /// A reader of this device's counters, if it keeps any.
+    fn counters(&self) -> Option<crate::CounterReader> {
+        None
+    }
 }
 
 /// Copies `config` bytes from `offset` into `data`, zero-filling the rest.

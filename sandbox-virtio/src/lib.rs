@@ -17,6 +17,7 @@
 
 pub mod block;
 mod console_log;
+pub mod counters;
 mod device;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -32,6 +33,7 @@ pub mod vsock;
 mod worker;
 
 pub use console_log::ConsoleLog;
+pub use counters::{CounterReader, DeviceCounters};
 pub use device::{ActivationContext, DeviceError, FdInterrupt, Interrupt, QueueKick, VirtioDevice};
 
 /// Guest memory as devices see it.

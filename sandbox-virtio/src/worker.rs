@@ -101,6 +101,7 @@ impl Worker {
         for (i, fd) in extra.iter().enumerate() {
             add(*fd, EventSet::IN | EventSet::EDGE_TRIGGERED, nq + 1 + i)?;
         }
+        let label = name.to_string();
         let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
@@ -112,37 +113,25 @@ impl Worker {
                     ..
                 } = ctx;
                 let _stop_fd = stop_fd;
-                let mut pending = 0u64;
-                for i in 0..nq {
-                    pending |= handler.queue_event(i, &mut queues, &mem);
-                }
-                raise(&*interrupt, pending);
-                let mut events = vec![EpollEvent::default(); nq + 2 + extra.len()];
-                loop {
-                    let n = match epoll.wait(-1, &mut events) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            log::error!(
-                                "{}: epoll failed: {e}",
-                                std::thread::current().name().unwrap_or("device")
-                            );
-                            break;
-                        }
-                    };
-                    let mut pending = 0u64;
-                    for ev in &events[..n] {
-                        let token = ev.data() as usize;
-                        if token < nq {
-                            kicks[token].drain();
-                            pending |= handler.queue_event(token, &mut queues, &mem);
-                        } else if token == nq {
-                            return queues;
-                        } else {
-                            pending |= handler.extra_event(token - nq - 1, &mut queues, &mem);
-                        }
-                    }
-                    raise(&*interrupt, pending);
+                // A panic in the device code (a bug reached by guest input)
+                // ends this device, not the host process: the transport
+                // tells the driver the device needs a reset, and the queues
+                // are kept for the transport.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    serve(
+                        &mut handler,
+                        &epoll,
+                        &mut queues,
+                        &kicks,
+                        &mem,
+                        &*interrupt,
+                        nq,
+                        extra.len(),
+                    )
+                }));
+                if run.is_err() {
+                    log::error!("{label}: the device worker panicked; the device is marked failed");
+                    interrupt.device_failed();
                 }
                 queues
             })
@@ -177,5 +166,52 @@ fn raise(interrupt: &dyn Interrupt, mask: u64) {
         if mask & (1 << i) != 0 {
             interrupt.signal_used_queue(i);
         }
+    }
+}
+
+/// The worker loop: handles kicks and extra descriptors until the stop
+/// event fires or epoll fails.
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    handler: &mut impl Handler,
+    epoll: &Epoll,
+    queues: &mut [Queue],
+    kicks: &[crate::QueueKick],
+    mem: &GuestMemory,
+    interrupt: &dyn Interrupt,
+    nq: usize,
+    extra: usize,
+) {
+    let mut pending = 0u64;
+    for i in 0..nq {
+        pending |= handler.queue_event(i, queues, mem);
+    }
+    raise(interrupt, pending);
+    let mut events = vec![EpollEvent::default(); nq + 2 + extra];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::error!(
+                    "{}: epoll failed: {e}",
+                    std::thread::current().name().unwrap_or("device")
+                );
+                return;
+            }
+        };
+        let mut pending = 0u64;
+        for ev in &events[..n] {
+            let token = ev.data() as usize;
+            if token < nq {
+                kicks[token].drain();
+                pending |= handler.queue_event(token, queues, mem);
+            } else if token == nq {
+                return;
+            } else {
+                pending |= handler.extra_event(token - nq - 1, queues, mem);
+            }
+        }
+        raise(interrupt, pending);
     }
 }

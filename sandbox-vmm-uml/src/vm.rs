@@ -103,6 +103,7 @@ pub struct UmlVm {
     vsock: VsockConnector,
     console: ConsoleLog,
     log_thread: Option<JoinHandle<()>>,
+    counters: Vec<(String, sandbox_virtio::CounterReader)>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
@@ -131,6 +132,7 @@ impl UmlVm {
             vsock: connector,
             console: ConsoleLog::new(cfg.console_log_bytes),
             log_thread: None,
+            counters: Vec::new(),
         };
         let read_only = cfg.root.read_only();
         let blk = vm.serve("blk", Block::new(cfg.root, "sandbox-root"))?;
@@ -232,10 +234,22 @@ impl UmlVm {
         let path = self.workdir.join(format!("{name}.sock"));
         let listener =
             UnixListener::bind(&path).map_err(host(format!("binding {}", path.display())))?;
+        if let Some(reader) = device.counters() {
+            self.counters.push((name.to_string(), reader));
+        }
         let served = vhost_user::serve(name, listener, device)
             .map_err(host(format!("serving the {name} device")))?;
         self.served.push(served);
         Ok(path)
+    }
+
+    /// Counters of the devices this backend serves, by name ("blk",
+    /// "data0", "vsock", "rng").
+    pub fn device_counters(&self) -> Vec<(String, sandbox_virtio::DeviceCounters)> {
+        self.counters
+            .iter()
+            .map(|(n, r)| (n.clone(), r.read()))
+            .collect()
     }
 
     /// The guest's unique id; the kernel runs with `umid=<id>`.

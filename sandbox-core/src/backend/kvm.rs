@@ -28,11 +28,13 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
     let root = spec.rootfs.open(Some(spec.events.clone()))?;
     let read_only = root.read_only();
     let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(Block::new(root, "sandbox-root"))];
+    let mut names = vec!["blk".to_string()];
     for (i, disk) in spec.disks.iter().enumerate() {
         match disk {
             DataDisk::Rootfs(r) => {
                 let d = r.open(Some(spec.events.clone()))?;
                 devices.push(Box::new(Block::new(d, &format!("sandbox-data{i}"))));
+                names.push(format!("data{i}"));
             }
             DataDisk::VhostUser(path) => {
                 return Err(Error::InvalidConfig(format!(
@@ -46,6 +48,7 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
         Vsock::new(GUEST_CID).map_err(|e| Error::Protocol(format!("vsock: {e}")))?;
     devices.push(Box::new(vsock));
     devices.push(Box::new(Rng::new()));
+    names.extend(["vsock".to_string(), "rng".to_string()]);
     let network = match spec.network {
         Some(mut opts) => {
             // Our virtio-net device carries standard frames only.
@@ -53,10 +56,16 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
             let (net, host_end) = Net::new(opts.config.guest_mac)
                 .map_err(|e| Error::Net(format!("creating the virtio-net device: {e}")))?;
             devices.push(Box::new(net));
+            names.push("net".into());
             Some(Network::start_seqpacket(host_end, opts).map_err(|e| Error::Net(e.to_string()))?)
         }
         None => None,
     };
+    let counters: Vec<(String, sandbox_virtio::CounterReader)> = names
+        .into_iter()
+        .zip(&devices)
+        .filter_map(|(n, d)| Some((n, d.counters()?)))
+        .collect();
     let cpus = u8::try_from(spec.cpus).unwrap_or(u8::MAX);
     let mut cmdline = format!(
         "root=/dev/vda rootfstype=ext4 rootwait {} init=/sbin/sandbox-guest {} {}",
@@ -90,6 +99,7 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
         NEXT_ID.fetch_add(1, Ordering::Relaxed)
     );
     Ok(Box::new(KvmMachine {
+        counters,
         console: vm.console().clone(),
         vm: Some(vm),
         vsock: Some(connector),
@@ -103,6 +113,7 @@ struct KvmMachine {
     /// process handles still reference the machine.
     vm: Option<KvmVm>,
     console: sandbox_virtio::ConsoleLog,
+    counters: Vec<(String, sandbox_virtio::CounterReader)>,
     vsock: Option<VsockConnector>,
     /// The host stack behind the guest's virtio-net device, if any.
     network: Option<Network>,
@@ -171,6 +182,17 @@ impl Machine for KvmMachine {
 
     fn network_stats(&self) -> Option<sandbox_net::Stats> {
         self.network.as_ref().map(Network::stats)
+    }
+
+    fn device_counters(&self) -> Vec<(String, sandbox_virtio::DeviceCounters)> {
+        self.counters
+            .iter()
+            .map(|(n, r)| (n.clone(), r.read()))
+            .collect()
+    }
+
+    fn console_dropped_bytes(&self) -> u64 {
+        self.console.dropped_bytes()
     }
 
     fn stop_reason(&mut self) -> Option<crate::StopReason> {

@@ -98,6 +98,10 @@ pub(crate) trait Machine: Send {
     /// How the guest stopped, if it has (never blocks). Called before
     /// `kill`.
     fn stop_reason(&mut self) -> Option<crate::StopReason>;
+    /// Counters of the virtio devices, by name.
+    fn device_counters(&self) -> Vec<(String, sandbox_virtio::DeviceCounters)>;
+    /// Console bytes dropped from the bounded console log.
+    fn console_dropped_bytes(&self) -> u64;
 }
 
 /// Resolves `Auto` and checks the choice can run; returns a description of

@@ -130,6 +130,14 @@ impl Machine for UmlMachine {
         self.1.as_ref().map(|n| n.network.stats())
     }
 
+    fn device_counters(&self) -> Vec<(String, sandbox_virtio::DeviceCounters)> {
+        self.0.device_counters()
+    }
+
+    fn console_dropped_bytes(&self) -> u64 {
+        self.0.console().dropped_bytes()
+    }
+
     fn stop_reason(&mut self) -> Option<crate::StopReason> {
         use crate::StopReason;
         use std::os::unix::process::ExitStatusExt;

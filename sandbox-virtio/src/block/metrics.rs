@@ -15,4 +15,8 @@ pub struct BlockMetrics {
     pub io_errors: Counter,
     /// Descriptor chains that could not be parsed.
     pub malformed: Counter,
+    /// Flush requests completed.
+    pub flushes: Counter,
+    /// Time spent in those flushes, in microseconds.
+    pub flush_micros: Counter,
 }

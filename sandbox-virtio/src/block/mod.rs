@@ -92,6 +92,21 @@ impl VirtioDevice for Block {
         // activated once per VM, so it is not needed again.
         self.worker.take().map(Worker::stop)
     }
+
+    fn counters(&self) -> Option<crate::CounterReader> {
+        let m = self.metrics.clone();
+        Some(crate::CounterReader::new(move || {
+            crate::DeviceCounters::Block(crate::counters::BlockCounters {
+                requests: m.requests.get(),
+                read_bytes: m.read_bytes.get(),
+                write_bytes: m.write_bytes.get(),
+                io_errors: m.io_errors.get(),
+                malformed: m.malformed.get(),
+                flushes: m.flushes.get(),
+                flush_time: std::time::Duration::from_micros(m.flush_micros.get()),
+            })
+        }))
+    }
 }
 
 /// A handler outside any worker, for the fuzz targets.

@@ -72,10 +72,18 @@ where
                 None => S_IOERR,
             }
         }
-        T_FLUSH => match disk.flush() {
-            Ok(()) => S_OK,
-            Err(_) => S_IOERR,
-        },
+        T_FLUSH => {
+            let started = std::time::Instant::now();
+            let r = disk.flush();
+            metrics.flushes.inc();
+            metrics
+                .flush_micros
+                .add(started.elapsed().as_micros().try_into().unwrap_or(u64::MAX));
+            match r {
+                Ok(()) => S_OK,
+                Err(_) => S_IOERR,
+            }
+        }
         T_GET_ID => {
             let n = writer.available_bytes().min(20).min(id.len());
             match writer.write_all(&id.as_bytes()[..n]) {

@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
@@ -34,11 +34,21 @@ use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING as INT_USED_RING;
 struct MmioInterrupt {
     status: Arc<AtomicU32>,
     irq: EventFd,
+    failed: Arc<AtomicBool>,
 }
 
 impl Interrupt for MmioInterrupt {
     fn signal_used_queue(&self, _queue: usize) {
         self.status.fetch_or(INT_USED_RING, Ordering::AcqRel);
+        let _ = self.irq.write(1);
+    }
+
+    fn device_failed(&self) {
+        self.failed.store(true, Ordering::Release);
+        self.status.fetch_or(
+            virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG,
+            Ordering::AcqRel,
+        );
         let _ = self.irq.write(1);
     }
 }
@@ -60,6 +70,9 @@ pub struct MmioDevice {
     state: Mutex<State>,
     mem: Arc<GuestMemory>,
     interrupt_status: Arc<AtomicU32>,
+    /// Set when the device's worker failed: the status reads
+    /// `DEVICE_NEEDS_RESET` until the driver resets the device.
+    failed: Arc<AtomicBool>,
     irq: EventFd,
     /// One per queue; registered with KVM on `QueueNotify` (datamatch =
     /// queue index) by the VM.
@@ -99,6 +112,7 @@ impl MmioDevice {
             }),
             mem,
             interrupt_status: Arc::new(AtomicU32::new(0)),
+            failed: Arc::default(),
             irq,
             kicks,
         })
@@ -137,6 +151,7 @@ impl MmioDevice {
             0x34 => q.map_or(0, |q| u32::from(q.max_size())),
             0x44 => q.map_or(0, |q| u32::from(q.ready())),
             0x60 => self.interrupt_status.load(Ordering::Acquire),
+            0x70 if self.failed.load(Ordering::Acquire) => s.status | STATUS_NEEDS_RESET,
             0x70 => s.status,
             0xfc => s.config_generation,
             _ => 0,
@@ -271,6 +286,7 @@ impl MmioDevice {
             interrupt: Arc::new(MmioInterrupt {
                 status: self.interrupt_status.clone(),
                 irq,
+                failed: self.failed.clone(),
             }),
             acked_features: s.driver_features,
         };
@@ -294,6 +310,7 @@ impl MmioDevice {
         s.queue_sel = 0;
         s.config_generation = s.config_generation.wrapping_add(1);
         self.interrupt_status.store(0, Ordering::Release);
+        self.failed.store(false, Ordering::Release);
     }
 
     /// Stops the device (VM shutdown).

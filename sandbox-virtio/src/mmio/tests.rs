@@ -246,3 +246,64 @@ fn a_block_read_through_the_transport() {
     assert!(irq.read().unwrap() >= 1);
     dev.shutdown();
 }
+
+/// A device whose worker panics on its first queue event: a bug that
+/// guest input reaches.
+struct Panicky(Option<crate::worker::Worker>);
+
+struct PanickingHandler;
+
+impl crate::worker::Handler for PanickingHandler {
+    fn queue_event(&mut self, _idx: usize, _queues: &mut [Queue], _mem: &GuestMemory) -> u64 {
+        panic!("a device bug");
+    }
+}
+
+impl VirtioDevice for Panicky {
+    fn device_type(&self) -> u32 {
+        crate::device_id::RNG
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[16, 8]
+    }
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn activate(&mut self, ctx: ActivationContext) -> Result<(), DeviceError> {
+        self.0 = Some(crate::worker::Worker::spawn(
+            "panicky",
+            PanickingHandler,
+            ctx,
+            Vec::new(),
+        )?);
+        Ok(())
+    }
+    fn reset(&mut self) -> Option<Vec<Queue>> {
+        self.0.take().map(crate::worker::Worker::stop)
+    }
+}
+
+#[test]
+fn a_panicking_device_worker_fails_the_device_not_the_host() {
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let dev = MmioDevice::new(Box::new(Panicky(None)), mem(), irq.try_clone().unwrap()).unwrap();
+    handshake(&dev, 1);
+    w(&dev, 0x70, 0xf);
+    // The worker panics at once; the driver sees NEEDS_RESET and a
+    // configuration interrupt.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while r(&dev, 0x70) & STATUS_NEEDS_RESET == 0 {
+        assert!(std::time::Instant::now() < deadline, "NEEDS_RESET is set");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(r(&dev, 0x70), 0xf | STATUS_NEEDS_RESET);
+    assert_ne!(r(&dev, 0x60) & 2, 0, "configuration interrupt pending");
+    assert!(irq.read().unwrap() >= 1);
+    // A reset clears it, and the device can be set up again.
+    w(&dev, 0x70, 0);
+    assert_eq!(r(&dev, 0x70), 0);
+    dev.shutdown();
+}

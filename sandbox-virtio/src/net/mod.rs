@@ -135,6 +135,18 @@ impl VirtioDevice for Net {
     fn reset(&mut self) -> Option<Vec<Queue>> {
         self.worker.take().map(Worker::stop)
     }
+
+    fn counters(&self) -> Option<crate::CounterReader> {
+        let m = self.metrics.clone();
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Some(crate::CounterReader::new(move || {
+            crate::DeviceCounters::Net(crate::counters::NetCounters {
+                tx_frames: r(&m.tx_frames),
+                rx_frames: r(&m.rx_frames),
+                dropped: r(&m.dropped),
+            })
+        }))
+    }
 }
 
 /// A handler over one end of a fresh frame socket pair, and the other end

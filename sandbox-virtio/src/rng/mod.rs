@@ -77,6 +77,16 @@ impl VirtioDevice for Rng {
     fn reset(&mut self) -> Option<Vec<Queue>> {
         self.worker.take().map(Worker::stop)
     }
+
+    fn counters(&self) -> Option<crate::CounterReader> {
+        let m = self.metrics.clone();
+        Some(crate::CounterReader::new(move || {
+            crate::DeviceCounters::Rng(crate::counters::RngCounters {
+                bytes: m.bytes.get(),
+                malformed: m.malformed.get(),
+            })
+        }))
+    }
 }
 
 #[cfg(feature = "fuzzing")]

@@ -29,6 +29,8 @@ pub struct Conn {
     pub host_readable: bool,
     /// The host closed its end (read returned 0 or failed).
     pub host_closed: bool,
+    /// Whether the guest's credit was used up at the last staging.
+    pub stalled: bool,
 }
 
 impl Conn {
@@ -45,6 +47,7 @@ impl Conn {
             to_guest: Vec::new(),
             host_readable: true,
             host_closed: false,
+            stalled: false,
         }
     }
 
@@ -94,9 +97,19 @@ impl Conn {
     }
 
     /// Stages host data for the guest, up to `max` bytes in total and never
-    /// more than the guest's credit allows.
-    pub fn stage_from_host(&mut self, max: usize) {
+    /// more than the guest's credit allows. Returns true when the guest's
+    /// credit has just run out (a credit stall: the host must wait for the
+    /// guest to consume).
+    pub fn stage_from_host(&mut self, max: usize) -> bool {
         let credit = self.peer_credit() as usize;
+        let stalled = credit == 0 && self.peer_buf_alloc > 0;
+        let newly_stalled = stalled && !self.stalled;
+        self.stalled = stalled;
+        self.stage(max, credit);
+        newly_stalled
+    }
+
+    fn stage(&mut self, max: usize, credit: usize) {
         let room = max.min(credit).saturating_sub(self.to_guest.len());
         if !self.host_readable || self.host_closed || room == 0 {
             return;

@@ -282,7 +282,9 @@ impl VsockHandler {
                 let Some(c) = self.conns.get_mut(key) else {
                     continue;
                 };
-                c.stage_from_host(MAX_PAYLOAD);
+                if c.stage_from_host(MAX_PAYLOAD) {
+                    self.metrics.credit_stalls.inc();
+                }
                 if c.to_guest.is_empty() {
                     if c.host_closed && c.to_host.is_empty() {
                         self.close(*key, true);

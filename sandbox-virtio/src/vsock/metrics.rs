@@ -13,4 +13,7 @@ pub struct VsockMetrics {
     pub from_guest_bytes: Counter,
     /// Packets or chains that could not be parsed, or broke the protocol.
     pub malformed: Counter,
+    /// Times a connection's guest credit ran out (the host had to wait for
+    /// the guest to read).
+    pub credit_stalls: Counter,
 }

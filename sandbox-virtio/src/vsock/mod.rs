@@ -180,4 +180,17 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) -> Option<Vec<Queue>> {
         self.worker.take().map(Worker::stop)
     }
+
+    fn counters(&self) -> Option<crate::CounterReader> {
+        let m = self.metrics.clone();
+        Some(crate::CounterReader::new(move || {
+            crate::DeviceCounters::Vsock(crate::counters::VsockCounters {
+                connections: m.connections.get(),
+                to_guest_bytes: m.to_guest_bytes.get(),
+                from_guest_bytes: m.from_guest_bytes.get(),
+                credit_stalls: m.credit_stalls.get(),
+                malformed: m.malformed.get(),
+            })
+        }))
+    }
 }
