@@ -89,4 +89,8 @@ async fn device_counters_move_with_guest_work() {
     let n = vm.metrics().network.expect("a network");
     assert!(n.frames_in > 0 && n.flows_denied >= 1, "{n:?}");
     vm.shutdown().await.unwrap();
+    // Every device thread ran under its syscall filter and needed nothing
+    // outside it.
+    assert!(sandbox_core::seccomp::enabled());
+    assert_eq!(sandbox_core::seccomp::violations(), vec![]);
 }

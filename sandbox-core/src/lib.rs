@@ -25,6 +25,9 @@ mod facts;
 pub mod fs;
 pub mod images;
 pub mod metrics;
+/// Syscall filters of device threads: `set_enabled`, `violations`, the
+/// allow-lists (docs/security.md).
+pub use sandbox_virtio::seccomp;
 mod process;
 mod sandbox;
 mod status;

@@ -123,6 +123,12 @@ pub trait Disk: Send {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Makes completed writes durable.
     fn flush(&mut self) -> io::Result<()>;
+    /// Whether I/O on this disk runs code the library does not control (a
+    /// caller's `BlockStore`), which may need any system call: the device
+    /// thread serving it then gets no syscall filter.
+    fn runs_caller_code(&self) -> bool {
+        false
+    }
 }
 
 /// A disk held entirely in memory (tests, fuzzing, scratch devices).

@@ -165,6 +165,10 @@ impl MemOverlay {
 }
 
 impl Disk for MemOverlay {
+    fn runs_caller_code(&self) -> bool {
+        self.base.runs_caller_code()
+    }
+
     fn size(&self) -> u64 {
         self.size
     }

@@ -338,6 +338,10 @@ impl From<Composed> for Rootfs {
 struct ReadOnly(Box<dyn Disk>);
 
 impl Disk for ReadOnly {
+    fn runs_caller_code(&self) -> bool {
+        self.0.runs_caller_code()
+    }
+
     fn size(&self) -> u64 {
         self.0.size()
     }

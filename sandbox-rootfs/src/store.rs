@@ -158,6 +158,10 @@ impl CowDisk {
 }
 
 impl Disk for CowDisk {
+    fn runs_caller_code(&self) -> bool {
+        true
+    }
+
     fn size(&self) -> u64 {
         self.base.size()
     }

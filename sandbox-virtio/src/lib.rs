@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod seccomp;
 #[cfg(test)]
 mod testutil;
 pub mod vhost_user;

@@ -74,12 +74,14 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// Starts the loop on its own thread.
+    /// Starts the loop on its own thread, confined to the syscall filter of
+    /// `class` (`None`: no filter, for disks that run caller code).
     pub fn spawn(
         name: &str,
         mut handler: impl Handler,
         ctx: ActivationContext,
         extra: Vec<RawFd>,
+        class: Option<crate::seccomp::ThreadClass>,
     ) -> Result<Self, DeviceError> {
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::Worker)?;
         let stop_fd = stop.try_clone().map_err(DeviceError::Worker)?;
@@ -113,6 +115,9 @@ impl Worker {
                     ..
                 } = ctx;
                 let _stop_fd = stop_fd;
+                if let Some(class) = class {
+                    crate::seccomp::confine(class);
+                }
                 // A panic in the device code (a bug reached by guest input)
                 // ends this device, not the host process: the transport
                 // tells the driver the device needs a reset, and the queues

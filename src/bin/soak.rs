@@ -219,6 +219,11 @@ async fn run() -> ExitCode {
         eprintln!("soak: FAILED: host resources grew: {base:?} -> {end:?}");
         failed = true;
     }
+    let refused = sandbox_core::seccomp::violations();
+    if !refused.is_empty() {
+        eprintln!("soak: FAILED: device threads made syscalls outside their filter: {refused:?}");
+        failed = true;
+    }
     if rss_end > rss_base + RSS_BOUND_MIB {
         eprintln!(
             "soak: FAILED: resident memory grew by {} MiB (bound {RSS_BOUND_MIB} MiB)",

@@ -77,13 +77,21 @@ impl VirtioDevice for Block {
                 "block device already active",
             )));
         };
+        // A caller's block store may need any syscall: no filter then.
+        let class = (!disk.runs_caller_code()).then_some(crate::seccomp::ThreadClass::Device);
         let handler = BlockHandler {
             disk,
             id: self.id.clone(),
             metrics: self.metrics.clone(),
             bounce: Vec::new(),
         };
-        self.worker = Some(Worker::spawn("virtio-blk", handler, ctx, Vec::new())?);
+        self.worker = Some(Worker::spawn(
+            "virtio-blk",
+            handler,
+            ctx,
+            Vec::new(),
+            class,
+        )?);
         Ok(())
     }
 

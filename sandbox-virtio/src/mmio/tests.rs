@@ -278,6 +278,7 @@ impl VirtioDevice for Panicky {
             PanickingHandler,
             ctx,
             Vec::new(),
+            None,
         )?);
         Ok(())
     }

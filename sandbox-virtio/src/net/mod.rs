@@ -128,7 +128,13 @@ impl VirtioDevice for Net {
             held: None,
             metrics: self.metrics.clone(),
         };
-        self.worker = Some(Worker::spawn("virtio-net", handler, ctx, vec![fd])?);
+        self.worker = Some(Worker::spawn(
+            "virtio-net",
+            handler,
+            ctx,
+            vec![fd],
+            Some(crate::seccomp::ThreadClass::Device),
+        )?);
         Ok(())
     }
 

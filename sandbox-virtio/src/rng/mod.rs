@@ -70,7 +70,13 @@ impl VirtioDevice for Rng {
             buf: vec![0; MAX_PER_REQUEST],
             metrics: self.metrics.clone(),
         };
-        self.worker = Some(Worker::spawn("virtio-rng", handler, ctx, Vec::new())?);
+        self.worker = Some(Worker::spawn(
+            "virtio-rng",
+            handler,
+            ctx,
+            Vec::new(),
+            Some(crate::seccomp::ThreadClass::Device),
+        )?);
         Ok(())
     }
 

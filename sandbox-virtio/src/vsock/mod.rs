@@ -173,7 +173,13 @@ impl VirtioDevice for Vsock {
             )));
         };
         let extra = vec![handler.wake.as_raw_fd(), handler.sockets.as_raw_fd()];
-        self.worker = Some(Worker::spawn("virtio-vsock", handler, ctx, extra)?);
+        self.worker = Some(Worker::spawn(
+            "virtio-vsock",
+            handler,
+            ctx,
+            extra,
+            Some(crate::seccomp::ThreadClass::Device),
+        )?);
         Ok(())
     }
 

@@ -404,6 +404,10 @@ impl Run {
 }
 
 impl Disk for Qcow2Overlay {
+    fn runs_caller_code(&self) -> bool {
+        self.base.runs_caller_code()
+    }
+
     fn size(&self) -> u64 {
         self.size
     }
