@@ -169,3 +169,19 @@ async fn a_full_disk_is_a_clear_error() {
     assert_eq!(vm.exec("echo", ["ok"]).await.unwrap().stdout, b"ok\n");
     vm.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_request_too_large_for_a_frame_fails_at_once() {
+    let vm = boot("fs-huge").await.unwrap();
+    // A 2 MiB path cannot fit one protocol frame: the call fails promptly
+    // with a clear error instead of waiting forever.
+    let path = format!("/{}", "a".repeat(2 << 20));
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), vm.fs().stat(&path)).await;
+    match r {
+        Ok(Err(Error::Rejected(m))) => assert!(m.contains("frame"), "{m}"),
+        other => panic!("expected a prompt rejection, got {other:?}"),
+    }
+    // The connection is unaffected.
+    assert!(vm.fs().stat("/etc").await.is_ok());
+    vm.shutdown().await.unwrap();
+}

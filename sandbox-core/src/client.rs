@@ -329,6 +329,21 @@ fn route(msg: GuestMsg, routes: &Mutex<Routes>) {
     }
 }
 
+/// The request a message belongs to, if any.
+fn request_id(msg: &HostMsg) -> Option<u32> {
+    match msg {
+        HostMsg::Spawn { id, .. }
+        | HostMsg::Stdin { id, .. }
+        | HostMsg::CloseStdin { id }
+        | HostMsg::Signal { id, .. }
+        | HostMsg::Resize { id, .. }
+        | HostMsg::Credit { id, .. }
+        | HostMsg::Fs { id, .. }
+        | HostMsg::Abort { id } => Some(*id),
+        _ => None,
+    }
+}
+
 async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<HostMsg>,
@@ -338,7 +353,19 @@ async fn write_loop(
         let frame = match encode(&msg) {
             Ok(f) => f,
             Err(e) => {
-                log::error!("cannot encode {msg:?}: {e}");
+                // Too large for one frame (or otherwise unencodable): the
+                // request fails at once instead of waiting for an answer
+                // that cannot come.
+                let why = format!(
+                    "the request cannot be sent to the guest: {e} (one frame holds at most {} bytes)",
+                    sandbox_protocol::MAX_FRAME
+                );
+                match request_id(&msg).and_then(|id| lock(&routes).map.get(&id).cloned()) {
+                    Some(tx) => {
+                        let _ = tx.send(Event::Rejected(why));
+                    }
+                    None => log::error!("{why}"),
+                }
                 continue;
             }
         };
