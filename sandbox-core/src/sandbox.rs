@@ -26,6 +26,9 @@ fn guest_notice(e: &RootfsEvent) -> Option<String> {
 
 /// Events kept for subscribers that lag behind.
 const EVENT_BACKLOG: usize = 64;
+/// How long one blocking connection attempt to the agent may hold the
+/// machine during boot (see `Sandbox::boot`).
+const CONNECT_SLICE: Duration = Duration::from_millis(200);
 
 /// Guest resources.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -287,13 +290,29 @@ impl Sandbox {
             .await
             .map_err(|e| Error::Protocol(format!("starting the backend panicked: {e}")))??;
         let timeout = opts.timeout;
-        let (mut machine, control) = tokio::task::spawn_blocking(move || {
-            let mut machine = machine;
-            let control = machine.connect_control(timeout);
-            (machine, control)
-        })
-        .await
-        .map_err(|e| Error::Protocol(format!("connecting to the guest panicked: {e}")))?;
+        // Connect in short slices: if this future is dropped mid-boot, the
+        // machine comes back from its blocking slice within one slice and
+        // is dropped (killed) then, not when the whole boot timeout ends.
+        let mut machine = machine;
+        let control = loop {
+            let slice = timeout
+                .saturating_sub(started.elapsed())
+                .min(CONNECT_SLICE)
+                .max(Duration::from_millis(1));
+            let (m, control) = tokio::task::spawn_blocking(move || {
+                let mut machine = machine;
+                let control = machine.connect_control(slice);
+                (machine, control)
+            })
+            .await
+            .map_err(|e| Error::Protocol(format!("connecting to the guest panicked: {e}")))?;
+            machine = m;
+            match control {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::TimedOut && started.elapsed() < timeout => {}
+                other => break other,
+            }
+        };
         let left = timeout.saturating_sub(started.elapsed());
         let connected = match control {
             Ok(stream) => match tokio::time::timeout(left, Client::connect(stream)).await {

@@ -1,0 +1,57 @@
+//! Dropping a `boot()` future half-way (the Rust cancellation idiom) leaves
+//! no host process or work directory behind. Alone in its test binary:
+//! it counts every UML guest of this process.
+
+use std::time::Duration;
+
+use sandbox_core::BootOptions;
+
+/// Host processes and work directories of this test process's UML guests.
+fn leftovers() -> Vec<String> {
+    let tag = format!("sbx-{}-", std::process::id());
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            if c.split(|b| *b == 0)
+                .any(|a| a.starts_with(format!("umid={tag}").as_bytes()))
+            {
+                found.push(format!("process {:?}", e.file_name()));
+            }
+        }
+    }
+    for e in std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&tag) || name.starts_with(&format!("sbx-net-{}-", std::process::id())) {
+            found.push(format!("directory {name}"));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn dropping_boot_half_way_leaves_nothing_behind() {
+    let sandbox = sandbox::minimal().unwrap();
+    for ms in [5u64, 40, 80, 120, 200] {
+        // Dropped at different points of the boot: starting the machine,
+        // connecting, or greeting the agent.
+        let r = tokio::time::timeout(
+            Duration::from_millis(ms),
+            sandbox.boot(BootOptions::default().hostname("dropped")),
+        )
+        .await;
+        drop(r);
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while !leftovers().is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            leftovers(),
+            Vec::<String>::new(),
+            "after dropping boot at {ms} ms"
+        );
+    }
+}
