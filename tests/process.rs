@@ -164,6 +164,62 @@ async fn dropping_an_exec_future_kills_the_guest_process() {
     vm.shutdown().await.unwrap();
 }
 
+/// How many guest processes named `comm` run, waiting up to 5 s for it to
+/// reach `want`.
+async fn count_settles(vm: &sandbox_core::Vm, comm: &str, want: usize) -> usize {
+    let script = format!("ps -o comm | grep -c '^{comm}$' || true");
+    let mut n = usize::MAX;
+    for _ in 0..50 {
+        let out = vm.exec("sh", ["-c", &script]).await.unwrap();
+        n = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        if n == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    n
+}
+
+#[tokio::test]
+async fn dropped_spawn_handles_detach_or_kill_as_asked() {
+    let vm = boot("dropspawn").await.unwrap();
+    // Default: a dropped handle detaches; the process keeps running, and
+    // its output (far past the credit window) never stalls it.
+    let p = vm
+        .spawn("sh", ["-c", "head -c 8000000 /dev/zero; exec sleep 300"])
+        .unwrap();
+    p.ready().await.unwrap();
+    drop(p);
+    assert_eq!(count_settles(&vm, "sleep", 1).await, 1, "detached");
+    // kill_on_drop: the group is killed when the handle goes.
+    let p = vm
+        .command("sh")
+        .args(["-c", "exec yes"])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    p.ready().await.unwrap();
+    assert_eq!(count_settles(&vm, "yes", 1).await, 1);
+    drop(p);
+    assert_eq!(count_settles(&vm, "yes", 0).await, 0, "killed on drop");
+    // A pty too.
+    let t = vm
+        .command("sh")
+        .args(["-c", "exec yes"])
+        .kill_on_drop(true)
+        .pty(sandbox_core::PtySize { rows: 24, cols: 80 })
+        .unwrap();
+    t.ready().await.unwrap();
+    drop(t);
+    assert_eq!(count_settles(&vm, "yes", 0).await, 0, "pty killed on drop");
+    // A handle whose process already exited sends nothing harmful.
+    let p = vm.command("true").kill_on_drop(true).spawn().unwrap();
+    p.exit().await.unwrap();
+    drop(p);
+    assert_eq!(vm.exec("echo", ["after"]).await.unwrap().stdout, b"after\n");
+    vm.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_already_cancelled_token_launches_nothing() {
     let vm = boot("precancel").await.unwrap();

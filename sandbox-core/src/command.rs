@@ -26,6 +26,7 @@ pub struct Command<'vm> {
     spawn: Spawn,
     timeout: Option<Duration>,
     cancel: Option<CancellationToken>,
+    kill_on_drop: bool,
 }
 
 fn bytes(s: impl AsRef<OsStr>) -> Vec<u8> {
@@ -43,6 +44,7 @@ impl<'vm> Command<'vm> {
             },
             timeout: None,
             cancel: None,
+            kill_on_drop: false,
         }
     }
 
@@ -267,12 +269,26 @@ impl<'vm> Command<'vm> {
         }
     }
 
+    /// For `spawn` and `pty`: kill the guest process group when the
+    /// returned handle is dropped (as tokio's `kill_on_drop`). By default a
+    /// dropped handle detaches: the process keeps running, and its output
+    /// is discarded with its credit returned, so it never stalls.
+    pub fn kill_on_drop(mut self, kill: bool) -> Self {
+        self.kill_on_drop = kill;
+        self
+    }
+
     /// Starts the process and returns its handle at once (call within a
     /// tokio runtime). Launch failures surface through [`Process::ready`].
     pub fn spawn(mut self) -> Result<Process, Error> {
         self.check_cancel()?;
         self.spawn.stdin = true;
-        self.start(process::process)
+        let kill = self.kill_on_drop;
+        let mut p = self.start(process::process)?;
+        if kill {
+            p.kill_on_drop();
+        }
+        Ok(p)
     }
 
     /// Starts the process on a new guest pseudo-terminal of `size`.
@@ -280,7 +296,12 @@ impl<'vm> Command<'vm> {
         self.check_cancel()?;
         self.spawn.stdin = true;
         self.spawn.pty = Some(size);
-        self.start(process::pty)
+        let kill = self.kill_on_drop;
+        let mut p = self.start(process::pty)?;
+        if kill {
+            p.kill_on_drop();
+        }
+        Ok(p)
     }
 
     fn start<T>(

@@ -58,9 +58,34 @@ struct Core {
     ready: watch::Receiver<Ready>,
     exit: watch::Receiver<Option<Result<ExitStatus, Failure>>>,
     console: Console,
+    /// With `kill_on_drop`: cancels the request when the last handle is
+    /// dropped before the process exited.
+    kill_guard: Option<Arc<KillOnDrop>>,
+}
+
+/// Aborts a request on drop unless its process already exited.
+struct KillOnDrop {
+    guard: crate::client::AbortOnDrop,
+    exit: watch::Receiver<Option<Result<ExitStatus, Failure>>>,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.exit.borrow().is_some() {
+            self.guard.disarm();
+        }
+        // The guard, dropped next, aborts if still armed.
+    }
 }
 
 impl Core {
+    fn kill_on_drop(&mut self) {
+        self.kill_guard = Some(Arc::new(KillOnDrop {
+            guard: crate::client::AbortOnDrop::new(self.link.clone(), self.id),
+            exit: self.exit.clone(),
+        }));
+    }
+
     fn stopped(&self, reason: String) -> Error {
         Error::GuestStopped {
             reason,
@@ -133,6 +158,10 @@ pub struct Process {
 }
 
 impl Process {
+    pub(crate) fn kill_on_drop(&mut self) {
+        self.core.kill_on_drop();
+    }
+
     /// The guest pid once the process runs; fails with [`Error::Spawn`]
     /// (carrying the errno) when it could not start.
     pub async fn ready(&self) -> Result<u32, Error> {
@@ -160,6 +189,10 @@ pub struct Pty {
 }
 
 impl Pty {
+    pub(crate) fn kill_on_drop(&mut self) {
+        self.core.kill_on_drop();
+    }
+
     /// The guest pid once the process runs.
     pub async fn ready(&self) -> Result<u32, Error> {
         self.core.ready().await
@@ -462,6 +495,7 @@ fn parts(
         ready,
         exit,
         console,
+        kill_guard: None,
     };
     (core, ProcessStdin { link, id, state }, stdout, stderr)
 }
