@@ -93,11 +93,16 @@ pub(crate) fn watch(mut ended: Ended, machine: SharedMachine, report: Arc<StopRe
         }
         let deadline = Instant::now() + SETTLE;
         let reason = loop {
-            if report.reported() {
-                return;
-            }
-            if let Some(r) = lock(&machine).stop_reason() {
-                break r;
+            {
+                // Checked under the machine lock: a host-side shutdown or
+                // drop kills and reports while holding it.
+                let mut m = lock(&machine);
+                if report.reported() {
+                    return;
+                }
+                if let Some(r) = m.stop_reason() {
+                    break r;
+                }
             }
             if Instant::now() >= deadline {
                 break StopReason::Crash(
@@ -107,8 +112,12 @@ pub(crate) fn watch(mut ended: Ended, machine: SharedMachine, report: Arc<StopRe
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let m = machine.clone();
-        let _ = tokio::task::spawn_blocking(move || lock(&m).kill()).await;
-        report.report(reason);
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut m = lock(&m);
+            m.kill();
+            report.report(reason);
+        })
+        .await;
     });
 }
 

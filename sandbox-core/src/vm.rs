@@ -196,7 +196,8 @@ impl Vm {
     pub async fn shutdown(self) -> Result<(), Error> {
         let _ = self.client.link().send(HostMsg::Shutdown);
         let machine = self.machine.clone();
-        let (clean, reason) = tokio::task::spawn_blocking(move || {
+        let stop = self.stop.clone();
+        let clean = tokio::task::spawn_blocking(move || {
             let mut m = lock(&machine);
             let clean = m.wait_exit(POWER_OFF_TIMEOUT);
             let reason = if clean {
@@ -205,11 +206,15 @@ impl Vm {
                 StopReason::Killed
             };
             m.kill();
-            (clean, reason)
+            // Reported while the machine is still locked, so the watcher
+            // (which checks under the same lock) cannot report first from
+            // the killed machine.
+            stop.report(reason);
+            clean
         })
         .await
-        .unwrap_or((false, StopReason::Killed));
-        self.stop.report(reason);
+        .unwrap_or(false);
+        self.stop.report(StopReason::Killed);
         if clean {
             Ok(())
         } else {
@@ -230,7 +235,8 @@ impl std::fmt::Debug for Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        lock(&self.machine).kill();
+        let mut m = lock(&self.machine);
+        m.kill();
         self.stop.report(StopReason::Killed);
     }
 }
