@@ -175,3 +175,29 @@ pub fn remove_others(dir: &Path, prefix: &str, keep: &Path) {
         let _ = std::fs::remove_file(path);
     }
 }
+
+/// Installs `cargo-<subcommand>` from crates.io unless `cargo <subcommand>`
+/// already runs. (`CARGO_PKG_NAME`, which `cargo run` sets for xtask, is
+/// removed: cargo-machete takes it as a sign it was not run as a cargo
+/// subcommand.)
+pub fn ensure_cargo_tool(subcommand: &str) -> Result<()> {
+    let present = Command::new(env!("CARGO"))
+        .args([subcommand, "--version"])
+        .env_remove("CARGO_PKG_NAME")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    let krate = format!("cargo-{subcommand}");
+    step(&format!("installing {krate} from crates.io"));
+    let ok = Command::new(env!("CARGO"))
+        .args(["install", "--locked", &krate])
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`cargo install {krate}` failed"))
+    }
+}

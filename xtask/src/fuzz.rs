@@ -8,27 +8,11 @@ use crate::Result;
 /// Seconds each fuzz target runs in CI.
 pub const CI_SECONDS: u32 = 20;
 
-fn have_cargo_fuzz() -> bool {
-    Command::new(env!("CARGO"))
-        .args(["fuzz", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// Installs cargo-fuzz if missing, builds every target, runs each for a
 /// short while. The stable toolchain is the only one here, so the nightly
 /// flags cargo-fuzz passes are enabled with `RUSTC_BOOTSTRAP=1`.
 pub fn build_and_run(seconds: u32) -> Result<()> {
-    if !have_cargo_fuzz() {
-        step("installing cargo-fuzz from crates.io");
-        let status = Command::new(env!("CARGO"))
-            .args(["install", "--locked", "cargo-fuzz"])
-            .status()
-            .map_err(|e| e.to_string())?;
-        if !status.success() {
-            return Err("`cargo install cargo-fuzz` failed".into());
-        }
-    }
+    cache::ensure_cargo_tool("fuzz")?;
     let fuzz_dir = cache::repo().join("fuzz");
     let list = Command::new(env!("CARGO"))
         .args(["fuzz", "list"])

@@ -13,24 +13,8 @@ pub fn check() -> Result<()> {
     minimum_rust_version()
 }
 
-fn cargo_tool_present(tool: &str) -> bool {
-    Command::new(env!("CARGO"))
-        .args([tool, "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn unused_dependencies() -> Result<()> {
-    if !cargo_tool_present("machete") {
-        step("installing cargo-machete from crates.io");
-        let ok = Command::new(env!("CARGO"))
-            .args(["install", "--locked", "cargo-machete"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            return Err("`cargo install cargo-machete` failed".into());
-        }
-    }
+    cache::ensure_cargo_tool("machete")?;
     step("cargo machete (unused dependencies)");
     // cargo-machete takes `CARGO_PKG_NAME` (set for xtask by `cargo run`)
     // as a sign it was not run as a cargo subcommand.

@@ -39,15 +39,11 @@ fn main() -> ExitCode {
         Some("image") => flows::build_image(rebuild).map(|_| ()),
         Some("quickstart") => flows::quickstart(rebuild),
         Some("ci") => flows::ci(rebuild),
-        Some("fuzz") => match minutes(&args) {
-            Ok(m) => fuzz::build_and_run(m.map_or(fuzz::CI_SECONDS, |m| m * 60)),
-            Err(e) => Err(e),
-        },
+        Some("fuzz") => count_flag(&args, "--minutes", "cargo xtask fuzz [--minutes N]")
+            .and_then(|m| fuzz::build_and_run(m.map_or(fuzz::CI_SECONDS, |m| m * 60))),
         Some("hygiene") => hygiene::check(),
-        Some("soak") => match cycles(&args) {
-            Ok(n) => flows::soak(n),
-            Err(e) => Err(e),
-        },
+        Some("soak") => count_flag(&args, "--cycles", "cargo xtask soak [--cycles N]")
+            .and_then(|n| flows::soak(n.unwrap_or(flows::CI_SOAK_CYCLES))),
         _ => {
             eprintln!(
                 "usage: cargo xtask <quickstart|ci|build|deps|kernel <uml|x86_64>|image|fuzz [--minutes N]|hygiene|soak [--cycles N]> [--rebuild]"
@@ -64,28 +60,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// The value of `--cycles N` (default 50).
-fn cycles(args: &[String]) -> Result<u32> {
-    match args.iter().position(|a| a == "--cycles") {
-        None => Ok(flows::CI_SOAK_CYCLES),
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .filter(|n| *n > 0)
-            .ok_or_else(|| "usage: cargo xtask soak [--cycles N] (N > 0)".into()),
-    }
-}
-
-/// The value of `--minutes N`, if given.
-fn minutes(args: &[String]) -> Result<Option<u32>> {
-    match args.iter().position(|a| a == "--minutes") {
+/// The value of `flag N` (N > 0), if the flag is given; `usage` otherwise.
+fn count_flag(args: &[String], flag: &str, usage: &str) -> Result<Option<u32>> {
+    match args.iter().position(|a| a == flag) {
         None => Ok(None),
         Some(i) => args
             .get(i + 1)
             .and_then(|v| v.parse().ok())
-            .filter(|m| *m > 0)
+            .filter(|n| *n > 0)
             .map(Some)
-            .ok_or_else(|| "usage: cargo xtask fuzz [--minutes N] (N > 0)".into()),
+            .ok_or_else(|| format!("usage: {usage} (N > 0)")),
     }
 }
 
