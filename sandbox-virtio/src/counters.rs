@@ -100,6 +100,11 @@ impl CounterReader {
     }
 }
 
+/// Reads every named reader.
+pub fn read_named(readers: &[(String, CounterReader)]) -> Vec<(String, DeviceCounters)> {
+    readers.iter().map(|(n, r)| (n.clone(), r.read())).collect()
+}
+
 impl std::fmt::Debug for CounterReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.read().fmt(f)

@@ -246,10 +246,7 @@ impl UmlVm {
     /// Counters of the devices this backend serves, by name ("blk",
     /// "data0", "vsock", "rng").
     pub fn device_counters(&self) -> Vec<(String, sandbox_virtio::DeviceCounters)> {
-        self.counters
-            .iter()
-            .map(|(n, r)| (n.clone(), r.read()))
-            .collect()
+        sandbox_virtio::counters::read_named(&self.counters)
     }
 
     /// The guest's unique id; the kernel runs with `umid=<id>`.

@@ -120,17 +120,7 @@ struct KvmMachine {
     id: String,
 }
 
-fn describe(exit: &GuestExit) -> String {
-    match exit {
-        GuestExit::PowerOff => "the guest powered off".into(),
-        GuestExit::Reboot => "the guest rebooted".into(),
-        GuestExit::Panic(why) => format!("the guest kernel panicked: {why}"),
-        GuestExit::Halted => "the guest halted".into(),
-        GuestExit::Crashed(why) => format!("the guest crashed: {why}"),
-        GuestExit::Stopped => "the VM was stopped".into(),
-    }
-}
-
+/// How a vCPU exit ends the guest (also the text of boot errors).
 fn stop_reason(exit: GuestExit) -> crate::StopReason {
     use crate::StopReason;
     match exit {
@@ -158,7 +148,7 @@ impl Machine for KvmMachine {
         // Refused attempts cost the guest work: poll gently.
         let retry = Duration::from_millis(20);
         vsock.connect_when_listening(AGENT_VSOCK_PORT, timeout, retry, || {
-            vm.exited().map(|exit| describe(&exit))
+            vm.exited().map(|exit| stop_reason(exit).to_string())
         })
     }
 
@@ -185,10 +175,7 @@ impl Machine for KvmMachine {
     }
 
     fn device_counters(&self) -> Vec<(String, sandbox_virtio::DeviceCounters)> {
-        self.counters
-            .iter()
-            .map(|(n, r)| (n.clone(), r.read()))
-            .collect()
+        sandbox_virtio::counters::read_named(&self.counters)
     }
 
     fn console_dropped_bytes(&self) -> u64 {
