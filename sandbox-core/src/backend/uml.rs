@@ -147,17 +147,15 @@ impl Machine for UmlMachine {
         if let Some(line) = crate::stop::panic_line(&console) {
             return Some(StopReason::Panic(line));
         }
-        let rebooting = console.contains("reboot: Restarting system");
-        match self.0.try_wait() {
-            None if rebooting => Some(StopReason::Reboot),
-            None => None,
-            Some(_) if rebooting => Some(StopReason::Reboot),
-            Some(status) => Some(match status.signal() {
-                Some(sig) => {
-                    StopReason::Crash(format!("the UML kernel process was killed by signal {sig}"))
-                }
-                None => StopReason::PowerOff,
-            }),
+        if console.contains("reboot: Restarting system") {
+            return Some(StopReason::Reboot);
         }
+        let status = self.0.try_wait()?;
+        Some(match status.signal() {
+            Some(sig) => {
+                StopReason::Crash(format!("the UML kernel process was killed by signal {sig}"))
+            }
+            None => StopReason::PowerOff,
+        })
     }
 }
