@@ -374,15 +374,10 @@ fn name_of(n: &Name) -> String {
     canonical_name(&n.to_ascii())
 }
 
+/// Special-use addresses (the host itself or its link) never carry a
+/// trusted name: DNS rebinding must not lend one to the host's services.
 fn attributable(ip: IpAddr) -> bool {
-    !matches!(
-        DstClass::of(ip),
-        DstClass::Loopback
-            | DstClass::LinkLocal
-            | DstClass::Multicast
-            | DstClass::Broadcast
-            | DstClass::Reserved
-    )
+    !DstClass::of(ip).is_special_use()
 }
 
 /// Serves DNS over one guest TCP connection (2-byte length prefixes),
