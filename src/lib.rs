@@ -85,13 +85,18 @@ pub async fn assert_virtio_hwrng(vm: &Vm, select: bool) {
 /// VM `id` and every helper process it forked.
 pub fn guest_processes(id: &str) -> Vec<u32> {
     let needle = format!("umid={id}");
+    processes_with_arg(|arg| arg == needle.as_bytes())
+}
+
+/// Host processes with a command-line argument for which `matches` holds.
+pub fn processes_with_arg(matches: impl Fn(&[u8]) -> bool) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| c.split(|b| *b == 0).any(|arg| arg == needle.as_bytes()))
+                .map(|c| c.split(|b| *b == 0).any(&matches))
                 .unwrap_or(false)
         })
         .collect()

@@ -9,16 +9,11 @@ use sandbox_core::BootOptions;
 /// Host processes and work directories of this test process's UML guests.
 fn leftovers() -> Vec<String> {
     let tag = format!("sbx-{}-", std::process::id());
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
-            if c.split(|b| *b == 0)
-                .any(|a| a.starts_with(format!("umid={tag}").as_bytes()))
-            {
-                found.push(format!("process {:?}", e.file_name()));
-            }
-        }
-    }
+    let umid = format!("umid={tag}");
+    let mut found: Vec<String> = sandbox::processes_with_arg(|a| a.starts_with(umid.as_bytes()))
+        .into_iter()
+        .map(|pid| format!("process {pid}"))
+        .collect();
     for e in std::fs::read_dir(std::env::temp_dir())
         .into_iter()
         .flatten()
