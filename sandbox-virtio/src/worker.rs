@@ -103,7 +103,6 @@ impl Worker {
         for (i, fd) in extra.iter().enumerate() {
             add(*fd, EventSet::IN | EventSet::EDGE_TRIGGERED, nq + 1 + i)?;
         }
-        let label = name.to_string();
         let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
@@ -130,12 +129,14 @@ impl Worker {
                         &kicks,
                         &mem,
                         &*interrupt,
-                        nq,
                         extra.len(),
                     )
                 }));
                 if run.is_err() {
-                    log::error!("{label}: the device worker panicked; the device is marked failed");
+                    log::error!(
+                        "{}: the device worker panicked; the device is marked failed",
+                        std::thread::current().name().unwrap_or("device")
+                    );
                     interrupt.device_failed();
                 }
                 queues
@@ -174,9 +175,9 @@ fn raise(interrupt: &dyn Interrupt, mask: u64) {
     }
 }
 
-/// The worker loop: handles kicks and extra descriptors until the stop
-/// event fires or epoll fails.
-#[allow(clippy::too_many_arguments)]
+/// The worker loop: handles kicks (token = queue index), the stop event
+/// (token = queue count) and `extra` descriptors until the stop event fires
+/// or epoll fails.
 fn serve(
     handler: &mut impl Handler,
     epoll: &Epoll,
@@ -184,9 +185,9 @@ fn serve(
     kicks: &[crate::QueueKick],
     mem: &GuestMemory,
     interrupt: &dyn Interrupt,
-    nq: usize,
     extra: usize,
 ) {
+    let nq = queues.len();
     let mut pending = 0u64;
     for i in 0..nq {
         pending |= handler.queue_event(i, queues, mem);
