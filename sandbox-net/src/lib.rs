@@ -60,6 +60,7 @@ pub use policy::{
 };
 pub use resolvconf::{host_resolvers, RESOLV_CONF};
 pub use rustls::pki_types::CertificateDer;
+pub use stack::seccomp::NET_STACK;
 pub use stack::SocketStream;
 
 /// Addresses of the guest's link. The host stack owns the gateway and the
@@ -207,13 +208,23 @@ pub(crate) struct Ctx {
     pub(crate) ca: SandboxCa,
     pub(crate) upstream_tls: Arc<rustls::ClientConfig>,
     pub(crate) to_guest: mpsc::Sender<Vec<u8>>,
+    /// The application's runtime: flows, policy decisions and host I/O run
+    /// there; only the stack itself runs on its own thread.
+    pub(crate) rt: tokio::runtime::Handle,
 }
 
 /// A running sandbox network. Dropping it stops the stack; flows in
 /// progress end.
+///
+/// The stack (guest frames, smoltcp) runs on a thread of its own, named
+/// `sandbox-net-stack` and confined by the [`NET_STACK`]
+/// filter; flows, policy decisions and host sockets run on the runtime
+/// that started the network.
 pub struct Network {
     ctx: Arc<Ctx>,
-    task: tokio::task::JoinHandle<()>,
+    link: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), sandbox_thread::Panicked>>>,
 }
 
 impl Network {
@@ -247,7 +258,12 @@ impl Network {
     ) -> Result<Self, NetError> {
         opts.config.mtu = opts.config.mtu.max(576);
         let (to_guest, from_host) = mpsc::channel(256);
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| NetError::Io {
+            what: "starting the network".into(),
+            source: std::io::Error::other("Network::start must be called inside a tokio runtime"),
+        })?;
         let ctx = Arc::new(Ctx {
+            rt: rt.clone(),
             ca: SandboxCa::generate()?,
             upstream_tls: tls::upstream_config(&opts.extra_roots)?,
             egress: HostEgress::new(opts.connector, opts.limits),
@@ -257,14 +273,55 @@ impl Network {
             config: opts.config,
             to_guest,
         });
-        let c = ctx.clone();
-        let task = tokio::spawn(async move {
+        // The link comes up on the application's runtime (its sockets are
+        // registered there); the frames then move through channels.
+        let (port_tx, port_rx) = tokio::sync::oneshot::channel();
+        let link = rt.spawn(async move {
             match port.await {
-                Ok(port) => stack::run(c, port, from_host).await,
+                Ok(port) => {
+                    let _ = port_tx.send(port);
+                }
                 Err(e) => log::warn!("the guest's network link never came up: {e}"),
             }
         });
-        Ok(Self { ctx, task })
+        let local = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|source| NetError::Io {
+                what: "building the network stack's runtime".into(),
+                source,
+            })?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let c = ctx.clone();
+        let thread = sandbox_thread::spawn(
+            "sandbox-net-stack",
+            Some(&stack::seccomp::NET_STACK),
+            move || {
+                local.block_on(async move {
+                    let mut stopped = stopped;
+                    let port = tokio::select! {
+                        port = port_rx => port.ok(),
+                        _ = &mut stopped => None,
+                    };
+                    if let Some(port) = port {
+                        tokio::select! {
+                            _ = stack::run(c, port, from_host) => {}
+                            _ = stopped => {}
+                        }
+                    }
+                })
+            },
+        )
+        .map_err(|source| NetError::Io {
+            what: "starting the network stack's thread".into(),
+            source,
+        })?;
+        Ok(Self {
+            ctx,
+            link,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 
     /// The interception CA's certificate (PEM) the guest must trust.
@@ -295,6 +352,14 @@ impl Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
-        self.task.abort();
+        self.link.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // The stack ends at its next wake-up (the stop signal is one):
+        // every connection is reset and the thread exits.
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

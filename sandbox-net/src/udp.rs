@@ -61,7 +61,7 @@ impl Flows {
         let _ = tx.try_send(payload.to_vec());
         map.insert(key, tx);
         let (ctx, map) = (self.ctx.clone(), self.map.clone());
-        tokio::spawn(async move {
+        self.ctx.rt.spawn(async move {
             flow(ctx, src_mac, key, rx).await;
             map.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
             drop(permit);

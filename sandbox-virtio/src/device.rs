@@ -59,12 +59,27 @@ impl QueueKick {
 /// queue: an eventfd (KVM irqfd) or a pipe (UML's call fd).
 pub struct FdInterrupt {
     fds: Vec<Option<File>>,
+    on_failure: Option<FailureReport>,
 }
+
+/// How a transport without a status register reports a failed device (for
+/// vhost-user: ending the session, which the front end sees as the device
+/// going away).
+pub type FailureReport = Arc<dyn Fn() + Send + Sync>;
 
 impl FdInterrupt {
     /// One optional descriptor per queue.
     pub fn new(fds: Vec<Option<File>>) -> Self {
-        Self { fds }
+        Self {
+            fds,
+            on_failure: None,
+        }
+    }
+
+    /// Reports a failed device through `report`.
+    pub fn on_failure(mut self, report: Option<FailureReport>) -> Self {
+        self.on_failure = report;
+        self
     }
 }
 
@@ -73,6 +88,12 @@ impl Interrupt for FdInterrupt {
         if let Some(Some(fd)) = self.fds.get(queue) {
             // A full pipe means an interrupt is already pending: ignore EAGAIN.
             let _ = (&*fd).write(&1u64.to_ne_bytes());
+        }
+    }
+
+    fn device_failed(&self) {
+        if let Some(report) = &self.on_failure {
+            report();
         }
     }
 }

@@ -1,37 +1,14 @@
-//! Syscall filters for the threads that run device code on guest input.
-//!
-//! A device worker thread (`Worker`) installs a seccomp-bpf filter of its
-//! class before it handles a single request: only the system calls the
-//! device code needs are allowed. A call outside the list does not run: it
-//! traps (SIGSYS), the library's handler makes it fail with `EPERM` and
-//! counts it per syscall number ([`violations`]), and the device code sees
-//! an ordinary error. So a compromised device thread cannot open files or
-//! sockets, start processes, map new executable memory from a file, or
-//! change credentials, and the embedding process keeps running.
-//!
-//! Filters are on by default. `SANDBOX_SECCOMP=0` in the environment, or
-//! [`set_enabled`]`(false)` before VMs start, turns them off (for debugging
-//! with tools that need more syscalls). A disk that runs caller code (a
-//! caller's `BlockStore`) is served without a filter, as that code may need
-//! anything.
+//! The syscall allow-lists of the threads this crate starts: device workers
+//! and vhost-user servers (the filters themselves are `sandbox-thread`'s).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+pub use sandbox_thread::seccomp::*;
 
-/// The classes of threads that get a filter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ThreadClass {
-    /// A virtio device worker (block, vsock, net, rng) on either transport.
-    Device,
-}
-
-/// System calls a device worker makes (x86_64 and aarch64 names; those
-/// missing on an architecture are left out there).
-fn device_syscalls() -> Vec<libc::c_long> {
-    let mut v = vec![
-        // Kicks, interrupts, host sockets, disks.
+/// A virtio device worker (block, vsock, net, rng) on either transport:
+/// kicks, interrupts, host sockets and disk files already open.
+pub static DEVICE: AllowList = AllowList {
+    class: "device",
+    syscalls: &[
         libc::SYS_read,
-        libc::SYS_write,
         libc::SYS_readv,
         libc::SYS_writev,
         libc::SYS_pread64,
@@ -48,7 +25,6 @@ fn device_syscalls() -> Vec<libc::c_long> {
         libc::SYS_statx,
         libc::SYS_fcntl,
         libc::SYS_ioctl,
-        libc::SYS_close,
         libc::SYS_recvfrom,
         libc::SYS_sendto,
         libc::SYS_recvmsg,
@@ -58,279 +34,51 @@ fn device_syscalls() -> Vec<libc::c_long> {
         libc::SYS_socketpair,
         libc::SYS_epoll_pwait,
         libc::SYS_epoll_ctl,
-        libc::SYS_getrandom,
-        // Memory, threads, time, signals, exit.
-        libc::SYS_mmap,
-        libc::SYS_munmap,
-        libc::SYS_mremap,
-        libc::SYS_madvise,
-        libc::SYS_mprotect,
-        libc::SYS_brk,
-        libc::SYS_futex,
-        libc::SYS_sched_yield,
-        libc::SYS_sched_getaffinity,
-        libc::SYS_clock_gettime,
-        libc::SYS_clock_nanosleep,
-        libc::SYS_rt_sigprocmask,
-        libc::SYS_rt_sigreturn,
-        libc::SYS_sigaltstack,
-        libc::SYS_gettid,
-        libc::SYS_getpid,
-        libc::SYS_exit,
-        libc::SYS_rseq,
-        libc::SYS_set_robust_list,
-    ];
-    #[cfg(target_arch = "x86_64")]
-    v.extend([libc::SYS_epoll_wait, libc::SYS_nanosleep, libc::SYS_poll]);
-    #[cfg(target_arch = "aarch64")]
-    v.push(libc::SYS_ppoll);
-    v.sort_unstable();
-    v.dedup();
-    v
-}
-
-/// The allow-list of `class`: syscall numbers.
-pub fn allowed(class: ThreadClass) -> Vec<libc::c_long> {
-    match class {
-        ThreadClass::Device => device_syscalls(),
-    }
-}
-
-static ENABLED: OnceLock<AtomicBool> = OnceLock::new();
-
-fn enabled_flag() -> &'static AtomicBool {
-    ENABLED.get_or_init(|| {
-        let off = std::env::var("SANDBOX_SECCOMP").is_ok_and(|v| v == "0" || v == "off");
-        AtomicBool::new(!off)
-    })
-}
-
-/// Turns filters on or off for threads started from now on (on by
-/// default; `SANDBOX_SECCOMP=0` starts off).
-pub fn set_enabled(on: bool) {
-    enabled_flag().store(on, Ordering::Relaxed);
-}
-
-/// Whether new threads get filters.
-pub fn enabled() -> bool {
-    enabled_flag().load(Ordering::Relaxed)
-}
-
-/// Counts of refused calls per syscall number (below 512).
-static VIOLATIONS: [AtomicU64; 512] = [const { AtomicU64::new(0) }; 512];
-
-/// Syscalls refused by a filter so far: (number, count).
-pub fn violations() -> Vec<(i64, u64)> {
-    VIOLATIONS
-        .iter()
-        .enumerate()
-        .filter_map(|(nr, c)| {
-            let n = c.load(Ordering::Relaxed);
-            (n > 0).then_some((nr as i64, n))
-        })
-        .collect()
-}
-
-#[cfg(target_os = "linux")]
-mod install {
-    use std::collections::BTreeMap;
-    use std::sync::atomic::Ordering;
-    use std::sync::Once;
-
-    use seccompiler::{
-        BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-        SeccompRule, TargetArch,
-    };
-
-    use super::{allowed, ThreadClass, VIOLATIONS};
-
-    #[cfg(target_arch = "x86_64")]
-    const ARCH: TargetArch = TargetArch::x86_64;
-    #[cfg(target_arch = "aarch64")]
-    const ARCH: TargetArch = TargetArch::aarch64;
-
-    /// The offset of `si_syscall` in a SIGSYS `siginfo_t` (after signo,
-    /// errno, code and padding, then `_call_addr`).
-    const SI_SYSCALL_OFFSET: usize = 24;
-
-    extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-        // SAFETY: the kernel passes a valid siginfo for SIGSYS; si_syscall
-        // is an int at this offset on 64-bit Linux.
-        let nr = unsafe {
-            *(info
-                .cast::<u8>()
-                .add(SI_SYSCALL_OFFSET)
-                .cast::<libc::c_int>())
-        };
-        if let Some(c) = usize::try_from(nr).ok().and_then(|n| VIOLATIONS.get(n)) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        // Make the refused call return -EPERM.
-        // SAFETY: the kernel passes the interrupted context; writing the
-        // return register changes what the syscall returns.
-        unsafe {
-            let uc = ctx.cast::<libc::ucontext_t>();
-            #[cfg(target_arch = "x86_64")]
-            {
-                (*uc).uc_mcontext.gregs[libc::REG_RAX as usize] = -i64::from(libc::EPERM);
-            }
-            #[cfg(target_arch = "aarch64")]
-            {
-                (*uc).uc_mcontext.regs[0] = (-i64::from(libc::EPERM)) as u64;
-            }
-        }
-    }
-
-    fn install_handler() {
-        static ONCE: Once = Once::new();
-        ONCE.call_once(|| {
-            // SAFETY: a zeroed sigaction is valid; the handler only touches
-            // atomics and the signal context (async-signal-safe).
-            unsafe {
-                let mut sa: libc::sigaction = std::mem::zeroed();
-                sa.sa_sigaction = on_sigsys as *const () as usize;
-                sa.sa_flags = libc::SA_SIGINFO;
-                libc::sigemptyset(&mut sa.sa_mask);
-                libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut());
-            }
-        });
-    }
-
-    /// Calls refused quietly with `EACCES` (not trapped, not counted):
-    /// opening files. glibc's malloc opens `/proc/sys/vm/overcommit_memory`
-    /// once per process when it first shrinks a thread's heap; refused, it
-    /// assumes the default and carries on.
-    fn quietly_refused() -> Vec<libc::c_long> {
-        let mut v = vec![libc::SYS_openat];
         #[cfg(target_arch = "x86_64")]
-        v.push(libc::SYS_open);
-        v
-    }
+        libc::SYS_epoll_wait,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_poll,
+        #[cfg(target_arch = "aarch64")]
+        libc::SYS_ppoll,
+    ],
+};
 
-    fn compile(
-        rules: BTreeMap<i64, Vec<SeccompRule>>,
-        mismatch: SeccompAction,
-        matched: SeccompAction,
-    ) -> Result<BpfProgram, String> {
-        SeccompFilter::new(rules, mismatch, matched, ARCH)
-            .map_err(|e| e.to_string())?
-            .try_into()
-            .map_err(|e: seccompiler::BackendError| e.to_string())
-    }
-
-    /// The compiled filters of `class`: the allow-list (anything else
-    /// traps), and the quiet refusals. The kernel applies the stricter
-    /// outcome of the two.
-    pub(super) fn program(class: ThreadClass) -> Result<Vec<BpfProgram>, String> {
-        let quiet = quietly_refused();
-        let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allowed(class)
-            .into_iter()
-            .chain(quiet.iter().copied())
-            .map(|nr| (nr, Vec::new()))
-            .collect();
-        // Socket pairs only in the Unix domain.
-        if let Some(r) = rules.get_mut(&libc::SYS_socketpair) {
-            let unix = SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                libc::AF_UNIX as u64,
-            )
-            .map_err(|e| e.to_string())?;
-            r.push(SeccompRule::new(vec![unix]).map_err(|e| e.to_string())?);
-        }
-        let allow = compile(rules, SeccompAction::Trap, SeccompAction::Allow)?;
-        let refuse = compile(
-            quiet.into_iter().map(|nr| (nr, Vec::new())).collect(),
-            SeccompAction::Allow,
-            SeccompAction::Errno(libc::EACCES as u32),
-        )?;
-        // The quiet refusals first: installing a filter takes `prctl` and
-        // `seccomp`, which the allow-list does not grant.
-        Ok(vec![refuse, allow])
-    }
-
-    /// Installs the filters of `class` on the calling thread.
-    pub(super) fn apply(class: ThreadClass) -> Result<(), String> {
-        install_handler();
-        for prog in program(class)? {
-            seccompiler::apply_filter(&prog).map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    }
-}
-
-/// Installs the filter of `class` on the calling thread, if filters are
-/// enabled. A failure to install is logged and the thread runs unfiltered
-/// (a kernel without seccomp), never fails its device.
-pub(crate) fn confine(class: ThreadClass) {
-    if !enabled() {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    if let Err(e) = install::apply(class) {
-        log::warn!("seccomp filter for a {class:?} thread not installed: {e}");
-    }
-}
-
-/// The number of BPF instructions of `class`'s filters (for reports).
-#[cfg(target_os = "linux")]
-pub fn filter_len(class: ThreadClass) -> Result<usize, String> {
-    install::program(class).map(|p| p.iter().map(Vec::len).sum())
-}
+/// A vhost-user server: the front end's messages (with descriptors: guest
+/// memory to map, kick and call eventfds), and starting and stopping the
+/// device's workers.
+pub static VHOST_USER: AllowList = AllowList {
+    class: "vhost-user",
+    syscalls: &[
+        libc::SYS_read,
+        libc::SYS_recvmsg,
+        libc::SYS_sendmsg,
+        libc::SYS_recvfrom,
+        libc::SYS_sendto,
+        libc::SYS_shutdown,
+        libc::SYS_fstat,
+        libc::SYS_newfstatat,
+        libc::SYS_statx,
+        libc::SYS_fcntl,
+        libc::SYS_dup,
+        libc::SYS_ftruncate,
+        // Starting device workers.
+        libc::SYS_clone,
+        libc::SYS_clone3,
+        libc::SYS_eventfd2,
+        libc::SYS_epoll_create1,
+        libc::SYS_epoll_ctl,
+        // vsock's host connections are socket pairs (AF_UNIX only).
+        libc::SYS_socketpair,
+    ],
+};
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_confined_thread_cannot_make_calls_outside_its_list() {
-        let before = violations()
-            .iter()
-            .find(|(nr, _)| *nr == libc::SYS_socket)
-            .map_or(0, |(_, n)| *n);
-        let (socket, read) = std::thread::spawn(|| {
-            confine(ThreadClass::Device);
-            // Outside the list: refused with EPERM, the thread lives on.
-            // SAFETY: plain syscalls.
-            let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
-            let e = std::io::Error::last_os_error().raw_os_error();
-            // Opening files: refused quietly.
-            // SAFETY: a valid NUL-terminated path.
-            let o = unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
-            assert_eq!(
-                (o, std::io::Error::last_os_error().raw_os_error()),
-                (-1, Some(libc::EACCES))
-            );
-            // Inside the list: works.
-            let mut buf = [0u8; 1];
-            // SAFETY: reading zero bytes from stdin's descriptor.
-            let r = unsafe { libc::read(0, buf.as_mut_ptr().cast(), 0) };
-            ((s, e), r)
-        })
-        .join()
-        .unwrap();
-        assert_eq!(socket, (-1, Some(libc::EPERM)));
-        assert!(read >= 0 || read == -1);
-        let after = violations()
-            .iter()
-            .find(|(nr, _)| *nr == libc::SYS_socket)
-            .map_or(0, |(_, n)| *n);
-        assert_eq!(after, before + 1);
-        // This thread (unconfined) still can.
-        // SAFETY: plain syscalls.
-        let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
-        assert!(s >= 0);
-        // SAFETY: closing the socket just opened.
-        unsafe { libc::close(s) };
-    }
-
-    #[test]
-    fn the_device_list_is_small() {
-        let n = allowed(ThreadClass::Device).len();
-        let bpf = filter_len(ThreadClass::Device).unwrap();
-        eprintln!("device filter: {n} syscalls, {bpf} BPF instructions");
-        assert!(n < 60, "{n} syscalls");
-        assert!(bpf > n);
+    fn the_device_lists_are_small() {
+        report(&DEVICE, 60);
+        report(&VHOST_USER, 50);
     }
 }

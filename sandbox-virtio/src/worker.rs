@@ -70,18 +70,18 @@ impl<T: RxTx> Handler for T {
 /// leaves the thread to stop when the stop event fires in `Drop`.
 pub(crate) struct Worker {
     stop: EventFd,
-    thread: Option<JoinHandle<Vec<Queue>>>,
+    thread: Option<JoinHandle<Result<Vec<Queue>, sandbox_thread::Panicked>>>,
 }
 
 impl Worker {
-    /// Starts the loop on its own thread, confined to the syscall filter of
-    /// `class` (`None`: no filter, for disks that run caller code).
+    /// Starts the loop on its own thread, confined to the syscall filter
+    /// `filter` (`None`: no filter, for disks that run caller code).
     pub fn spawn(
         name: &str,
         mut handler: impl Handler,
         ctx: ActivationContext,
         extra: Vec<RawFd>,
-        class: Option<crate::seccomp::ThreadClass>,
+        filter: Option<&'static crate::seccomp::AllowList>,
     ) -> Result<Self, DeviceError> {
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::Worker)?;
         let stop_fd = stop.try_clone().map_err(DeviceError::Worker)?;
@@ -103,45 +103,40 @@ impl Worker {
         for (i, fd) in extra.iter().enumerate() {
             add(*fd, EventSet::IN | EventSet::EDGE_TRIGGERED, nq + 1 + i)?;
         }
-        let thread = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || {
-                let ActivationContext {
-                    mem,
-                    mut queues,
-                    kicks,
-                    interrupt,
-                    ..
-                } = ctx;
-                let _stop_fd = stop_fd;
-                if let Some(class) = class {
-                    crate::seccomp::confine(class);
-                }
-                // A panic in the device code (a bug reached by guest input)
-                // ends this device, not the host process: the transport
-                // tells the driver the device needs a reset, and the queues
-                // are kept for the transport.
-                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    serve(
-                        &mut handler,
-                        &epoll,
-                        &mut queues,
-                        &kicks,
-                        &mem,
-                        &*interrupt,
-                        extra.len(),
-                    )
-                }));
-                if run.is_err() {
-                    log::error!(
-                        "{}: the device worker panicked; the device is marked failed",
-                        std::thread::current().name().unwrap_or("device")
-                    );
-                    interrupt.device_failed();
-                }
-                queues
-            })
-            .map_err(DeviceError::Worker)?;
+        let thread = sandbox_thread::spawn(name, filter, move || {
+            let ActivationContext {
+                mem,
+                mut queues,
+                kicks,
+                interrupt,
+                ..
+            } = ctx;
+            let _stop_fd = stop_fd;
+            // A panic in the device code (a bug reached by guest input)
+            // ends this device, not the host process: the transport tells
+            // the driver the device needs a reset, and the queues are kept
+            // for the transport.
+            let run = sandbox_thread::contain(|| {
+                serve(
+                    &mut handler,
+                    &epoll,
+                    &mut queues,
+                    &kicks,
+                    &mem,
+                    &*interrupt,
+                    extra.len(),
+                )
+            });
+            if run.is_err() {
+                log::error!(
+                    "{}: the device is marked failed",
+                    std::thread::current().name().unwrap_or("device")
+                );
+                interrupt.device_failed();
+            }
+            queues
+        })
+        .map_err(DeviceError::Worker)?;
         Ok(Self {
             stop,
             thread: Some(thread),
@@ -154,6 +149,7 @@ impl Worker {
         self.thread
             .take()
             .and_then(|t| t.join().ok())
+            .and_then(Result::ok)
             .unwrap_or_default()
     }
 }

@@ -16,6 +16,7 @@ mod cpuid;
 mod layout;
 mod mptable;
 pub mod probe;
+pub mod seccomp;
 mod vcpu;
 mod vm;
 

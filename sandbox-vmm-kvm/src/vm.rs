@@ -17,7 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, ConsoleWriter, IrqTrigger};
 use crate::layout::*;
-use crate::{boot, cpuid, mptable, vcpu, CpuProfile, GuestExit, GuestMemory, KvmError};
+use crate::{boot, cpuid, mptable, seccomp, vcpu, CpuProfile, GuestExit, GuestMemory, KvmError};
 use sandbox_virtio::mmio::{MmioDevice, REG_QUEUE_NOTIFY};
 use sandbox_virtio::{ConsoleLog, VirtioDevice};
 
@@ -52,7 +52,7 @@ pub struct KvmVm {
     bus: Arc<Bus>,
     stop: Arc<AtomicBool>,
     state: Arc<ExitState>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<Result<(), sandbox_thread::Panicked>>>,
     console: ConsoleLog,
     mem: Arc<GuestMemory>,
 }
@@ -227,20 +227,24 @@ impl KvmVm {
         for (id, fd) in vcpus.into_iter().enumerate() {
             let (bus, stop, state) = (this.bus.clone(), this.stop.clone(), this.state.clone());
             let console = this.console.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("vcpu{id}"))
-                .spawn(move || {
-                    let exit = classify_reset(vcpu::run(fd, bus, stop.clone()), &console);
+            let vcpu =
+                sandbox_thread::spawn(format!("vcpu{id}"), Some(&seccomp::VCPU), move || {
+                    // A panic in exit handling (device code reached by a guest
+                    // register access) stops this VM as a crash, not the host.
+                    let exit = match sandbox_thread::contain(|| vcpu::run(fd, bus, stop.clone())) {
+                        Ok(exit) => classify_reset(exit, &console),
+                        Err(p) => GuestExit::Crashed(format!("the VMM failed: {p}")),
+                    };
                     let mut slot = state.exit.lock().unwrap_or_else(|e| e.into_inner());
                     if slot.is_none() && exit != GuestExit::Stopped {
                         *slot = Some(exit);
                     }
                     stop.store(true, Ordering::Release);
                     state.changed.notify_all();
-                })
-                // On failure `this` is dropped, and its Drop stops and
-                // joins the vCPU threads already started and the devices.
-                .map_err(host("starting a vCPU thread"))?;
+                });
+            // On failure `this` is dropped, and its Drop stops and joins the
+            // vCPU threads already started and the devices.
+            let thread = vcpu.map_err(host("starting a vCPU thread"))?;
             this.threads.push(thread);
         }
         Ok(this)

@@ -10,6 +10,7 @@
 //! meets no socket and smoltcp answers with a reset. UDP never reaches
 //! smoltcp: [`crate::udp`] relays it per flow.
 
+pub mod seccomp;
 mod stream;
 
 use std::collections::{HashSet, VecDeque};
@@ -354,7 +355,8 @@ impl Gateway {
                 Ok(permit) => {
                     self.pending.insert(key);
                     let ctx = self.ctx.clone();
-                    tokio::spawn(flow::decide_tcp(ctx, f, key, permit, self.events.clone()));
+                    let decide = flow::decide_tcp(ctx, f, key, permit, self.events.clone());
+                    self.ctx.rt.spawn(decide);
                 }
                 Err(e) => {
                     log::info!("refused {src} -> {dst}: {e}");
@@ -384,7 +386,9 @@ impl Gateway {
                 };
                 self.shared.push_frame(syn);
                 let stream = SocketStream::new(self.shared.clone(), handle, Some(permit));
-                tokio::spawn(flow::run(self.ctx.clone(), stream, handler, key));
+                self.ctx
+                    .rt
+                    .spawn(flow::run(self.ctx.clone(), stream, handler, key));
             }
             Event::Refuse { syn, key } => {
                 self.pending.remove(&key);

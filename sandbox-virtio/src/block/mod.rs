@@ -78,7 +78,7 @@ impl VirtioDevice for Block {
             )));
         };
         // A caller's block store may need any syscall: no filter then.
-        let class = (!disk.runs_caller_code()).then_some(crate::seccomp::ThreadClass::Device);
+        let class = (!disk.runs_caller_code()).then_some(&crate::seccomp::DEVICE);
         let handler = BlockHandler {
             disk,
             id: self.id.clone(),

@@ -133,7 +133,7 @@ impl VirtioDevice for Net {
             handler,
             ctx,
             vec![fd],
-            Some(crate::seccomp::ThreadClass::Device),
+            Some(&crate::seccomp::DEVICE),
         )?);
         Ok(())
     }

@@ -75,7 +75,7 @@ impl VirtioDevice for Rng {
             handler,
             ctx,
             Vec::new(),
-            Some(crate::seccomp::ThreadClass::Device),
+            Some(&crate::seccomp::DEVICE),
         )?);
         Ok(())
     }

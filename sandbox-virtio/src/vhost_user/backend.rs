@@ -14,7 +14,7 @@ use vhost::VhostUserMemoryRegionBase;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{FileOffset, GuestAddress};
 
-use crate::device::{ActivationContext, FdInterrupt, QueueKick};
+use crate::device::{ActivationContext, FailureReport, FdInterrupt, QueueKick};
 use crate::{GuestMemory, VirtioDevice};
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
@@ -47,6 +47,8 @@ pub struct VhostUserBackend<D> {
     vrings: Vec<Vring>,
     active: bool,
     backend_req: Option<Backend>,
+    /// Ends the session when the device fails.
+    on_failure: Option<FailureReport>,
 }
 
 fn unsupported<T>(what: &'static str) -> Result<T> {
@@ -77,7 +79,13 @@ impl<D: VirtioDevice> VhostUserBackend<D> {
             vrings,
             active: false,
             backend_req: None,
+            on_failure: None,
         }
+    }
+
+    /// How a failed device (its worker panicked) is reported.
+    pub fn set_on_failure(&mut self, report: FailureReport) {
+        self.on_failure = Some(report);
     }
 
     /// Stops the device (front end gone).
@@ -161,7 +169,7 @@ impl<D: VirtioDevice> VhostUserBackend<D> {
             mem,
             queues,
             kicks,
-            interrupt: Arc::new(FdInterrupt::new(calls)),
+            interrupt: Arc::new(FdInterrupt::new(calls).on_failure(self.on_failure.clone())),
             acked_features: self.acked_features,
         })
     }

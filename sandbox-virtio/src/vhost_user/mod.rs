@@ -22,13 +22,13 @@ use vhost::vhost_user::BackendReqHandler;
 
 pub use backend::VhostUserBackend;
 
-use crate::VirtioDevice;
+use crate::{seccomp, VirtioDevice};
 
 /// A device being served on a socket; [`Served::stop`] ends it.
 pub struct Served {
     stop: Arc<AtomicBool>,
-    conn: Arc<Mutex<Option<UnixStream>>>,
-    thread: Option<JoinHandle<()>>,
+    conn: Arc<Mutex<Option<Arc<UnixStream>>>>,
+    thread: Option<JoinHandle<Result<(), sandbox_thread::Panicked>>>,
 }
 
 impl Served {
@@ -63,20 +63,33 @@ pub fn serve<D: VirtioDevice + 'static>(
 ) -> io::Result<Served> {
     listener.set_nonblocking(true)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let conn: Arc<Mutex<Option<UnixStream>>> = Arc::default();
+    let conn: Arc<Mutex<Option<Arc<UnixStream>>>> = Arc::default();
     let (stop2, conn2) = (stop.clone(), conn.clone());
-    let label = name.to_string();
-    let thread = std::thread::Builder::new()
-        .name(format!("vhost-user-{name}"))
-        .spawn(move || {
-            let Some(stream) = accept(&listener, &stop2) else {
-                return;
-            };
-            if let Ok(clone) = stream.try_clone() {
-                *conn2.lock().unwrap_or_else(|e| e.into_inner()) = Some(clone);
-            }
-            let backend = Arc::new(Mutex::new(VhostUserBackend::new(device)));
-            let mut handler = BackendReqHandler::from_stream(stream, backend.clone());
+    let thread = sandbox_thread::spawn(format!("vhost-user-{name}"), None, move || {
+        let Some(stream) = accept(&listener, &stop2) else {
+            return;
+        };
+        drop(listener);
+        let Ok(clone) = stream.try_clone() else {
+            log::warn!("vhost-user {}: cannot keep the connection", thread_name());
+            return;
+        };
+        let clone = Arc::new(clone);
+        *conn2.lock().unwrap_or_else(|e| e.into_inner()) = Some(clone.clone());
+        // From here on everything is driven by the front end, which is the
+        // guest kernel under UML: confine the thread before the first
+        // message.
+        seccomp::confine(&seccomp::VHOST_USER);
+        let mut backend = VhostUserBackend::new(device);
+        // A device that fails (its worker panicked) ends the session: the
+        // front end sees the device go away instead of waiting on it.
+        backend.set_on_failure(Arc::new(move || {
+            let _ = clone.shutdown(std::net::Shutdown::Both);
+        }));
+        let backend = Arc::new(Mutex::new(backend));
+        let mut handler = BackendReqHandler::from_stream(stream, backend.clone());
+        // A panic while handling a message is a failed device too.
+        let _ = sandbox_thread::contain(|| {
             while !stop2.load(Ordering::SeqCst) {
                 if let Err(e) = handler.handle_request() {
                     if !matches!(
@@ -85,19 +98,22 @@ pub fn serve<D: VirtioDevice + 'static>(
                             | vhost::vhost_user::Error::PartialMessage
                     ) && !stop2.load(Ordering::SeqCst)
                     {
-                        log::warn!("vhost-user {label}: {e}");
+                        log::warn!("vhost-user {}: {e}", thread_name());
                     }
                     break;
                 }
             }
+        });
+        let _ = sandbox_thread::contain(|| {
             backend.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
-            // A request we refused ends the session: close the connection
-            // (the handler's copy is gone, this is the other) so the front
-            // end sees the device fail instead of waiting for a reply.
-            if let Some(c) = conn2.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                let _ = c.shutdown(std::net::Shutdown::Both);
-            }
-        })?;
+        });
+        // A request we refused ends the session: close the connection (the
+        // handler's copy is gone, this is the other) so the front end sees
+        // the device fail instead of waiting for a reply.
+        if let Some(c) = conn2.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    })?;
     Ok(Served {
         stop,
         conn,
@@ -129,4 +145,11 @@ fn accept(listener: &UnixListener, stop: &AtomicBool) -> Option<UnixStream> {
         }
     }
     None
+}
+
+fn thread_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("vhost-user")
+        .to_string()
 }

@@ -101,3 +101,52 @@ fn a_refused_request_closes_the_connection_instead_of_hanging() {
     served.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A device whose code panics when the front end asks for its features.
+struct Panics;
+
+impl VirtioDevice for Panics {
+    fn device_type(&self) -> u32 {
+        99
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[64]
+    }
+    fn features(&self) -> u64 {
+        panic!("a bug reached by a front-end message")
+    }
+    fn read_config(&self, _offset: u64, _data: &mut [u8]) {}
+    fn activate(&mut self, _ctx: ActivationContext) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn reset(&mut self) -> Option<Vec<Queue>> {
+        None
+    }
+}
+
+#[test]
+fn a_panic_in_device_code_ends_the_session_and_nothing_else() {
+    use std::io::{Read, Write};
+    let dir = std::env::temp_dir().join(format!("vu-panic-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dev.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let served = super::serve("panics", listener, Panics).unwrap();
+    let mut front = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    front
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    // VHOST_USER_GET_FEATURES (1), version 1, no payload.
+    let mut msg = Vec::new();
+    for word in [1u32, 1, 0] {
+        msg.extend_from_slice(&word.to_le_bytes());
+    }
+    front.write_all(&msg).unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(front.read(&mut buf).unwrap(), 0, "the session ends");
+    // The server thread ended normally (the panic was contained), and this
+    // process goes on.
+    served.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

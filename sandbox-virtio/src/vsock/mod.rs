@@ -178,7 +178,7 @@ impl VirtioDevice for Vsock {
             handler,
             ctx,
             extra,
-            Some(crate::seccomp::ThreadClass::Device),
+            Some(&crate::seccomp::DEVICE),
         )?);
         Ok(())
     }

@@ -1,0 +1,98 @@
+//! The one way the library starts a thread that handles guest input: vCPUs,
+//! virtio device workers, vhost-user servers, the network stack and the
+//! agent link.
+//!
+//! [`spawn`] names the thread, installs the seccomp filter of its class
+//! ([`seccomp::AllowList`], each list kept next to the code that runs under
+//! it) before the thread's code runs, and catches a panic so that it
+//! becomes an error value the owner turns into a device failure or a
+//! stopped VM, never an abort of the embedding process. [`contain`] is the
+//! panic half alone, for code that must keep state across a panic.
+
+pub mod seccomp;
+
+use std::any::Any;
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::thread::JoinHandle;
+
+/// A thread's code panicked (the panic was caught).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Panicked {
+    /// The thread's name.
+    pub thread: String,
+    /// The panic's message.
+    pub message: String,
+}
+
+impl std::fmt::Display for Panicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "thread {} panicked: {}", self.thread, self.message)
+    }
+}
+
+impl std::error::Error for Panicked {}
+
+fn message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a non-string panic payload)".to_string()
+    }
+}
+
+/// Runs `f`, turning a panic into [`Panicked`] (logged as an error with the
+/// current thread's name).
+pub fn contain<T>(f: impl FnOnce() -> T) -> Result<T, Panicked> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let p = Panicked {
+            thread: std::thread::current()
+                .name()
+                .unwrap_or("unnamed")
+                .to_string(),
+            message: message(&*payload),
+        };
+        log::error!("{p}");
+        p
+    })
+}
+
+/// Starts `f` on a thread named `name`, confined to `filter` (`None`: no
+/// filter, for threads that run the application's own code), with panics
+/// contained.
+pub fn spawn<T: Send + 'static>(
+    name: impl Into<String>,
+    filter: Option<&'static seccomp::AllowList>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<JoinHandle<Result<T, Panicked>>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if let Some(list) = filter {
+                seccomp::confine(list);
+            }
+            contain(f)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_error_with_the_thread_name() {
+        let h = spawn("panicky", None, || -> u32 { panic!("guest sent {}", 7) }).unwrap();
+        let err = h.join().expect("the thread itself must not unwind");
+        assert_eq!(
+            err,
+            Err(Panicked {
+                thread: "panicky".into(),
+                message: "guest sent 7".into()
+            })
+        );
+        let ok = spawn("calm", None, || 5).unwrap().join().unwrap();
+        assert_eq!(ok, Ok(5));
+    }
+}
