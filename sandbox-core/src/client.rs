@@ -1,5 +1,6 @@
-//! The host side of the guest protocol: one reader task routes guest frames
-//! to the request they belong to, one writer task sends host frames.
+//! The host side of the guest protocol: a reader thread
+//! ([`crate::link_reader`]) routes guest frames to the request they belong
+//! to, one writer task sends host frames.
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -7,18 +8,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sandbox_protocol::{
-    encode, DirEntry, FrameDecoder, FsError, FsReply, GuestMsg, Hello, HostMsg, Stream,
-    GUEST_MAGIC, PROTOCOL_VERSION,
+    encode, DirEntry, FsError, FsReply, GuestMsg, Hello, HostMsg, Stream, PROTOCOL_VERSION,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
+use crate::link_reader::{self, LinkReader};
 use crate::Error;
-
-/// Bytes of console noise tolerated before the agent's magic.
-const MAX_NOISE: usize = 1 << 20;
 
 /// What happened to one request, in order.
 #[derive(Debug)]
@@ -62,6 +60,8 @@ pub(crate) struct Client {
     next_id: AtomicU32,
     pub hello: Hello,
     ended: Ended,
+    /// Stops and joins the reader thread when the client goes.
+    _reader: LinkReader,
 }
 
 /// A cheap handle for sending to the guest, held by process handles.
@@ -146,41 +146,51 @@ fn closed_reason(routes: &Mutex<Routes>) -> String {
 }
 
 impl Client {
-    /// Waits for the agent's magic and `Hello`, then starts the I/O tasks.
+    /// Waits for the agent's magic and `Hello`, then starts the writer.
     pub async fn connect(stream: StdUnixStream) -> Result<Self, Error> {
+        let guest_side = stream
+            .try_clone()
+            .map_err(Error::io("reading the control channel"))?;
         stream
             .set_nonblocking(true)
             .map_err(Error::io("configuring the control channel"))?;
         let stream =
             UnixStream::from_std(stream).map_err(Error::io("registering the control channel"))?;
-        let (mut rd, wr) = stream.into_split();
-        let mut decoder = FrameDecoder::new();
-        find_magic(&mut rd, &mut decoder).await?;
-        let hello = match read_msg(&mut rd, &mut decoder).await? {
-            Some(GuestMsg::Hello(h)) => h,
-            Some(other) => return Err(Error::Protocol(format!("expected Hello, got {other:?}"))),
-            None => return Err(Error::Protocol("channel closed before Hello".into())),
-        };
+        let (_, wr) = stream.into_split();
+        let routes: Arc<Mutex<Routes>> = Arc::default();
+        let (ended_tx, ended) = tokio::sync::watch::channel(false);
+        let (hello_tx, hello_rx) = tokio::sync::oneshot::channel();
+        let (r1, r2) = (routes.clone(), routes.clone());
+        let reader = link_reader::spawn(
+            guest_side,
+            hello_tx,
+            move |msg| route(msg, &r1),
+            move |reason| {
+                let mut r = lock(&r2);
+                r.closed.get_or_insert(reason);
+                r.map.clear();
+                drop(r);
+                let _ = ended_tx.send(true);
+            },
+        )
+        .map_err(Error::io("starting the control channel's reader"))?;
+        let hello = hello_rx
+            .await
+            .map_err(|_| Error::Protocol("the control channel's reader ended".into()))??;
         if hello.version != PROTOCOL_VERSION {
             return Err(Error::VersionMismatch {
                 guest: hello.version,
                 host: PROTOCOL_VERSION,
             });
         }
-        let routes: Arc<Mutex<Routes>> = Arc::default();
         let (out, out_rx) = mpsc::unbounded_channel();
-        let (ended_tx, ended) = tokio::sync::watch::channel(false);
-        let routes2 = routes.clone();
         tokio::spawn(write_loop(wr, out_rx, routes.clone()));
-        tokio::spawn(async move {
-            read_loop(rd, decoder, routes2).await;
-            let _ = ended_tx.send(true);
-        });
         Ok(Self {
             link: Link { out, routes },
             next_id: AtomicU32::new(1),
             hello,
             ended,
+            _reader: reader,
         })
     }
 
@@ -220,76 +230,6 @@ impl Client {
     pub fn link(&self) -> &Link {
         &self.link
     }
-}
-
-async fn find_magic(rd: &mut OwnedReadHalf, decoder: &mut FrameDecoder) -> Result<(), Error> {
-    let mut window: Vec<u8> = Vec::new();
-    let mut noise = 0usize;
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = rd
-            .read(&mut buf)
-            .await
-            .map_err(Error::io("reading the control channel"))?;
-        if n == 0 {
-            return Err(Error::Protocol(
-                "channel closed before the agent started".into(),
-            ));
-        }
-        window.extend_from_slice(&buf[..n]);
-        if let Some(pos) = window
-            .windows(GUEST_MAGIC.len())
-            .position(|w| w == GUEST_MAGIC)
-        {
-            decoder.push(&window[pos + GUEST_MAGIC.len()..]);
-            return Ok(());
-        }
-        noise += n;
-        if noise > MAX_NOISE {
-            return Err(Error::Protocol(
-                "no agent greeting on the control channel".into(),
-            ));
-        }
-        // Keep only a tail that could hold the start of the magic.
-        let keep_from = window.len().saturating_sub(GUEST_MAGIC.len() - 1);
-        window.drain(..keep_from);
-    }
-}
-
-async fn read_msg(
-    rd: &mut OwnedReadHalf,
-    decoder: &mut FrameDecoder,
-) -> Result<Option<GuestMsg>, Error> {
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        if let Some(msg) = decoder
-            .decode_next::<GuestMsg>()
-            .map_err(|e| Error::Protocol(e.to_string()))?
-        {
-            return Ok(Some(msg));
-        }
-        let n = rd
-            .read(&mut buf)
-            .await
-            .map_err(Error::io("reading the control channel"))?;
-        if n == 0 {
-            return Ok(None);
-        }
-        decoder.push(&buf[..n]);
-    }
-}
-
-async fn read_loop(mut rd: OwnedReadHalf, mut decoder: FrameDecoder, routes: Arc<Mutex<Routes>>) {
-    let reason = loop {
-        match read_msg(&mut rd, &mut decoder).await {
-            Ok(Some(msg)) => route(msg, &routes),
-            Ok(None) => break "the control channel closed".to_string(),
-            Err(e) => break e.to_string(),
-        }
-    };
-    let mut r = lock(&routes);
-    r.closed.get_or_insert(reason);
-    r.map.clear();
 }
 
 fn route(msg: GuestMsg, routes: &Mutex<Routes>) {

@@ -24,10 +24,17 @@ mod error;
 mod facts;
 pub mod fs;
 pub mod images;
+mod link_reader;
 pub mod metrics;
-/// Syscall filters of device threads: `set_enabled`, `violations`, the
-/// allow-lists (docs/security.md).
-pub use sandbox_virtio::seccomp;
+/// Syscall filters of the threads that handle guest input: `set_enabled`,
+/// `violations`, the allow-lists of every thread class
+/// (docs/security.md).
+pub mod seccomp {
+    pub use crate::link_reader::AGENT_LINK;
+    pub use sandbox_net::NET_STACK;
+    pub use sandbox_virtio::seccomp::*;
+    pub use sandbox_vmm_kvm::seccomp::VCPU;
+}
 mod process;
 mod sandbox;
 mod status;

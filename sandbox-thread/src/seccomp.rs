@@ -31,11 +31,14 @@ pub struct AllowList {
 }
 
 /// Calls every confined thread may make: memory, locks, time, signals,
-/// thread identity and exit, randomness, closing descriptors and writing
-/// (wake-ups through eventfds, log lines to stderr).
+/// thread identity and exit, randomness, closing descriptors (and
+/// `fcntl`) and writing (wake-ups through eventfds, log lines to stderr).
 pub const BASE: &[libc::c_long] = &[
     libc::SYS_write,
     libc::SYS_close,
+    // Debug builds of std check that a descriptor is open before closing
+    // it (`F_GETFD`).
+    libc::SYS_fcntl,
     libc::SYS_mmap,
     libc::SYS_munmap,
     libc::SYS_mremap,
