@@ -34,6 +34,7 @@ pub mod seccomp {
     pub use sandbox_net::NET_STACK;
     pub use sandbox_virtio::seccomp::*;
     pub use sandbox_vmm_kvm::seccomp::VCPU;
+    pub use sandbox_vmm_uml::seccomp::CONSOLE;
 }
 mod process;
 mod sandbox;

@@ -8,6 +8,7 @@
 //! and removes its sockets on shutdown or drop.
 
 mod launcher;
+pub mod seccomp;
 mod vm;
 pub mod workdir;
 

@@ -102,7 +102,7 @@ pub struct UmlVm {
     served: Vec<Served>,
     vsock: VsockConnector,
     console: ConsoleLog,
-    log_thread: Option<JoinHandle<()>>,
+    log_thread: Option<JoinHandle<Result<(), sandbox_thread::Panicked>>>,
     counters: Vec<(String, sandbox_virtio::CounterReader)>,
 }
 
@@ -218,10 +218,10 @@ impl UmlVm {
         vm.child = Some(child);
         let log = vm.console.clone();
         vm.log_thread = Some(
-            std::thread::Builder::new()
-                .name("uml-console".into())
-                .spawn(move || log.capture(reader))
-                .map_err(host("starting the console thread"))?,
+            sandbox_thread::spawn("uml-console", Some(&crate::seccomp::CONSOLE), move || {
+                log.capture(reader)
+            })
+            .map_err(host("starting the console thread"))?,
         );
         Ok(vm)
     }
