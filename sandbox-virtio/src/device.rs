@@ -26,6 +26,9 @@ pub enum DeviceError {
     /// The device's worker thread could not start.
     #[error("cannot start the device worker")]
     Worker(#[source] io::Error),
+    /// The device's configuration is not valid (says why).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Signals the guest that a queue has new used buffers.

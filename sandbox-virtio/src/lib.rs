@@ -19,6 +19,7 @@ pub mod block;
 mod console_log;
 pub mod counters;
 mod device;
+pub mod fs;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -1,0 +1,21 @@
+//! Host file systems served to the guest over virtio-fs (the device is
+//! `sandbox_virtio::fs`; nothing here knows the transport).
+//!
+//! A file system here is a fuse-backend-rs [`FileSystem`] with `u64`
+//! inodes and handles ([`FuseFs`]). [`bind`] serves a host directory
+//! through fuse-backend-rs's passthrough, wrapped in [`Confined`], which
+//! keeps the guest inside the directory and off the host's privileges.
+
+mod bind;
+mod confined;
+#[cfg(test)]
+mod tests;
+
+pub use bind::{bind, Access, BindError};
+pub use confined::Confined;
+pub use fuse_backend_rs::api::filesystem::FileSystem;
+
+/// A file system the virtio-fs device can serve.
+pub trait FuseFs: FileSystem<Inode = u64, Handle = u64> + Send + Sync + 'static {}
+
+impl<T: FileSystem<Inode = u64, Handle = u64> + Send + Sync + 'static> FuseFs for T {}

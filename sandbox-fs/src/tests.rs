@@ -1,0 +1,167 @@
+//! The confinement rules, checked by calling a bound directory's file
+//! system directly (as the FUSE server would for a guest request).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+
+use fuse_backend_rs::abi::fuse_abi::CreateIn;
+use fuse_backend_rs::api::filesystem::{Context, FileSystem, FsOptions, ROOT_ID};
+
+use crate::{bind, Access};
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("sandbox-fs-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("src/sub")).unwrap();
+        std::fs::write(dir.join("src/hello.txt"), b"hello\n").unwrap();
+        std::fs::write(dir.join("secret.txt"), b"outside\n").unwrap();
+        Self(dir)
+    }
+    fn src(&self) -> PathBuf {
+        self.0.join("src")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn errno(r: std::io::Result<impl Sized>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+fn create_args(mode: u32) -> CreateIn {
+    CreateIn {
+        flags: (libc::O_CREAT | libc::O_WRONLY) as u32,
+        mode,
+        umask: 0,
+        fuse_flags: 0,
+    }
+}
+
+#[test]
+fn names_that_leave_the_directory_are_refused() {
+    let s = Scratch::new("names");
+    let fs = bind(&s.src(), Access::Writable).unwrap();
+    fs.init(FsOptions::empty()).unwrap();
+    let ctx = Context::default();
+    for name in [c"..", c".", c"", c"../secret.txt", c"sub/../../secret.txt"] {
+        assert_eq!(
+            errno(fs.lookup(&ctx, ROOT_ID, name)),
+            Some(libc::EINVAL),
+            "{name:?}"
+        );
+        assert_eq!(
+            errno(fs.mkdir(&ctx, ROOT_ID, name, 0o755, 0)),
+            Some(libc::EINVAL),
+            "{name:?}"
+        );
+    }
+    assert!(fs.lookup(&ctx, ROOT_ID, c"hello.txt").is_ok());
+    let sub = fs.lookup(&ctx, ROOT_ID, c"sub").unwrap().inode;
+    assert_eq!(errno(fs.lookup(&ctx, sub, c"..")), Some(libc::EINVAL));
+    // A rename or link cannot name a way out either.
+    let hello = fs.lookup(&ctx, ROOT_ID, c"hello.txt").unwrap().inode;
+    assert_eq!(
+        errno(fs.rename(&ctx, ROOT_ID, c"hello.txt", ROOT_ID, c"../moved", 0)),
+        Some(libc::EINVAL)
+    );
+    assert_eq!(errno(fs.link(&ctx, hello, sub, c"..")), Some(libc::EINVAL));
+    assert_eq!(std::fs::read(s.0.join("secret.txt")).unwrap(), b"outside\n");
+    assert!(!s.0.join("moved").exists());
+}
+
+#[test]
+fn a_read_only_bind_refuses_every_change() {
+    let s = Scratch::new("ro");
+    let fs = bind(&s.src(), Access::ReadOnly).unwrap();
+    fs.init(FsOptions::empty()).unwrap();
+    let ctx = Context::default();
+    let hello = fs.lookup(&ctx, ROOT_ID, c"hello.txt").unwrap().inode;
+    let erofs = Some(libc::EROFS);
+    assert_eq!(
+        errno(fs.create(&ctx, ROOT_ID, c"new", create_args(0o644))),
+        erofs
+    );
+    assert_eq!(errno(fs.mkdir(&ctx, ROOT_ID, c"d", 0o755, 0)), erofs);
+    assert_eq!(errno(fs.unlink(&ctx, ROOT_ID, c"hello.txt")), erofs);
+    assert_eq!(
+        errno(fs.rename(&ctx, ROOT_ID, c"hello.txt", ROOT_ID, c"x", 0)),
+        erofs
+    );
+    assert_eq!(errno(fs.symlink(&ctx, c"/etc", ROOT_ID, c"l")), erofs);
+    for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
+        assert_eq!(
+            errno(fs.open(&ctx, hello, flags as u32, 0)),
+            erofs,
+            "{flags:#x}"
+        );
+    }
+    assert!(fs.open(&ctx, hello, libc::O_RDONLY as u32, 0).is_ok());
+    assert_eq!(
+        std::fs::read(s.src().join("hello.txt")).unwrap(),
+        b"hello\n"
+    );
+    assert!(!s.src().join("new").exists());
+}
+
+#[test]
+fn no_device_nodes_and_no_setuid_bits_reach_the_host() {
+    let s = Scratch::new("modes");
+    let fs = bind(&s.src(), Access::Writable).unwrap();
+    fs.init(FsOptions::empty()).unwrap();
+    let ctx = Context::default();
+    let dev = libc::S_IFCHR | 0o666;
+    assert_eq!(
+        errno(fs.mknod(&ctx, ROOT_ID, c"null", dev, 0x0103, 0)),
+        Some(libc::EPERM)
+    );
+    let blk = libc::S_IFBLK | 0o666;
+    assert_eq!(
+        errno(fs.mknod(&ctx, ROOT_ID, c"sda", blk, 0x0800, 0)),
+        Some(libc::EPERM)
+    );
+    assert!(fs
+        .mknod(&ctx, ROOT_ID, c"fifo", libc::S_IFIFO | 0o644, 0, 0)
+        .is_ok());
+    let suid = libc::S_IFREG | libc::S_ISUID | libc::S_ISGID | 0o755;
+    fs.create(&ctx, ROOT_ID, c"tool", create_args(suid))
+        .unwrap();
+    let meta = std::fs::metadata(s.src().join("tool")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+    assert!(!s.src().join("null").exists() && !s.src().join("sda").exists());
+    // Owned by the user running the library, whatever uid the guest sent.
+    let guest = Context {
+        uid: 1000,
+        gid: 1000,
+        ..Context::default()
+    };
+    let mut remapped = guest;
+    fs.id_remap(&mut remapped).unwrap();
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    assert_eq!(remapped.uid, me);
+    assert_eq!(meta.uid(), me);
+}
+
+#[test]
+fn sources_are_validated() {
+    let s = Scratch::new("sources");
+    assert!(matches!(
+        bind(std::path::Path::new("relative/dir"), Access::ReadOnly),
+        Err(crate::BindError::NotAbsolute(_))
+    ));
+    assert!(matches!(
+        bind(&s.0.join("missing"), Access::ReadOnly),
+        Err(crate::BindError::NotADirectory { .. })
+    ));
+    assert!(matches!(
+        bind(&s.src().join("hello.txt"), Access::ReadOnly),
+        Err(crate::BindError::NotADirectory { .. })
+    ));
+}

@@ -1,0 +1,190 @@
+//! virtio-fs (device id 26): FUSE requests over virtqueues, served by
+//! fuse-backend-rs's `api::server::Server` over any of its `FileSystem`s
+//! (a confined passthrough of a host directory, or the library's own).
+//!
+//! Queue 0 is the high-priority queue (FORGET, INTERRUPT), queue 1 the one
+//! request queue. Each request is parsed and answered in place in guest
+//! memory ([`bridge`] gives fuse-backend-rs views of our memory and rings).
+//! No DAX window: UML's `virtio_uml` has no shared-memory regions, and the
+//! KVM transport does not offer one either.
+
+mod bridge;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use sandbox_fs::FuseFs;
+use virtio_queue::Queue;
+use virtio_queue_fuse::QueueT as _;
+
+use crate::device::{ActivationContext, DeviceError, VirtioDevice};
+use crate::worker::{Handler, Worker};
+use crate::{GuestMemory, VIRTIO_F_VERSION_1};
+
+/// virtio-fs's device id (virtio spec 5.11).
+pub const DEVICE_ID: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_FS;
+/// The longest mount tag the config space holds.
+pub const MAX_TAG_LEN: usize = 36;
+/// UML's `virtio_uml` always sets up 256-entry queues.
+const QUEUE_SIZE: u16 = 256;
+/// The high-priority queue and one request queue.
+const QUEUES: usize = 2;
+
+/// Counters of a running virtio-fs device.
+#[derive(Debug, Default)]
+pub struct FsMetrics {
+    /// Requests answered.
+    pub requests: crate::metrics::Counter,
+    /// Requests that could not be parsed or answered (the chain is
+    /// returned with nothing written).
+    pub malformed: crate::metrics::Counter,
+}
+
+/// A virtio-fs device serving `F` under a mount tag.
+pub struct Fs<F: FuseFs> {
+    config: Vec<u8>,
+    server: Arc<Server<Arc<F>>>,
+    metrics: Arc<FsMetrics>,
+    worker: Option<Worker>,
+}
+
+impl<F: FuseFs> Fs<F> {
+    /// A device that serves `fs` under `tag` (1 to 36 bytes, no NUL).
+    pub fn new(tag: &str, fs: Arc<F>) -> Result<Self, DeviceError> {
+        if tag.is_empty() || tag.len() > MAX_TAG_LEN || tag.contains('\0') {
+            return Err(DeviceError::Config(format!(
+                "a virtio-fs tag is 1 to {MAX_TAG_LEN} bytes without NUL, not {tag:?}"
+            )));
+        }
+        // struct virtio_fs_config: tag[36], le32 num_request_queues.
+        let mut config = vec![0u8; MAX_TAG_LEN + 4];
+        config[..tag.len()].copy_from_slice(tag.as_bytes());
+        config[MAX_TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
+        Ok(Self {
+            config,
+            server: Arc::new(Server::new(fs)),
+            metrics: Arc::default(),
+            worker: None,
+        })
+    }
+
+    /// Counters shared with the running device.
+    pub fn metrics(&self) -> Arc<FsMetrics> {
+        self.metrics.clone()
+    }
+}
+
+impl<F: FuseFs> VirtioDevice for Fs<F> {
+    fn device_type(&self) -> u32 {
+        DEVICE_ID
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; QUEUES]
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        crate::device::read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, ctx: ActivationContext) -> Result<(), DeviceError> {
+        ctx.validate(QUEUES)?;
+        let handler = FsHandler::new(
+            self.server.clone(),
+            &ctx.mem,
+            &ctx.queues,
+            self.metrics.clone(),
+        )
+        .map_err(DeviceError::Config)?;
+        // The file system opens and creates host files: not the device
+        // filter (which refuses opens); see docs/mounts.md.
+        self.worker = Some(Worker::spawn("virtio-fs", handler, ctx, Vec::new(), None)?);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Option<Vec<Queue>> {
+        self.worker.take().map(Worker::stop)
+    }
+}
+
+/// The worker's state: the server, and views of memory and rings in
+/// fuse-backend-rs's types.
+struct FsHandler<F: FuseFs> {
+    server: Arc<Server<Arc<F>>>,
+    /// Keeps the mappings `mem` aliases alive.
+    _owner: Arc<GuestMemory>,
+    mem: bridge::Memory,
+    queues: Vec<bridge::FuseQueue>,
+    metrics: Arc<FsMetrics>,
+}
+
+impl<F: FuseFs> FsHandler<F> {
+    fn new(
+        server: Arc<Server<Arc<F>>>,
+        mem: &Arc<GuestMemory>,
+        queues: &[Queue],
+        metrics: Arc<FsMetrics>,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            server,
+            _owner: mem.clone(),
+            mem: bridge::alias_memory(mem)?,
+            queues: queues.iter().map(bridge::queue).collect::<Result<_, _>>()?,
+            metrics,
+        })
+    }
+
+    /// Answers one request; returns the bytes written into the chain.
+    fn answer(
+        server: &Server<Arc<F>>,
+        mem: &bridge::Memory,
+        chain: virtio_queue_fuse::DescriptorChain<&bridge::Memory>,
+    ) -> Result<usize, String> {
+        let reader =
+            Reader::from_descriptor_chain(mem, chain.clone()).map_err(|e| e.to_string())?;
+        let writer = VirtioFsWriter::new(mem, chain).map_err(|e| e.to_string())?;
+        server
+            .handle_message(reader, writer.into(), None, None)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl<F: FuseFs> Handler for FsHandler<F> {
+    fn queue_event(&mut self, idx: usize, queues: &mut [Queue], _mem: &GuestMemory) -> u64 {
+        let (Some(q), Some(ours)) = (self.queues.get_mut(idx), queues.get_mut(idx)) else {
+            return 0;
+        };
+        let mut used = false;
+        while let Some(chain) = q.pop_descriptor_chain(&self.mem) {
+            let head = chain.head_index();
+            let written = match Self::answer(&self.server, &self.mem, chain) {
+                Ok(n) => {
+                    self.metrics.requests.inc();
+                    n
+                }
+                Err(e) => {
+                    log::debug!("virtio-fs: a request failed: {e}");
+                    self.metrics.malformed.inc();
+                    0
+                }
+            };
+            if q.add_used(&self.mem, head, written as u32).is_err() {
+                self.metrics.malformed.inc();
+            }
+            used = true;
+        }
+        bridge::sync_back(q, ours);
+        if used && q.needs_notification(&self.mem).unwrap_or(true) {
+            1 << idx
+        } else {
+            0
+        }
+    }
+}
