@@ -55,15 +55,15 @@ pub static VHOST_USER: AllowList = AllowList {
         libc::SYS_recvfrom,
         libc::SYS_sendto,
         libc::SYS_shutdown,
+        // Checking the kind of socket the front end passes.
+        libc::SYS_getsockopt,
         libc::SYS_fstat,
         libc::SYS_newfstatat,
         libc::SYS_statx,
         libc::SYS_fcntl,
         libc::SYS_dup,
         libc::SYS_ftruncate,
-        // Starting device workers.
-        libc::SYS_clone,
-        libc::SYS_clone3,
+        // Preparing device workers (the spawner thread starts them).
         libc::SYS_eventfd2,
         libc::SYS_epoll_create1,
         libc::SYS_epoll_ctl,

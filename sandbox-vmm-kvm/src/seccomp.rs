@@ -13,9 +13,7 @@ pub static VCPU: AllowList = AllowList {
     syscalls: &[
         libc::SYS_ioctl,
         libc::SYS_read,
-        // Starting and stopping device workers.
-        libc::SYS_clone,
-        libc::SYS_clone3,
+        // Preparing device workers (the spawner thread starts them).
         libc::SYS_eventfd2,
         libc::SYS_epoll_create1,
         libc::SYS_epoll_ctl,
