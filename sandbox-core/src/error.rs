@@ -56,6 +56,10 @@ pub enum Error {
     /// The definition or an argument is invalid.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// A mount cannot be made: a bad guest path, or a host source that
+    /// cannot be served.
+    #[error(transparent)]
+    Mount(#[from] crate::MountError),
     /// Host-side I/O failed.
     #[error("{what}")]
     Io {

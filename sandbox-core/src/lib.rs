@@ -26,6 +26,7 @@ pub mod fs;
 pub mod images;
 mod link_reader;
 pub mod metrics;
+mod mount;
 /// Syscall filters of the threads that handle guest input: `set_enabled`,
 /// `violations`, the allow-lists of every thread class
 /// (docs/security.md).
@@ -47,6 +48,7 @@ pub use command::{Command, TIMEOUT_EXIT_CODE};
 pub use error::Error;
 pub use facts::{Fact, FactSource, PROBED_COMMANDS};
 pub use images::{Image, ImageFormat};
+pub use mount::{Bind, Mount, MountError};
 pub use process::{OutputStream, Process, ProcessStdin, Pty, NOT_STARTED};
 pub use sandbox::{BootOptions, DataDisk, Resources, Sandbox, SandboxBuilder, MAX_DATA_DISKS};
 pub use sandbox_protocol::PtySize;

@@ -54,6 +54,7 @@ pub struct BootOptions {
     hostname: String,
     cwd: String,
     timeout: Duration,
+    mounts: Vec<(String, crate::Mount)>,
 }
 
 impl Default for BootOptions {
@@ -62,6 +63,7 @@ impl Default for BootOptions {
             hostname: "sandbox".into(),
             cwd: "/".into(),
             timeout: Duration::from_secs(60),
+            mounts: Vec::new(),
         }
     }
 }
@@ -76,6 +78,16 @@ impl BootOptions {
     /// Default working directory of later process calls (default `/`).
     pub fn cwd(mut self, dir: impl Into<String>) -> Self {
         self.cwd = dir.into();
+        self
+    }
+
+    /// Mounts `mount` at the absolute guest path `path` (several per boot;
+    /// paths must not repeat or nest, and `/proc`, `/sys`, `/dev` and
+    /// `/run/sandbox` are refused). The agent mounts it before `boot()`
+    /// returns; `cwd` may point into it. On a read-only root the mount
+    /// point must already exist in the image.
+    pub fn mount(mut self, path: impl Into<String>, mount: crate::Mount) -> Self {
+        self.mounts.push((path.into(), mount));
         self
     }
 
@@ -285,6 +297,7 @@ impl Sandbox {
             cpus: self.resources.cpus,
             hostname: opts.hostname.clone(),
             network: self.network.clone(),
+            mounts: crate::mount::prepare(&opts.mounts)?,
         };
         let machine = tokio::task::spawn_blocking(move || backend::start(kind, spec))
             .await

@@ -11,7 +11,7 @@
 //! - No `ioctl`, no `bmap`, no DAX mappings.
 //! - Every request runs as the host user that runs the library (the guest's
 //!   uids do not become host uids), so what the guest creates belongs to
-//!   that user.
+//!   that user; a guest `chown` succeeds and changes nothing on the host.
 //! - Read-only: every change is refused with `EROFS`, and so is opening for
 //!   writing.
 
@@ -146,6 +146,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Confined<F> {
         if valid.contains(SetattrValid::MODE) {
             attr.st_mode = strip(attr.st_mode);
         }
+        // Ownership stays with the library's user: a guest `chown`
+        // succeeds and changes nothing on the host.
+        let valid = valid - (SetattrValid::UID | SetattrValid::GID);
         self.inner.setattr(ctx, inode, attr, handle, valid)
     }
 

@@ -147,6 +147,18 @@ fn no_device_nodes_and_no_setuid_bits_reach_the_host() {
     let me = unsafe { libc::geteuid() };
     assert_eq!(remapped.uid, me);
     assert_eq!(meta.uid(), me);
+    // A chown from the guest changes nothing on the host.
+    let tool = fs.lookup(&ctx, ROOT_ID, c"tool").unwrap().inode;
+    let mut attr = fs.getattr(&ctx, tool, None).unwrap().0;
+    attr.st_uid = 4321;
+    attr.st_gid = 4321;
+    let valid = fuse_backend_rs::api::filesystem::SetattrValid::UID
+        | fuse_backend_rs::api::filesystem::SetattrValid::GID;
+    fs.setattr(&guest, tool, attr, None, valid).unwrap();
+    let meta = std::fs::metadata(s.src().join("tool")).unwrap();
+    // SAFETY: getegid cannot fail.
+    let my_gid = unsafe { libc::getegid() };
+    assert_eq!((meta.uid(), meta.gid()), (me, my_gid));
 }
 
 #[test]

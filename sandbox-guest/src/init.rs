@@ -10,8 +10,9 @@ use crate::{net, server, vsock};
 
 // The kernel command-line keys the host configures the agent with.
 use sandbox_protocol::cmdline::{
-    find as param, CA as CA_KEY, CHANNEL as CHANNEL_KEY, HOSTNAME as HOSTNAME_KEY, NET as NET_KEY,
-    OUTPUT_GRACE_MS as OUTPUT_GRACE_KEY, POWEROFF as POWEROFF_KEY,
+    find as param, parse_mounts, CA as CA_KEY, CHANNEL as CHANNEL_KEY, HOSTNAME as HOSTNAME_KEY,
+    MOUNTS as MOUNTS_KEY, NET as NET_KEY, OUTPUT_GRACE_MS as OUTPUT_GRACE_KEY,
+    POWEROFF as POWEROFF_KEY,
 };
 
 pub fn run() -> ExitCode {
@@ -30,6 +31,12 @@ pub fn run() -> ExitCode {
     if let Err(e) = setup_network(&cmdline) {
         // Fail closed: a guest that was promised a network with a trusted
         // interception CA does not start without it.
+        log(&format!("{e}: refusing to start"));
+        return power_off();
+    }
+    if let Err(e) = setup_mounts(&cmdline) {
+        // Fail closed: a guest promised a workspace does not start without
+        // it (the host's boot error carries this line).
         log(&format!("{e}: refusing to start"));
         return power_off();
     }
@@ -65,6 +72,21 @@ fn setup_network(cmdline: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Mounts the host's virtio-fs file systems where the host asked.
+fn setup_mounts(cmdline: &str) -> Result<(), String> {
+    let Some(v) = param(cmdline, MOUNTS_KEY) else {
+        return Ok(());
+    };
+    let list = parse_mounts(v).ok_or_else(|| format!("malformed {MOUNTS_KEY}={v}"))?;
+    for (tag, path) in list {
+        std::fs::create_dir_all(&path)
+            .map_err(|e| format!("cannot create the mount point {path}: {e}"))?;
+        try_mount(&tag, &path, "virtiofs", libc::MS_NODEV, "")
+            .map_err(|e| format!("cannot mount the host file system {tag} on {path}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Writes a line to the kernel log, which the host captures with the console.
 pub fn log(msg: &str) {
     log_as("sandbox-guest", msg);
@@ -82,8 +104,22 @@ pub fn log_as(tag: &str, msg: &str) {
 
 fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) {
     let _ = std::fs::create_dir_all(target);
-    let c = |s: &str| CString::new(s).unwrap_or_default();
-    let (src_c, target_c, fstype_c, data_c) = (c(src), c(target), c(fstype), c(data));
+    if let Err(err) = try_mount(src, target, fstype, flags, data) {
+        if err.raw_os_error() != Some(libc::EBUSY) {
+            log(&format!("mount {fstype} on {target}: {err}"));
+        }
+    }
+}
+
+fn try_mount(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    let c = |s: &str| CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    let (src_c, target_c, fstype_c, data_c) = (c(src)?, c(target)?, c(fstype)?, c(data)?);
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
     let rc = unsafe {
         libc::mount(
@@ -95,11 +131,9 @@ fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str
         )
     };
     if rc != 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EBUSY) {
-            log(&format!("mount {fstype} on {target}: {err}"));
-        }
+        return Err(io::Error::last_os_error());
     }
+    Ok(())
 }
 
 fn mount_all() {

@@ -19,6 +19,42 @@ pub const NET: &str = "sandbox.net";
 /// `sandbox.ca=<base64 DER>`: the egress interception CA to trust.
 pub const CA: &str = "sandbox.ca";
 
+/// `sandbox.mounts=TAG:HEXPATH[,TAG:HEXPATH...]`: virtio-fs file systems
+/// the agent mounts before it reports ready (the guest path hex-encoded, so
+/// any path fits in one command-line word). Written with [`mounts`], read
+/// with [`parse_mounts`].
+pub const MOUNTS: &str = "sandbox.mounts";
+
+/// The [`MOUNTS`] value for `(tag, guest path)` pairs.
+pub fn mounts<'a>(list: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    list.into_iter()
+        .map(|(tag, path)| {
+            let hex: String = path.bytes().map(|b| format!("{b:02x}")).collect();
+            format!("{tag}:{hex}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The `(tag, guest path)` pairs of a [`MOUNTS`] value; `None` if it is
+/// malformed.
+pub fn parse_mounts(value: &str) -> Option<Vec<(String, String)>> {
+    value
+        .split(',')
+        .map(|entry| {
+            let (tag, hex) = entry.split_once(':')?;
+            if tag.is_empty() || hex.len() % 2 != 0 {
+                return None;
+            }
+            let bytes = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()?;
+            Some((tag.to_string(), String::from_utf8(bytes).ok()?))
+        })
+        .collect()
+}
+
 /// `key=value`, one kernel command-line word.
 pub fn param(key: &str, value: impl Display) -> String {
     format!("{key}={value}")
@@ -61,5 +97,21 @@ mod tests {
         // A key that is a prefix of another does not match it.
         assert_eq!(find("sandbox.netx=1", NET), None);
         assert_eq!(find("", CA), None);
+    }
+
+    #[test]
+    fn mounts_round_trip_any_path() {
+        let list = [("sbxfs0", "/workspace"), ("sbxfs1", "/home/a b,c:d/é")];
+        let line = param(MOUNTS, mounts(list));
+        assert!(!line.contains(' '));
+        let parsed = parse_mounts(find(&line, MOUNTS).unwrap()).unwrap();
+        assert_eq!(
+            parsed,
+            list.map(|(t, p)| (t.to_string(), p.to_string())).to_vec()
+        );
+        assert_eq!(parse_mounts("tag"), None);
+        assert_eq!(parse_mounts("tag:2"), None);
+        assert_eq!(parse_mounts("tag:zz"), None);
+        assert_eq!(parse_mounts(":2f"), None);
     }
 }

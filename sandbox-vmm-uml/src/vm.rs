@@ -53,6 +53,9 @@ pub struct UmlConfig {
     pub root: Box<dyn Disk>,
     /// More disks, `/dev/vdb` onwards in this order.
     pub data_disks: Vec<DataDisk>,
+    /// virtio-fs devices (each carries its mount tag; the agent is told
+    /// where to mount them through `extra_args`).
+    pub file_systems: Vec<sandbox_virtio::fs::Fs>,
     /// Guest hostname, passed to the agent.
     pub hostname: String,
     /// Bytes of console output kept for error reports.
@@ -146,6 +149,10 @@ impl UmlVm {
                 DataDisk::External(path) => path,
             });
         }
+        let mut file_systems = Vec::new();
+        for (i, fs) in cfg.file_systems.into_iter().enumerate() {
+            file_systems.push(vm.serve(&format!("fs{i}"), fs)?);
+        }
         let vsock = vm.serve("vsock", vsock)?;
         let rng = vm.serve("rng", Rng::new())?;
 
@@ -171,6 +178,13 @@ impl UmlVm {
                 data.iter()
                     .map(|p| format!("virtio_uml.device={}:{}", p.display(), device_id::BLOCK)),
             )
+            .args(file_systems.iter().map(|p| {
+                format!(
+                    "virtio_uml.device={}:{}",
+                    p.display(),
+                    sandbox_virtio::fs::DEVICE_ID
+                )
+            }))
             .arg(format!(
                 "virtio_uml.device={}:{}",
                 vsock.display(),

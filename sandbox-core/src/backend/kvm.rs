@@ -46,6 +46,11 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
     }
     let (vsock, connector) =
         Vsock::new(GUEST_CID).map_err(|e| Error::Protocol(format!("vsock: {e}")))?;
+    let mounts_param = crate::mount::agent_param(&spec.mounts);
+    for (i, m) in spec.mounts.into_iter().enumerate() {
+        devices.push(Box::new(m.device));
+        names.push(format!("fs{i}"));
+    }
     devices.push(Box::new(vsock));
     devices.push(Box::new(Rng::new()));
     names.extend(["vsock".to_string(), "rng".to_string()]);
@@ -73,7 +78,11 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
         cmdline::param(cmdline::HOSTNAME, &spec.hostname),
         cmdline::param(cmdline::CHANNEL, cmdline::vsock_channel(AGENT_VSOCK_PORT)),
     );
-    for arg in network.iter().flat_map(super::network_args) {
+    for arg in network
+        .iter()
+        .flat_map(super::network_args)
+        .chain(mounts_param)
+    {
         cmdline.push(' ');
         cmdline.push_str(&arg);
     }

@@ -66,6 +66,8 @@ pub(crate) struct MachineSpec {
     pub cpus: u32,
     pub hostname: String,
     pub network: Option<sandbox_net::NetworkOptions>,
+    /// Host file systems, opened and validated.
+    pub mounts: Vec<crate::mount::Prepared>,
 }
 
 /// The agent's kernel parameters for `network`: the link's addresses and

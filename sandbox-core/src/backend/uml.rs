@@ -26,20 +26,24 @@ pub(super) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
             DataDisk::VhostUser(path) => UmlDisk::External(path.clone()),
         });
     }
-    let mut extra_args = Vec::new();
+    let mut extra_args: Vec<String> = crate::mount::agent_param(&spec.mounts)
+        .into_iter()
+        .collect();
+    let file_systems = spec.mounts.into_iter().map(|m| m.device).collect();
     let mut net = None;
     let mut network = None;
     if let Some(opts) = spec.network {
         let (uml_net, started, args) = start_network(opts)?;
         net = Some(uml_net);
         network = Some(started);
-        extra_args = args;
+        extra_args.extend(args);
     }
     let vm = UmlVm::start(UmlConfig {
         kernel,
         memory_mib: spec.memory_mib,
         root,
         data_disks,
+        file_systems,
         hostname: spec.hostname,
         console_log_bytes: CONSOLE_LOG_BYTES,
         agent_port: AGENT_VSOCK_PORT,

@@ -15,7 +15,7 @@ mod tests;
 use std::sync::Arc;
 
 use fuse_backend_rs::api::server::Server;
-use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use sandbox_fs::FuseFs;
 use virtio_queue::Queue;
 use virtio_queue_fuse::QueueT as _;
@@ -43,17 +43,31 @@ pub struct FsMetrics {
     pub malformed: crate::metrics::Counter,
 }
 
-/// A virtio-fs device serving `F` under a mount tag.
-pub struct Fs<F: FuseFs> {
+/// A FUSE server over some file system (the device does not need to know
+/// which).
+trait Serve: Send + Sync {
+    /// Answers the request in `r` into `w`; returns the bytes written.
+    fn serve(&self, r: Reader<'_, ()>, w: Writer<'_, ()>) -> Result<usize, String>;
+}
+
+impl<F: FuseFs> Serve for Server<Arc<F>> {
+    fn serve(&self, r: Reader<'_, ()>, w: Writer<'_, ()>) -> Result<usize, String> {
+        self.handle_message(r, w, None, None)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A virtio-fs device serving a file system under a mount tag.
+pub struct Fs {
     config: Vec<u8>,
-    server: Arc<Server<Arc<F>>>,
+    server: Arc<dyn Serve>,
     metrics: Arc<FsMetrics>,
     worker: Option<Worker>,
 }
 
-impl<F: FuseFs> Fs<F> {
+impl Fs {
     /// A device that serves `fs` under `tag` (1 to 36 bytes, no NUL).
-    pub fn new(tag: &str, fs: Arc<F>) -> Result<Self, DeviceError> {
+    pub fn new<F: FuseFs>(tag: &str, fs: Arc<F>) -> Result<Self, DeviceError> {
         if tag.is_empty() || tag.len() > MAX_TAG_LEN || tag.contains('\0') {
             return Err(DeviceError::Config(format!(
                 "a virtio-fs tag is 1 to {MAX_TAG_LEN} bytes without NUL, not {tag:?}"
@@ -77,7 +91,7 @@ impl<F: FuseFs> Fs<F> {
     }
 }
 
-impl<F: FuseFs> VirtioDevice for Fs<F> {
+impl VirtioDevice for Fs {
     fn device_type(&self) -> u32 {
         DEVICE_ID
     }
@@ -116,8 +130,8 @@ impl<F: FuseFs> VirtioDevice for Fs<F> {
 
 /// The worker's state: the server, and views of memory and rings in
 /// fuse-backend-rs's types.
-struct FsHandler<F: FuseFs> {
-    server: Arc<Server<Arc<F>>>,
+struct FsHandler {
+    server: Arc<dyn Serve>,
     /// Keeps the mappings `mem` aliases alive.
     _owner: Arc<GuestMemory>,
     mem: bridge::Memory,
@@ -125,9 +139,9 @@ struct FsHandler<F: FuseFs> {
     metrics: Arc<FsMetrics>,
 }
 
-impl<F: FuseFs> FsHandler<F> {
+impl FsHandler {
     fn new(
-        server: Arc<Server<Arc<F>>>,
+        server: Arc<dyn Serve>,
         mem: &Arc<GuestMemory>,
         queues: &[Queue],
         metrics: Arc<FsMetrics>,
@@ -143,20 +157,18 @@ impl<F: FuseFs> FsHandler<F> {
 
     /// Answers one request; returns the bytes written into the chain.
     fn answer(
-        server: &Server<Arc<F>>,
+        server: &dyn Serve,
         mem: &bridge::Memory,
         chain: virtio_queue_fuse::DescriptorChain<&bridge::Memory>,
     ) -> Result<usize, String> {
         let reader =
             Reader::from_descriptor_chain(mem, chain.clone()).map_err(|e| e.to_string())?;
         let writer = VirtioFsWriter::new(mem, chain).map_err(|e| e.to_string())?;
-        server
-            .handle_message(reader, writer.into(), None, None)
-            .map_err(|e| e.to_string())
+        server.serve(reader, writer.into())
     }
 }
 
-impl<F: FuseFs> Handler for FsHandler<F> {
+impl Handler for FsHandler {
     fn queue_event(&mut self, idx: usize, queues: &mut [Queue], _mem: &GuestMemory) -> u64 {
         let (Some(q), Some(ours)) = (self.queues.get_mut(idx), queues.get_mut(idx)) else {
             return 0;
@@ -164,7 +176,7 @@ impl<F: FuseFs> Handler for FsHandler<F> {
         let mut used = false;
         while let Some(chain) = q.pop_descriptor_chain(&self.mem) {
             let head = chain.head_index();
-            let written = match Self::answer(&self.server, &self.mem, chain) {
+            let written = match Self::answer(&*self.server, &self.mem, chain) {
                 Ok(n) => {
                     self.metrics.requests.inc();
                     n

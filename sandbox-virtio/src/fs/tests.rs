@@ -46,17 +46,15 @@ fn scratch(name: &str) -> std::path::PathBuf {
     dir
 }
 
-fn passthrough(root: &std::path::Path) -> Arc<Confined<PassthroughFs>> {
-    Arc::new(sandbox_fs::bind(root, Access::Writable).unwrap())
+fn passthrough(root: &std::path::Path) -> Arc<dyn Serve> {
+    let fs: Arc<Confined<PassthroughFs>> =
+        Arc::new(sandbox_fs::bind(root, Access::Writable).unwrap());
+    Arc::new(Server::new(fs))
 }
 
 /// Sends `req` as one chain (request at 0x4_0000, reply buffer at
 /// 0x8_0000) and returns (error, reply body).
-fn call(
-    h: &mut FsHandler<Confined<PassthroughFs>>,
-    mem: &Arc<GuestMemory>,
-    req: &[u8],
-) -> (i32, Vec<u8>) {
+fn call(h: &mut FsHandler, mem: &Arc<GuestMemory>, req: &[u8]) -> (i32, Vec<u8>) {
     mem.write_slice(req, GuestAddress(0x4_0000)).unwrap();
     let (vq, q) = queue_sized(
         mem,
@@ -82,7 +80,7 @@ fn call(
 fn requests_in_guest_memory_are_answered_in_place() {
     let dir = scratch("answer");
     let mem = Arc::new(memory());
-    let server = Arc::new(Server::new(passthrough(&dir.join("shared"))));
+    let server = passthrough(&dir.join("shared"));
     let metrics = Arc::new(FsMetrics::default());
     let mut h = FsHandler::new(server, &mem, &[idle(&mem), idle(&mem)], metrics.clone()).unwrap();
 
@@ -122,7 +120,7 @@ fn requests_in_guest_memory_are_answered_in_place() {
 fn garbage_is_answered_without_a_reply_and_counted() {
     let dir = scratch("garbage");
     let mem = Arc::new(memory());
-    let server = Arc::new(Server::new(passthrough(&dir.join("shared"))));
+    let server = passthrough(&dir.join("shared"));
     let metrics = Arc::new(FsMetrics::default());
     let mut h = FsHandler::new(server, &mem, &[idle(&mem), idle(&mem)], metrics.clone()).unwrap();
     // A header shorter than FUSE's.
@@ -145,7 +143,7 @@ fn garbage_is_answered_without_a_reply_and_counted() {
 #[test]
 fn tags_are_validated() {
     let dir = scratch("tags");
-    let fs = passthrough(&dir.join("shared"));
+    let fs = Arc::new(sandbox_fs::bind(&dir.join("shared"), Access::ReadOnly).unwrap());
     assert!(Fs::new("", fs.clone()).is_err());
     assert!(Fs::new(&"t".repeat(37), fs.clone()).is_err());
     let dev = Fs::new("workspace", fs).unwrap();

@@ -1,0 +1,228 @@
+//! Host file systems mounted in the guest (`BootOptions::mount`): a host
+//! directory bound read-only or writable through virtio-fs. Validated
+//! before anything starts; each becomes a virtio-fs device the agent mounts
+//! before it reports ready (docs/mounts.md).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sandbox_fs::Access;
+
+/// A file system to mount in the guest.
+#[derive(Clone, Debug)]
+pub struct Mount {
+    kind: Kind,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Bind { source: PathBuf, access: Access },
+}
+
+/// A host directory to bind, before its access is chosen (there is no
+/// default: say [`Bind::read_only`] or [`Bind::writable`]).
+#[derive(Clone, Debug)]
+#[must_use = "choose the access with .read_only() or .writable()"]
+pub struct Bind {
+    source: PathBuf,
+}
+
+impl Mount {
+    /// Binds the absolute host directory `source`.
+    pub fn bind(source: impl Into<PathBuf>) -> Bind {
+        Bind {
+            source: source.into(),
+        }
+    }
+}
+
+impl Bind {
+    /// The guest reads; every change is refused with `EROFS`.
+    pub fn read_only(self) -> Mount {
+        self.with(Access::ReadOnly)
+    }
+
+    /// The guest's changes land in the host directory, owned by the user
+    /// running the library.
+    pub fn writable(self) -> Mount {
+        self.with(Access::Writable)
+    }
+
+    fn with(self, access: Access) -> Mount {
+        Mount {
+            kind: Kind::Bind {
+                source: self.source,
+                access,
+            },
+        }
+    }
+}
+
+/// Why a mount was refused (before anything started).
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The guest path is not usable as a mount point.
+    #[error("mount point {path:?}: {why}")]
+    GuestPath {
+        /// The guest path.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The host side cannot be served.
+    #[error("mount on {path:?}: {source}")]
+    Source {
+        /// The guest path.
+        path: String,
+        /// Why.
+        #[source]
+        source: sandbox_fs::BindError,
+    },
+}
+
+/// Guest trees the library or the kernel owns.
+const RESERVED: [&str; 4] = ["/proc", "/sys", "/dev", "/run/sandbox"];
+
+/// Checks one guest path: absolute, normalized, not `/`, not in a reserved
+/// tree.
+fn check_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("must be an absolute guest path".into());
+    }
+    if path == "/" {
+        return Err("cannot mount over the root".into());
+    }
+    if path.contains('\0') {
+        return Err("contains NUL".into());
+    }
+    let normal = path[1..]
+        .split('/')
+        .all(|c| !c.is_empty() && c != "." && c != "..");
+    if !normal {
+        return Err(
+            "must be normalized (no empty, '.' or '..' components, no trailing '/')".into(),
+        );
+    }
+    if let Some(r) = RESERVED.iter().find(|r| under(path, r)) {
+        return Err(format!("{r} belongs to the guest kernel and the agent"));
+    }
+    Ok(())
+}
+
+/// Whether `path` is `dir` or inside it.
+fn under(path: &str, dir: &str) -> bool {
+    path == dir
+        || path
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Checks every guest path and that no two are the same or nested.
+pub(crate) fn validate(mounts: &[(String, Mount)]) -> Result<(), MountError> {
+    for (i, (path, _)) in mounts.iter().enumerate() {
+        check_path(path).map_err(|why| MountError::GuestPath {
+            path: path.clone(),
+            why,
+        })?;
+        for (other, _) in &mounts[..i] {
+            if under(path, other) || under(other, path) {
+                return Err(MountError::GuestPath {
+                    path: path.clone(),
+                    why: if path == other {
+                        "mounted twice".into()
+                    } else {
+                        format!("nested with the mount on {other:?}")
+                    },
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A mount ready for a backend: the device and where the agent mounts it.
+pub(crate) struct Prepared {
+    /// The guest path.
+    pub path: String,
+    /// The virtio-fs device, serving under `tag`.
+    pub device: sandbox_virtio::fs::Fs,
+    /// The device's mount tag.
+    pub tag: String,
+}
+
+/// Opens the host side of every mount (validated first).
+pub(crate) fn prepare(mounts: &[(String, Mount)]) -> Result<Vec<Prepared>, crate::Error> {
+    validate(mounts)?;
+    let mut out = Vec::new();
+    for (i, (path, mount)) in mounts.iter().enumerate() {
+        let tag = format!("sbxfs{i}");
+        let device = match &mount.kind {
+            Kind::Bind { source, access } => {
+                let fs =
+                    sandbox_fs::bind(source, *access).map_err(|source| MountError::Source {
+                        path: path.clone(),
+                        source,
+                    })?;
+                sandbox_virtio::fs::Fs::new(&tag, Arc::new(fs))
+            }
+        }
+        .map_err(|e| crate::Error::InvalidConfig(format!("mount on {path:?}: {e}")))?;
+        out.push(Prepared {
+            path: path.clone(),
+            device,
+            tag,
+        });
+    }
+    Ok(out)
+}
+
+/// The agent's kernel parameter naming where each device is mounted.
+pub(crate) fn agent_param(prepared: &[Prepared]) -> Option<String> {
+    use sandbox_protocol::cmdline;
+    (!prepared.is_empty()).then(|| {
+        cmdline::param(
+            cmdline::MOUNTS,
+            cmdline::mounts(prepared.iter().map(|p| (p.tag.as_str(), p.path.as_str()))),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m() -> Mount {
+        Mount::bind("/tmp").read_only()
+    }
+
+    fn check(paths: &[&str]) -> Result<(), String> {
+        let list: Vec<(String, Mount)> = paths.iter().map(|p| (p.to_string(), m())).collect();
+        validate(&list).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn guest_paths_are_validated() {
+        assert!(check(&["/workspace", "/data/cache", "/procfs"]).is_ok());
+        for bad in [
+            "workspace",
+            "/",
+            "/a//b",
+            "/a/./b",
+            "/a/../b",
+            "/a/",
+            "/proc",
+            "/proc/x",
+            "/sys/fs",
+            "/dev",
+            "/run/sandbox/ca",
+        ] {
+            assert!(check(&[bad]).is_err(), "{bad}");
+        }
+        let dup = check(&["/w", "/w"]).unwrap_err();
+        assert!(dup.contains("mounted twice"), "{dup}");
+        let nested = check(&["/w", "/w/sub"]).unwrap_err();
+        assert!(nested.contains("nested"), "{nested}");
+        assert!(check(&["/w/sub", "/w"]).is_err());
+        assert!(check(&["/w", "/wx"]).is_ok());
+    }
+}

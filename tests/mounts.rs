@@ -1,0 +1,228 @@
+//! Host directories mounted in a real guest over virtio-fs
+//! (`BootOptions::mount`): read-only and writable binds, escape attempts,
+//! and the errors a bad mount gets before anything starts.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sandbox::minimal;
+use sandbox_core::{BootOptions, Error, Mount, MountError, Vm};
+
+/// A host scratch tree: `src/` is bound, `outside.txt` sits next to it.
+struct Host(PathBuf);
+
+impl Host {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("mounts-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("src/sub")).unwrap();
+        std::fs::write(dir.join("src/hello.txt"), b"hello from the host\n").unwrap();
+        std::fs::write(dir.join("src/sub/deep.txt"), b"deep\n").unwrap();
+        std::fs::write(dir.join("outside.txt"), b"outside\n").unwrap();
+        Self(dir)
+    }
+    fn src(&self) -> PathBuf {
+        self.0.join("src")
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn boot_with(opts: BootOptions) -> Vm {
+    let vm = minimal().unwrap().boot(opts).await.unwrap();
+    eprintln!("[harness] backend {:?}", vm.backend());
+    vm
+}
+
+/// Runs `script` with `sh -c`; returns (exit code, stdout + stderr).
+async fn sh(vm: &Vm, script: &str) -> (i32, String) {
+    let out = vm.exec("sh", ["-c", script]).await.unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code.unwrap_or(-1), text)
+}
+
+fn fingerprint(p: &Path) -> (Vec<u8>, i64, i64) {
+    let m = std::fs::metadata(p).unwrap();
+    (std::fs::read(p).unwrap(), m.mtime(), m.mtime_nsec())
+}
+
+#[tokio::test]
+async fn a_read_only_bind_shows_host_files_and_refuses_every_write() {
+    let host = Host::new("ro");
+    let vm = boot_with(
+        BootOptions::default()
+            .mount("/workspace", Mount::bind(host.src()).read_only())
+            .cwd("/workspace"),
+    )
+    .await;
+    // Relative to the default cwd, which is inside the mount.
+    let (code, out) = sh(&vm, "cat hello.txt && cat sub/deep.txt && ls -a").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("hello from the host\ndeep\n"), "{out}");
+    assert!(out.contains("hello.txt") && out.contains("sub"), "{out}");
+    assert_eq!(
+        vm.fs().read_file("/workspace/sub/deep.txt").await.unwrap(),
+        b"deep\n"
+    );
+    for write in [
+        "echo x > /workspace/new.txt",
+        "echo x >> /workspace/hello.txt",
+        "rm /workspace/hello.txt",
+        "mkdir /workspace/d",
+        "mv /workspace/hello.txt /workspace/moved.txt",
+        "touch /workspace/hello.txt",
+        "chmod 777 /workspace/hello.txt",
+        "ln -s /etc /workspace/l",
+    ] {
+        let (code, out) = sh(&vm, write).await;
+        assert_ne!(code, 0, "{write} must fail");
+        assert!(out.contains("Read-only file system"), "{write}: {out}");
+    }
+    vm.shutdown().await.unwrap();
+    let names: Vec<_> = std::fs::read_dir(host.src())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(
+        std::fs::read(host.src().join("hello.txt")).unwrap(),
+        b"hello from the host\n"
+    );
+}
+
+#[tokio::test]
+async fn a_writable_bind_lands_on_the_host_owned_by_the_library_user() {
+    let host = Host::new("rw");
+    let vm =
+        boot_with(BootOptions::default().mount("/workspace", Mount::bind(host.src()).writable()))
+            .await;
+    let script = "set -e; cd /workspace; mkdir -p out/nested; \
+                  printf 'made in the guest' > out/nested/file.txt; \
+                  mv hello.txt renamed.txt; rm sub/deep.txt; \
+                  printf '#!/bin/sh\\n' > tool; chmod 6755 tool; \
+                  chown 1234:1234 out/nested/file.txt 2>/dev/null || true; \
+                  dd if=/dev/zero of=big bs=1M count=8 2>/dev/null; sync";
+    let (code, out) = sh(&vm, script).await;
+    assert_eq!(code, 0, "{out}");
+    // Visible to the host at once (no shutdown needed).
+    let made = host.src().join("out/nested/file.txt");
+    assert_eq!(std::fs::read(&made).unwrap(), b"made in the guest");
+    assert!(host.src().join("renamed.txt").exists());
+    assert!(!host.src().join("hello.txt").exists());
+    assert!(!host.src().join("sub/deep.txt").exists());
+    assert_eq!(
+        std::fs::metadata(host.src().join("big")).unwrap().len(),
+        8 << 20
+    );
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    assert_eq!(std::fs::metadata(&made).unwrap().uid(), me);
+    let tool = std::fs::metadata(host.src().join("tool")).unwrap();
+    assert_eq!(tool.uid(), me);
+    assert_eq!(
+        tool.permissions().mode() & 0o7777,
+        0o755,
+        "no setuid/setgid on the host"
+    );
+    // A host change is seen by the guest's next open.
+    std::fs::write(host.src().join("from-host.txt"), b"new on the host").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (code, out) = sh(&vm, "cat /workspace/from-host.txt").await;
+    assert_eq!((code, out.as_str()), (0, "new on the host"));
+    vm.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn escapes_from_the_guest_leave_the_host_untouched() {
+    let host = Host::new("escape");
+    let outside = host.0.join("outside.txt");
+    let before = fingerprint(&outside);
+    let vm =
+        boot_with(BootOptions::default().mount("/workspace", Mount::bind(host.src()).writable()))
+            .await;
+    // Symlinks are resolved by the guest, in the guest: these point at
+    // guest files, never at host ones.
+    let script = format!(
+        "cd /workspace; ln -s ../outside.txt up; ln -s {outside} abs; \
+         echo pwned > up; echo pwned > abs; \
+         ln /etc/hostname hard 2>&1; \
+         mkdir -p {dir}; echo pwned > {outside_in_guest}; \
+         cat /workspace/../outside.txt 2>&1; ls /workspace/.. >/dev/null; true",
+        outside = outside.display(),
+        dir = host.0.display(),
+        outside_in_guest = outside.display(),
+    );
+    let (_, out) = sh(&vm, &script).await;
+    assert!(
+        !out.contains("outside\n"),
+        "the guest read the host file: {out}"
+    );
+    // The links are stored as links on the host, with the guest's text.
+    assert_eq!(
+        std::fs::read_link(host.src().join("up")).unwrap(),
+        Path::new("../outside.txt")
+    );
+    assert!(
+        !host.src().join("hard").exists(),
+        "no hard link across file systems"
+    );
+    vm.shutdown().await.unwrap();
+    assert_eq!(
+        fingerprint(&outside),
+        before,
+        "the host file outside is untouched"
+    );
+}
+
+#[tokio::test]
+async fn bad_mounts_are_refused_before_anything_starts() {
+    let host = Host::new("bad");
+    let sb = minimal().unwrap();
+    let refused = |r: Result<Vm, Error>| match r {
+        Err(Error::Mount(e)) => e,
+        Err(other) => panic!("expected a mount error, got {other}"),
+        Ok(_) => panic!("expected a mount error, the guest booted"),
+    };
+    let e = refused(
+        sb.boot(
+            BootOptions::default().mount("/w", Mount::bind(host.0.join("missing")).read_only()),
+        )
+        .await,
+    );
+    assert!(matches!(e, MountError::Source { .. }), "{e}");
+    let e = refused(
+        sb.boot(
+            BootOptions::default()
+                .mount("/w", Mount::bind(host.src().join("hello.txt")).writable()),
+        )
+        .await,
+    );
+    assert!(e.to_string().contains("directory"), "{e}");
+    let e = refused(
+        sb.boot(BootOptions::default().mount("/w", Mount::bind("relative/dir").read_only()))
+            .await,
+    );
+    assert!(e.to_string().contains("absolute"), "{e}");
+    let e = refused(
+        sb.boot(BootOptions::default().mount("/proc/x", Mount::bind(host.src()).read_only()))
+            .await,
+    );
+    assert!(matches!(e, MountError::GuestPath { .. }), "{e}");
+    let e = refused(
+        sb.boot(
+            BootOptions::default()
+                .mount("/w", Mount::bind(host.src()).read_only())
+                .mount("/w/inner", Mount::bind(host.src()).read_only()),
+        )
+        .await,
+    );
+    assert!(e.to_string().contains("nested"), "{e}");
+}
