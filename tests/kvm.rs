@@ -12,7 +12,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sandbox_core::net::{Conn, NetworkOptions, RoutedConnector};
-use sandbox_core::{images, BackendKind, BootOptions, PtySize, Resources, Rootfs, Sandbox, Signal};
+use sandbox_core::{
+    images, BackendKind, BootOptions, Mount, PtySize, Resources, Rootfs, Sandbox, Signal,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn open_fds() -> Vec<String> {
@@ -81,6 +83,11 @@ async fn the_kvm_backend_runs_the_whole_stack() {
         })
     })
     .connector(RoutedConnector::new().route(dst, origin.addr));
+    // A host directory the guest sees read-only over virtio-fs (mmio).
+    let shared = std::env::temp_dir().join(format!("sandbox-kvm-share-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&shared);
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("hello.txt"), b"shared from the host\n").unwrap();
     let fds_before = open_fds();
     let overlay = std::env::temp_dir().join(format!("sandbox-kvm-{}.qcow2", std::process::id()));
     let _ = std::fs::remove_file(&overlay);
@@ -99,6 +106,7 @@ async fn the_kvm_backend_runs_the_whole_stack() {
         .boot(
             BootOptions::default()
                 .hostname("kvm")
+                .mount("/workspace", Mount::bind(&shared).read_only())
                 .timeout(Duration::from_secs(900)),
         )
         .await
@@ -241,6 +249,25 @@ async fn the_kvm_backend_runs_the_whole_stack() {
     sandbox::assert_virtio_hwrng(&vm, false).await;
     step("virtio-rng read", t);
 
+    // virtio-fs over mmio: the host file reads back, a write is refused.
+    let t = Instant::now();
+    let out = vm
+        .exec(
+            "sh",
+            [
+                "-c",
+                "cat /workspace/hello.txt; echo x > /workspace/new 2>&1",
+            ],
+        )
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.starts_with("shared from the host\n"), "{text}");
+    assert!(text.contains("Read-only file system"), "{text}");
+    assert!(!shared.join("new").exists());
+    step("virtio-fs read-only bind", t);
+
     let t = Instant::now();
     let mut events = vm.subscribe();
     vm.shutdown().await.unwrap();
@@ -254,8 +281,9 @@ async fn the_kvm_backend_runs_the_whole_stack() {
         }
     };
     assert_eq!(stopped, sandbox_core::StopReason::PowerOff);
-    // The device threads (started from vCPU threads on the mmio bus) ran
-    // under their syscall filter and needed nothing outside it.
+    // The vCPU threads and the device threads (started for them by the
+    // spawner thread when the driver activates a device on the mmio bus)
+    // ran under their syscall filters and needed nothing outside them.
     assert_eq!(sandbox_core::seccomp::violations(), vec![]);
     assert_eq!(
         host_read(&overlay, "/root/kvm-note"),
@@ -268,6 +296,7 @@ async fn the_kvm_backend_runs_the_whole_stack() {
         .unwrap();
     assert!(check.success(), "qemu-img check");
     std::fs::remove_file(&overlay).unwrap();
+    let _ = std::fs::remove_dir_all(&shared);
     // With every handle dropped, every vCPU thread, device thread and
     // descriptor is gone.
     // Give exiting threads a moment to drop what they hold.
