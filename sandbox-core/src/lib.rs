@@ -49,6 +49,12 @@ pub use error::Error;
 pub use facts::{Fact, FactSource, PROBED_COMMANDS};
 pub use images::{Image, ImageFormat};
 pub use mount::{Bind, Mount, MountError};
+/// File systems served to the guest from the application's code
+/// (`Mount::virtual_fs`), and the in-memory one (`Mount::memory`).
+pub mod vfs {
+    pub use sandbox_fs::vfs::*;
+    pub use sandbox_fs::{MemoryFs, DEFAULT_DEADLINE, DEFAULT_LIMIT};
+}
 pub use process::{OutputStream, Process, ProcessStdin, Pty, NOT_STARTED};
 pub use sandbox::{BootOptions, DataDisk, Resources, Sandbox, SandboxBuilder, MAX_DATA_DISKS};
 pub use sandbox_protocol::PtySize;

@@ -6,17 +6,43 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use sandbox_fs::Access;
+use std::time::Duration;
+
+use sandbox_fs::{vfs, Access, MemoryFs};
 
 /// A file system to mount in the guest.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Mount {
     kind: Kind,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 enum Kind {
-    Bind { source: PathBuf, access: Access },
+    Bind {
+        source: PathBuf,
+        access: Access,
+    },
+    /// An application's file system (a `MemoryFs` is one).
+    Virtual {
+        fs: Arc<dyn vfs::FileSystem>,
+        deadline: Duration,
+    },
+}
+
+impl std::fmt::Debug for Mount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Bind { source, access } => f
+                .debug_struct("Bind")
+                .field("source", source)
+                .field("access", access)
+                .finish(),
+            Kind::Virtual { deadline, .. } => f
+                .debug_struct("Virtual")
+                .field("deadline", deadline)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 /// A host directory to bind, before its access is chosen (there is no
@@ -33,6 +59,36 @@ impl Mount {
         Bind {
             source: source.into(),
         }
+    }
+
+    /// Serves `fs`, a file system in host memory: the guest reads and
+    /// writes it, and the application reads what it wrote through its own
+    /// handle (a clone of `fs`), during the VM's life or after. Writes past
+    /// its size limit fail with `ENOSPC`.
+    pub fn memory(fs: &MemoryFs) -> Mount {
+        Self::virtual_fs(fs.clone())
+    }
+
+    /// Serves the application's own file system. Each guest request runs
+    /// as a task on the runtime that called `boot()`; one that panics or
+    /// takes longer than the deadline ([`Mount::deadline`], 10 s by
+    /// default) fails with `EIO` in the guest, and the VM goes on.
+    pub fn virtual_fs(fs: impl vfs::FileSystem) -> Mount {
+        Mount {
+            kind: Kind::Virtual {
+                fs: Arc::new(fs),
+                deadline: sandbox_fs::DEFAULT_DEADLINE,
+            },
+        }
+    }
+
+    /// The deadline of one guest request to a virtual or memory file
+    /// system (no effect on binds).
+    pub fn deadline(mut self, d: Duration) -> Mount {
+        if let Kind::Virtual { deadline, .. } = &mut self.kind {
+            *deadline = d;
+        }
+        self
     }
 }
 
@@ -164,6 +220,18 @@ pub(crate) fn prepare(mounts: &[(String, Mount)]) -> Result<Vec<Prepared>, crate
                         source,
                     })?;
                 sandbox_virtio::fs::Fs::new(&tag, Arc::new(fs))
+            }
+            Kind::Virtual { fs, deadline } => {
+                let rt = tokio::runtime::Handle::try_current().map_err(|_| {
+                    crate::Error::InvalidConfig(
+                        "a virtual file system needs boot() to run inside a tokio runtime".into(),
+                    )
+                })?;
+                let served = sandbox_fs::Virtual::new(fs.clone(), rt, *deadline);
+                // The same rules as a writable bind: single-component
+                // names, no device nodes, no setuid bits.
+                let confined = sandbox_fs::Confined::new(served, false);
+                sandbox_virtio::fs::Fs::new(&tag, Arc::new(confined))
             }
         }
         .map_err(|e| crate::Error::InvalidConfig(format!("mount on {path:?}: {e}")))?;

@@ -5,15 +5,25 @@
 //! inodes and handles ([`FuseFs`]). [`bind`] serves a host directory
 //! through fuse-backend-rs's passthrough, wrapped in [`Confined`], which
 //! keeps the guest inside the directory and off the host's privileges.
+//! [`vfs::FileSystem`] is the async trait an application implements to
+//! serve a mount from its own code; [`Virtual`] serves one (with a deadline
+//! per request), and [`MemoryFs`] is the library's own implementation.
 
+mod adapter;
 mod bind;
 mod confined;
+mod memory;
 #[cfg(test)]
 mod tests;
+pub mod vfs;
+#[cfg(test)]
+mod vfs_tests;
 
-pub use bind::{bind, Access, BindError};
+pub use adapter::{Virtual, DEFAULT_DEADLINE};
+pub use bind::{bind, Access, BindError, CACHE_TIMEOUT};
 pub use confined::Confined;
 pub use fuse_backend_rs::api::filesystem::FileSystem;
+pub use memory::{MemoryFs, DEFAULT_LIMIT};
 
 /// A file system the virtio-fs device can serve.
 pub trait FuseFs: FileSystem<Inode = u64, Handle = u64> + Send + Sync + 'static {}
