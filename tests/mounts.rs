@@ -1,11 +1,19 @@
-//! Host directories mounted in a real guest over virtio-fs
+//! Host file systems mounted in a real guest over virtio-fs
 //! (`BootOptions::mount`): read-only and writable binds, escape attempts,
-//! and the errors a bad mount gets before anything starts.
+//! memory and application-implemented file systems, and the errors a bad
+//! mount gets before anything starts.
 
+use std::ffi::OsString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use sandbox::minimal;
+use sandbox_core::vfs::{
+    Attr, DirEntry, Errno, FileKind, FileSystem, FsFuture, MemoryFs, SetAttr, ROOT,
+};
 use sandbox_core::{BootOptions, Error, Mount, MountError, Vm};
 
 /// A host scratch tree: `src/` is bound, `outside.txt` sits next to it.
@@ -225,4 +233,163 @@ async fn bad_mounts_are_refused_before_anything_starts() {
         .await,
     );
     assert!(e.to_string().contains("nested"), "{e}");
+}
+
+#[tokio::test]
+async fn a_memory_mount_is_read_back_by_the_host_after_shutdown() {
+    let scratch = MemoryFs::new()
+        .size_limit(4 << 20)
+        .file("/seed/input.txt", b"from the host\n")
+        .unwrap()
+        .dir("/out")
+        .unwrap();
+    let vm = boot_with(BootOptions::default().mount("/scratch", Mount::memory(&scratch))).await;
+    let script = "set -e; cd /scratch; cat seed/input.txt; \
+                  mkdir -p out/a/b; echo built > out/a/b/result.txt; \
+                  ln -s a/b/result.txt out/link; mv seed/input.txt out/moved.txt; \
+                  rmdir seed; ls -R /scratch";
+    let (code, out) = sh(&vm, script).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("from the host\n"), "{out}");
+    // Past the size limit: ENOSPC in the guest, the VM goes on.
+    let (code, out) = sh(&vm, "dd if=/dev/zero of=/scratch/huge bs=1M count=8 2>&1").await;
+    assert_ne!(code, 0);
+    assert!(out.contains("No space left on device"), "{out}");
+    assert!(scratch.used_bytes() <= 4 << 20);
+    sh(&vm, "rm -f /scratch/huge").await;
+    vm.shutdown().await.unwrap();
+    assert_eq!(
+        scratch.read_file("/out/a/b/result.txt").unwrap(),
+        b"built\n"
+    );
+    assert_eq!(
+        scratch.read_file("/out/moved.txt").unwrap(),
+        b"from the host\n"
+    );
+    assert!(scratch.read_dir("/seed").is_err(), "removed in the guest");
+    assert!(scratch.read_file("/huge").is_err());
+}
+
+/// A file system implemented in the test: one file, and names that panic
+/// or stall; it counts lookups.
+struct Served {
+    lookups: Arc<AtomicUsize>,
+}
+
+fn attr(ino: u64, kind: FileKind, size: u64) -> Attr {
+    Attr {
+        ino,
+        kind,
+        size,
+        perm: if kind == FileKind::Dir { 0o755 } else { 0o644 },
+        nlink: 1,
+        mtime: std::time::UNIX_EPOCH,
+    }
+}
+
+const GREETING: &[u8] = b"served by the application\n";
+
+impl FileSystem for Served {
+    fn lookup(&self, parent: u64, name: OsString) -> FsFuture<'_, Attr> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            match (parent, name.to_str()) {
+                (ROOT, Some("greeting.txt")) => Ok(attr(2, FileKind::File, GREETING.len() as u64)),
+                (ROOT, Some("panic")) => panic!("a bug in the application's file system"),
+                (ROOT, Some("stall")) => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Err(Errno::ENOENT)
+                }
+                _ => Err(Errno::ENOENT),
+            }
+        })
+    }
+    fn getattr(&self, ino: u64) -> FsFuture<'_, Attr> {
+        Box::pin(async move {
+            match ino {
+                ROOT => Ok(attr(ROOT, FileKind::Dir, 0)),
+                2 => Ok(attr(2, FileKind::File, GREETING.len() as u64)),
+                _ => Err(Errno::ENOENT),
+            }
+        })
+    }
+    fn setattr(&self, _: u64, _: SetAttr) -> FsFuture<'_, Attr> {
+        Box::pin(async { Err(Errno::EROFS) })
+    }
+    fn readdir(&self, _: u64) -> FsFuture<'_, Vec<DirEntry>> {
+        Box::pin(async {
+            Ok(vec![DirEntry {
+                name: "greeting.txt".into(),
+                ino: 2,
+                kind: FileKind::File,
+            }])
+        })
+    }
+    fn read(&self, _: u64, offset: u64, size: u32) -> FsFuture<'_, Vec<u8>> {
+        Box::pin(async move {
+            let start = (offset as usize).min(GREETING.len());
+            let end = (start + size as usize).min(GREETING.len());
+            Ok(GREETING[start..end].to_vec())
+        })
+    }
+    fn write(&self, _: u64, _: u64, _: Vec<u8>) -> FsFuture<'_, u32> {
+        Box::pin(async { Err(Errno::EROFS) })
+    }
+    fn create(&self, _: u64, _: OsString, _: u32) -> FsFuture<'_, Attr> {
+        Box::pin(async { Err(Errno::EROFS) })
+    }
+    fn mkdir(&self, _: u64, _: OsString, _: u32) -> FsFuture<'_, Attr> {
+        Box::pin(async { Err(Errno::EROFS) })
+    }
+    fn unlink(&self, _: u64, _: OsString) -> FsFuture<'_, ()> {
+        Box::pin(async { Err(Errno::EROFS) })
+    }
+    fn rmdir(&self, _: u64, _: OsString) -> FsFuture<'_, ()> {
+        Box::pin(async { Err(Errno::EROFS) })
+    }
+    fn rename(&self, _: u64, _: OsString, _: u64, _: OsString) -> FsFuture<'_, ()> {
+        Box::pin(async { Err(Errno::EROFS) })
+    }
+    fn symlink(&self, _: u64, _: OsString, _: OsString) -> FsFuture<'_, Attr> {
+        Box::pin(async { Err(Errno::EROFS) })
+    }
+    fn readlink(&self, _: u64) -> FsFuture<'_, OsString> {
+        Box::pin(async { Err(Errno::EINVAL) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_fs_serves_the_guest_and_its_failures_are_eio() {
+    let lookups = Arc::new(AtomicUsize::new(0));
+    let fs = Served {
+        lookups: lookups.clone(),
+    };
+    let vm = boot_with(BootOptions::default().mount(
+        "/app",
+        Mount::virtual_fs(fs).deadline(Duration::from_millis(500)),
+    ))
+    .await;
+    let (code, out) = sh(&vm, "ls /app; cat /app/greeting.txt").await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "greeting.txt\nserved by the application\n");
+    assert!(lookups.load(Ordering::SeqCst) >= 1);
+    let (code, out) = sh(&vm, "echo x > /app/new 2>&1").await;
+    assert_ne!(code, 0);
+    assert!(out.contains("Read-only file system"), "{out}");
+    // A panicking and a stalling implementation: EIO, and the VM and the
+    // mount go on.
+    for name in ["panic", "stall"] {
+        let t = std::time::Instant::now();
+        let (code, out) = sh(&vm, &format!("cat /app/{name} 2>&1")).await;
+        assert_ne!(code, 0);
+        assert!(out.contains("Input/output error"), "{name}: {out}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{name}: {:?}",
+            t.elapsed()
+        );
+    }
+    let (code, out) = sh(&vm, "cat /app/greeting.txt").await;
+    assert_eq!((code, out.as_str()), (0, "served by the application\n"));
+    vm.shutdown().await.unwrap();
 }
