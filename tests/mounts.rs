@@ -393,3 +393,75 @@ async fn a_virtual_fs_serves_the_guest_and_its_failures_are_eio() {
     assert_eq!((code, out.as_str()), (0, "served by the application\n"));
     vm.shutdown().await.unwrap();
 }
+
+/// A tree of `n` small files in `dir/t` (in 50 directories), its tarball
+/// at `dir/tree.tar`, and the host's `find | sort | xargs sha256sum` of it.
+fn small_file_tree(dir: &Path, n: usize) -> (Vec<u8>, String) {
+    let t = dir.join("t");
+    for i in 0..n {
+        let sub = t.join(format!("d{:02}", i % 50));
+        std::fs::create_dir_all(&sub).unwrap();
+        let body = format!("file {i}\n{}\n", "x".repeat(i % 300));
+        std::fs::write(sub.join(format!("f{i:05}.txt")), body).unwrap();
+    }
+    let tar = std::process::Command::new("tar")
+        .args(["cf", "tree.tar", "t"])
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let sums = std::process::Command::new("sh")
+        .args(["-c", "find t -type f | LC_ALL=C sort | xargs sha256sum"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(sums.status.success());
+    std::fs::remove_dir_all(&t).unwrap();
+    (
+        std::fs::read(dir.join("tree.tar")).unwrap(),
+        String::from_utf8(sums.stdout).unwrap(),
+    )
+}
+
+/// Untars, checksums and deletes the tree in `at` inside the guest;
+/// returns the checksums.
+async fn small_file_workload(vm: &Vm, at: &str) -> String {
+    let t = std::time::Instant::now();
+    let script = format!(
+        "set -e; cd {at}; tar xf tree.tar; \
+         find t -type f | LC_ALL=C sort | xargs sha256sum > sums; \
+         rm -rf t; cat sums"
+    );
+    let (code, out) = sh(vm, &script).await;
+    assert_eq!(code, 0, "{}", &out[..out.len().min(2000)]);
+    eprintln!(
+        "[mounts] 5,000-file untar + sha256 + delete on {at}: {:?}",
+        t.elapsed()
+    );
+    out
+}
+
+#[tokio::test]
+async fn a_git_like_workload_matches_the_host_on_a_bind_and_in_memory() {
+    let host = Host::new("work");
+    let (tar, expected) = small_file_tree(&host.0, 5000);
+    std::fs::write(host.src().join("tree.tar"), &tar).unwrap();
+    let memory = MemoryFs::new().file("/tree.tar", &tar).unwrap();
+    let vm = boot_with(
+        BootOptions::default()
+            .mount("/workspace", Mount::bind(host.src()).writable())
+            .mount("/scratch", Mount::memory(&memory)),
+    )
+    .await;
+    assert_eq!(small_file_workload(&vm, "/workspace").await, expected);
+    assert_eq!(small_file_workload(&vm, "/scratch").await, expected);
+    vm.shutdown().await.unwrap();
+    // The checksums landed in each file system; the trees are gone.
+    assert_eq!(
+        std::fs::read_to_string(host.src().join("sums")).unwrap(),
+        expected
+    );
+    assert!(!host.src().join("t").exists());
+    assert_eq!(memory.read_file("/sums").unwrap(), expected.as_bytes());
+    assert!(memory.read_dir("/t").is_err());
+}
