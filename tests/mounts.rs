@@ -465,3 +465,59 @@ async fn a_git_like_workload_matches_the_host_on_a_bind_and_in_memory() {
     assert_eq!(memory.read_file("/sums").unwrap(), expected.as_bytes());
     assert!(memory.read_dir("/t").is_err());
 }
+
+#[tokio::test]
+async fn masks_hide_paths_of_a_read_only_bind() {
+    let host = Host::new("masks");
+    std::fs::create_dir_all(host.src().join(".git/objects")).unwrap();
+    std::fs::write(host.src().join(".git/HEAD"), b"ref: refs/heads/main\n").unwrap();
+    std::fs::create_dir_all(host.src().join("config")).unwrap();
+    std::fs::write(host.src().join("config/.env"), b"TOKEN=secret\n").unwrap();
+    std::fs::write(host.src().join("config/app.toml"), b"name = 'app'\n").unwrap();
+    let vm = boot_with(
+        BootOptions::default().mount(
+            "/workspace",
+            Mount::bind(host.src())
+                .read_only()
+                .mask(["/.git", "/config/.env"]),
+        ),
+    )
+    .await;
+    let (code, out) = sh(&vm, "cd /workspace; ls -a; ls -a config; find . | sort").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains(".git") && !out.contains(".env"), "{out}");
+    assert!(
+        out.contains("app.toml") && out.contains("hello.txt"),
+        "{out}"
+    );
+    for probe in [
+        "cat /workspace/.git/HEAD",
+        "cat /workspace/config/.env",
+        "ls /workspace/.git",
+        "cd /workspace/config && cat .env",
+    ] {
+        let (code, out) = sh(&vm, &format!("{probe} 2>&1")).await;
+        assert_ne!(code, 0, "{probe}: {out}");
+        assert!(out.contains("No such file or directory"), "{probe}: {out}");
+        assert!(
+            !out.contains("secret") && !out.contains("refs/heads"),
+            "{probe}: {out}"
+        );
+    }
+    vm.shutdown().await.unwrap();
+    // A writable bind with masks needs storage for what the guest creates
+    // under them: refused before anything starts.
+    let r = minimal()
+        .unwrap()
+        .boot(
+            BootOptions::default().mount("/w", Mount::bind(host.src()).writable().mask(["/.git"])),
+        )
+        .await;
+    match r {
+        Err(Error::Mount(MountError::Mask { why, .. })) => {
+            assert!(why.contains("mask_storage"), "{why}")
+        }
+        Err(other) => panic!("expected a mask error, got {other}"),
+        Ok(_) => panic!("expected a mask error, the guest booted"),
+    }
+}

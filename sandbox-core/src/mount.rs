@@ -14,6 +14,8 @@ use sandbox_fs::{vfs, Access, MemoryFs};
 #[derive(Clone)]
 pub struct Mount {
     kind: Kind,
+    /// Masks given to a mount that is not a bind (refused at boot).
+    stray_masks: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -21,6 +23,10 @@ enum Kind {
     Bind {
         source: PathBuf,
         access: Access,
+        /// Paths inside the source the guest must not see (`/.git`).
+        masks: Vec<String>,
+        /// Where a writable bind's guest puts entries under masked paths.
+        mask_storage: Option<PathBuf>,
     },
     /// An application's file system (a `MemoryFs` is one).
     Virtual {
@@ -32,10 +38,17 @@ enum Kind {
 impl std::fmt::Debug for Mount {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {
-            Kind::Bind { source, access } => f
+            Kind::Bind {
+                source,
+                access,
+                masks,
+                mask_storage,
+            } => f
                 .debug_struct("Bind")
                 .field("source", source)
                 .field("access", access)
+                .field("masks", masks)
+                .field("mask_storage", mask_storage)
                 .finish(),
             Kind::Virtual { deadline, .. } => f
                 .debug_struct("Virtual")
@@ -79,7 +92,31 @@ impl Mount {
                 fs: Arc::new(fs),
                 deadline: sandbox_fs::DEFAULT_DEADLINE,
             },
+            stray_masks: Vec::new(),
         }
+    }
+
+    /// Hides `paths` of a bound directory (absolute within it: `/.git`,
+    /// `/node_modules`, `/config/.env`): the guest finds nothing there
+    /// (`ENOENT`, never listed), cannot create anything there, and cannot
+    /// rename a directory that holds one. A writable bind with masks also
+    /// needs [`Mount::mask_storage`]. Refused at boot for other mounts.
+    pub fn mask<S: Into<String>>(mut self, paths: impl IntoIterator<Item = S>) -> Mount {
+        let extra: Vec<String> = paths.into_iter().map(Into::into).collect();
+        match &mut self.kind {
+            Kind::Bind { masks, .. } => masks.extend(extra),
+            Kind::Virtual { .. } => self.stray_masks.extend(extra),
+        }
+        self
+    }
+
+    /// The host directory that receives what the guest creates under a
+    /// writable bind's masked paths (the source never does).
+    pub fn mask_storage(mut self, dir: impl Into<PathBuf>) -> Mount {
+        if let Kind::Bind { mask_storage, .. } = &mut self.kind {
+            *mask_storage = Some(dir.into());
+        }
+        self
     }
 
     /// The deadline of one guest request to a virtual or memory file
@@ -109,7 +146,10 @@ impl Bind {
             kind: Kind::Bind {
                 source: self.source,
                 access,
+                masks: Vec::new(),
+                mask_storage: None,
             },
+            stray_masks: Vec::new(),
         }
     }
 }
@@ -123,6 +163,17 @@ pub enum MountError {
         /// The guest path.
         path: String,
         /// What is wrong with it.
+        why: String,
+    },
+    /// A mask is not a usable path inside the source, is given to a mount
+    /// that is not a bind, or lacks the storage a writable bind needs.
+    #[error("mount on {path:?}: mask {mask:?}: {why}")]
+    Mask {
+        /// The guest path of the mount.
+        path: String,
+        /// The mask.
+        mask: String,
+        /// What is wrong.
         why: String,
     },
     /// The host side cannot be served.
@@ -206,20 +257,87 @@ pub(crate) struct Prepared {
     pub tag: String,
 }
 
+/// The masks of the bind on `path` as paths relative to its source.
+fn check_masks(
+    path: &str,
+    masks: &[String],
+    access: Access,
+    storage: Option<&std::path::Path>,
+) -> Result<Vec<PathBuf>, MountError> {
+    let bad = |mask: &String, why: String| MountError::Mask {
+        path: path.into(),
+        mask: mask.clone(),
+        why,
+    };
+    let mut out = Vec::new();
+    for m in masks {
+        check_inside(m).map_err(|why| bad(m, why))?;
+        out.push(PathBuf::from(&m[1..]));
+    }
+    if access == Access::Writable {
+        let first = &masks[0];
+        return Err(match storage {
+            None => bad(
+                first,
+                "a writable bind with masks needs .mask_storage(dir) for what the guest creates \
+                 under them"
+                    .into(),
+            ),
+            Some(_) => bad(
+                first,
+                "mask storage for writable binds is not built yet; mask a read-only bind".into(),
+            ),
+        });
+    }
+    Ok(out)
+}
+
+/// A path inside a mount: absolute, normalized, not the root itself.
+fn check_inside(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path == "/" {
+        return Err("must be an absolute path inside the source, other than \"/\"".into());
+    }
+    let normal = path[1..]
+        .split('/')
+        .all(|c| !c.is_empty() && c != "." && c != "..");
+    if path.contains('\0') || !normal {
+        return Err("must be normalized (no empty, '.' or '..' components)".into());
+    }
+    Ok(())
+}
+
 /// Opens the host side of every mount (validated first).
 pub(crate) fn prepare(mounts: &[(String, Mount)]) -> Result<Vec<Prepared>, crate::Error> {
     validate(mounts)?;
     let mut out = Vec::new();
     for (i, (path, mount)) in mounts.iter().enumerate() {
+        if let Some(m) = mount.stray_masks.first() {
+            return Err(MountError::Mask {
+                path: path.clone(),
+                mask: m.clone(),
+                why: "masks apply to bind mounts only".into(),
+            }
+            .into());
+        }
         let tag = format!("sbxfs{i}");
         let device = match &mount.kind {
-            Kind::Bind { source, access } => {
+            Kind::Bind {
+                source,
+                access,
+                masks,
+                mask_storage,
+            } => {
                 let fs =
                     sandbox_fs::bind(source, *access).map_err(|source| MountError::Source {
                         path: path.clone(),
                         source,
                     })?;
-                sandbox_virtio::fs::Fs::new(&tag, Arc::new(fs))
+                if masks.is_empty() {
+                    sandbox_virtio::fs::Fs::new(&tag, Arc::new(fs))
+                } else {
+                    let masks = check_masks(path, masks, *access, mask_storage.as_deref())?;
+                    sandbox_virtio::fs::Fs::new(&tag, Arc::new(sandbox_fs::Masked::new(fs, masks)))
+                }
             }
             Kind::Virtual { fs, deadline } => {
                 let rt = tokio::runtime::Handle::try_current().map_err(|_| {

@@ -12,6 +12,7 @@
 mod adapter;
 mod bind;
 mod confined;
+mod masked;
 mod memory;
 #[cfg(test)]
 mod tests;
@@ -23,6 +24,7 @@ pub use adapter::{Virtual, DEFAULT_DEADLINE};
 pub use bind::{bind, Access, BindError, CACHE_TIMEOUT};
 pub use confined::Confined;
 pub use fuse_backend_rs::api::filesystem::FileSystem;
+pub use masked::Masked;
 pub use memory::{MemoryFs, DEFAULT_LIMIT};
 
 /// A file system the virtio-fs device can serve.

@@ -177,3 +177,61 @@ fn sources_are_validated() {
         Err(crate::BindError::NotADirectory { .. })
     ));
 }
+
+#[test]
+fn masked_paths_are_absent_unlisted_and_unreachable() {
+    let s = Scratch::new("masks");
+    std::fs::create_dir_all(s.src().join(".git/objects")).unwrap();
+    std::fs::write(s.src().join(".git/HEAD"), b"ref: main\n").unwrap();
+    std::fs::write(s.src().join("sub/.env"), b"SECRET=1\n").unwrap();
+    std::fs::write(s.src().join("sub/ok.txt"), b"ok\n").unwrap();
+    let fs = crate::Masked::new(
+        bind(&s.src(), Access::Writable).unwrap(),
+        [PathBuf::from(".git"), PathBuf::from("sub/.env")],
+    );
+    fs.init(FsOptions::empty()).unwrap();
+    let ctx = Context::default();
+    assert_eq!(errno(fs.lookup(&ctx, ROOT_ID, c".git")), Some(libc::ENOENT));
+    let sub = fs.lookup(&ctx, ROOT_ID, c"sub").unwrap().inode;
+    assert_eq!(errno(fs.lookup(&ctx, sub, c".env")), Some(libc::ENOENT));
+    assert!(fs.lookup(&ctx, sub, c"ok.txt").is_ok());
+    // Listings leave them out.
+    let list = |ino| {
+        let (h, _) = fs.opendir(&ctx, ino, 0).unwrap();
+        let mut names = Vec::new();
+        fs.readdir(&ctx, ino, h.unwrap_or(0), 65536, 0, &mut |e| {
+            names.push(String::from_utf8_lossy(e.name).to_string());
+            Ok(1)
+        })
+        .unwrap();
+        names.sort();
+        names
+    };
+    assert_eq!(list(ROOT_ID), ["hello.txt", "sub"]);
+    assert_eq!(list(sub), ["ok.txt"]);
+    // Nothing can be made or moved onto a masked path, and the directory
+    // holding one cannot move (its masked content would follow).
+    assert_eq!(
+        errno(fs.mkdir(&ctx, ROOT_ID, c".git", 0o755, 0)),
+        Some(libc::EACCES)
+    );
+    assert_eq!(
+        errno(fs.rename(&ctx, sub, c"ok.txt", sub, c".env", 0)),
+        Some(libc::EACCES)
+    );
+    assert_eq!(
+        errno(fs.rename(&ctx, ROOT_ID, c"sub", ROOT_ID, c"moved", 0)),
+        Some(libc::EBUSY)
+    );
+    // Other renames work, and masks still apply by path afterwards.
+    fs.rename(&ctx, sub, c"ok.txt", ROOT_ID, c"ok2.txt", 0)
+        .unwrap();
+    assert_eq!(
+        std::fs::read(s.src().join("sub/.env")).unwrap(),
+        b"SECRET=1\n"
+    );
+    assert_eq!(
+        std::fs::read(s.src().join(".git/HEAD")).unwrap(),
+        b"ref: main\n"
+    );
+}
