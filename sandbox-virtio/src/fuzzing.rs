@@ -178,3 +178,111 @@ pub fn vhost_user_messages(data: &[u8]) {
     }
     backend.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
 }
+
+/// A scratch directory for the virtio-fs target: `shared/` is served, and
+/// `outside` next to it must never change.
+fn fs_scratch() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("sandbox-fuzz-fs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("shared")).expect("fuzz scratch");
+        std::fs::write(dir.join("outside"), b"outside").expect("fuzz scratch");
+        dir
+    })
+}
+
+fn fs_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("fuzz runtime")
+    })
+}
+
+/// Feeds the bytes as a sequence of FUSE requests (each as long as its
+/// header's length field says, clamped to what is left), each in its own
+/// descriptor chain with a reply buffer, to virtio-fs over a memory file
+/// system and over a confined passthrough of a scratch directory. Then
+/// checks that nothing next to the served directory changed.
+pub fn fs_requests(data: &[u8]) {
+    use std::sync::Arc;
+    let scratch = fs_scratch();
+    let shared = scratch.join("shared");
+    let _ = std::fs::remove_dir_all(&shared);
+    let _ = std::fs::create_dir_all(shared.join("dir"));
+    let _ = std::fs::write(shared.join("file"), b"content");
+    let Ok(bound) = sandbox_fs::bind(&shared, sandbox_fs::Access::Writable) else {
+        return;
+    };
+    let memory = sandbox_fs::Virtual::new(
+        Arc::new(
+            sandbox_fs::MemoryFs::new()
+                .size_limit(1 << 20)
+                .file("/file", b"content")
+                .expect("seed file"),
+        ),
+        fs_runtime().handle().clone(),
+        std::time::Duration::from_secs(5),
+    );
+    let memory = sandbox_fs::Confined::new(memory, false);
+    run_fs(Arc::new(bound), data);
+    run_fs(Arc::new(memory), data);
+    let mut names: Vec<_> = std::fs::read_dir(scratch)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    names.sort();
+    assert_eq!(
+        names,
+        ["outside", "shared"],
+        "something appeared next to the served directory"
+    );
+    assert_eq!(
+        std::fs::read(scratch.join("outside")).ok().as_deref(),
+        Some(&b"outside"[..]),
+        "the file next to the served directory changed"
+    );
+}
+
+fn run_fs<F: sandbox_fs::FuseFs>(fs: std::sync::Arc<F>, data: &[u8]) {
+    const REQ: u64 = 0x1000;
+    const REPLY: u64 = 0x8000;
+    let mem = std::sync::Arc::new(
+        GuestMemory::from_ranges(&[(GuestAddress(0), MEM)]).expect("fuzz memory"),
+    );
+    let mut rest = data;
+    let queues = [queue(0x400), queue(0)];
+    let Some(mut h) = crate::fs::fuzz_handler(fs, &mem, &queues) else {
+        return;
+    };
+    let mut queues = queues;
+    let mut idx: u16 = 0;
+    while rest.len() >= 4 && idx < 16 {
+        let want = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let n = want.clamp(4, rest.len()).min(0x6000);
+        let (msg, tail) = rest.split_at(n);
+        rest = tail;
+        let _ = mem.write_slice(msg, GuestAddress(REQ));
+        // Descriptor `2 * idx`: the request; `2 * idx + 1`: the reply.
+        let d = u64::from(idx % 8) * 32;
+        let desc = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
+            let at = d + i * 16;
+            let _ = mem.write_obj(addr, GuestAddress(at));
+            let _ = mem.write_obj(len, GuestAddress(at + 8));
+            let _ = mem.write_obj(flags, GuestAddress(at + 12));
+            let _ = mem.write_obj(next, GuestAddress(at + 14));
+        };
+        let head = (idx % 8) * 2;
+        desc(0, REQ, n as u32, 1, head + 1);
+        desc(1, REPLY, 0x8000, 2, 0);
+        // avail ring at 0x100: idx, then the ring.
+        let slot = GuestAddress(0x104 + u64::from(idx % 16) * 2);
+        let _ = mem.write_obj(head, slot);
+        idx += 1;
+        let _ = mem.write_obj(idx, GuestAddress(0x102));
+        h.queue_event(1, &mut queues, &mem);
+    }
+}

@@ -100,6 +100,47 @@ fn vhost_user_session() -> Vec<u8> {
     s
 }
 
+/// One FUSE request: the 40-byte in-header (its length first) and `body`.
+fn fuse(opcode: u32, unique: u64, node: u64, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&(40 + body.len() as u32).to_le_bytes());
+    v.extend_from_slice(&opcode.to_le_bytes());
+    v.extend_from_slice(&unique.to_le_bytes());
+    v.extend_from_slice(&node.to_le_bytes());
+    v.extend_from_slice(&[0; 16]);
+    v.extend_from_slice(body);
+    v
+}
+
+/// A FUSE session: INIT, then lookups, creation, reads and a listing (the
+/// layout of `sandbox_virtio::fuzzing::fs_requests`).
+fn fuse_session() -> Vec<u8> {
+    let words = |w: &[u32]| w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let with_name = |mut head: Vec<u8>, name: &[u8]| {
+        head.extend_from_slice(name);
+        head
+    };
+    let mut read_in = 0u64.to_le_bytes().to_vec(); // fh
+    read_in.extend_from_slice(&0u64.to_le_bytes()); // offset
+    read_in.extend(words(&[4096, 0]));
+    read_in.extend_from_slice(&0u64.to_le_bytes()); // lock owner
+    read_in.extend(words(&[0, 0]));
+    let mut s = Vec::new();
+    for m in [
+        fuse(26, 1, 0, &words(&[7, 31, 0, 0])), // INIT
+        fuse(1, 2, 1, b"file\0"),               // LOOKUP
+        fuse(14, 3, 2, &words(&[0, 0])),        // OPEN
+        fuse(15, 4, 2, &read_in),               // READ
+        fuse(9, 5, 1, &with_name(words(&[0o755, 0]), b"newdir\0")), // MKDIR
+        fuse(35, 6, 1, &with_name(words(&[0o101, 0o644, 0, 0]), b"new\0")), // CREATE
+        fuse(1, 7, 1, b"..\0"),                 // LOOKUP ..
+        fuse(28, 8, 1, &read_in),               // READDIR
+    ] {
+        s.extend(m);
+    }
+    s
+}
+
 /// Writes every virtio seed.
 pub fn virtio(fuzz_dir: &Path) -> Result<()> {
     let mut rng = Vec::new();
@@ -114,6 +155,7 @@ pub fn virtio(fuzz_dir: &Path) -> Result<()> {
     write(fuzz_dir, "virtio_net", "seed-rx-tx", &net)?;
 
     write(fuzz_dir, "virtio_mmio", "seed-init", &mmio_init())?;
+    write(fuzz_dir, "virtio_fs", "seed-session", &fuse_session())?;
     write(
         fuzz_dir,
         "vhost_user_messages",

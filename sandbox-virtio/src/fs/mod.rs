@@ -128,6 +128,16 @@ impl VirtioDevice for Fs {
     }
 }
 
+/// A handler outside any worker over `fs`, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_handler<F: FuseFs>(
+    fs: Arc<F>,
+    mem: &Arc<GuestMemory>,
+    queues: &[Queue],
+) -> Option<impl Handler> {
+    FsHandler::new(Arc::new(Server::new(fs)), mem, queues, Arc::default()).ok()
+}
+
 /// The worker's state: the server, and views of memory and rings in
 /// fuse-backend-rs's types.
 struct FsHandler {
