@@ -521,3 +521,75 @@ async fn masks_hide_paths_of_a_read_only_bind() {
         Ok(_) => panic!("expected a mask error, the guest booted"),
     }
 }
+
+#[tokio::test]
+async fn masks_of_a_writable_bind_redirect_to_storage() {
+    let host = Host::new("maskstore");
+    std::fs::create_dir_all(host.src().join(".git")).unwrap();
+    std::fs::write(host.src().join(".git/HEAD"), b"ref: refs/heads/original\n").unwrap();
+    std::fs::create_dir_all(host.src().join("node_modules/original-pkg")).unwrap();
+    std::fs::write(
+        host.src().join("node_modules/original-pkg/index.js"),
+        b"old",
+    )
+    .unwrap();
+    let storage = host.0.join("storage");
+    std::fs::create_dir_all(&storage).unwrap();
+    let vm = boot_with(
+        BootOptions::default().mount(
+            "/w",
+            Mount::bind(host.src())
+                .writable()
+                .mask(["/.git", "/node_modules"])
+                .mask_storage(&storage),
+        ),
+    )
+    .await;
+    // The originals are invisible; the masked paths start empty.
+    let (code, out) = sh(
+        &vm,
+        "ls -a /w; cat /w/.git/HEAD 2>&1; ls /w/node_modules 2>&1",
+    )
+    .await;
+    assert!(!out.contains("original"), "{out}");
+    assert!(out.contains("No such file or directory"), "{code} {out}");
+    // What the guest makes there lands in the storage, never the source.
+    let script = "set -e; cd /w; mkdir .git; echo 'ref: refs/heads/guest' > .git/HEAD; \
+                  mkdir -p node_modules/new-pkg; echo new > node_modules/new-pkg/index.js; \
+                  echo top > top.txt; ls -a; ls node_modules; cat .git/HEAD";
+    let (code, out) = sh(&vm, script).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(".git") && out.contains("node_modules"),
+        "{out}"
+    );
+    assert!(
+        out.contains("new-pkg") && !out.contains("original-pkg"),
+        "{out}"
+    );
+    assert!(out.ends_with("ref: refs/heads/guest\n"), "{out}");
+    // A move across the mask boundary is a copy (EXDEV for rename).
+    let (code, out) = sh(&vm, "mv /w/node_modules/new-pkg /w/moved && ls /w/moved").await;
+    assert_eq!((code, out.as_str()), (0, "index.js\n"));
+    vm.shutdown().await.unwrap();
+    assert_eq!(
+        std::fs::read(storage.join(".git/HEAD")).unwrap(),
+        b"ref: refs/heads/guest\n"
+    );
+    assert_eq!(
+        std::fs::read(host.src().join(".git/HEAD")).unwrap(),
+        b"ref: refs/heads/original\n",
+        "the source's masked original is untouched"
+    );
+    assert!(!host.src().join("node_modules/new-pkg").exists());
+    assert!(!storage.join("node_modules/new-pkg").exists(), "moved out");
+    assert_eq!(
+        std::fs::read(host.src().join("moved/index.js")).unwrap(),
+        b"new\n"
+    );
+    assert_eq!(std::fs::read(host.src().join("top.txt")).unwrap(), b"top\n");
+    assert!(host
+        .src()
+        .join("node_modules/original-pkg/index.js")
+        .exists());
+}

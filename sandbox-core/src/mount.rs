@@ -97,10 +97,12 @@ impl Mount {
     }
 
     /// Hides `paths` of a bound directory (absolute within it: `/.git`,
-    /// `/node_modules`, `/config/.env`): the guest finds nothing there
-    /// (`ENOENT`, never listed), cannot create anything there, and cannot
-    /// rename a directory that holds one. A writable bind with masks also
-    /// needs [`Mount::mask_storage`]. Refused at boot for other mounts.
+    /// `/node_modules`, `/config/.env`): the original content there is
+    /// never shown, listed or reached, and a directory that holds one
+    /// cannot be renamed. On a read-only bind they are absent (`ENOENT`).
+    /// A writable bind needs [`Mount::mask_storage`]: the guest sees the
+    /// storage's content there, and what it creates there lands in the
+    /// storage. Refused at boot for other mounts.
     pub fn mask<S: Into<String>>(mut self, paths: impl IntoIterator<Item = S>) -> Mount {
         let extra: Vec<String> = paths.into_iter().map(Into::into).collect();
         match &mut self.kind {
@@ -274,20 +276,13 @@ fn check_masks(
         check_inside(m).map_err(|why| bad(m, why))?;
         out.push(PathBuf::from(&m[1..]));
     }
-    if access == Access::Writable {
-        let first = &masks[0];
-        return Err(match storage {
-            None => bad(
-                first,
-                "a writable bind with masks needs .mask_storage(dir) for what the guest creates \
-                 under them"
-                    .into(),
-            ),
-            Some(_) => bad(
-                first,
-                "mask storage for writable binds is not built yet; mask a read-only bind".into(),
-            ),
-        });
+    if access == Access::Writable && storage.is_none() {
+        return Err(bad(
+            &masks[0],
+            "a writable bind with masks needs .mask_storage(dir) for what the guest creates \
+             under them"
+                .into(),
+        ));
     }
     Ok(out)
 }
@@ -327,16 +322,22 @@ pub(crate) fn prepare(mounts: &[(String, Mount)]) -> Result<Vec<Prepared>, crate
                 masks,
                 mask_storage,
             } => {
-                let fs =
-                    sandbox_fs::bind(source, *access).map_err(|source| MountError::Source {
-                        path: path.clone(),
-                        source,
-                    })?;
+                let source_err = |source| MountError::Source {
+                    path: path.clone(),
+                    source,
+                };
                 if masks.is_empty() {
+                    let fs = sandbox_fs::bind(source, *access).map_err(source_err)?;
                     sandbox_virtio::fs::Fs::new(&tag, Arc::new(fs))
                 } else {
                     let masks = check_masks(path, masks, *access, mask_storage.as_deref())?;
-                    sandbox_virtio::fs::Fs::new(&tag, Arc::new(sandbox_fs::Masked::new(fs, masks)))
+                    let storage = match access {
+                        Access::Writable => mask_storage.as_deref(),
+                        Access::ReadOnly => None,
+                    };
+                    let fs = sandbox_fs::bind_masked(source, *access, masks, storage)
+                        .map_err(source_err)?;
+                    sandbox_virtio::fs::Fs::new(&tag, Arc::new(fs))
                 }
             }
             Kind::Virtual { fs, deadline } => {

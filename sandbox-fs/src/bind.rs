@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
-use crate::Confined;
+use crate::{Confined, Masked};
 
 /// What the guest may do with a bound directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +29,14 @@ pub enum BindError {
         /// The source.
         path: PathBuf,
         /// What was found instead.
+        why: String,
+    },
+    /// The mask storage cannot be used.
+    #[error("mask storage {path}: {why}")]
+    Storage {
+        /// The storage directory.
+        path: PathBuf,
+        /// What is wrong.
         why: String,
     },
     /// The passthrough could not open the source.
@@ -90,4 +98,40 @@ pub fn bind(source: &Path, access: Access) -> Result<Confined<PassthroughFs>, Bi
     .map_err(open)?;
     fs.import().map_err(open)?;
     Ok(Confined::new(fs, access == Access::ReadOnly))
+}
+
+/// Serves `source` with `masks` (paths relative to it) hidden, or, with
+/// `storage`, served from that host directory (each mask's parent is
+/// created there). The storage must not overlap the source.
+pub fn bind_masked(
+    source: &Path,
+    access: Access,
+    masks: Vec<PathBuf>,
+    storage: Option<&Path>,
+) -> Result<Masked<Confined<PassthroughFs>>, BindError> {
+    let served = bind(source, access)?;
+    let storage = match storage {
+        None => None,
+        Some(dir) => {
+            let bad = |why: String| BindError::Storage {
+                path: dir.to_path_buf(),
+                why,
+            };
+            let real = std::fs::canonicalize(dir).map_err(|e| bad(e.to_string()))?;
+            let src = std::fs::canonicalize(source).map_err(|e| bad(e.to_string()))?;
+            if real.starts_with(&src) || src.starts_with(&real) {
+                return Err(bad(format!(
+                    "must not overlap the source {}",
+                    source.display()
+                )));
+            }
+            for m in &masks {
+                if let Some(parent) = m.parent() {
+                    std::fs::create_dir_all(real.join(parent)).map_err(|e| bad(e.to_string()))?;
+                }
+            }
+            Some(bind(&real, Access::Writable)?)
+        }
+    };
+    Ok(Masked::new(served, masks, storage))
 }

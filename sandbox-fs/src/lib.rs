@@ -21,10 +21,10 @@ pub mod vfs;
 mod vfs_tests;
 
 pub use adapter::{Virtual, DEFAULT_DEADLINE};
-pub use bind::{bind, Access, BindError, CACHE_TIMEOUT};
+pub use bind::{bind, bind_masked, Access, BindError, CACHE_TIMEOUT};
 pub use confined::Confined;
 pub use fuse_backend_rs::api::filesystem::FileSystem;
-pub use masked::Masked;
+pub use masked::{Masked, STORAGE};
 pub use memory::{MemoryFs, DEFAULT_LIMIT};
 
 /// A file system the virtio-fs device can serve.

@@ -1,14 +1,23 @@
 //! [`Masked`]: paths of a bound directory the guest must not see (`.git`,
-//! `.env`, `node_modules`...). A masked path is absent: `ENOENT` on
-//! lookup, left out of every listing, and nothing can be created, moved or
-//! linked onto it. A directory that contains a masked path cannot be
-//! renamed (the masked content would move to a path that is not masked).
+//! `.env`, `node_modules`...). The original content at a masked path is
+//! never shown, listed, moved or reached.
 //!
-//! Paths are tracked per inode from the entries this layer hands out
-//! (lookups, creations, listings), relative to the bound directory.
+//! - Without storage (read-only binds), a masked path is absent: `ENOENT`,
+//!   never listed, and nothing can be created there.
+//! - With storage (writable binds), a masked path is served from the
+//!   storage directory instead, at the same relative path: what the guest
+//!   creates there lands in the storage, never in the source. Storage
+//!   inodes carry [`STORAGE`] in their number; a rename or link between
+//!   the two file systems is `EXDEV` (the guest's `mv` copies instead).
+//!
+//! A directory of the source that holds a masked path cannot be renamed
+//! (`EBUSY`): the masked content would move to a path that is not masked.
+//! Paths are tracked per inode from the entries this layer hands out,
+//! relative to the bound directory; an inode it never handed out is
+//! refused (fail closed).
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::{CStr, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -21,28 +30,68 @@ use fuse_backend_rs::api::filesystem::{
     ZeroCopyWriter, ROOT_ID,
 };
 
-/// `F` with `masks` hidden.
-pub struct Masked<F> {
-    inner: F,
-    /// Masked paths, relative to the root (`.git`, `a/.env`).
-    masks: HashSet<PathBuf>,
-    /// Where each inode handed out lives, relative to the root.
-    paths: Mutex<HashMap<u64, PathBuf>>,
-}
+/// The bit that marks an inode (or handle) of the storage file system.
+pub const STORAGE: u64 = 1 << 63;
 
 fn err(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
 }
 
+fn in_storage(ino: u64) -> bool {
+    ino & STORAGE != 0
+}
+
+fn untag(ino: u64) -> u64 {
+    ino & !STORAGE
+}
+
+fn tag(mut e: Entry) -> Entry {
+    if e.inode != 0 {
+        e.inode |= STORAGE;
+        e.attr.st_ino |= STORAGE;
+    }
+    e
+}
+
+fn tag_attr(r: (stat64, Duration)) -> (stat64, Duration) {
+    let (mut st, t) = r;
+    st.st_ino |= STORAGE;
+    (st, t)
+}
+
+/// Where a name lives.
+enum Place {
+    /// In the source, in this directory.
+    Source(u64),
+    /// In the storage, in this (untagged) directory.
+    Storage(u64),
+}
+
+/// `F` with masked paths hidden, or served from a storage `F`.
+pub struct Masked<F> {
+    inner: F,
+    storage: Option<F>,
+    /// Masked paths, relative to the root (`.git`, `a/.env`).
+    masks: HashSet<PathBuf>,
+    /// Where each source inode handed out lives, relative to the root.
+    paths: Mutex<HashMap<u64, PathBuf>>,
+    /// Storage directories of mask parents, by relative path.
+    storage_dirs: Mutex<HashMap<PathBuf, u64>>,
+}
+
 impl<F> Masked<F> {
-    /// Hides `masks` (relative paths, normalized) of `inner`.
-    pub fn new(inner: F, masks: impl IntoIterator<Item = PathBuf>) -> Self {
+    /// Hides `masks` (relative paths, normalized) of `inner`; with
+    /// `storage`, serves them from it (which must hold each mask's parent
+    /// directory).
+    pub fn new(inner: F, masks: impl IntoIterator<Item = PathBuf>, storage: Option<F>) -> Self {
         let mut paths = HashMap::new();
         paths.insert(ROOT_ID, PathBuf::new());
         Self {
             inner,
+            storage,
             masks: masks.into_iter().collect(),
             paths: Mutex::new(paths),
+            storage_dirs: Mutex::default(),
         }
     }
 
@@ -50,8 +99,7 @@ impl<F> Masked<F> {
         self.paths.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The path of `name` in directory `parent`. An inode this layer never
-    /// handed out has no known path: refused (fail closed).
+    /// The path of `name` in source directory `parent`.
     fn child(&self, parent: u64, name: &[u8]) -> io::Result<PathBuf> {
         let paths = self.paths();
         let dir = paths.get(&parent).ok_or_else(|| err(libc::ENOENT))?;
@@ -67,19 +115,131 @@ impl<F> Masked<F> {
         self.masks.iter().any(|m| m.starts_with(path))
     }
 
-    /// `name` in `parent` must not be masked (for creating onto it).
-    fn free(&self, parent: u64, name: &CStr) -> io::Result<PathBuf> {
-        let path = self.child(parent, name.to_bytes())?;
-        if self.masked(&path) {
-            return Err(err(libc::EACCES));
-        }
-        Ok(path)
+    /// Whether some mask sits directly in directory `dir`.
+    fn parent_of_mask(&self, dir: &Path) -> bool {
+        self.masks.iter().any(|m| m.parent() == Some(dir))
     }
 
-    fn record(&self, entry: &Entry, path: PathBuf) {
-        if entry.inode != 0 && entry.inode != ROOT_ID {
-            self.paths().insert(entry.inode, path);
+    fn record(&self, inode: u64, path: PathBuf) {
+        if inode != 0 && inode != ROOT_ID && !in_storage(inode) {
+            self.paths().insert(inode, path);
         }
+    }
+
+    /// The file system an inode belongs to, and its own number there.
+    fn of(&self, ino: u64) -> io::Result<(&F, u64)> {
+        if in_storage(ino) {
+            Ok((
+                self.storage.as_ref().ok_or_else(|| err(libc::ENOENT))?,
+                untag(ino),
+            ))
+        } else {
+            Ok((&self.inner, ino))
+        }
+    }
+}
+
+impl<F: FileSystem<Inode = u64, Handle = u64>> Masked<F> {
+    /// The storage directory for source-relative `dir` (found once).
+    fn storage_dir(&self, ctx: &Context, storage: &F, dir: &Path) -> io::Result<u64> {
+        if let Some(&ino) = self
+            .storage_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(dir)
+        {
+            return Ok(ino);
+        }
+        let mut ino = ROOT_ID;
+        for c in dir.components() {
+            let name = CString::new(c.as_os_str().as_bytes()).map_err(|_| err(libc::EINVAL))?;
+            ino = storage.lookup(ctx, ino, &name)?.inode;
+        }
+        self.storage_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dir.to_path_buf(), ino);
+        Ok(ino)
+    }
+
+    /// Where `name` in `parent` lives; `hidden` is the error for a masked
+    /// path without storage.
+    fn place(&self, ctx: &Context, parent: u64, name: &CStr, hidden: i32) -> io::Result<Place> {
+        if in_storage(parent) {
+            return Ok(Place::Storage(untag(parent)));
+        }
+        let path = self.child(parent, name.to_bytes())?;
+        if !self.masked(&path) {
+            return Ok(Place::Source(parent));
+        }
+        let storage = self.storage.as_ref().ok_or_else(|| err(hidden))?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        Ok(Place::Storage(self.storage_dir(ctx, storage, dir)?))
+    }
+
+    /// An entry made or found at `name` in `parent`.
+    fn made(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        hidden: i32,
+        op: impl Fn(&F, u64) -> io::Result<Entry>,
+    ) -> io::Result<Entry> {
+        match self.place(ctx, parent, name, hidden)? {
+            Place::Source(p) => {
+                let e = op(&self.inner, p)?;
+                self.record(e.inode, self.child(parent, name.to_bytes())?);
+                Ok(e)
+            }
+            Place::Storage(sp) => {
+                let storage = self.storage.as_ref().ok_or_else(|| err(hidden))?;
+                op(storage, sp).map(tag)
+            }
+        }
+    }
+
+    /// Every entry of source directory `ino` (masked ones left out) and
+    /// the storage entries of masks in it, in one list.
+    fn merged_listing(
+        &self,
+        ctx: &Context,
+        ino: u64,
+        handle: u64,
+        dir: &Path,
+    ) -> io::Result<Vec<(Vec<u8>, u64, u32)>> {
+        let mut out = Vec::new();
+        let mut offset = 0;
+        loop {
+            let mut got = 0;
+            self.inner
+                .readdir(ctx, ino, handle, 65536, offset, &mut |e| {
+                    offset = e.offset;
+                    got += 1;
+                    if !self.masked(&dir.join(OsStr::from_bytes(e.name))) {
+                        out.push((e.name.to_vec(), e.ino, e.type_));
+                    }
+                    Ok(1)
+                })?;
+            if got == 0 {
+                break;
+            }
+        }
+        if let Some(storage) = &self.storage {
+            for m in self.masks.iter().filter(|m| m.parent() == Some(dir)) {
+                let Some(name) = m.file_name() else { continue };
+                let Ok(sp) = self.storage_dir(ctx, storage, dir) else {
+                    continue;
+                };
+                let cname = CString::new(name.as_bytes()).map_err(|_| err(libc::EINVAL))?;
+                if let Ok(e) = storage.lookup(ctx, sp, &cname) {
+                    storage.forget(ctx, e.inode, 1);
+                    let kind = (e.attr.st_mode & libc::S_IFMT) >> 12;
+                    out.push((name.as_bytes().to_vec(), e.inode | STORAGE, kind));
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -88,29 +248,38 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        self.inner.init(capable)
+        if let Some(s) = &self.storage {
+            s.init(capable)?;
+        }
+        // Listings of directories that hold masks are merged here, one
+        // entry at a time: no readdirplus.
+        let opts = self.inner.init(capable)?;
+        Ok(opts - (FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO))
     }
 
     fn destroy(&self) {
-        self.inner.destroy()
+        self.inner.destroy();
+        if let Some(s) = &self.storage {
+            s.destroy();
+        }
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
-        let path = self.child(parent, name.to_bytes())?;
-        if self.masked(&path) {
-            return Err(err(libc::ENOENT));
-        }
-        let e = self.inner.lookup(ctx, parent, name)?;
-        self.record(&e, path);
-        Ok(e)
+        self.made(ctx, parent, name, libc::ENOENT, |fs, p| {
+            fs.lookup(ctx, p, name)
+        })
     }
 
     fn forget(&self, ctx: &Context, inode: u64, count: u64) {
-        self.inner.forget(ctx, inode, count)
+        if let Ok((fs, ino)) = self.of(inode) {
+            fs.forget(ctx, ino, count)
+        }
     }
 
     fn batch_forget(&self, ctx: &Context, requests: Vec<(u64, u64)>) {
-        self.inner.batch_forget(ctx, requests)
+        for (inode, count) in requests {
+            self.forget(ctx, inode, count);
+        }
     }
 
     fn getattr(
@@ -119,7 +288,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
         inode: u64,
         handle: Option<u64>,
     ) -> io::Result<(stat64, Duration)> {
-        self.inner.getattr(ctx, inode, handle)
+        let (fs, ino) = self.of(inode)?;
+        let r = fs.getattr(ctx, ino, handle)?;
+        Ok(if in_storage(inode) { tag_attr(r) } else { r })
     }
 
     fn setattr(
@@ -130,11 +301,14 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
         handle: Option<u64>,
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
-        self.inner.setattr(ctx, inode, attr, handle, valid)
+        let (fs, ino) = self.of(inode)?;
+        let r = fs.setattr(ctx, ino, attr, handle, valid)?;
+        Ok(if in_storage(inode) { tag_attr(r) } else { r })
     }
 
     fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
-        self.inner.readlink(ctx, inode)
+        let (fs, ino) = self.of(inode)?;
+        fs.readlink(ctx, ino)
     }
 
     fn symlink(
@@ -144,10 +318,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
         parent: u64,
         name: &CStr,
     ) -> io::Result<Entry> {
-        let path = self.free(parent, name)?;
-        let e = self.inner.symlink(ctx, linkname, parent, name)?;
-        self.record(&e, path);
-        Ok(e)
+        self.made(ctx, parent, name, libc::EACCES, |fs, p| {
+            fs.symlink(ctx, linkname, p, name)
+        })
     }
 
     fn mknod(
@@ -159,10 +332,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        let path = self.free(parent, name)?;
-        let e = self.inner.mknod(ctx, parent, name, mode, rdev, umask)?;
-        self.record(&e, path);
-        Ok(e)
+        self.made(ctx, parent, name, libc::EACCES, |fs, p| {
+            fs.mknod(ctx, p, name, mode, rdev, umask)
+        })
     }
 
     fn mkdir(
@@ -173,20 +345,23 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        let path = self.free(parent, name)?;
-        let e = self.inner.mkdir(ctx, parent, name, mode, umask)?;
-        self.record(&e, path);
-        Ok(e)
+        self.made(ctx, parent, name, libc::EACCES, |fs, p| {
+            fs.mkdir(ctx, p, name, mode, umask)
+        })
     }
 
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
-        self.free(parent, name)?;
-        self.inner.unlink(ctx, parent, name)
+        match self.place(ctx, parent, name, libc::EACCES)? {
+            Place::Source(p) => self.inner.unlink(ctx, p, name),
+            Place::Storage(sp) => self.of(STORAGE)?.0.unlink(ctx, sp, name),
+        }
     }
 
     fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
-        self.free(parent, name)?;
-        self.inner.rmdir(ctx, parent, name)
+        match self.place(ctx, parent, name, libc::EACCES)? {
+            Place::Source(p) => self.inner.rmdir(ctx, p, name),
+            Place::Storage(sp) => self.of(STORAGE)?.0.rmdir(ctx, sp, name),
+        }
     }
 
     fn rename(
@@ -198,30 +373,49 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
         newname: &CStr,
         flags: u32,
     ) -> io::Result<()> {
-        let from = self.free(olddir, oldname)?;
-        let to = self.free(newdir, newname)?;
-        // Moving (or replacing) a directory that holds masked content
-        // would carry that content to an unmasked path.
-        if self.holds_mask(&from) || self.holds_mask(&to) {
-            return Err(err(libc::EBUSY));
-        }
-        self.inner
-            .rename(ctx, olddir, oldname, newdir, newname, flags)?;
-        // The moved inode and everything known under it get the new path.
-        let mut paths = self.paths();
-        for p in paths.values_mut() {
-            if let Ok(rest) = p.strip_prefix(&from) {
-                *p = to.join(rest);
+        let from = self.place(ctx, olddir, oldname, libc::EACCES)?;
+        let to = self.place(ctx, newdir, newname, libc::EACCES)?;
+        match (from, to) {
+            (Place::Source(a), Place::Source(b)) => {
+                let from = self.child(olddir, oldname.to_bytes())?;
+                let to = self.child(newdir, newname.to_bytes())?;
+                // Moving (or replacing) a directory that holds masked
+                // content would carry it to an unmasked path.
+                if self.holds_mask(&from) || self.holds_mask(&to) {
+                    return Err(err(libc::EBUSY));
+                }
+                self.inner.rename(ctx, a, oldname, b, newname, flags)?;
+                let mut paths = self.paths();
+                for p in paths.values_mut() {
+                    if let Ok(rest) = p.strip_prefix(&from) {
+                        *p = to.join(rest);
+                    }
+                }
+                Ok(())
             }
+            (Place::Storage(a), Place::Storage(b)) => self
+                .of(STORAGE)?
+                .0
+                .rename(ctx, a, oldname, b, newname, flags),
+            _ => Err(err(libc::EXDEV)),
         }
-        Ok(())
     }
 
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
-        let path = self.free(newparent, newname)?;
-        let e = self.inner.link(ctx, inode, newparent, newname)?;
-        self.record(&e, path);
-        Ok(e)
+        let same = |fs_is_storage: bool| fs_is_storage == in_storage(inode);
+        match self.place(ctx, newparent, newname, libc::EACCES)? {
+            Place::Source(p) if same(false) => {
+                let e = self.inner.link(ctx, inode, p, newname)?;
+                self.record(e.inode, self.child(newparent, newname.to_bytes())?);
+                Ok(e)
+            }
+            Place::Storage(sp) if same(true) => self
+                .of(STORAGE)?
+                .0
+                .link(ctx, untag(inode), sp, newname)
+                .map(tag),
+            _ => Err(err(libc::EXDEV)),
+        }
     }
 
     fn open(
@@ -231,7 +425,8 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
-        self.inner.open(ctx, inode, flags, fuse_flags)
+        let (fs, ino) = self.of(inode)?;
+        fs.open(ctx, ino, flags, fuse_flags)
     }
 
     fn create(
@@ -241,10 +436,17 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
-        let path = self.free(parent, name)?;
-        let r = self.inner.create(ctx, parent, name, args)?;
-        self.record(&r.0, path);
-        Ok(r)
+        match self.place(ctx, parent, name, libc::EACCES)? {
+            Place::Source(p) => {
+                let r = self.inner.create(ctx, p, name, args)?;
+                self.record(r.0.inode, self.child(parent, name.to_bytes())?);
+                Ok(r)
+            }
+            Place::Storage(sp) => {
+                let (e, h, o, x) = self.of(STORAGE)?.0.create(ctx, sp, name, args)?;
+                Ok((tag(e), h, o, x))
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -259,8 +461,8 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        self.inner
-            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+        let (fs, ino) = self.of(inode)?;
+        fs.read(ctx, ino, handle, w, size, offset, lock_owner, flags)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -277,9 +479,10 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<usize> {
-        self.inner.write(
+        let (fs, ino) = self.of(inode)?;
+        fs.write(
             ctx,
-            inode,
+            ino,
             handle,
             r,
             size,
@@ -292,11 +495,13 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
     }
 
     fn flush(&self, ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
-        self.inner.flush(ctx, inode, handle, lock_owner)
+        let (fs, ino) = self.of(inode)?;
+        fs.flush(ctx, ino, handle, lock_owner)
     }
 
     fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
-        self.inner.fsync(ctx, inode, datasync, handle)
+        let (fs, ino) = self.of(inode)?;
+        fs.fsync(ctx, ino, datasync, handle)
     }
 
     fn fallocate(
@@ -308,8 +513,8 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
         offset: u64,
         length: u64,
     ) -> io::Result<()> {
-        self.inner
-            .fallocate(ctx, inode, handle, mode, offset, length)
+        let (fs, ino) = self.of(inode)?;
+        fs.fallocate(ctx, ino, handle, mode, offset, length)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -323,12 +528,13 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.inner
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+        let (fs, ino) = self.of(inode)?;
+        fs.release(ctx, ino, flags, handle, flush, flock_release, lock_owner)
     }
 
     fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<statvfs64> {
-        self.inner.statfs(ctx, inode)
+        let (fs, ino) = self.of(inode)?;
+        fs.statfs(ctx, ino)
     }
 
     fn opendir(
@@ -337,7 +543,8 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
         inode: u64,
         flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
-        self.inner.opendir(ctx, inode, flags)
+        let (fs, ino) = self.of(inode)?;
+        fs.opendir(ctx, ino, flags)
     }
 
     fn readdir(
@@ -349,10 +556,39 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        if in_storage(inode) {
+            return self.of(inode)?.0.readdir(
+                ctx,
+                untag(inode),
+                handle,
+                size,
+                offset,
+                &mut |mut e| {
+                    e.ino |= STORAGE;
+                    add_entry(e)
+                },
+            );
+        }
         let dir = self.paths().get(&inode).cloned();
         let Some(dir) = dir else {
             return Err(err(libc::ENOENT));
         };
+        if self.storage.is_some() && self.parent_of_mask(&dir) {
+            // Source entries and storage entries, with offsets of our own.
+            let list = self.merged_listing(ctx, inode, handle, &dir)?;
+            for (i, (name, ino, type_)) in list.iter().enumerate().skip(offset as usize) {
+                let n = add_entry(DirEntry {
+                    ino: *ino,
+                    offset: i as u64 + 1,
+                    type_: *type_,
+                    name,
+                })?;
+                if n == 0 {
+                    break;
+                }
+            }
+            return Ok(());
+        }
         self.inner
             .readdir(ctx, inode, handle, size, offset, &mut |e| {
                 if self.masked(&dir.join(OsStr::from_bytes(e.name))) {
@@ -363,43 +599,19 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
             })
     }
 
-    fn readdirplus(
-        &self,
-        ctx: &Context,
-        inode: u64,
-        handle: u64,
-        size: u32,
-        offset: u64,
-        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
-    ) -> io::Result<()> {
-        let dir = self.paths().get(&inode).cloned();
-        let Some(dir) = dir else {
-            return Err(err(libc::ENOENT));
-        };
-        self.inner
-            .readdirplus(ctx, inode, handle, size, offset, &mut |e, entry| {
-                let path = dir.join(OsStr::from_bytes(e.name));
-                if self.masked(&path) {
-                    // The inner file system counted a lookup for this entry:
-                    // give it back, as the guest never sees it.
-                    self.inner.forget(ctx, entry.inode, 1);
-                    return Ok(1);
-                }
-                self.record(&entry, path);
-                add_entry(e, entry)
-            })
-    }
-
     fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
-        self.inner.fsyncdir(ctx, inode, datasync, handle)
+        let (fs, ino) = self.of(inode)?;
+        fs.fsyncdir(ctx, ino, datasync, handle)
     }
 
     fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
-        self.inner.releasedir(ctx, inode, flags, handle)
+        let (fs, ino) = self.of(inode)?;
+        fs.releasedir(ctx, ino, flags, handle)
     }
 
     fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
-        self.inner.access(ctx, inode, mask)
+        let (fs, ino) = self.of(inode)?;
+        fs.access(ctx, ino, mask)
     }
 
     fn lseek(
@@ -410,7 +622,8 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
         offset: u64,
         whence: u32,
     ) -> io::Result<u64> {
-        self.inner.lseek(ctx, inode, handle, offset, whence)
+        let (fs, ino) = self.of(inode)?;
+        fs.lseek(ctx, ino, handle, offset, whence)
     }
 
     fn id_remap(&self, ctx: &mut Context) -> io::Result<()> {

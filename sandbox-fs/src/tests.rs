@@ -188,6 +188,7 @@ fn masked_paths_are_absent_unlisted_and_unreachable() {
     let fs = crate::Masked::new(
         bind(&s.src(), Access::Writable).unwrap(),
         [PathBuf::from(".git"), PathBuf::from("sub/.env")],
+        None,
     );
     fs.init(FsOptions::empty()).unwrap();
     let ctx = Context::default();
@@ -233,5 +234,33 @@ fn masked_paths_are_absent_unlisted_and_unreachable() {
     assert_eq!(
         std::fs::read(s.src().join(".git/HEAD")).unwrap(),
         b"ref: main\n"
+    );
+}
+
+#[test]
+fn mask_storage_must_not_overlap_the_source() {
+    let s = Scratch::new("overlap");
+    let inside = s.src().join("sub");
+    let r = crate::bind_masked(
+        &s.src(),
+        Access::Writable,
+        vec![PathBuf::from(".git")],
+        Some(&inside),
+    );
+    assert!(matches!(r, Err(crate::BindError::Storage { .. })));
+    let r = crate::bind_masked(
+        &s.src(),
+        Access::Writable,
+        vec![PathBuf::from(".git")],
+        Some(&s.0),
+    );
+    assert!(matches!(r, Err(crate::BindError::Storage { .. })));
+    let store = s.0.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let masks = vec![PathBuf::from("a/b/.env")];
+    assert!(crate::bind_masked(&s.src(), Access::Writable, masks, Some(&store)).is_ok());
+    assert!(
+        store.join("a/b").is_dir(),
+        "the mask's parent is made in the storage"
     );
 }
