@@ -33,6 +33,8 @@ enum Kind {
         fs: Arc<dyn vfs::FileSystem>,
         deadline: Duration,
     },
+    /// An external vhost-user-fs daemon's socket, and the tag it serves.
+    External { socket: PathBuf, tag: String },
 }
 
 impl std::fmt::Debug for Mount {
@@ -54,6 +56,11 @@ impl std::fmt::Debug for Mount {
                 .debug_struct("Virtual")
                 .field("deadline", deadline)
                 .finish_non_exhaustive(),
+            Kind::External { socket, tag } => f
+                .debug_struct("External")
+                .field("socket", socket)
+                .field("tag", tag)
+                .finish(),
         }
     }
 }
@@ -107,7 +114,7 @@ impl Mount {
         let extra: Vec<String> = paths.into_iter().map(Into::into).collect();
         match &mut self.kind {
             Kind::Bind { masks, .. } => masks.extend(extra),
-            Kind::Virtual { .. } => self.stray_masks.extend(extra),
+            Kind::Virtual { .. } | Kind::External { .. } => self.stray_masks.extend(extra),
         }
         self
     }
@@ -119,6 +126,21 @@ impl Mount {
             *mask_storage = Some(dir.into());
         }
         self
+    }
+
+    /// A file system served by an external vhost-user-fs daemon listening
+    /// on `socket` under mount tag `tag` (for example `virtiofsd
+    /// --socket-path SOCKET --tag TAG`; the daemon must answer the
+    /// front end's `GET_CONFIG` with its tag). The daemon's own rules
+    /// apply, not this library's. UML backend only.
+    pub fn vhost_user_fs(socket: impl Into<PathBuf>, tag: impl Into<String>) -> Mount {
+        Mount {
+            kind: Kind::External {
+                socket: socket.into(),
+                tag: tag.into(),
+            },
+            stray_masks: Vec::new(),
+        }
     }
 
     /// The deadline of one guest request to a virtual or memory file
@@ -249,14 +271,23 @@ pub(crate) fn validate(mounts: &[(String, Mount)]) -> Result<(), MountError> {
     Ok(())
 }
 
-/// A mount ready for a backend: the device and where the agent mounts it.
+/// A mount ready for a backend: what serves it and where the agent mounts
+/// it.
 pub(crate) struct Prepared {
     /// The guest path.
     pub path: String,
-    /// The virtio-fs device, serving under `tag`.
-    pub device: sandbox_virtio::fs::Fs,
-    /// The device's mount tag.
+    /// What serves it, under `tag`.
+    pub served: Served,
+    /// The mount tag.
     pub tag: String,
+}
+
+/// What serves a mount.
+pub(crate) enum Served {
+    /// Our virtio-fs device.
+    Device(sandbox_virtio::fs::Fs),
+    /// An external vhost-user-fs daemon's socket.
+    External(PathBuf),
 }
 
 /// The masks of the bind on `path` as paths relative to its source.
@@ -314,6 +345,19 @@ pub(crate) fn prepare(mounts: &[(String, Mount)]) -> Result<Vec<Prepared>, crate
             }
             .into());
         }
+        if let Kind::External { socket, tag } = &mount.kind {
+            if tag.is_empty() || tag.len() > sandbox_virtio::fs::MAX_TAG_LEN || tag.contains(',') {
+                return Err(crate::Error::InvalidConfig(format!(
+                    "mount on {path:?}: the tag {tag:?} must be 1 to 36 bytes without ','"
+                )));
+            }
+            out.push(Prepared {
+                path: path.clone(),
+                served: Served::External(socket.clone()),
+                tag: tag.clone(),
+            });
+            continue;
+        }
         let tag = format!("sbxfs{i}");
         let device = match &mount.kind {
             Kind::Bind {
@@ -352,11 +396,12 @@ pub(crate) fn prepare(mounts: &[(String, Mount)]) -> Result<Vec<Prepared>, crate
                 let confined = sandbox_fs::Confined::new(served, false);
                 sandbox_virtio::fs::Fs::new(&tag, Arc::new(confined))
             }
+            Kind::External { .. } => unreachable!("handled above"),
         }
         .map_err(|e| crate::Error::InvalidConfig(format!("mount on {path:?}: {e}")))?;
         out.push(Prepared {
             path: path.clone(),
-            device,
+            served: Served::Device(device),
             tag,
         });
     }

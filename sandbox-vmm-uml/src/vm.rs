@@ -56,6 +56,9 @@ pub struct UmlConfig {
     /// virtio-fs devices (each carries its mount tag; the agent is told
     /// where to mount them through `extra_args`).
     pub file_systems: Vec<sandbox_virtio::fs::Fs>,
+    /// Sockets of external vhost-user-fs daemons (virtio-fs devices this
+    /// library does not serve).
+    pub external_file_systems: Vec<PathBuf>,
     /// Guest hostname, passed to the agent.
     pub hostname: String,
     /// Bytes of console output kept for error reports.
@@ -153,6 +156,7 @@ impl UmlVm {
         for (i, fs) in cfg.file_systems.into_iter().enumerate() {
             file_systems.push(vm.serve(&format!("fs{i}"), fs)?);
         }
+        file_systems.extend(cfg.external_file_systems);
         let vsock = vm.serve("vsock", vsock)?;
         let rng = vm.serve("rng", Rng::new())?;
 

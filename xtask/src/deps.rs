@@ -37,6 +37,27 @@ fn missing() -> Vec<&'static str> {
     PACKAGES.iter().copied().filter(|p| !installed(p)).collect()
 }
 
+/// Installs `packages` that are missing (as root), else says how.
+pub fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let want: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if want.is_empty() {
+        return Ok(());
+    }
+    let list = want.join(" ");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(format!(
+            "missing packages: {list}\nrun: sudo apt-get update && sudo apt-get install -y {list}"
+        ));
+    }
+    step(&format!("installing {list}"));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&want)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 /// Installs missing packages when running as root, else explains how.
 ///
 /// A second pass installs what the first one removed: apt resolves a

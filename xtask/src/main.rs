@@ -21,6 +21,7 @@ mod fuzz_seeds;
 mod hygiene;
 mod image;
 mod kernel;
+mod peers;
 
 use std::process::ExitCode;
 
@@ -42,11 +43,12 @@ fn main() -> ExitCode {
         Some("fuzz") => count_flag(&args, "--minutes", "cargo xtask fuzz [--minutes N]")
             .and_then(|m| fuzz::build_and_run(m.map_or(fuzz::CI_SECONDS, |m| m * 60))),
         Some("hygiene") => hygiene::check(),
+        Some("peers") => peers::ensure(),
         Some("soak") => count_flag(&args, "--cycles", "cargo xtask soak [--cycles N]")
             .and_then(|n| flows::soak(n.unwrap_or(flows::CI_SOAK_CYCLES))),
         _ => {
             eprintln!(
-                "usage: cargo xtask <quickstart|ci|build|deps|kernel <uml|x86_64>|image|fuzz [--minutes N]|hygiene|soak [--cycles N]> [--rebuild]"
+                "usage: cargo xtask <quickstart|ci|build|deps|kernel <uml|x86_64>|image|fuzz [--minutes N]|hygiene|soak [--cycles N]|peers> [--rebuild]"
             );
             return ExitCode::from(2);
         }

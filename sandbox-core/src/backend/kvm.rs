@@ -48,7 +48,15 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
         Vsock::new(GUEST_CID).map_err(|e| Error::Protocol(format!("vsock: {e}")))?;
     let mounts_param = crate::mount::agent_param(&spec.mounts);
     for (i, m) in spec.mounts.into_iter().enumerate() {
-        devices.push(Box::new(m.device));
+        match m.served {
+            crate::mount::Served::Device(d) => devices.push(Box::new(d)),
+            crate::mount::Served::External(socket) => {
+                return Err(Error::InvalidConfig(format!(
+                    "external vhost-user file systems ({}) are served by the UML backend only",
+                    socket.display()
+                )))
+            }
+        }
         names.push(format!("fs{i}"));
     }
     devices.push(Box::new(vsock));

@@ -29,7 +29,14 @@ pub(super) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
     let mut extra_args: Vec<String> = crate::mount::agent_param(&spec.mounts)
         .into_iter()
         .collect();
-    let file_systems = spec.mounts.into_iter().map(|m| m.device).collect();
+    let mut file_systems = Vec::new();
+    let mut external_file_systems = Vec::new();
+    for m in spec.mounts {
+        match m.served {
+            crate::mount::Served::Device(d) => file_systems.push(d),
+            crate::mount::Served::External(socket) => external_file_systems.push(socket),
+        }
+    }
     let mut net = None;
     let mut network = None;
     if let Some(opts) = spec.network {
@@ -44,6 +51,7 @@ pub(super) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
         root,
         data_disks,
         file_systems,
+        external_file_systems,
         hostname: spec.hostname,
         console_log_bytes: CONSOLE_LOG_BYTES,
         agent_port: AGENT_VSOCK_PORT,
