@@ -392,6 +392,7 @@ async fn a_virtual_fs_serves_the_guest_and_its_failures_are_eio() {
     let (code, out) = sh(&vm, "cat /app/greeting.txt").await;
     assert_eq!((code, out.as_str()), (0, "served by the application\n"));
     vm.shutdown().await.unwrap();
+    assert_eq!(sandbox_core::seccomp::violations(), vec![]);
 }
 
 /// A tree of `n` small files in `dir/t` (in 50 directories), its tarball
@@ -464,6 +465,8 @@ async fn a_git_like_workload_matches_the_host_on_a_bind_and_in_memory() {
     assert!(!host.src().join("t").exists());
     assert_eq!(memory.read_file("/sums").unwrap(), expected.as_bytes());
     assert!(memory.read_dir("/t").is_err());
+    // The virtio-fs worker ran the whole workload inside its syscall filter.
+    assert_eq!(sandbox_core::seccomp::violations(), vec![]);
 }
 
 #[tokio::test]
@@ -588,6 +591,7 @@ async fn masks_of_a_writable_bind_redirect_to_storage() {
         b"new\n"
     );
     assert_eq!(std::fs::read(host.src().join("top.txt")).unwrap(), b"top\n");
+    assert_eq!(sandbox_core::seccomp::violations(), vec![]);
     assert!(host
         .src()
         .join("node_modules/original-pkg/index.js")

@@ -72,6 +72,66 @@ pub static VHOST_USER: AllowList = AllowList {
     ],
 };
 
+/// The virtio-fs worker: the FUSE server and the file system it serves (a
+/// confined passthrough of a host directory, which opens and changes host
+/// files relative to descriptors it holds, or the application's file system
+/// reached through tasks on its runtime). No sockets, no `execve`, no
+/// `ptrace`, no mounts.
+pub static FS: AllowList = AllowList {
+    class: "virtio-fs",
+    syscalls: &[
+        libc::SYS_read,
+        libc::SYS_readv,
+        libc::SYS_writev,
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+        libc::SYS_preadv,
+        libc::SYS_pwritev,
+        libc::SYS_preadv2,
+        libc::SYS_pwritev2,
+        libc::SYS_lseek,
+        libc::SYS_openat,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_open,
+        libc::SYS_newfstatat,
+        libc::SYS_fstat,
+        libc::SYS_statx,
+        libc::SYS_fstatfs,
+        libc::SYS_getdents64,
+        libc::SYS_readlinkat,
+        libc::SYS_mkdirat,
+        libc::SYS_mknodat,
+        libc::SYS_symlinkat,
+        libc::SYS_unlinkat,
+        libc::SYS_renameat2,
+        libc::SYS_linkat,
+        libc::SYS_fchmod,
+        libc::SYS_fchmodat,
+        libc::SYS_fchownat,
+        libc::SYS_utimensat,
+        libc::SYS_ftruncate,
+        libc::SYS_fallocate,
+        libc::SYS_fsync,
+        libc::SYS_fdatasync,
+        libc::SYS_dup,
+        libc::SYS_ioctl,
+        libc::SYS_getuid,
+        libc::SYS_getgid,
+        libc::SYS_umask,
+        // The passthrough acts as the request's user for creations, and
+        // drops CAP_FSETID around writes.
+        libc::SYS_setresuid,
+        libc::SYS_setresgid,
+        libc::SYS_capget,
+        libc::SYS_capset,
+        // The worker's own loop.
+        libc::SYS_epoll_pwait,
+        libc::SYS_epoll_ctl,
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_epoll_wait,
+    ],
+};
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
@@ -80,5 +140,6 @@ mod tests {
     fn the_device_lists_are_small() {
         report(&DEVICE, 60);
         report(&VHOST_USER, 50);
+        report(&FS, 75);
     }
 }

@@ -117,9 +117,15 @@ impl VirtioDevice for Fs {
             self.metrics.clone(),
         )
         .map_err(DeviceError::Config)?;
-        // The file system opens and creates host files: not the device
-        // filter (which refuses opens); see docs/mounts.md.
-        self.worker = Some(Worker::spawn("virtio-fs", handler, ctx, Vec::new(), None)?);
+        // The file system opens and creates host files: a filter of its
+        // own (docs/security.md).
+        self.worker = Some(Worker::spawn(
+            "virtio-fs",
+            handler,
+            ctx,
+            Vec::new(),
+            Some(&crate::seccomp::FS),
+        )?);
         Ok(())
     }
 
