@@ -142,7 +142,7 @@ impl FileSystem for Virtual {
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        Ok(capable & (FsOptions::ASYNC_READ | FsOptions::BIG_WRITES))
+        Ok(capable & crate::TRANSFER_OPTIONS)
     }
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {

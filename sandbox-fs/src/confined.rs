@@ -105,7 +105,7 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Confined<F> {
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        self.inner.init(capable)
+        Ok(self.inner.init(capable)? | (capable & crate::TRANSFER_OPTIONS))
     }
 
     fn destroy(&self) {

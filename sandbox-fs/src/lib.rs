@@ -27,6 +27,18 @@ pub use fuse_backend_rs::api::filesystem::FileSystem;
 pub use masked::{Masked, STORAGE};
 pub use memory::{MemoryFs, DEFAULT_LIMIT};
 
+/// FUSE options every served file system asks for: requests of up to 1
+/// MiB (`BIG_WRITES`, `MAX_PAGES`; without them the guest writes 4 KiB per
+/// request, measured 20x slower than virtiofsd on a 1 GiB write), reads
+/// and directory operations in parallel, and cached data dropped when the
+/// host changes a file's mtime (`AUTO_INVAL_DATA`).
+pub const TRANSFER_OPTIONS: fuse_backend_rs::api::filesystem::FsOptions =
+    fuse_backend_rs::api::filesystem::FsOptions::ASYNC_READ
+        .union(fuse_backend_rs::api::filesystem::FsOptions::BIG_WRITES)
+        .union(fuse_backend_rs::api::filesystem::FsOptions::MAX_PAGES)
+        .union(fuse_backend_rs::api::filesystem::FsOptions::PARALLEL_DIROPS)
+        .union(fuse_backend_rs::api::filesystem::FsOptions::AUTO_INVAL_DATA);
+
 /// A file system the virtio-fs device can serve.
 pub trait FuseFs: FileSystem<Inode = u64, Handle = u64> + Send + Sync + 'static {}
 
