@@ -32,6 +32,9 @@ pub const MAX_TAG_LEN: usize = 36;
 const QUEUE_SIZE: u16 = 256;
 /// The high-priority queue and one request queue.
 const QUEUES: usize = 2;
+/// `VIRTIO_RING_F_EVENT_IDX`: the driver kicks and the device interrupts
+/// only when the other side asked to hear about that index.
+const EVENT_IDX: u64 = crate::feature(virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX);
 
 /// Counters of a running virtio-fs device.
 #[derive(Debug, Default)]
@@ -101,7 +104,7 @@ impl VirtioDevice for Fs {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+        VIRTIO_F_VERSION_1 | EVENT_IDX
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -110,13 +113,16 @@ impl VirtioDevice for Fs {
 
     fn activate(&mut self, ctx: ActivationContext) -> Result<(), DeviceError> {
         ctx.validate(QUEUES)?;
-        let handler = FsHandler::new(
+        let mut handler = FsHandler::new(
             self.server.clone(),
             &ctx.mem,
             &ctx.queues,
             self.metrics.clone(),
         )
         .map_err(DeviceError::Config)?;
+        if ctx.acked_features & EVENT_IDX != 0 {
+            handler.use_event_idx();
+        }
         // The file system opens and creates host files: a filter of its
         // own (docs/security.md).
         self.worker = Some(Worker::spawn(
@@ -153,6 +159,7 @@ struct FsHandler {
     mem: bridge::Memory,
     queues: Vec<bridge::FuseQueue>,
     metrics: Arc<FsMetrics>,
+    event_idx: bool,
 }
 
 impl FsHandler {
@@ -168,7 +175,16 @@ impl FsHandler {
             mem: bridge::alias_memory(mem)?,
             queues: queues.iter().map(bridge::queue).collect::<Result<_, _>>()?,
             metrics,
+            event_idx: false,
         })
+    }
+
+    /// The driver acknowledged `VIRTIO_RING_F_EVENT_IDX`.
+    fn use_event_idx(&mut self) {
+        self.event_idx = true;
+        for q in &mut self.queues {
+            q.set_event_idx(true);
+        }
     }
 
     /// Answers one request; returns the bytes written into the chain.
@@ -190,23 +206,35 @@ impl Handler for FsHandler {
             return 0;
         };
         let mut used = false;
-        while let Some(chain) = q.pop_descriptor_chain(&self.mem) {
-            let head = chain.head_index();
-            let written = match Self::answer(&*self.server, &self.mem, chain) {
-                Ok(n) => {
-                    self.metrics.requests.inc();
-                    n
-                }
-                Err(e) => {
-                    log::debug!("virtio-fs: a request failed: {e}");
-                    self.metrics.malformed.inc();
-                    0
-                }
-            };
-            if q.add_used(&self.mem, head, written as u32).is_err() {
-                self.metrics.malformed.inc();
+        loop {
+            // With event indices, the driver is told not to kick while the
+            // queue is drained, and asked for a kick past the last
+            // request taken; requests that arrived meanwhile are taken
+            // before waiting.
+            if self.event_idx {
+                let _ = q.disable_notification(&self.mem);
             }
-            used = true;
+            while let Some(chain) = q.pop_descriptor_chain(&self.mem) {
+                let head = chain.head_index();
+                let written = match Self::answer(&*self.server, &self.mem, chain) {
+                    Ok(n) => {
+                        self.metrics.requests.inc();
+                        n
+                    }
+                    Err(e) => {
+                        log::debug!("virtio-fs: a request failed: {e}");
+                        self.metrics.malformed.inc();
+                        0
+                    }
+                };
+                if q.add_used(&self.mem, head, written as u32).is_err() {
+                    self.metrics.malformed.inc();
+                }
+                used = true;
+            }
+            if !self.event_idx || !q.enable_notification(&self.mem).unwrap_or(false) {
+                break;
+            }
         }
         bridge::sync_back(q, ours);
         if used && q.needs_notification(&self.mem).unwrap_or(true) {
