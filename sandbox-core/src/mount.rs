@@ -346,9 +346,13 @@ pub(crate) fn prepare(mounts: &[(String, Mount)]) -> Result<Vec<Prepared>, crate
             .into());
         }
         if let Kind::External { socket, tag } = &mount.kind {
-            if tag.is_empty() || tag.len() > sandbox_virtio::fs::MAX_TAG_LEN || tag.contains(',') {
+            let plain = tag
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b',' && b != b':');
+            if tag.is_empty() || tag.len() > sandbox_virtio::fs::MAX_TAG_LEN || !plain {
                 return Err(crate::Error::InvalidConfig(format!(
-                    "mount on {path:?}: the tag {tag:?} must be 1 to 36 bytes without ','"
+                    "mount on {path:?}: the tag {tag:?} must be 1 to 36 printable bytes \
+                     without ',' or ':'"
                 )));
             }
             out.push(Prepared {
