@@ -159,7 +159,10 @@ async fn a_failing_policy_refuses_the_query_and_forwards_nothing() {
     {
         g.udp_send(6000, sa("10.0.2.3:53"), &msg(i as u16, name, RecordType::A))
             .await;
-        let (_, _, a) = g.udp_recv(Duration::from_secs(3)).await.expect(name);
+        // Generous: 3 s ran out once in a clean CI run (the panicking
+        // policy's query; not reproduced in 30 local runs, with and
+        // without RUST_BACKTRACE). A lost answer still fails the test.
+        let (_, _, a) = g.udp_recv(Duration::from_secs(20)).await.expect(name);
         let want = if i < 2 { REFUSED } else { NOERROR };
         assert_eq!(rcode(&a), want, "{name}");
     }
