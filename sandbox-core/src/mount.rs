@@ -226,10 +226,7 @@ fn check_path(path: &str) -> Result<(), String> {
     if path.contains('\0') {
         return Err("contains NUL".into());
     }
-    let normal = path[1..]
-        .split('/')
-        .all(|c| !c.is_empty() && c != "." && c != "..");
-    if !normal {
+    if !normalized(path) {
         return Err(
             "must be normalized (no empty, '.' or '..' components, no trailing '/')".into(),
         );
@@ -323,13 +320,18 @@ fn check_inside(path: &str) -> Result<(), String> {
     if !path.starts_with('/') || path == "/" {
         return Err("must be an absolute path inside the source, other than \"/\"".into());
     }
-    let normal = path[1..]
-        .split('/')
-        .all(|c| !c.is_empty() && c != "." && c != "..");
-    if path.contains('\0') || !normal {
+    if path.contains('\0') || !normalized(path) {
         return Err("must be normalized (no empty, '.' or '..' components)".into());
     }
     Ok(())
+}
+
+/// Whether absolute `path` has no empty, `.` or `..` components (nor a
+/// trailing `/`).
+fn normalized(path: &str) -> bool {
+    path[1..]
+        .split('/')
+        .all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// Opens the host side of every mount (validated first).

@@ -36,11 +36,11 @@ fn os(name: &CStr) -> OsString {
 }
 
 fn to_io(e: Errno) -> io::Error {
-    io::Error::from_raw_os_error(e.0)
+    crate::err(e.0)
 }
 
 fn eio() -> io::Error {
-    io::Error::from_raw_os_error(libc::EIO)
+    crate::err(libc::EIO)
 }
 
 fn stat(a: &Attr) -> stat64 {

@@ -19,6 +19,7 @@ use std::ffi::CStr;
 use std::io;
 use std::time::Duration;
 
+use crate::err;
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
 use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
 use fuse_backend_rs::api::filesystem::{
@@ -33,10 +34,6 @@ pub struct Confined<F> {
     read_only: bool,
     uid: u32,
     gid: u32,
-}
-
-fn err(code: i32) -> io::Error {
-    io::Error::from_raw_os_error(code)
 }
 
 /// A single path component other than `.` and `..`.

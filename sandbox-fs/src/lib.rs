@@ -39,6 +39,11 @@ pub const TRANSFER_OPTIONS: fuse_backend_rs::api::filesystem::FsOptions =
         .union(fuse_backend_rs::api::filesystem::FsOptions::PARALLEL_DIROPS)
         .union(fuse_backend_rs::api::filesystem::FsOptions::AUTO_INVAL_DATA);
 
+/// An errno as the error the FUSE server answers with.
+pub(crate) fn err(code: i32) -> std::io::Error {
+    std::io::Error::from_raw_os_error(code)
+}
+
 /// A file system the virtio-fs device can serve.
 pub trait FuseFs: FileSystem<Inode = u64, Handle = u64> + Send + Sync + 'static {}
 

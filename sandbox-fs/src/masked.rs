@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::err;
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
 use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileSystem, FsOptions, OpenOptions, SetattrValid, ZeroCopyReader,
@@ -32,10 +33,6 @@ use fuse_backend_rs::api::filesystem::{
 
 /// The bit that marks an inode (or handle) of the storage file system.
 pub const STORAGE: u64 = 1 << 63;
-
-fn err(code: i32) -> io::Error {
-    io::Error::from_raw_os_error(code)
-}
 
 fn in_storage(ino: u64) -> bool {
     ino & STORAGE != 0
