@@ -37,12 +37,9 @@ fn missing() -> Vec<&'static str> {
     PACKAGES.iter().copied().filter(|p| !installed(p)).collect()
 }
 
-/// Installs `packages` that are missing (as root), else says how.
-pub fn ensure_packages(packages: &[&str]) -> Result<()> {
-    let want: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
-    if want.is_empty() {
-        return Ok(());
-    }
+/// Checks that apt may run (root; else says what to run) and updates its
+/// lists, before installing `want`.
+fn prepare(want: &[&str]) -> Result<()> {
     let list = want.join(" ");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -51,11 +48,24 @@ pub fn ensure_packages(packages: &[&str]) -> Result<()> {
         ));
     }
     step(&format!("installing {list}"));
-    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get").arg("update").arg("-qq"))
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&want)
+        .args(pkgs)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Installs `packages` that are missing (as root), else says how.
+pub fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let want: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if want.is_empty() {
+        return Ok(());
+    }
+    prepare(&want)?;
+    apt_install(&want)
 }
 
 /// Installs missing packages when running as root, else explains how.
@@ -70,15 +80,7 @@ pub fn ensure() -> Result<()> {
     if first.is_empty() {
         return Ok(());
     }
-    let list = first.join(" ");
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(format!(
-            "missing packages: {list}\nrun: sudo apt-get update && sudo apt-get install -y {list}"
-        ));
-    }
-    step(&format!("installing {list}"));
-    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    prepare(&first)?;
     let mut now = first;
     for pass in 0..2 {
         if pass > 0 {
@@ -87,10 +89,7 @@ pub fn ensure() -> Result<()> {
                 now.join(" ")
             ));
         }
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&now)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        apt_install(&now)?;
         now = missing();
         if now.is_empty() {
             return Ok(());
