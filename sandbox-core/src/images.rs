@@ -9,10 +9,12 @@ use crate::Error;
 pub use sandbox_rootfs::{Image, ImageFormat};
 
 /// Names of the built-in images.
-pub const BUILTIN: &[&str] = &["minimal", "debian:12"];
+pub const BUILTIN: &[&str] = &["minimal", "debian:12", "debian:12-docker"];
 
-/// A built-in image by name: `minimal` (busybox and bash) or `debian:12`
-/// (bookworm with bash, coreutils, curl, git, python3, jq and more).
+/// A built-in image by name: `minimal` (busybox and bash), `debian:12`
+/// (bookworm with bash, coreutils, curl, git, python3, jq and more) or
+/// `debian:12-docker` (`debian:12` plus Docker, containerd and runc; its
+/// facts carry the `docker` version; see docs/docker.md).
 pub fn builtin(name: &str) -> Result<Image, Error> {
     if !BUILTIN.contains(&name) {
         return Err(Error::InvalidConfig(format!(

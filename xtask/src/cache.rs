@@ -159,7 +159,15 @@ pub fn run_logged(cmd: &mut Command, log: &Path, label: &str, every: usize) -> R
 /// checkout using the same cache at the same time keeps its files.
 const KEEP_OLDER: usize = 2;
 
-/// Prunes older builds of an artifact: files in `dir` named `prefix*`
+/// Whether `name` is `<prefix><hex key>[.ext]`: `debian-12-` must not
+/// claim `debian-12-docker-<key>.ext4`.
+fn is_build_of(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .and_then(|rest| rest.split('.').next())
+        .is_some_and(|key| !key.is_empty() && key.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Prunes older builds of an artifact: files in `dir` named `<prefix><key>`
 /// other than `keep`, beyond the [`KEEP_OLDER`] most recent.
 pub fn remove_others(dir: &Path, prefix: &str, keep: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -167,7 +175,7 @@ pub fn remove_others(dir: &Path, prefix: &str, keep: &Path) {
     };
     let mut older: Vec<(std::time::SystemTime, PathBuf)> = rd
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix) && e.path() != keep)
+        .filter(|e| is_build_of(&e.file_name().to_string_lossy(), prefix) && e.path() != keep)
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
     older.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));

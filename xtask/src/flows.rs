@@ -22,7 +22,8 @@ pub fn build(rebuild: bool) -> Result<()> {
 pub fn build_image(rebuild: bool) -> Result<PathBuf> {
     let agent = image::build_agent()?;
     let minimal = image::build_minimal(&agent, rebuild)?;
-    crate::debian::build(&agent, rebuild)?;
+    crate::debian::build(&crate::debian::DEBIAN_12, &agent, rebuild)?;
+    crate::debian::build(&crate::debian::DEBIAN_12_DOCKER, &agent, rebuild)?;
     Ok(minimal)
 }
 
