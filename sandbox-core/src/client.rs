@@ -38,6 +38,8 @@ pub(crate) enum Event {
         signal: Option<i32>,
     },
     Rejected(String),
+    /// No more output of this stream (a port forward's guest side closed).
+    OutputEnd(Stream),
     FsEntries(Vec<DirEntry>),
     FsDone(Result<FsReply, FsError>),
 }
@@ -57,7 +59,6 @@ pub(crate) type Ended = tokio::sync::watch::Receiver<bool>;
 /// A connected guest agent.
 pub(crate) struct Client {
     link: Link,
-    next_id: AtomicU32,
     pub hello: Hello,
     ended: Ended,
     /// Stops and joins the reader thread when the client goes.
@@ -69,6 +70,7 @@ pub(crate) struct Client {
 pub(crate) struct Link {
     out: mpsc::UnboundedSender<HostMsg>,
     routes: Arc<Mutex<Routes>>,
+    next_id: Arc<AtomicU32>,
 }
 
 impl Link {
@@ -80,6 +82,22 @@ impl Link {
     /// Why the connection ended, if it has.
     pub fn closed(&self) -> Option<String> {
         lock(&self.routes).closed.clone()
+    }
+
+    /// Allocates a request id with its event channel.
+    pub fn register(&self) -> Result<Request, String> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut routes = lock(&self.routes);
+        if let Some(reason) = &routes.closed {
+            return Err(reason.clone());
+        }
+        routes.map.insert(id, tx);
+        Ok(Request {
+            id,
+            events: rx,
+            routes: self.routes.clone(),
+        })
     }
 }
 
@@ -186,8 +204,11 @@ impl Client {
         let (out, out_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(wr, out_rx, routes.clone()));
         Ok(Self {
-            link: Link { out, routes },
-            next_id: AtomicU32::new(1),
+            link: Link {
+                out,
+                routes,
+                next_id: Arc::new(AtomicU32::new(1)),
+            },
             hello,
             ended,
             _reader: reader,
@@ -212,18 +233,7 @@ impl Client {
 
     /// Allocates a request id with its event channel.
     pub fn register(&self) -> Result<Request, String> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut routes = lock(&self.link.routes);
-        if let Some(reason) = &routes.closed {
-            return Err(reason.clone());
-        }
-        routes.map.insert(id, tx);
-        Ok(Request {
-            id,
-            events: rx,
-            routes: self.link.routes.clone(),
-        })
+        self.link.register()
     }
 
     /// The sending half, for process handles.
@@ -262,6 +272,18 @@ fn route(msg: GuestMsg, routes: &Mutex<Routes>) {
         }
         GuestMsg::FsEntries { id, entries } => (id, Event::FsEntries(entries)),
         GuestMsg::FsDone { id, result } => (id, Event::FsDone(result)),
+        GuestMsg::Connected { id } => (id, Event::Started { pid: 0 }),
+        GuestMsg::ConnectFailed { id, errno, message } => {
+            (id, Event::SpawnFailed { errno, message })
+        }
+        GuestMsg::OutputEnd { id, stream } => (id, Event::OutputEnd(stream)),
+        GuestMsg::Closed { id } => (
+            id,
+            Event::Exited {
+                code: Some(0),
+                signal: None,
+            },
+        ),
         GuestMsg::Hello(_) => return,
     };
     if let Some(tx) = lock(routes).map.get(&id) {
@@ -279,6 +301,7 @@ fn request_id(msg: &HostMsg) -> Option<u32> {
         | HostMsg::Resize { id, .. }
         | HostMsg::Credit { id, .. }
         | HostMsg::Fs { id, .. }
+        | HostMsg::Connect { id, .. }
         | HostMsg::Abort { id } => Some(*id),
         _ => None,
     }

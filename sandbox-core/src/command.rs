@@ -214,6 +214,7 @@ impl<'vm> Command<'vm> {
                 Event::Started { .. }
                 | Event::StdinCredit(_)
                 | Event::FsEntries(_)
+                | Event::OutputEnd(_)
                 | Event::FsDone(_) => {}
                 Event::Output { stream, data } => {
                     // Buffered: hand the credit straight back.

@@ -22,6 +22,7 @@ mod client;
 mod command;
 mod error;
 mod facts;
+mod forward;
 pub mod fs;
 pub mod images;
 mod link_reader;
@@ -47,6 +48,7 @@ pub use backend::{probe_kvm, BackendKind, KvmProbe};
 pub use command::{Command, TIMEOUT_EXIT_CODE};
 pub use error::Error;
 pub use facts::{Fact, FactSource, PROBED_COMMANDS};
+pub use forward::{Forward, ForwardOptions};
 pub use images::{Image, ImageFormat};
 pub use mount::{Bind, Mount, MountError};
 /// File systems served to the guest from the application's code

@@ -394,7 +394,8 @@ impl Drop for ProcessStdin {
 struct Sinks {
     ready: watch::Sender<Ready>,
     exit: watch::Sender<Option<Result<ExitStatus, Failure>>>,
-    streams: [(ChunkSender, Arc<Flow>); 2],
+    /// Output senders; a stream's sender is dropped at its `OutputEnd`.
+    streams: [(Option<ChunkSender>, Arc<Flow>); 2],
     stdin: Arc<Mutex<StdinState>>,
 }
 
@@ -439,6 +440,33 @@ pub(crate) fn file_request(
     (FileDone(core), stdin, stdout)
 }
 
+/// Handles for a port-forward connection opened as request `req`: its
+/// state, a writer into the guest socket and a reader of it.
+pub(crate) fn connection(
+    req: Request,
+    label: String,
+    link: Link,
+    console: Console,
+) -> (Connection, ProcessStdin, OutputStream) {
+    let (core, to_guest, from_guest, _stderr) = parts(req, label, "", link, console);
+    (Connection(core), to_guest, from_guest)
+}
+
+/// The state of a port-forward connection.
+pub(crate) struct Connection(Core);
+
+impl Connection {
+    /// Waits until the guest connected (or could not).
+    pub async fn opened(&self) -> Result<(), Error> {
+        self.0.ready().await.map(|_| ())
+    }
+
+    /// Waits until the guest finished the connection in both directions.
+    pub async fn closed(&self) -> Result<(), Error> {
+        self.0.exit().await.map(|_| ())
+    }
+}
+
 /// The outcome of a streamed file request.
 pub(crate) struct FileDone(Core);
 
@@ -476,7 +504,7 @@ fn parts(
             stream,
             flow: flow.clone(),
         };
-        ((tx, flow), reader)
+        ((Some(tx), flow), reader)
     };
     let (out_sink, stdout) = stream(Stream::Stdout);
     let (err_sink, stderr) = stream(Stream::Stderr);
@@ -500,7 +528,7 @@ fn parts(
     (core, ProcessStdin { link, id, state }, stdout, stderr)
 }
 
-async fn dispatch(mut req: Request, sinks: Sinks, link: Link) {
+async fn dispatch(mut req: Request, mut sinks: Sinks, link: Link) {
     let id = req.id;
     let finish_stdin = |sinks: &Sinks| {
         let mut s = lock(&sinks.stdin);
@@ -516,6 +544,11 @@ async fn dispatch(mut req: Request, sinks: Sinks, link: Link) {
             }
             Event::Output { stream, data } => {
                 let (tx, flow) = &sinks.streams[index(stream)];
+                let Some(tx) = tx else {
+                    // Output after its end: the guest broke the protocol.
+                    let _ = link.send(HostMsg::Abort { id });
+                    continue;
+                };
                 let len = data.len() as u64;
                 if flow.dropped.load(Ordering::Relaxed) {
                     let _ = link.send(HostMsg::Credit {
@@ -563,7 +596,7 @@ async fn dispatch(mut req: Request, sinks: Sinks, link: Link) {
                 let exit = match result {
                     Ok(_) => Ok(ExitStatus::from_wire(Some(0), None)),
                     Err(e) => {
-                        for (tx, _) in &sinks.streams {
+                        for tx in sinks.streams.iter().filter_map(|(t, _)| t.as_ref()) {
                             let _ = tx.send(Err(e.message.clone()));
                         }
                         Err(Failure::Fs(e))
@@ -572,6 +605,7 @@ async fn dispatch(mut req: Request, sinks: Sinks, link: Link) {
                 let _ = sinks.exit.send(Some(exit));
                 return;
             }
+            Event::OutputEnd(stream) => sinks.streams[index(stream)].0 = None,
             Event::FsEntries(_) => {}
             Event::Rejected(message) => {
                 finish_stdin(&sinks);
@@ -590,7 +624,7 @@ async fn dispatch(mut req: Request, sinks: Sinks, link: Link) {
         .closed()
         .unwrap_or_else(|| "the control channel closed".into());
     finish_stdin(&sinks);
-    for (tx, _) in &sinks.streams {
+    for tx in sinks.streams.iter().filter_map(|(t, _)| t.as_ref()) {
         let _ = tx.send(Err(reason.clone()));
     }
     sinks.ready.send_if_modified(|r| {

@@ -8,6 +8,7 @@ use sandbox_protocol::{HostMsg, PtySize};
 
 use crate::backend::{BackendKind, Machine};
 use crate::client::Client;
+use crate::forward::{Forward, ForwardOptions};
 use crate::process::{Console, Process, Pty};
 use crate::stop::{StopReason, StopReport};
 use crate::{Command, Error, Output};
@@ -189,6 +190,38 @@ impl Vm {
         S: AsRef<OsStr>,
     {
         self.command(program).args(args).pty(size)
+    }
+
+    /// Exposes guest TCP port `guest_port` (a service listening on the
+    /// guest's `127.0.0.1`) on the host address `host` (port 0 picks a free
+    /// port: see [`Forward::local_addr`]). Connections travel over the
+    /// agent link, so this works with or without a guest network and on
+    /// every backend. `host` must be a loopback address (use
+    /// [`Vm::forward_tcp_with`] to expose it further). Needs a Tokio
+    /// runtime; the forward lives until dropped or until the VM stops.
+    pub fn forward_tcp(
+        &self,
+        host: std::net::SocketAddr,
+        guest_port: u16,
+    ) -> Result<Forward, Error> {
+        self.forward_tcp_with(host, guest_port, ForwardOptions::default())
+    }
+
+    /// [`Vm::forward_tcp`] with options.
+    pub fn forward_tcp_with(
+        &self,
+        host: std::net::SocketAddr,
+        guest_port: u16,
+        options: ForwardOptions,
+    ) -> Result<Forward, Error> {
+        crate::forward::start(
+            self.client.link().clone(),
+            self.client.ended(),
+            self.console_fn(),
+            host,
+            guest_port,
+            options,
+        )
     }
 
     /// Asks the guest to sync, unmount and power off, then releases every

@@ -98,6 +98,7 @@ pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
             windows: windows.clone(),
             pty,
             abort: Some(done_tx.clone()),
+            socket: None,
         },
     );
     let _ = out.send(GuestMsg::Started {

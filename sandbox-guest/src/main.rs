@@ -10,6 +10,7 @@
 //! the request handling over a socketpair without booting anything.
 
 mod etc;
+mod forward;
 mod fs;
 mod init;
 mod job;

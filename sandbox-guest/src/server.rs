@@ -13,7 +13,7 @@ use sandbox_protocol::{
 };
 
 use crate::window::Window;
-use crate::{fs, init, job, process};
+use crate::{forward, fs, init, job, process};
 
 /// Whether the agent is the guest's init or a test instance on the host.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,8 @@ pub(crate) struct Entry {
     pub pty: Option<File>,
     /// Tells the process's waiter that the host aborted the request.
     pub abort: Option<Sender<job::Wake>>,
+    /// A port forward's connection, shut down on abort.
+    pub socket: Option<std::net::TcpStream>,
 }
 
 impl Entry {
@@ -56,6 +58,7 @@ impl Entry {
             windows: [read, Arc::new(Window::new(0))],
             pty: None,
             abort: None,
+            socket: None,
         }
     }
 }
@@ -168,7 +171,11 @@ fn handle(msg: HostMsg, out: &Out, table: &Table) {
         },
         // An id already reported has nothing left to cancel.
         HostMsg::Abort { id } => {
-            if let Some(e) = t.get(&id) {
+            if let Some(e) = t.get_mut(&id) {
+                if let Some(socket) = &e.socket {
+                    let _ = socket.shutdown(std::net::Shutdown::Both);
+                    e.stdin = None;
+                }
                 if let Some(pid) = e.pid {
                     // SAFETY: kill has no memory arguments; the negative pid
                     // targets the process group the child leads.
@@ -193,6 +200,13 @@ fn handle(msg: HostMsg, out: &Out, table: &Table) {
             }
             drop(t);
             fs::start(id, op, out, table);
+        }
+        HostMsg::Connect { id, port } => {
+            if t.contains_key(&id) {
+                return reject(Some(id), format!("request id {id} is already running"));
+            }
+            drop(t);
+            forward::start(id, port, out, table);
         }
         HostMsg::Resize { id, size } => {
             let done = t
@@ -227,6 +241,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn kill_all(table: &Table) {
     for e in lock(table).values() {
+        if let Some(socket) = &e.socket {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
         if let Some(pid) = e.pid {
             // SAFETY: kill has no memory arguments.
             unsafe { libc::kill(-pid, libc::SIGKILL) };

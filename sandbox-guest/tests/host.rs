@@ -353,3 +353,77 @@ fn output_stops_at_the_credit_window_until_the_host_grants_more() {
     assert_eq!(got + out.len(), total);
     assert_eq!(code, Some(0));
 }
+
+/// A port forward to a listener on this host's loopback (the agent runs
+/// here, so its 127.0.0.1 is ours): connect, bytes both ways with credit,
+/// half-close each way, then `Closed`.
+#[test]
+fn a_forwarded_connection_carries_bytes_and_half_closes() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut a = Agent::start();
+    a.send(&HostMsg::Connect { id: 1, port });
+    let (mut peer, _) = listener.accept().unwrap();
+    assert_eq!(a.recv(), GuestMsg::Connected { id: 1 });
+    a.send(&HostMsg::Stdin {
+        id: 1,
+        data: b"to the service".to_vec(),
+    });
+    assert_eq!(a.recv(), GuestMsg::StdinCredit { id: 1, bytes: 14 });
+    a.send(&HostMsg::CloseStdin { id: 1 });
+    let mut got = Vec::new();
+    peer.read_to_end(&mut got).unwrap();
+    assert_eq!(
+        got, b"to the service",
+        "then end of file: the host half-closed"
+    );
+    peer.write_all(b"to the host").unwrap();
+    peer.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    loop {
+        match a.recv() {
+            GuestMsg::Output {
+                id: 1,
+                stream,
+                data,
+            } => {
+                assert_eq!(stream, Stream::Stdout);
+                back.extend(data);
+            }
+            GuestMsg::OutputEnd { id: 1, .. } => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(back, b"to the host");
+    assert_eq!(a.recv(), GuestMsg::Closed { id: 1 });
+}
+
+#[test]
+fn a_forward_to_a_closed_port_fails_with_econnrefused_and_abort_resets() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open = listener.local_addr().unwrap().port();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut a = Agent::start();
+    a.send(&HostMsg::Connect {
+        id: 1,
+        port: closed,
+    });
+    match a.recv() {
+        GuestMsg::ConnectFailed { id: 1, errno, .. } => assert_eq!(errno, libc::ECONNREFUSED),
+        other => panic!("unexpected {other:?}"),
+    }
+    // The id is free again, and an aborted connection ends at once even
+    // though the peer never closes.
+    a.send(&HostMsg::Connect { id: 1, port: open });
+    let (mut peer, _) = listener.accept().unwrap();
+    assert_eq!(a.recv(), GuestMsg::Connected { id: 1 });
+    a.send(&HostMsg::Abort { id: 1 });
+    assert!(matches!(a.recv(), GuestMsg::OutputEnd { id: 1, .. }));
+    assert_eq!(a.recv(), GuestMsg::Closed { id: 1 });
+    let mut rest = Vec::new();
+    let _ = peer.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+}

@@ -124,6 +124,19 @@ pub enum HostMsg {
         /// One line of text (control characters are dropped).
         text: String,
     },
+    /// Open a TCP connection to `127.0.0.1:port` in the guest (a port
+    /// forward). Answered by [`GuestMsg::Connected`] or
+    /// [`GuestMsg::ConnectFailed`]. Its bytes use the process messages:
+    /// host to guest as `Stdin` (with `StdinCredit`), `CloseStdin` shuts
+    /// the guest socket's writing half; guest to host as `Output` on
+    /// [`Stream::Stdout`] under `Credit`, then [`GuestMsg::OutputEnd`].
+    /// [`GuestMsg::Closed`] ends it; `Abort` resets it.
+    Connect {
+        /// Request id.
+        id: u32,
+        /// Guest TCP port.
+        port: u16,
+    },
 }
 
 /// Messages from the guest to the host.
@@ -198,4 +211,33 @@ pub enum GuestMsg {
     },
     /// The guest is about to power off.
     ShuttingDown,
+    /// The connection of a [`HostMsg::Connect`] is open.
+    Connected {
+        /// Request id.
+        id: u32,
+    },
+    /// The connection of a [`HostMsg::Connect`] could not be opened (no
+    /// listener: `ECONNREFUSED`).
+    ConnectFailed {
+        /// Request id.
+        id: u32,
+        /// The guest errno.
+        errno: i32,
+        /// Human-readable reason.
+        message: String,
+    },
+    /// No more `Output` of this stream follows: the guest socket's reading
+    /// half reached end of file (its peer shut down writing) or failed.
+    OutputEnd {
+        /// Request id.
+        id: u32,
+        /// Which stream ended.
+        stream: Stream,
+    },
+    /// A connection finished in both directions (or was reset); its id is
+    /// free again.
+    Closed {
+        /// Request id.
+        id: u32,
+    },
 }
