@@ -194,7 +194,7 @@ async fn many_concurrent_connections_each_get_their_own_bytes() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let ss = vm
-            .exec("sh", ["-c", "ls /proc/$(pgrep -f servers.py)/fd | wc -l"])
+            .exec("sh", ["-c", "ls /proc/$(pgrep -o python3)/fd | wc -l"])
             .await
             .unwrap();
         let fds: usize = String::from_utf8_lossy(&ss.stdout).trim().parse().unwrap();
