@@ -3,6 +3,7 @@
 //! backend chosen by `SANDBOX_BACKEND` (`uml`, `kvm` or `auto`, default auto)
 //! and inspects the host for leftovers.
 
+pub mod docker;
 pub mod origin;
 
 use sandbox_core::{images, BackendKind, BootOptions, Error, Rootfs, Sandbox, Vm};

@@ -69,6 +69,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A guest service (such as `dockerd`) did not start or stop as asked.
+    #[error("{service}: {message}")]
+    Service {
+        /// The service, e.g. `dockerd`.
+        service: &'static str,
+        /// What happened, with the service's last log lines.
+        message: String,
+    },
     /// The guest sent something that is not valid protocol.
     #[error("protocol error: {0}")]
     Protocol(String),

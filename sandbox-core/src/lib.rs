@@ -20,6 +20,7 @@ pub mod artifacts;
 mod backend;
 mod client;
 mod command;
+pub mod docker;
 mod error;
 mod facts;
 mod forward;
