@@ -372,6 +372,10 @@ async fn a_virtual_fs_serves_the_guest_and_its_failures_are_eio() {
     let (code, out) = sh(&vm, "ls /app; cat /app/greeting.txt").await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(out, "greeting.txt\nserved by the application\n");
+    // The listing came with its attributes (readdirplus); a name not
+    // listed is looked up in the application's code.
+    let (code, _) = sh(&vm, "test -e /app/absent").await;
+    assert_ne!(code, 0);
     assert!(lookups.load(Ordering::SeqCst) >= 1);
     let (code, out) = sh(&vm, "echo x > /app/new 2>&1").await;
     assert_ne!(code, 0);

@@ -16,6 +16,7 @@ use fuse_backend_rs::api::filesystem::{
     ZeroCopyWriter,
 };
 
+use crate::listing::Listings;
 use crate::vfs::{self, Attr, Errno, FileKind, FsFuture};
 
 /// How long the guest caches names and attributes.
@@ -29,6 +30,9 @@ pub struct Virtual {
     fs: Arc<dyn vfs::FileSystem>,
     rt: tokio::runtime::Handle,
     deadline: Duration,
+    /// Listings of open directories, by the handles `opendir` hands out.
+    listings: Listings<vfs::DirEntry>,
+    next_handle: std::sync::atomic::AtomicU64,
 }
 
 fn os(name: &CStr) -> OsString {
@@ -67,6 +71,10 @@ fn stat(a: &Attr) -> stat64 {
     st
 }
 
+/// Attributes fetched per trip to the application's file system while
+/// answering a readdirplus (a reply holds about 4 KiB of entries).
+const ATTR_BATCH: usize = 64;
+
 fn entry(a: &Attr) -> Entry {
     Entry {
         inode: a.ino,
@@ -93,7 +101,13 @@ impl Virtual {
         rt: tokio::runtime::Handle,
         deadline: Duration,
     ) -> Self {
-        Self { fs, rt, deadline }
+        Self {
+            fs,
+            rt,
+            deadline,
+            listings: Listings::default(),
+            next_handle: std::sync::atomic::AtomicU64::new(1),
+        }
     }
 
     /// Runs one request (called from the device's worker thread).
@@ -142,7 +156,10 @@ impl FileSystem for Virtual {
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        Ok(capable & crate::TRANSFER_OPTIONS)
+        // readdirplus: a listing's attributes come in the same replies
+        // instead of one guest lookup per entry.
+        let plus = FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO;
+        Ok(capable & (crate::TRANSFER_OPTIONS | plus))
     }
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
@@ -366,19 +383,24 @@ impl FileSystem for Virtual {
         _inode: u64,
         _flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
-        Ok((None, OpenOptions::empty()))
+        let handle = self
+            .next_handle
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok((Some(handle), OpenOptions::empty()))
     }
 
     fn readdir(
         &self,
         _ctx: &Context,
         inode: u64,
-        _handle: u64,
+        handle: u64,
         _size: u32,
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let entries = self.call("readdir", move |fs| fs.readdir(inode))?;
+        let entries = self.listings.get(handle, offset, || {
+            self.call("readdir", move |fs| fs.readdir(inode))
+        })?;
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let n = add_entry(DirEntry {
                 ino: e.ino,
@@ -393,6 +415,56 @@ impl FileSystem for Virtual {
         Ok(())
     }
 
+    fn readdirplus(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let entries = self.listings.get(handle, offset, || {
+            self.call("readdir", move |fs| fs.readdir(inode))
+        })?;
+        let mut next = offset as usize;
+        while next < entries.len() {
+            let inos: Vec<u64> = entries[next..]
+                .iter()
+                .take(ATTR_BATCH)
+                .map(|e| e.ino)
+                .collect();
+            let attrs = self.call("readdirplus", move |fs| {
+                Box::pin(async move {
+                    let mut attrs = Vec::with_capacity(inos.len());
+                    for ino in inos {
+                        attrs.push(fs.getattr(ino).await.ok());
+                    }
+                    Ok(attrs)
+                })
+            })?;
+            for (i, attr) in attrs.iter().enumerate() {
+                let e = &entries[next + i];
+                // An entry removed since the listing was taken is skipped.
+                let Some(attr) = attr else { continue };
+                let n = add_entry(
+                    DirEntry {
+                        ino: e.ino,
+                        offset: (next + i) as u64 + 1,
+                        type_: dtype(e.kind),
+                        name: e.name.as_bytes(),
+                    },
+                    entry(attr),
+                )?;
+                if n == 0 {
+                    return Ok(());
+                }
+            }
+            next += attrs.len();
+        }
+        Ok(())
+    }
+
     fn fsyncdir(
         &self,
         _ctx: &Context,
@@ -403,7 +475,8 @@ impl FileSystem for Virtual {
         Ok(())
     }
 
-    fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, _handle: u64) -> io::Result<()> {
+    fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
+        self.listings.release(handle);
         Ok(())
     }
 

@@ -12,6 +12,7 @@
 mod adapter;
 mod bind;
 mod confined;
+mod listing;
 mod masked;
 mod memory;
 #[cfg(test)]

@@ -25,6 +25,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::err;
+use crate::listing::Listings;
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
 use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileSystem, FsOptions, OpenOptions, SetattrValid, ZeroCopyReader,
@@ -74,6 +75,8 @@ pub struct Masked<F> {
     paths: Mutex<HashMap<u64, PathBuf>>,
     /// Storage directories of mask parents, by relative path.
     storage_dirs: Mutex<HashMap<PathBuf, u64>>,
+    /// Merged listings of open mask parents, by the source's dir handle.
+    listings: Listings<(Vec<u8>, u64, u32)>,
 }
 
 impl<F> Masked<F> {
@@ -89,6 +92,7 @@ impl<F> Masked<F> {
             masks: masks.into_iter().collect(),
             paths: Mutex::new(paths),
             storage_dirs: Mutex::default(),
+            listings: Listings::default(),
         }
     }
 
@@ -572,7 +576,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
         };
         if self.storage.is_some() && self.parent_of_mask(&dir) {
             // Source entries and storage entries, with offsets of our own.
-            let list = self.merged_listing(ctx, inode, handle, &dir)?;
+            let list = self.listings.get(handle, offset, || {
+                self.merged_listing(ctx, inode, handle, &dir)
+            })?;
             for (i, (name, ino, type_)) in list.iter().enumerate().skip(offset as usize) {
                 let n = add_entry(DirEntry {
                     ino: *ino,
@@ -602,6 +608,9 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Masked<F> {
     }
 
     fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
+        if !in_storage(inode) {
+            self.listings.release(handle);
+        }
         let (fs, ino) = self.of(inode)?;
         fs.releasedir(ctx, ino, flags, handle)
     }
