@@ -37,7 +37,9 @@ async fn run(vm: &Vm, script: &str) {
 
 async fn boot() -> Vm {
     Sandbox::builder()
-        .rootfs(Rootfs::ephemeral(images::builtin("debian:12-docker").unwrap()))
+        .rootfs(Rootfs::ephemeral(
+            images::builtin("debian:12-docker").unwrap(),
+        ))
         .resources(Resources {
             cpus: 1,
             memory_mib: 1024,
