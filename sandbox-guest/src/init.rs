@@ -40,12 +40,14 @@ pub fn run() -> ExitCode {
         log(&format!("{e}: refusing to start"));
         return power_off();
     }
-    // The VMM sets glibc tunables on the kernel command line where the
-    // guest kernel cannot switch some CPU state (see the KVM backend's
-    // nested-PVM profile); the kernel put them in our environment and
-    // every process inherits them.
-    if let Ok(tunables) = std::env::var("GLIBC_TUNABLES") {
-        crate::process::add_default_env(&[("GLIBC_TUNABLES", &tunables)]);
+    // The VMM sets glibc tunables and Go's CPU options on the kernel
+    // command line where the guest kernel cannot switch some CPU state
+    // (see the KVM backend's nested-PVM profile); the kernel put them in
+    // our environment and every process inherits them.
+    for name in ["GLIBC_TUNABLES", "GODEBUG"] {
+        if let Ok(value) = std::env::var(name) {
+            crate::process::add_default_env(&[(name, &value)]);
+        }
     }
     crate::job::set_output_grace(param(&cmdline, OUTPUT_GRACE_KEY).and_then(|v| v.parse().ok()));
     let channel = param(&cmdline, CHANNEL_KEY).unwrap_or("vsock:1024");

@@ -37,10 +37,14 @@ pub use vm::{KvmConfig, KvmVm};
 /// processes after the first few died in startup reading a zeroed
 /// thread-local; none with these tunables). The agent gets them from the
 /// kernel command line and passes them to every process it starts.
-/// Programs that pick vector code without glibc (Go, JITs) are not covered.
+/// `GODEBUG=cpu.all=off` does the same for Go programs (dockerd,
+/// containerd and runc crashed in their init with it unset: a corrupted
+/// regexp compile). Programs that pick vector code on their own (JITs) are
+/// not covered.
 pub const NESTED_PVM_CMDLINE: &str = "sandbox_nested_pvm noxsave clearcpuid=popcnt,smap \
      GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512CD,-AVX512BW,-AVX512DQ,\
-     -AVX512ER,-AVX512PF,-AVX512VL,-XSAVEC,-FMA,-FMA4,-AVX_Fast_Unaligned_Load";
+     -AVX512ER,-AVX512PF,-AVX512VL,-XSAVEC,-FMA,-FMA4,-AVX_Fast_Unaligned_Load \
+     GODEBUG=cpu.all=off";
 
 /// Guest memory as the VMM and its devices see it.
 pub type GuestMemory = sandbox_virtio::GuestMemory;
