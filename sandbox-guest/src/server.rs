@@ -240,9 +240,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn kill_all(table: &Table) {
-    for e in lock(table).values() {
+    for e in lock(table).values_mut() {
         if let Some(socket) = &e.socket {
+            // Reset the forward, and end its writer (it waits for chunks).
             let _ = socket.shutdown(std::net::Shutdown::Both);
+            e.stdin = None;
         }
         if let Some(pid) = e.pid {
             // SAFETY: kill has no memory arguments.
