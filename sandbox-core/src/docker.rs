@@ -16,7 +16,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Interval between `docker info` probes while starting.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
-/// A running `dockerd` in a guest.
+/// A running `dockerd` in a guest. Dropping it leaves the daemon running
+/// (it goes with the VM); [`Dockerd::stop`] stops it cleanly.
 pub struct Dockerd {
     process: Process,
     ready_after: Duration,
