@@ -2,7 +2,8 @@
 //! beside it what a bare process costs in the same guest:
 //!
 //! - `dockerd` start to `docker info` answering (a fresh daemon per sample),
-//! - `docker run --rm local/busybox true`,
+//! - `docker run --rm local/busybox true`, and the same with
+//!   `--network none` (no veth, bridge port or iptables rules),
 //! - `docker build` of the test Dockerfile (FROM, RUN, COPY; no cache),
 //! - `runc run` of the same busybox root as a bare OCI bundle (no daemon,
 //!   no image store, no network namespace setup: what runc alone costs),
@@ -102,6 +103,10 @@ fn bench(c: &mut Criterion) {
 
     for (name, script) in [
         ("docker_run_rm_true", "docker run --rm local/busybox true"),
+        (
+            "docker_run_rm_true_network_none",
+            "docker run --rm --network none local/busybox true",
+        ),
         (
             "docker_build_no_cache",
             "docker build -q --no-cache -t local/web /tmp/ctx",
