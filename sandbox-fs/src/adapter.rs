@@ -18,6 +18,7 @@ use fuse_backend_rs::api::filesystem::{
 
 use crate::listing::Listings;
 use crate::vfs::{self, Attr, Errno, FileKind, FsFuture};
+use fuse_backend_rs::api::server::MAX_BUFFER_SIZE;
 
 /// How long the guest caches names and attributes.
 const TTL: Duration = crate::CACHE_TIMEOUT;
@@ -320,6 +321,9 @@ impl FileSystem for Virtual {
         _lock_owner: Option<u64>,
         _flags: u32,
     ) -> io::Result<usize> {
+        // The guest's kernel never asks for more than one buffer; a size
+        // beyond it (a forged request) is not passed on to the application.
+        let size = size.min(MAX_BUFFER_SIZE);
         let data = self.call("read", move |fs| fs.read(inode, offset, size))?;
         let data = &data[..data.len().min(size as usize)];
         w.write_all(data)?;
@@ -340,8 +344,16 @@ impl FileSystem for Virtual {
         _flags: u32,
         _fuse_flags: u32,
     ) -> io::Result<usize> {
-        let mut data = vec![0u8; size as usize];
-        r.read_exact(&mut data)?;
+        // The size comes from the guest: never allocate past one buffer,
+        // and only as much as the request really carries.
+        if size > MAX_BUFFER_SIZE {
+            return Err(crate::err(libc::EINVAL));
+        }
+        let mut data = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(&mut *r, u64::from(size)), &mut data)?;
+        if data.len() != size as usize {
+            return Err(crate::err(libc::EINVAL));
+        }
         let n = self.call("write", move |fs| fs.write(inode, offset, data))?;
         Ok((n as usize).min(size as usize))
     }

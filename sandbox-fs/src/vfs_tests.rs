@@ -248,3 +248,67 @@ fn memory_fs_through_fuse_calls_round_trips() {
     assert_eq!(seen, ["dir", "tool"]);
     assert_eq!(mem.read_file("/tool").unwrap(), b"");
 }
+
+/// A request's data as the FUSE server hands it to `write`.
+struct Carried<'a>(&'a [u8]);
+
+impl std::io::Read for Carried<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::io::Read::read(&mut self.0, buf)
+    }
+}
+
+impl fuse_backend_rs::api::filesystem::ZeroCopyReader for Carried<'_> {
+    fn read_to(
+        &mut self,
+        _f: &mut dyn fuse_backend_rs::file_traits::FileReadWriteVolatile,
+        _count: usize,
+        _off: u64,
+    ) -> std::io::Result<usize> {
+        Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+}
+
+/// Found by the `virtio_fs` fuzz target: a write whose size field says
+/// 2.7 GiB made the adapter allocate that much before reading anything.
+#[test]
+fn a_forged_write_size_is_refused_without_allocating_it() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mem = MemoryFs::new().file("/f", b"old").unwrap();
+    let fs = Virtual::new(
+        Arc::new(mem.clone()),
+        rt.handle().clone(),
+        crate::DEFAULT_DEADLINE,
+    );
+    let ctx = Context::default();
+    let f = Fuse::lookup(&fs, &ctx, ROOT_ID, c"f").unwrap();
+    let write = |size: u32, data: &[u8]| {
+        Fuse::write(
+            &fs,
+            &ctx,
+            f.inode,
+            0,
+            &mut Carried(data),
+            size,
+            0,
+            None,
+            false,
+            0,
+            0,
+        )
+    };
+    for size in [0xa6a6_a6a6, u32::MAX, (1 << 20) + 1] {
+        let e = write(size, b"new").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "size {size:#x}");
+    }
+    // A size larger than the data the request carries is refused too.
+    let e = write(64, b"new").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    assert_eq!(mem.read_file("/f").unwrap(), b"old");
+    assert_eq!(write(3, b"new").unwrap(), 3);
+    assert_eq!(mem.read_file("/f").unwrap(), b"new");
+}
