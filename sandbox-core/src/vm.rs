@@ -193,7 +193,7 @@ impl Vm {
     }
 
     /// Exposes guest TCP port `guest_port` (a service listening on the
-    /// guest's `127.0.0.1`) on the host address `host` (port 0 picks a free
+    /// guest's `127.0.0.1`, or on `::1` only) on the host address `host` (port 0 picks a free
     /// port: see [`Forward::local_addr`]). Connections travel over the
     /// agent link, so this works with or without a guest network and on
     /// every backend. `host` must be a loopback address (use

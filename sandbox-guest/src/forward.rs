@@ -18,7 +18,7 @@ use crate::window::Window;
 /// a listener whose accept queue is full.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Opens request `id`'s connection to `127.0.0.1:port` on its own thread.
+/// Opens request `id`'s connection to the guest's port on its own thread.
 pub fn start(id: u32, port: u16, out: &Out, table: &Table) {
     let (out, table) = (out.clone(), table.clone());
     let spawned = std::thread::Builder::new()
@@ -36,13 +36,27 @@ fn failed(out: &Out, id: u32, port: u16, e: &io::Error) {
     let _ = out.send(GuestMsg::ConnectFailed {
         id,
         errno: e.raw_os_error().unwrap_or(libc::EIO),
-        message: format!("connecting to 127.0.0.1:{port} in the guest: {e}"),
+        message: format!("connecting to port {port} on the guest's loopback: {e}"),
     });
 }
 
+/// Connects to the port on the guest's loopback: `127.0.0.1` first, then
+/// `::1` if nothing listens there (servers bound to "localhost" may take
+/// only the IPv6 address).
+fn connect(port: u16) -> io::Result<TcpStream> {
+    let v4 = SocketAddr::from(([127, 0, 0, 1], port));
+    match TcpStream::connect_timeout(&v4, CONNECT_TIMEOUT) {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+            // The IPv4 error is the one to report if IPv6 fails too.
+            TcpStream::connect_timeout(&v6, CONNECT_TIMEOUT).map_err(|_| e)
+        }
+        other => other,
+    }
+}
+
 fn run(id: u32, port: u16, out: &Out, table: &Table) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let opened = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).and_then(|s| {
+    let opened = connect(port).and_then(|s| {
         let _ = s.set_nodelay(true);
         Ok((s.try_clone()?, s.try_clone()?, s))
     });

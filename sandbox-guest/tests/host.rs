@@ -427,3 +427,23 @@ fn a_forward_to_a_closed_port_fails_with_econnrefused_and_abort_resets() {
     let _ = peer.read_to_end(&mut rest);
     assert!(rest.is_empty());
 }
+
+#[test]
+fn a_forward_reaches_a_service_listening_on_ipv6_loopback_only() {
+    let listener = std::net::TcpListener::bind("[::1]:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut a = Agent::start();
+    a.send(&HostMsg::Connect { id: 4, port });
+    let (mut peer, _) = listener.accept().unwrap();
+    assert_eq!(a.recv(), GuestMsg::Connected { id: 4 });
+    peer.write_all(b"v6").unwrap();
+    drop(peer);
+    assert_eq!(
+        a.recv(),
+        GuestMsg::Output {
+            id: 4,
+            stream: Stream::Stdout,
+            data: b"v6".to_vec()
+        }
+    );
+}

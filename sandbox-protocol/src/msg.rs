@@ -124,8 +124,8 @@ pub enum HostMsg {
         /// One line of text (control characters are dropped).
         text: String,
     },
-    /// Open a TCP connection to `127.0.0.1:port` in the guest (a port
-    /// forward). Answered by [`GuestMsg::Connected`] or
+    /// Open a TCP connection to `127.0.0.1:port` in the guest, or to
+    /// `[::1]:port` if that is refused (a port forward). Answered by [`GuestMsg::Connected`] or
     /// [`GuestMsg::ConnectFailed`]. Its bytes use the process messages:
     /// host to guest as `Stdin` (with `StdinCredit`), `CloseStdin` shuts
     /// the guest socket's writing half; guest to host as `Output` on
