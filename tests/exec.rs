@@ -199,6 +199,17 @@ async fn the_uml_kernel_process_has_no_host_network() {
     for pid in pids {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
         assert_ne!(theirs, ours, "pid {pid} shares the host network namespace");
+        // And it cannot dump core (guest memory) onto the host's disk.
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let core = limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .unwrap();
+        assert_eq!(
+            core.split_whitespace().collect::<Vec<_>>()[4..6],
+            ["0", "0"],
+            "pid {pid}: {core}"
+        );
     }
     vm.shutdown().await.unwrap();
 }

@@ -217,11 +217,19 @@ impl UmlVm {
             .map_err(host("creating the console pipe"))?;
         cmd.stdin(Stdio::null()).stdout(writer).stderr(writer2);
         cmd.process_group(0);
-        // SAFETY: prctl with integer arguments is async-signal-safe.
+        // SAFETY: prctl and setrlimit with integer or plain-data arguments
+        // are async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                // No core dumps: a crashing kernel process would write the
+                // guest's memory (its secrets) to the host's disk.
+                let none = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &none);
                 // An empty network namespace: the kernel process reaches no
                 // host network. Its vhost-user sockets are file system paths,
                 // which work across namespaces. Best effort: without the
