@@ -50,6 +50,11 @@ fn strip(mode: u32) -> u32 {
     mode & !(libc::S_ISUID | libc::S_ISGID)
 }
 
+/// Linux's largest extended attribute value and name list (`XATTR_SIZE_MAX`,
+/// `XATTR_LIST_MAX` in `linux/limits.h`).
+const XATTR_SIZE_MAX: u32 = 65536;
+const XATTR_LIST_MAX: u32 = 65536;
+
 fn check_xattr(name: &CStr) -> io::Result<()> {
     if name.to_bytes().starts_with(b"user.") {
         Ok(())
@@ -364,11 +369,14 @@ impl<F: FileSystem<Inode = u64, Handle = u64>> FileSystem for Confined<F> {
         size: u32,
     ) -> io::Result<GetxattrReply> {
         check_xattr(name)?;
-        self.inner.getxattr(ctx, inode, name, size)
+        // The passthrough allocates the guest's `size` up front; no value
+        // is longer than the kernel's limit, so ask for no more.
+        self.inner
+            .getxattr(ctx, inode, name, size.min(XATTR_SIZE_MAX))
     }
 
     fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
-        self.inner.listxattr(ctx, inode, size)
+        self.inner.listxattr(ctx, inode, size.min(XATTR_LIST_MAX))
     }
 
     fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {

@@ -264,3 +264,26 @@ fn mask_storage_must_not_overlap_the_source() {
         "the mask's parent is made in the storage"
     );
 }
+
+#[test]
+fn xattrs_are_not_served_whatever_size_the_guest_names() {
+    let s = Scratch::new("xattr");
+    let fs = bind(&s.src(), Access::Writable).unwrap();
+    fs.init(FsOptions::empty()).unwrap();
+    let ctx = Context::default();
+    let e = fs.lookup(&ctx, ROOT_ID, c"hello.txt").unwrap();
+    // The passthrough runs without xattr support, so nothing is allocated
+    // for the guest's size (up to 4 GiB): refused before that.
+    for size in [0, 2, u32::MAX] {
+        assert_eq!(
+            errno(fs.getxattr(&ctx, e.inode, c"user.tag", size)),
+            Some(libc::ENOSYS)
+        );
+        assert_eq!(errno(fs.listxattr(&ctx, e.inode, size)), Some(libc::ENOSYS));
+    }
+    // Namespaces other than `user.` are refused by name first.
+    assert_eq!(
+        errno(fs.getxattr(&ctx, e.inode, c"security.capability", u32::MAX)),
+        Some(libc::EOPNOTSUPP)
+    );
+}
