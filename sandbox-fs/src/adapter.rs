@@ -87,6 +87,16 @@ fn entry(a: &Attr) -> Entry {
     }
 }
 
+/// Entry `i` of a listing as FUSE sends it (offsets resume after it).
+fn dir_entry(e: &vfs::DirEntry, i: usize) -> DirEntry<'_> {
+    DirEntry {
+        ino: e.ino,
+        offset: i as u64 + 1,
+        type_: dtype(e.kind),
+        name: e.name.as_bytes(),
+    }
+}
+
 fn dtype(k: FileKind) -> u32 {
     u32::from(match k {
         FileKind::File => libc::DT_REG,
@@ -109,6 +119,14 @@ impl Virtual {
             listings: Listings::default(),
             next_handle: std::sync::atomic::AtomicU64::new(1),
         }
+    }
+
+    /// The listing of directory `inode` open as `handle`, kept between the
+    /// calls that read it at increasing offsets.
+    fn listing(&self, inode: u64, handle: u64, offset: u64) -> io::Result<Arc<Vec<vfs::DirEntry>>> {
+        self.listings.get(handle, offset, || {
+            self.call("readdir", move |fs| fs.readdir(inode))
+        })
     }
 
     /// Runs one request (called from the device's worker thread).
@@ -410,16 +428,9 @@ impl FileSystem for Virtual {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let entries = self.listings.get(handle, offset, || {
-            self.call("readdir", move |fs| fs.readdir(inode))
-        })?;
+        let entries = self.listing(inode, handle, offset)?;
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let n = add_entry(DirEntry {
-                ino: e.ino,
-                offset: i as u64 + 1,
-                type_: dtype(e.kind),
-                name: e.name.as_bytes(),
-            })?;
+            let n = add_entry(dir_entry(e, i))?;
             if n == 0 {
                 break;
             }
@@ -436,9 +447,7 @@ impl FileSystem for Virtual {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let entries = self.listings.get(handle, offset, || {
-            self.call("readdir", move |fs| fs.readdir(inode))
-        })?;
+        let entries = self.listing(inode, handle, offset)?;
         let mut next = offset as usize;
         while next < entries.len() {
             let inos: Vec<u64> = entries[next..]
@@ -459,15 +468,7 @@ impl FileSystem for Virtual {
                 let e = &entries[next + i];
                 // An entry removed since the listing was taken is skipped.
                 let Some(attr) = attr else { continue };
-                let n = add_entry(
-                    DirEntry {
-                        ino: e.ino,
-                        offset: (next + i) as u64 + 1,
-                        type_: dtype(e.kind),
-                        name: e.name.as_bytes(),
-                    },
-                    entry(attr),
-                )?;
+                let n = add_entry(dir_entry(e, next + i), entry(attr))?;
                 if n == 0 {
                     return Ok(());
                 }

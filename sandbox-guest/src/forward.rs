@@ -20,15 +20,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens request `id`'s connection to the guest's port on its own thread.
 pub fn start(id: u32, port: u16, out: &Out, table: &Table) {
-    let (out, table) = (out.clone(), table.clone());
+    let (thread_out, table) = (out.clone(), table.clone());
     let spawned = std::thread::Builder::new()
         .name(format!("fwd-{id}"))
-        .spawn({
-            let out = out.clone();
-            move || run(id, port, &out, &table)
-        });
+        .spawn(move || run(id, port, &thread_out, &table));
     if let Err(e) = spawned {
-        failed(&out, id, port, &e);
+        failed(out, id, port, &e);
     }
 }
 
