@@ -8,6 +8,7 @@ use std::io;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Where Debian's busybox-static puts the binary (`cargo xtask deps`
 /// installs it).
@@ -28,7 +29,15 @@ CMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n";
 
 /// The root file system tarball (`docker import` input).
 pub fn busybox_rootfs_tar() -> io::Result<Vec<u8>> {
-    let dir = std::env::temp_dir().join(format!("sandbox-busybox-root-{}", std::process::id()));
+    // One directory per call: the tests of one process build the tarball
+    // concurrently, and a shared directory was removed under another
+    // test's `tar`.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "sandbox-busybox-root-{}-{call}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     let result = build(&dir);
     let _ = std::fs::remove_dir_all(&dir);
