@@ -89,6 +89,20 @@ pub fn guest_processes(id: &str) -> Vec<u32> {
     processes_with_arg(|arg| arg == needle.as_bytes())
 }
 
+/// The UML kernel process of VM `id`: the one of [`guest_processes`]
+/// whose parent is not one of them (it forked all the others).
+pub fn uml_kernel_process(id: &str) -> Option<u32> {
+    let pids = guest_processes(id);
+    pids.iter().copied().find(|pid| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let ppid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        ppid.is_some_and(|p| !pids.contains(&p))
+    })
+}
+
 /// Host processes with a command-line argument for which `matches` holds.
 pub fn processes_with_arg(matches: impl Fn(&[u8]) -> bool) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {

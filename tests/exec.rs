@@ -124,15 +124,7 @@ async fn a_missing_command_is_a_clear_error() {
 #[tokio::test]
 async fn a_guest_that_dies_fails_in_flight_calls_clearly() {
     let vm = boot("crash").await.unwrap();
-    let pids = guest_processes(&vm.id());
-    // The kernel process is the group leader the others belong to.
-    let leader = *pids
-        .iter()
-        .find(|p| {
-            // SAFETY: getpgid has no memory arguments.
-            unsafe { libc::getpgid(**p as i32) == **p as i32 }
-        })
-        .expect("the UML kernel process");
+    let leader = sandbox::uml_kernel_process(&vm.id()).expect("the UML kernel process");
     let in_flight = vm.exec("sleep", ["60"]);
     let killer = async {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;

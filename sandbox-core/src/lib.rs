@@ -83,6 +83,7 @@ pub mod net {
         Proto, RawGrant, RoutedConnector, Stats, Verdict,
     };
 }
+pub use sandbox_vmm_uml::{UmlJail, JAIL_ID_BASE as UML_JAIL_ID_BASE};
 pub use status::{ExitStatus, Output, Signal};
 pub use stop::StopReason;
 pub use tokio_util::sync::CancellationToken;

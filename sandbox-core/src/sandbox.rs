@@ -148,6 +148,7 @@ pub struct SandboxBuilder {
     resources: Resources,
     backend: BackendKind,
     network: Option<sandbox_net::NetworkOptions>,
+    uml_jail: crate::UmlJail,
 }
 
 impl SandboxBuilder {
@@ -184,6 +185,14 @@ impl SandboxBuilder {
     /// a virtio-net device; both feed the same host stack.
     pub fn network(mut self, options: crate::net::NetworkOptions) -> Self {
         self.network = Some(options);
+        self
+    }
+
+    /// How the UML backend confines its kernel process (default: the full
+    /// jail, see [`crate::UmlJail`]; [`crate::UmlJail::process_only`] for
+    /// hosts that forbid user namespaces). The KVM backend ignores it.
+    pub fn uml_jail(mut self, jail: crate::UmlJail) -> Self {
+        self.uml_jail = jail;
         self
     }
 
@@ -233,6 +242,7 @@ impl SandboxBuilder {
             resources: r,
             backend: self.backend,
             network: self.network,
+            uml_jail: self.uml_jail,
         })
     }
 }
@@ -245,6 +255,7 @@ pub struct Sandbox {
     resources: Resources,
     backend: BackendKind,
     network: Option<sandbox_net::NetworkOptions>,
+    uml_jail: crate::UmlJail,
 }
 
 impl Sandbox {
@@ -298,6 +309,7 @@ impl Sandbox {
             hostname: opts.hostname.clone(),
             network: self.network.clone(),
             mounts: crate::mount::prepare(&opts.mounts)?,
+            uml_jail: self.uml_jail.clone(),
         };
         let machine = tokio::task::spawn_blocking(move || backend::start(kind, spec))
             .await

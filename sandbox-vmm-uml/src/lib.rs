@@ -3,14 +3,17 @@
 //! sockets (the kernel's `virtio_uml` driver is the front end).
 //!
 //! Isolation is that of a host process running a Linux kernel with ptrace:
-//! weaker than a hardware VM. The child runs in its own process group with
-//! `no_new_privs` and dies with its parent; [`UmlVm`] kills the whole group
-//! and removes its sockets on shutdown or drop.
+//! weaker than a hardware VM, so the kernel process runs in a jail (see
+//! [`UmlJail`]: user, mount, pid, IPC, UTS, cgroup and network namespaces,
+//! a private tmpfs root, rlimits). It dies with its parent; [`UmlVm`] kills
+//! the whole process group and removes its sockets on shutdown or drop.
 
+mod jail;
 mod launcher;
 pub mod seccomp;
 mod vm;
 pub mod workdir;
 
+pub use jail::{UmlJail, JAIL_ID_BASE, MEMORY_MARGIN_MIB};
 pub use sandbox_virtio::ConsoleLog;
 pub use vm::{DataDisk, UmlConfig, UmlError, UmlNet, UmlVm};

@@ -7,7 +7,7 @@ use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use sandbox_virtio::vhost_user::{self, Served};
 use sandbox_virtio::vsock::{Vsock, VsockConnector};
 use sandbox_virtio::{device_id, VirtioDevice};
 
+use crate::jail::{self, Plan, UmlJail};
 use crate::{launcher, ConsoleLog};
 
 /// Errors starting a UML guest.
@@ -27,6 +28,10 @@ pub enum UmlError {
     /// The kernel binary is missing.
     #[error("UML kernel not found at {0}: run `cargo xtask build`")]
     KernelMissing(PathBuf),
+    /// The kernel process could not be confined (the message names the
+    /// step and, where the host forbids namespaces, the weaker mode).
+    #[error("{0}")]
+    Jail(io::Error),
     /// A host resource (socket, directory, process) could not be set up.
     #[error("{what}")]
     Host {
@@ -69,6 +74,8 @@ pub struct UmlConfig {
     pub net: Option<UmlNet>,
     /// More kernel command line words (agent parameters).
     pub extra_args: Vec<String>,
+    /// How the kernel process is confined.
+    pub jail: UmlJail,
 }
 
 /// A guest network interface on UML's vector driver with the `bess`
@@ -103,7 +110,7 @@ const GUEST_CID: u64 = 3;
 /// namespace.
 pub struct UmlVm {
     id: String,
-    child: Option<Child>,
+    kernel: Option<Kernel>,
     workdir: PathBuf,
     served: Vec<Served>,
     vsock: VsockConnector,
@@ -120,11 +127,8 @@ impl UmlVm {
         if !cfg.kernel.is_file() {
             return Err(UmlError::KernelMissing(cfg.kernel));
         }
-        let id = format!(
-            "sbx-{}-{}",
-            std::process::id(),
-            NEXT_ID.fetch_add(1, Ordering::Relaxed)
-        );
+        let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let id = format!("sbx-{}-{n}", std::process::id());
         let tmp = std::env::temp_dir();
         let workdir = crate::workdir::create(&tmp, &id)
             .map_err(host(format!("creating {}", tmp.join(&id).display())))?;
@@ -132,7 +136,7 @@ impl UmlVm {
             Vsock::new(GUEST_CID).map_err(host("creating the vsock device"))?;
         let mut vm = Self {
             id: id.clone(),
-            child: None,
+            kernel: None,
             workdir,
             served: Vec::new(),
             vsock: connector,
@@ -140,30 +144,55 @@ impl UmlVm {
             log_thread: None,
             counters: Vec::new(),
         };
+        let jail_root = vm.workdir.join("jail");
+        if cfg.jail.is_full() {
+            fs::create_dir(&jail_root).map_err(host("creating the jail's mount point"))?;
+        }
+        let mut plan = Plan::new(&cfg.jail, jail_root, cfg.memory_mib, n);
         let read_only = cfg.root.read_only();
         let blk = vm.serve("blk", Block::new(cfg.root, "sandbox-root"))?;
+        let blk = plan.our_socket(&blk).map_err(UmlError::Jail)?;
         let mut data = Vec::new();
         for (i, disk) in cfg.data_disks.into_iter().enumerate() {
-            data.push(match disk {
-                DataDisk::Served(d) => {
-                    let name = format!("data{i}");
-                    vm.serve(&name, Block::new(d, &format!("sandbox-{name}")))?
+            data.push(
+                match disk {
+                    DataDisk::Served(d) => {
+                        let name = format!("data{i}");
+                        let path = vm.serve(&name, Block::new(d, &format!("sandbox-{name}")))?;
+                        plan.our_socket(&path)
+                    }
+                    DataDisk::External(path) => plan.their_socket(&path),
                 }
-                DataDisk::External(path) => path,
-            });
+                .map_err(UmlError::Jail)?,
+            );
         }
         let mut file_systems = Vec::new();
         for (i, fs) in cfg.file_systems.into_iter().enumerate() {
-            file_systems.push(vm.serve(&format!("fs{i}"), fs)?);
+            let path = vm.serve(&format!("fs{i}"), fs)?;
+            file_systems.push(plan.our_socket(&path).map_err(UmlError::Jail)?);
         }
-        file_systems.extend(cfg.external_file_systems);
+        for path in cfg.external_file_systems {
+            file_systems.push(plan.their_socket(&path).map_err(UmlError::Jail)?);
+        }
         let vsock = vm.serve("vsock", vsock)?;
+        let vsock = plan.our_socket(&vsock).map_err(UmlError::Jail)?;
         let rng = vm.serve("rng", Rng::new())?;
+        let rng = plan.our_socket(&rng).map_err(UmlError::Jail)?;
+        let net_socket = match &cfg.net {
+            Some(net) => Some(plan.our_socket(&net.socket).map_err(UmlError::Jail)?),
+            None => None,
+        };
+        let kernel = plan.kernel(&cfg.kernel).map_err(UmlError::Jail)?;
+        let uml_dir = if cfg.jail.is_full() {
+            PathBuf::from(jail::JAIL_TMP)
+        } else {
+            vm.workdir.clone()
+        };
 
-        let mut cmd = Command::new(&cfg.kernel);
+        let mut cmd = Command::new(&kernel);
         cmd.arg(format!("mem={}M", cfg.memory_mib))
             .arg(format!("umid={id}"))
-            .arg(format!("uml_dir={}", vm.workdir.display()))
+            .arg(format!("uml_dir={}", uml_dir.display()))
             .args(["con=null", "con0=null,fd:2", "ssl=null", "console=tty0"])
             .args(["root=/dev/vda", "rootfstype=ext4", "rootwait"])
             .arg(if read_only { "ro" } else { "rw" })
@@ -199,49 +228,40 @@ impl UmlVm {
                 rng.display(),
                 device_id::RNG
             ));
-        if let Some(net) = &cfg.net {
+        if let (Some(net), Some(socket)) = (&cfg.net, &net_socket) {
             cmd.arg(format!(
                 "vec0:transport=bess,mtu={},dst={},mac={}",
                 net.mtu,
-                net.socket.display(),
+                socket.display(),
                 net.mac
             ));
         }
         cmd.args(&cfg.extra_args);
-        // UML maps its memory from a file in TMPDIR and unlinks it at once.
-        let shm = Path::new("/dev/shm");
-        cmd.env("TMPDIR", if shm.is_dir() { shm } else { &vm.workdir });
         let (reader, writer) = io::pipe().map_err(host("creating the console pipe"))?;
         let writer2 = writer
             .try_clone()
             .map_err(host("creating the console pipe"))?;
         cmd.stdin(Stdio::null()).stdout(writer).stderr(writer2);
         cmd.process_group(0);
-        // SAFETY: prctl and setrlimit with integer or plain-data arguments
-        // are async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-                // No core dumps: a crashing kernel process would write the
-                // guest's memory (its secrets) to the host's disk.
-                let none = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                libc::setrlimit(libc::RLIMIT_CORE, &none);
-                // An empty network namespace: the kernel process reaches no
-                // host network. Its vhost-user sockets are file system paths,
-                // which work across namespaces. Best effort: without the
-                // privilege to unshare, the kernel keeps the host's.
-                libc::unshare(libc::CLONE_NEWNET);
-                Ok(())
-            });
+        if !cfg.jail.is_full() {
+            // UML maps its memory from a file in TMPDIR and unlinks it at
+            // once (in the jail, TMPDIR is the jail's own tmpfs).
+            let shm = Path::new("/dev/shm");
+            cmd.env("TMPDIR", if shm.is_dir() { shm } else { &vm.workdir });
         }
+        let started = plan.apply(&mut cmd).map_err(UmlError::Jail)?;
         // The launcher drops `cmd`, closing our copies of the pipe's write end.
-        let child =
-            launcher::spawn(cmd).map_err(host(format!("starting {}", cfg.kernel.display())))?;
-        vm.child = Some(child);
+        let spawned = launcher::spawn(cmd);
+        vm.kernel = Some(match (spawned, started) {
+            (Ok(child), None) => Kernel::new(child.id() as i32, child.id() as i32),
+            (Ok(mut child), Some(started)) => {
+                let pgid = child.id() as i32;
+                let status = child.wait().map_err(host("waiting for the jail's setup"))?;
+                Kernel::new(started.kernel_pid(status).map_err(UmlError::Jail)?, pgid)
+            }
+            (Err(e), Some(started)) => return Err(UmlError::Jail(started.error(e))),
+            (Err(e), None) => return Err(host(format!("starting {}", cfg.kernel.display()))(e)),
+        });
         let log = vm.console.clone();
         vm.log_thread = Some(
             sandbox_thread::spawn("uml-console", Some(&crate::seccomp::CONSOLE), move || {
@@ -297,14 +317,12 @@ impl UmlVm {
 
     /// The kernel process id.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.kernel.as_ref().map(|k| k.pid as u32)
     }
 
     /// The exit status if the guest has stopped.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.kernel.as_mut().and_then(|k| k.wait(false))
     }
 
     /// Waits up to `timeout` for the guest to stop by itself.
@@ -324,13 +342,13 @@ impl UmlVm {
     /// Kills the guest's whole process group, stops the devices and removes
     /// the working directory. Idempotent.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: killpg with the group the child leads (process_group(0)).
-            unsafe { libc::killpg(child.id() as i32, libc::SIGKILL) };
-            let _ = child.wait();
+        if let Some(mut kernel) = self.kernel.take() {
+            // SAFETY: killpg with the kernel's group (process_group(0)).
+            unsafe { libc::killpg(kernel.pgid, libc::SIGKILL) };
+            kernel.wait(true);
             // Helpers the kernel forked may outlive the leader for a moment.
             // SAFETY: as above; ESRCH once the group is gone.
-            unsafe { libc::killpg(child.id() as i32, libc::SIGKILL) };
+            unsafe { libc::killpg(kernel.pgid, libc::SIGKILL) };
         }
         for s in self.served.drain(..) {
             s.stop();
@@ -339,6 +357,44 @@ impl UmlVm {
             let _ = t.join();
         }
         let _ = fs::remove_dir_all(&self.workdir);
+    }
+}
+
+/// The kernel process: our child (in the full jail, the sibling the jail's
+/// setup process started), and the process group its processes share.
+struct Kernel {
+    pid: i32,
+    pgid: i32,
+    status: Option<ExitStatus>,
+}
+
+impl Kernel {
+    fn new(pid: i32, pgid: i32) -> Self {
+        Self {
+            pid,
+            pgid,
+            status: None,
+        }
+    }
+
+    /// Reaps the kernel if it has stopped (waiting for it if `block`).
+    fn wait(&mut self, block: bool) -> Option<ExitStatus> {
+        use std::os::unix::process::ExitStatusExt;
+        if self.status.is_none() {
+            let mut raw = 0;
+            let flags = if block { 0 } else { libc::WNOHANG };
+            loop {
+                // SAFETY: waitpid on our own child into a local.
+                let r = unsafe { libc::waitpid(self.pid, &mut raw, flags) };
+                if r == self.pid {
+                    self.status = Some(ExitStatus::from_raw(raw));
+                } else if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                break;
+            }
+        }
+        self.status
     }
 }
 

@@ -68,6 +68,8 @@ pub(crate) struct MachineSpec {
     pub network: Option<sandbox_net::NetworkOptions>,
     /// Host file systems, opened and validated.
     pub mounts: Vec<crate::mount::Prepared>,
+    /// The UML kernel process's confinement.
+    pub uml_jail: crate::UmlJail,
 }
 
 /// The agent's kernel parameters for `network`: the link's addresses and

@@ -57,6 +57,7 @@ pub(super) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
         agent_port: AGENT_VSOCK_PORT,
         net,
         extra_args,
+        jail: spec.uml_jail,
     })?;
     Ok(Box::new(UmlMachine(vm, network)))
 }
@@ -164,6 +165,11 @@ impl Machine for UmlMachine {
         }
         let status = self.0.try_wait()?;
         Some(match status.signal() {
+            Some(libc::SIGSYS) => StopReason::Crash(
+                "the UML kernel process made a host system call outside its jail's seccomp \
+                 allow-list and was killed (SIGSYS); please report the guest workload"
+                    .into(),
+            ),
             Some(sig) => {
                 StopReason::Crash(format!("the UML kernel process was killed by signal {sig}"))
             }
