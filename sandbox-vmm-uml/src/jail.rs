@@ -13,7 +13,8 @@
 //!   [`MEMORY_MARGIN_MIB`]: UML's memory file lives in it) becomes the root
 //!   by `pivot_root`. It holds only the kernel binary, its ELF loader and
 //!   libraries (read-only binds), the vhost-user and link sockets (binds of
-//!   the socket files alone) and `/tmp`. Nothing else of the host's file
+//!   the socket files alone), `/dev/null`, a read-only `/proc/cpuinfo` and
+//!   `/tmp`. Nothing else of the host's file
 //!   system is reachable.
 //! - **PID, IPC, UTS, cgroup and network namespaces.** The kernel is pid 1
 //!   of its own pid namespace; an outer host process waits for it and exits
@@ -105,6 +106,8 @@ impl UmlJail {
 pub(crate) const JAIL_TMP: &str = "/tmp";
 /// The kernel binary inside the jail.
 const JAIL_KERNEL: &str = "/kernel";
+/// The one host `/proc` file in the jail (read-only).
+const CPUINFO: &str = "/proc/cpuinfo";
 
 /// A jail being prepared for one kernel process: which host files appear
 /// where, and what the child does before `execve`.
@@ -153,6 +156,14 @@ impl Plan {
         }
         self.binds
             .push((kernel.to_path_buf(), JAIL_KERNEL.into(), true));
+        // UML's `null` console channel opens /dev/null (without it the
+        // guest has no console), and the kernel reads the host's CPU
+        // features from /proc/cpuinfo at start.
+        self.binds
+            .push(("/dev/null".into(), "/dev/null".into(), false));
+        if Path::new(CPUINFO).exists() {
+            self.binds.push((CPUINFO.into(), CPUINFO.into(), true));
+        }
         Ok(JAIL_KERNEL.into())
     }
 

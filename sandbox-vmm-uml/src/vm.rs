@@ -255,9 +255,10 @@ impl UmlVm {
         vm.kernel = Some(match (spawned, started) {
             (Ok(child), None) => Kernel::new(child.id() as i32, child.id() as i32),
             (Ok(mut child), Some(started)) => {
-                let pgid = child.id() as i32;
                 let status = child.wait().map_err(host("waiting for the jail's setup"))?;
-                Kernel::new(started.kernel_pid(status).map_err(UmlError::Jail)?, pgid)
+                let pid = started.kernel_pid(status).map_err(UmlError::Jail)?;
+                // The kernel leads its own session and group.
+                Kernel::new(pid, pid)
             }
             (Err(e), Some(started)) => return Err(UmlError::Jail(started.error(e))),
             (Err(e), None) => return Err(host(format!("starting {}", cfg.kernel.display()))(e)),
@@ -343,8 +344,13 @@ impl UmlVm {
     /// the working directory. Idempotent.
     pub fn kill(&mut self) {
         if let Some(mut kernel) = self.kernel.take() {
-            // SAFETY: killpg with the kernel's group (process_group(0)).
-            unsafe { libc::killpg(kernel.pgid, libc::SIGKILL) };
+            // SAFETY: kill and killpg with the kernel's pid and group. In
+            // the full jail the kernel is pid 1 of its pid namespace:
+            // killing it kills every process of the namespace.
+            unsafe {
+                libc::kill(kernel.pid, libc::SIGKILL);
+                libc::killpg(kernel.pgid, libc::SIGKILL);
+            }
             kernel.wait(true);
             // Helpers the kernel forked may outlive the leader for a moment.
             // SAFETY: as above; ESRCH once the group is gone.

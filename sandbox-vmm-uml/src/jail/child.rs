@@ -494,9 +494,16 @@ fn start_pid1(pid_pipe: RawFd) -> io::Result<()> {
         return Err(last_error());
     }
     if pid == 0 {
-        // SAFETY: prctl with integers (the parent-death signal is not
-        // inherited; the launcher thread is the parent now).
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        // The parent-death signal is not inherited across this clone (the
+        // launcher thread is the parent now): set it again.
+        // Its own session and process group, led by the kernel (as without
+        // the jail): UML's own `setsid` then fails harmlessly, and the
+        // host kills the whole group by the kernel's pid.
+        // SAFETY: prctl and setsid with integers only.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            libc::setsid();
+        }
         return Ok(());
     }
     let bytes = (pid as i32).to_ne_bytes();
