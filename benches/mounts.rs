@@ -83,6 +83,9 @@ fn start_virtiofsd(shared: &Path, socket: &Path) -> Daemon {
         assert!(Instant::now() < deadline, "virtiofsd did not listen");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Connectable by the UML jail's unprivileged uid.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     Daemon(child)
 }
 

@@ -166,6 +166,10 @@ impl Qsd {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        // Connectable by the UML jail's unprivileged uid.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+            .expect("making the qemu-storage-daemon socket connectable");
         Self(child)
     }
 }

@@ -56,12 +56,18 @@ fn ns(pid: &str, kind: &str) -> std::path::PathBuf {
 #[tokio::test]
 async fn the_kernel_process_sees_only_its_jail() {
     const NAME: &str = "uml_jail::the_kernel_process_sees_only_its_jail";
-    let Some(vm) = boot_uml(NAME, UmlJail::default()).await else {
-        return;
-    };
-    // A secret next to the work directories, which the jail must not see.
+    // A secret next to the work directories, which the jail must not see,
+    // and a descriptor of it that the host leaks (no O_CLOEXEC).
     let canary = std::env::temp_dir().join(format!("jail-canary-{}", std::process::id()));
     std::fs::write(&canary, "secret").unwrap();
+    let path = std::ffi::CString::new(canary.to_str().unwrap()).unwrap();
+    // SAFETY: open with a NUL-terminated path; closed below.
+    let leaked = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+    assert!(leaked >= 0);
+    let Some(vm) = boot_uml(NAME, UmlJail::default()).await else {
+        let _ = std::fs::remove_file(&canary);
+        return;
+    };
     // Guest processes (each a host process under UML) too.
     vm.exec("sh", ["-c", "sleep 5 & true"]).await.unwrap();
     let pids = guest_processes(&vm.id());
@@ -115,6 +121,10 @@ async fn the_kernel_process_sees_only_its_jail() {
                 .collect();
             assert_eq!(inside, [only], "/{dir} in the jail");
         }
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+            let target = std::fs::read_link(fd.unwrap().path()).unwrap_or_default();
+            assert_ne!(target, canary, "pid {pid} holds the host's descriptor");
+        }
         let seen = jail_root.join(canary.strip_prefix("/").unwrap());
         assert!(
             !seen.exists(),
@@ -146,6 +156,8 @@ async fn the_kernel_process_sees_only_its_jail() {
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::remove_file(&canary).unwrap();
+    // SAFETY: our own descriptor, opened above.
+    unsafe { libc::close(leaked) };
     vm.shutdown().await.unwrap();
 }
 

@@ -2,8 +2,8 @@
 //! themselves are `sandbox-thread`'s).
 //!
 //! The launcher thread is not filtered: it forks the kernel process, which
-//! would inherit the filter (a jail for the kernel process is its own
-//! work), and it handles no guest input.
+//! would inherit the filter, and it handles no guest input. The kernel
+//! process gets its own allow-list in its jail (`jail/filter.rs`).
 
 use sandbox_thread::seccomp::AllowList;
 
