@@ -344,11 +344,15 @@ impl UmlVm {
     /// the working directory. Idempotent.
     pub fn kill(&mut self) {
         if let Some(mut kernel) = self.kernel.take() {
+            // The pid only while it is unreaped (a reaped pid may be reused).
+            let running = kernel.wait(false).is_none();
             // SAFETY: kill and killpg with the kernel's pid and group. In
             // the full jail the kernel is pid 1 of its pid namespace:
             // killing it kills every process of the namespace.
             unsafe {
-                libc::kill(kernel.pid, libc::SIGKILL);
+                if running {
+                    libc::kill(kernel.pid, libc::SIGKILL);
+                }
                 libc::killpg(kernel.pgid, libc::SIGKILL);
             }
             kernel.wait(true);
