@@ -253,12 +253,10 @@ impl UmlVm {
         // The launcher drops `cmd`, closing our copies of the pipe's write end.
         let spawned = launcher::spawn(cmd);
         vm.kernel = Some(match (spawned, started) {
-            (Ok(child), None) => Kernel::new(child.id() as i32, child.id() as i32),
+            (Ok(child), None) => Kernel::new(child.id() as i32),
             (Ok(mut child), Some(started)) => {
                 let status = child.wait().map_err(host("waiting for the jail's setup"))?;
-                let pid = started.kernel_pid(status).map_err(UmlError::Jail)?;
-                // The kernel leads its own session and group.
-                Kernel::new(pid, pid)
+                Kernel::new(started.kernel_pid(status).map_err(UmlError::Jail)?)
             }
             (Err(e), Some(started)) => return Err(UmlError::Jail(started.error(e))),
             (Err(e), None) => return Err(host(format!("starting {}", cfg.kernel.display()))(e)),
@@ -353,12 +351,12 @@ impl UmlVm {
                 if running {
                     libc::kill(kernel.pid, libc::SIGKILL);
                 }
-                libc::killpg(kernel.pgid, libc::SIGKILL);
+                libc::killpg(kernel.pid, libc::SIGKILL);
             }
             kernel.wait(true);
             // Helpers the kernel forked may outlive the leader for a moment.
             // SAFETY: as above; ESRCH once the group is gone.
-            unsafe { libc::killpg(kernel.pgid, libc::SIGKILL) };
+            unsafe { libc::killpg(kernel.pid, libc::SIGKILL) };
         }
         for s in self.served.drain(..) {
             s.stop();
@@ -371,20 +369,17 @@ impl UmlVm {
 }
 
 /// The kernel process: our child (in the full jail, the sibling the jail's
-/// setup process started), and the process group its processes share.
+/// setup process started). It leads the process group its processes share
+/// (`process_group(0)`, or its own `setsid` in the full jail), so the
+/// group's id is its pid.
 struct Kernel {
     pid: i32,
-    pgid: i32,
     status: Option<ExitStatus>,
 }
 
 impl Kernel {
-    fn new(pid: i32, pgid: i32) -> Self {
-        Self {
-            pid,
-            pgid,
-            status: None,
-        }
+    fn new(pid: i32) -> Self {
+        Self { pid, status: None }
     }
 
     /// Reaps the kernel if it has stopped (waiting for it if `block`).
