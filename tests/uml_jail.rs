@@ -273,3 +273,30 @@ async fn a_killed_host_leaves_no_jail_behind() {
     vm.shutdown().await.unwrap();
     let _ = std::fs::remove_file(&overlay);
 }
+
+#[tokio::test]
+async fn a_host_holding_more_descriptors_than_the_jail_limit_still_boots() {
+    const NAME: &str = "uml_jail::a_host_holding_more_descriptors_than_the_jail_limit_still_boots";
+    // A virtio-fs server keeps a descriptor per guest-visible inode, so an
+    // embedding process can hold far more than the jail's `nofile`; the
+    // jail's setup opens descriptors of its own after the fork, which
+    // then get numbers above that limit.
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let held: Vec<std::os::fd::OwnedFd> = (0..300)
+        .map(|_| {
+            std::os::fd::AsFd::as_fd(&null)
+                .try_clone_to_owned()
+                .unwrap()
+        })
+        .collect();
+    let Some(vm) = boot_uml(NAME, UmlJail::default().max_open_files(128)).await else {
+        return;
+    };
+    for pid in guest_processes(&vm.id()) {
+        assert_eq!(limit(pid, "Max open files"), "128");
+    }
+    let out = vm.exec("echo", ["booted"]).await.unwrap();
+    assert_eq!(out.stdout, b"booted\n");
+    vm.shutdown().await.unwrap();
+    drop(held);
+}

@@ -269,7 +269,6 @@ impl Setup {
     /// pid 1 and (in the outer process) waits for it.
     pub(crate) fn run(&self) -> io::Result<()> {
         common();
-        self.at(Step::Limits, set_limits(&self.limits))?;
         let proc_self = self.at(Step::OpenProc, open_path(c"/proc/self"))?;
         let others = libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS
@@ -293,6 +292,11 @@ impl Setup {
             self.build_root()?;
         }
         drop(proc_self);
+        // Last of all the steps that open descriptors: the host process
+        // may hold more than `nofile` of them (a virtio-fs server keeps one
+        // per guest-visible inode), and every open above the limit would
+        // fail with EMFILE. They all close at exec.
+        self.at(Step::Limits, set_limits(&self.limits))?;
         self.at(Step::DropCapabilities, drop_bounding_set())?;
         self.at(Step::Seccomp, self.filters.install())?;
         self.at(Step::Fork, start_pid1(self.pid_pipe.as_raw_fd()))
