@@ -9,6 +9,7 @@
 mod flatten;
 mod image;
 mod memstore;
+pub mod oci;
 mod overlay;
 pub mod qcow2;
 mod raw;

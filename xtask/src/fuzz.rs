@@ -26,6 +26,7 @@ pub fn build_and_run(seconds: u32) -> Result<()> {
     seed_qcow2(&fuzz_dir)?;
     seed_net(&fuzz_dir)?;
     crate::fuzz_seeds::virtio(&fuzz_dir)?;
+    crate::fuzz_seeds::oci(&fuzz_dir)?;
     step(&format!("{} fuzz targets, {seconds} s each", targets.len()));
     for t in &targets {
         step(&format!("fuzz {t}: build and run {seconds}s"));

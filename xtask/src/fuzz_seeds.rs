@@ -141,6 +141,36 @@ fn fuse_session() -> Vec<u8> {
     s
 }
 
+/// Seeds for `oci_documents`: an OCI layout (index, manifest, config, a
+/// layer) and a `docker save` manifest, in the target's placeholder form.
+pub fn oci(fuzz_dir: &Path) -> Result<()> {
+    let config = r#"{"architecture":"amd64","os":"linux","config":{"Env":["A=1"],"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["@3"]}}"#;
+    let layout = [
+        r#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"@1","size":#1,"annotations":{"org.opencontainers.image.ref.name":"app:1"}}]}"#,
+        r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"@2","size":#2},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"@3","size":#3}]}"#,
+        config,
+        "layer bytes",
+    ];
+    write(fuzz_dir, "oci_documents", "seed-layout", &join(&layout))?;
+    let docker = [
+        r#"D[{"Config":"$1.json","RepoTags":["app:1"],"Layers":["blobs/sha256/$2"]}]"#,
+        &config.replace("@3", "@2"),
+        "layer bytes",
+    ];
+    write(fuzz_dir, "oci_documents", "seed-docker", &join(&docker))
+}
+
+fn join(parts: &[&str]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            v.push(0xff);
+        }
+        v.extend_from_slice(p.as_bytes());
+    }
+    v
+}
+
 /// Writes every virtio seed.
 pub fn virtio(fuzz_dir: &Path) -> Result<()> {
     let mut rng = Vec::new();
