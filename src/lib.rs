@@ -4,6 +4,7 @@
 //! and inspects the host for leftovers.
 
 pub mod docker;
+pub mod oci_fixture;
 pub mod origin;
 
 use sandbox_core::{images, BackendKind, BootOptions, Error, Rootfs, Sandbox, Vm};

@@ -105,6 +105,13 @@ pub enum Error {
     /// The UML backend failed to start the guest.
     #[error("the UML backend failed")]
     Uml(#[from] sandbox_vmm_uml::UmlError),
+    /// An image source is malformed, does not verify, or lacks the image
+    /// asked for.
+    #[error("image import: {0}")]
+    Oci(#[from] sandbox_rootfs::oci::OciError),
+    /// Unpacking an imported image failed.
+    #[error("image import failed: {0}")]
+    Import(String),
     /// Guest agent and library speak different protocol versions.
     #[error("guest agent speaks protocol v{guest}, this library v{host}: rebuild the image with `cargo xtask build`")]
     VersionMismatch {

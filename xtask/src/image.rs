@@ -46,6 +46,8 @@ pub fn build_agent() -> Result<PathBuf> {
     )?;
     let bin = target_dir.join(GUEST_TARGET).join("release/sandbox-guest");
     cache::write_manifest("agent", &serde_json::json!({ "path": bin }))?;
+    let unpack = target_dir.join(GUEST_TARGET).join("release/sandbox-unpack");
+    cache::write_manifest("unpack", &serde_json::json!({ "path": unpack }))?;
     Ok(bin)
 }
 

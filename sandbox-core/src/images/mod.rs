@@ -4,6 +4,10 @@
 
 use std::path::PathBuf;
 
+mod import;
+pub use import::{import, ImportOptions, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_UNPACKED_BYTES};
+pub use sandbox_rootfs::oci::OciError;
+
 use crate::artifacts;
 use crate::Error;
 pub use sandbox_rootfs::{Image, ImageFormat};

@@ -1,0 +1,294 @@
+//! `images::import`: OCI layouts and `docker save` archives built here,
+//! unpacked in a helper VM, booted, and checked from inside the guest; and
+//! sources that are wrong or hostile, refused or contained.
+
+use std::path::Path;
+
+use sandbox::oci_fixture::{Layer, Scratch, Spec, Stored};
+use sandbox_core::images::{self, ImportOptions, OciError};
+use sandbox_core::{BootOptions, Error, Image, Sandbox, Vm};
+
+/// Small unpacked images keep the tests fast.
+fn opts(cache: &Path) -> ImportOptions {
+    ImportOptions::default()
+        .cache_dir(cache)
+        .max_image_bytes(256 << 20)
+}
+
+/// The three-layer image whose properties the tests check.
+fn three_layers(name: &str) -> Spec {
+    let base = Layer::busybox()
+        .file("etc/deleted", b"whited out later")
+        .dir("data")
+        .file("data/file", b"hard")
+        .dir("data/opq")
+        .file("data/opq/old", b"hidden by an opaque marker")
+        .bytes();
+    let middle = Layer::new()
+        .file("etc/.wh.deleted", b"")
+        .file("data/opq/.wh..wh..opq", b"")
+        .file("data/opq/new", b"same layer, kept")
+        .hardlink("data/hard", "data/file")
+        .symlink("data/link", "/data/file")
+        .file_with("data/suid", b"#!/bin/sh\n", 0o4755, 0)
+        .file_with("data/owned", b"uid 1000", 0o640, 1000)
+        .char_device("data/null", 1, 3)
+        .xattr("user.origin", "layer2")
+        .file("data/xattr", b"with an xattr")
+        .bytes();
+    let top = Layer::new().file("data/top", b"third layer").bytes();
+    Spec::new(
+        name,
+        vec![
+            (base, Stored::Plain),
+            (middle, Stored::Gzip),
+            (top, Stored::Gzip),
+        ],
+    )
+}
+
+async fn boot(image: Image) -> Vm {
+    Sandbox::builder()
+        .image(image)
+        .backend(sandbox::backend())
+        .build()
+        .unwrap()
+        .boot(BootOptions::default())
+        .await
+        .unwrap()
+}
+
+async fn sh(vm: &Vm, script: &str) -> String {
+    let out = vm.exec("/bin/sh", ["-c", script]).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every property of [`three_layers`], from inside the guest.
+async fn check_three_layers(vm: &Vm) {
+    let out = vm.exec("/bin/cat", ["/etc/deleted"]).await.unwrap();
+    assert!(!out.status.success(), "the whiteout removed /etc/deleted");
+    assert_eq!(sh(vm, "ls /data/opq").await.trim(), "new");
+    assert_eq!(sh(vm, "cat /data/top").await, "third layer");
+    // A hardlink: one inode, two names.
+    let inodes = sh(vm, "stat -c %i /data/file /data/hard").await;
+    let inodes: Vec<&str> = inodes.lines().collect();
+    assert_eq!(inodes.len(), 2);
+    assert_eq!(inodes[0], inodes[1]);
+    assert_eq!(sh(vm, "stat -c %h /data/file").await.trim(), "2");
+    assert_eq!(sh(vm, "readlink /data/link").await.trim(), "/data/file");
+    assert_eq!(sh(vm, "cat /data/link").await, "hard");
+    assert_eq!(sh(vm, "stat -c %a /data/suid").await.trim(), "4755");
+    assert_eq!(
+        sh(vm, "stat -c '%u:%g %a' /data/owned").await.trim(),
+        "1000:1000 640"
+    );
+    assert_eq!(
+        sh(vm, "stat -c '%F %t:%T' /data/null").await.trim(),
+        "character special file 1:3"
+    );
+    assert_eq!(sh(vm, "stat -c %Y /data/top").await.trim(), "1700000000");
+}
+
+#[tokio::test]
+async fn an_oci_layout_imports_boots_and_keeps_layer_semantics() {
+    let s = Scratch::new("layout");
+    let layout = s.0.join("layout");
+    let digest = three_layers("app:1").write_layout(&layout);
+    let cache = s.0.join("cache");
+    let image = images::import(&layout, opts(&cache).name("app:1"))
+        .await
+        .unwrap();
+    eprintln!("[images] imported {} ({} bytes)", image.name, image.size);
+    assert_eq!(image.facts["source"], "image");
+    assert_eq!(image.facts["image.digest"], digest);
+    let vm = boot(image.clone()).await;
+    check_three_layers(&vm).await;
+    // The agent runs as PID 1 of an image without it.
+    assert_eq!(
+        sh(&vm, "readlink /proc/1/exe").await.trim(),
+        "/sbin/sandbox-guest"
+    );
+    vm.shutdown().await.unwrap();
+    // A second import of the same image is a cache hit: the same file,
+    // not rewritten.
+    let mtime = std::fs::metadata(&image.path).unwrap().modified().unwrap();
+    let again = images::import(&layout, opts(&cache)).await.unwrap();
+    assert_eq!(again, image);
+    assert_eq!(
+        std::fs::metadata(&again.path).unwrap().modified().unwrap(),
+        mtime
+    );
+    // Nothing is left of the work directories.
+    let leftovers: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test]
+async fn a_docker_save_archive_imports_and_boots() {
+    let s = Scratch::new("docker");
+    let tar = s.0.join("app.tar");
+    let spec = three_layers("example/app:2");
+    let config = spec.write_docker_archive(&tar);
+    let image = images::import(&tar, opts(&s.0.join("cache")).name("example/app:2"))
+        .await
+        .unwrap();
+    assert_eq!(image.facts["image.digest"], config);
+    let vm = boot(image).await;
+    check_three_layers(&vm).await;
+    vm.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn hostile_layers_stay_inside_the_image() {
+    let s = Scratch::new("hostile");
+    let canary = std::env::temp_dir().join(format!("images-canary-{}", std::process::id()));
+    std::fs::write(&canary, b"untouched").unwrap();
+    let name = canary.file_name().unwrap().to_str().unwrap();
+    let escape = Layer::new()
+        .symlink("up", "../../../../../../..")
+        .symlink("tmp-link", &canary.parent().unwrap().to_string_lossy())
+        .bytes();
+    let write = Layer::new()
+        .file_with(
+            &format!("../../../../../../../tmp/{name}"),
+            b"dotdot",
+            0o644,
+            0,
+        )
+        .file_with(&format!("/tmp/{name}-abs"), b"absolute", 0o644, 0)
+        .file_with(&format!("up/tmp/{name}-via-link"), b"via symlink", 0o644, 0)
+        .file_with(
+            &format!("tmp-link/{name}"),
+            b"via absolute symlink",
+            0o644,
+            0,
+        )
+        .bytes();
+    let spec = Spec::new(
+        "hostile",
+        vec![
+            (Layer::busybox().bytes(), Stored::Plain),
+            (escape, Stored::Plain),
+            (write, Stored::Gzip),
+        ],
+    );
+    let layout = s.0.join("layout");
+    spec.write_layout(&layout);
+    let image = images::import(&layout, opts(&s.0.join("cache")))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&canary).unwrap(), b"untouched");
+    for suffix in ["-abs", "-via-link"] {
+        assert!(!Path::new(&format!("/tmp/{name}{suffix}")).exists());
+    }
+    // What the layers wrote landed inside the image, under its own /tmp
+    // (which the agent's tmpfs covers: a bind of / shows what is below).
+    let vm = boot(image).await;
+    let listing = sh(
+        &vm,
+        "mkdir -p /run/root && mount --bind / /run/root && ls /run/root/tmp",
+    )
+    .await;
+    for suffix in ["-abs", "-via-link"] {
+        assert!(listing.contains(&format!("{name}{suffix}")), "{listing}");
+    }
+    assert_eq!(
+        sh(&vm, &format!("cat /run/root/tmp/{name}")).await,
+        "via absolute symlink"
+    );
+    vm.shutdown().await.unwrap();
+    let _ = std::fs::remove_file(&canary);
+}
+
+#[tokio::test]
+async fn bad_sources_are_refused_with_clear_errors() {
+    let s = Scratch::new("bad");
+    let cache = s.0.join("cache");
+    // A blob that does not match its digest.
+    let layout = s.0.join("tampered");
+    let spec = Spec::new("t", vec![(Layer::busybox().bytes(), Stored::Plain)]);
+    spec.write_layout(&layout);
+    let blobs = layout.join("blobs/sha256");
+    let biggest = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&biggest).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&biggest, &bytes).unwrap();
+    let err = images::import(&layout, opts(&cache)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Oci(OciError::DigestMismatch { .. })),
+        "{err}"
+    );
+    // A manifest pointing at a missing blob.
+    std::fs::remove_file(&biggest).unwrap();
+    let err = images::import(&layout, opts(&cache)).await.unwrap_err();
+    assert!(matches!(err, Error::Oci(OciError::Missing(_))), "{err}");
+    // Another platform.
+    let arm = s.0.join("arm");
+    let mut spec = Spec::new("arm", vec![(Layer::busybox().bytes(), Stored::Plain)]);
+    spec.architecture = "arm64".into();
+    spec.write_layout(&arm);
+    let err = images::import(&arm, opts(&cache)).await.unwrap_err();
+    assert!(err.to_string().contains("linux/arm64"), "{err}");
+    // A decompression bomb: 64 MiB of zeros in a small gzip blob, against
+    // an 8 MiB budget.
+    let bomb = s.0.join("bomb");
+    let zeros = Layer::new().file("zeros", &vec![0u8; 64 << 20]).bytes();
+    Spec::new("bomb", vec![(zeros, Stored::Gzip)]).write_layout(&bomb);
+    let err = images::import(&bomb, opts(&cache).max_unpacked_bytes(8 << 20))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Import(_)), "{err}");
+    assert!(err.to_string().contains("max_unpacked_bytes"), "{err}");
+    // A truncated gzip layer (the blob cut, its digest made to match, so
+    // only the unpacker can tell).
+    let cut = s.0.join("cut");
+    let layer = Layer::new().file("f", &vec![7u8; 1 << 20]).bytes();
+    Spec::new("cut", vec![(layer, Stored::Gzip)]).write_layout(&cut);
+    truncate_gzip_blob(&cut);
+    let err = images::import(&cut, opts(&cache)).await.unwrap_err();
+    assert!(matches!(err, Error::Import(_)), "{err}");
+    // Not an image at all.
+    let junk = s.0.join("junk");
+    std::fs::write(&junk, vec![1u8; 10_000]).unwrap();
+    let err = images::import(&junk, opts(&cache)).await.unwrap_err();
+    assert!(matches!(err, Error::Oci(_)), "{err}");
+}
+
+/// Cuts the gzip layer of the layout at `dir` in half and rewrites the
+/// manifest and index so every digest matches again.
+fn truncate_gzip_blob(dir: &Path) {
+    use sandbox::oci_fixture::sha256;
+    let blobs = dir.join("blobs/sha256");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let md = index["manifests"][0]["digest"].as_str().unwrap()[7..].to_string();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blobs.join(&md)).unwrap()).unwrap();
+    let ld = manifest["layers"][0]["digest"].as_str().unwrap()[7..].to_string();
+    let blob = std::fs::read(blobs.join(&ld)).unwrap();
+    let cut = &blob[..blob.len() / 2];
+    let cd = sha256(cut);
+    std::fs::write(blobs.join(&cd), cut).unwrap();
+    manifest["layers"][0]["digest"] = format!("sha256:{cd}").into();
+    manifest["layers"][0]["size"] = cut.len().into();
+    let mbytes = serde_json::to_vec(&manifest).unwrap();
+    let nd = sha256(&mbytes);
+    std::fs::write(blobs.join(&nd), &mbytes).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": format!("sha256:{nd}"), "size": mbytes.len()}]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
