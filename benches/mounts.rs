@@ -231,6 +231,7 @@ fn mounts(c: &mut Criterion) {
             native.as_secs_f64() / ours.as_secs_f64().max(1e-9),
         );
     }
+    paired(&rt, &vm, _daemon.0.id());
     rt.block_on(vm.shutdown()).unwrap();
     let _ = std::fs::remove_dir_all(&shared);
     let _ = std::fs::remove_file(&socket);
@@ -238,3 +239,132 @@ fn mounts(c: &mut Criterion) {
 
 criterion_group!(benches, mounts);
 criterion_main!(benches);
+
+/// Rounds of the paired comparison (`SANDBOX_BENCH_ROUNDS`, default 12).
+fn rounds() -> usize {
+    std::env::var("SANDBOX_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12)
+}
+
+/// CPU time (user + system) from a `/proc/.../stat` line: `fields` are
+/// indices after the command name (utime is 11, stime 12, cutime 13,
+/// cstime 14).
+fn stat_cpu(path: &str, fields: &[usize]) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return Duration::ZERO;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return Duration::ZERO;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf with a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks: u64 = fields
+        .iter()
+        .filter_map(|i| f.get(*i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_secs_f64(ticks as f64 / hz)
+}
+
+/// CPU time of this process's threads whose name `matches`.
+fn own_threads_cpu(matches: impl Fn(&str) -> bool) -> Duration {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter(|e| {
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            matches(comm.trim())
+        })
+        .map(|e| stat_cpu(&format!("{}/stat", e.path().display()), &[11, 12]))
+        .sum()
+}
+
+/// CPU time of the guest: its live host processes, plus what its kernel
+/// reaped.
+fn guest_cpu(id: &str) -> Duration {
+    let live: Duration = sandbox::guest_processes(id)
+        .into_iter()
+        .map(|p| stat_cpu(&format!("/proc/{p}/stat"), &[11, 12]))
+        .sum();
+    let reaped = sandbox::uml_kernel_process(id)
+        .map(|p| stat_cpu(&format!("/proc/{p}/stat"), &[13, 14]))
+        .unwrap_or_default();
+    live + reaped
+}
+
+/// One side's run of a workload: wall time, the server's CPU time and the
+/// guest's.
+struct Run {
+    wall: Duration,
+    server: Duration,
+    guest: Duration,
+}
+
+/// Ours and virtiofsd alternately, in turn first, so that drift on this
+/// machine (page cache, other load) falls on both: the ratio of each round
+/// is peer time over ours, and the report gives their median and spread,
+/// and where each side's time goes (server CPU, guest CPU).
+fn paired(rt: &tokio::runtime::Runtime, vm: &Vm, peer_pid: u32) {
+    let id = vm.id();
+    let server_cpu = |side: &str| match side {
+        "ours" => own_threads_cpu(|name| name.contains("fs")),
+        _ => stat_cpu(&format!("/proc/{peer_pid}/stat"), &[11, 12]),
+    };
+    let run = |side: &str, script: &str| {
+        let (s0, g0) = (server_cpu(side), guest_cpu(&id));
+        let wall = rt.block_on(guest(vm, script));
+        Run {
+            wall,
+            server: server_cpu(side).saturating_sub(s0),
+            guest: guest_cpu(&id).saturating_sub(g0),
+        }
+    };
+    let n = rounds();
+    println!("\npaired rounds ({n} per workload; ratio = virtiofsd time / ours, >= 1.0 means ours is at least as fast):");
+    for workload in ["untar_sha256_delete", "write_1gib", "read_1gib"] {
+        let script = |dir: &str| match workload {
+            "untar_sha256_delete" => untar_script(dir, &format!("{dir}/../tree.tar"), true),
+            "write_1gib" => write_script(dir),
+            _ => read_script(dir, true),
+        };
+        let (ours_dir, peer_dir) = ("/ours/ours", "/peer/peer");
+        let mut ratios = Vec::new();
+        let (mut ours_runs, mut peer_runs) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let (o, p) = if i % 2 == 0 {
+                let o = run("ours", &script(ours_dir));
+                (o, run("peer", &script(peer_dir)))
+            } else {
+                let p = run("peer", &script(peer_dir));
+                (run("ours", &script(ours_dir)), p)
+            };
+            ratios.push(p.wall.as_secs_f64() / o.wall.as_secs_f64().max(1e-9));
+            ours_runs.push(o);
+            peer_runs.push(p);
+        }
+        ratios.sort_by(f64::total_cmp);
+        let q = |f: f64| ratios[((ratios.len() - 1) as f64 * f).round() as usize];
+        let wins = ratios.iter().filter(|r| **r >= 1.0).count();
+        println!(
+            "  {workload}: median {:.3}x, quartiles {:.3}..{:.3}x, range {:.3}..{:.3}x; ours at least as fast in {wins}/{n}",
+            q(0.5),
+            q(0.25),
+            q(0.75),
+            q(0.0),
+            q(1.0)
+        );
+        for (side, runs) in [("ours", &ours_runs), ("virtiofsd", &peer_runs)] {
+            let sum = |f: fn(&Run) -> Duration| runs.iter().map(f).sum::<Duration>();
+            let wall = sum(|r| r.wall).as_secs_f64().max(1e-9);
+            println!(
+                "    {side}: mean wall {:.3} s; server CPU {:.0}% of wall, guest CPU {:.0}% of wall",
+                wall / n as f64,
+                100.0 * sum(|r| r.server).as_secs_f64() / wall,
+                100.0 * sum(|r| r.guest).as_secs_f64() / wall,
+            );
+        }
+    }
+}
