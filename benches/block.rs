@@ -50,6 +50,7 @@ fn prepare(dir: &Path) -> (Image, PathBuf) {
         sha256: sandbox_rootfs::sha256_file(&base).unwrap(),
         size: DISK_BYTES,
         facts: Default::default(),
+        run: Default::default(),
     };
     let overlay = dir.join("ours.qcow2");
     let _ = std::fs::remove_file(&overlay);

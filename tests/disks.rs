@@ -18,6 +18,7 @@ fn data_image(path: &Path, fill: u8) -> Image {
         sha256: sha256_file(path).unwrap(),
         size: data.len() as u64,
         facts: Default::default(),
+        run: Default::default(),
     }
 }
 

@@ -292,3 +292,121 @@ fn truncate_gzip_blob(dir: &Path) {
         "digest": format!("sha256:{nd}"), "size": mbytes.len()}]});
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 }
+
+#[tokio::test]
+async fn the_image_config_gives_exec_defaults_and_explicit_options_win() {
+    let s = Scratch::new("config");
+    let layout = s.0.join("layout");
+    let mut spec = Spec::new(
+        "cfg",
+        vec![(
+            Layer::busybox().dir("data").dir("work").bytes(),
+            Stored::Plain,
+        )],
+    );
+    spec.config = serde_json::json!({
+        "Env": ["PATH=/bin", "GREETING=from-config", "EMPTY="],
+        "WorkingDir": "/data",
+        "Entrypoint": ["/bin/echo", "entry"],
+        "Cmd": ["default-cmd"],
+    });
+    spec.write_layout(&layout);
+    let image = images::import(&layout, opts(&s.0.join("cache")))
+        .await
+        .unwrap();
+    assert_eq!(image.run.working_dir.as_deref(), Some("/data"));
+    let vm = boot(image.clone()).await;
+    // WorkingDir and Env are defaults of every command.
+    assert_eq!(sh(&vm, "pwd; echo $GREETING").await, "/data\nfrom-config\n");
+    // Explicit options win.
+    let out = vm
+        .command("/bin/sh")
+        .args(["-c", "pwd; echo $GREETING"])
+        .cwd("/work")
+        .env("GREETING", "explicit")
+        .exec()
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"/work\nexplicit\n");
+    // Entrypoint and Cmd, and arguments replacing Cmd.
+    let out = vm
+        .image_command::<_, &str>([])
+        .unwrap()
+        .exec()
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"entry default-cmd\n");
+    let out = vm.image_command(["given"]).unwrap().exec().await.unwrap();
+    assert_eq!(out.stdout, b"entry given\n");
+    vm.shutdown().await.unwrap();
+    // A boot option's cwd wins over WorkingDir.
+    let vm = Sandbox::builder()
+        .image(image.clone())
+        .backend(sandbox::backend())
+        .build()
+        .unwrap()
+        .boot(BootOptions::default().cwd("/work"))
+        .await
+        .unwrap();
+    assert_eq!(sh(&vm, "pwd").await, "/work\n");
+    vm.shutdown().await.unwrap();
+    // The sealed file, pinned by its digest, comes back with its config;
+    // a wrong digest refuses.
+    let pinned = Image::open(&image.path, &format!("sha256:{}", image.sha256)).unwrap();
+    assert_eq!(pinned.run, image.run);
+    assert_eq!(pinned.facts["source"], "image");
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let err = Image::open(&image.path, &wrong).unwrap_err();
+    assert!(
+        err.to_string().contains("does not match its digest"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_imported_image_boots_in_every_writable_root_mode() {
+    use sandbox_core::Rootfs;
+    let s = Scratch::new("modes");
+    let layout = s.0.join("layout");
+    let spec = Spec::new(
+        "modes",
+        vec![(Layer::busybox().dir("data").bytes(), Stored::Gzip)],
+    );
+    spec.write_layout(&layout);
+    let image = images::import(&layout, opts(&s.0.join("cache")))
+        .await
+        .unwrap();
+    let persistent = s.0.join("persistent.qcow2");
+    let store = std::sync::Arc::new(sandbox_rootfs::MemStore::new(64 << 10));
+    for (mode, rootfs) in [
+        ("ephemeral", Rootfs::ephemeral(image.clone())),
+        ("cow", Rootfs::cow(image.clone(), store.clone())),
+        ("persistent", Rootfs::persistent(image.clone(), &persistent)),
+        (
+            "persistent again",
+            Rootfs::persistent(image.clone(), &persistent),
+        ),
+    ] {
+        let vm = Sandbox::builder()
+            .rootfs(rootfs)
+            .backend(sandbox::backend())
+            .build()
+            .unwrap()
+            .boot(BootOptions::default())
+            .await
+            .unwrap();
+        let out = sh(
+            &vm,
+            "cat /data/kept 2>/dev/null; echo written > /data/kept; sync",
+        )
+        .await;
+        eprintln!("[images] {mode}: {out:?}");
+        let expect = if mode == "persistent again" {
+            "written\n"
+        } else {
+            ""
+        };
+        assert_eq!(out, expect, "{mode}");
+        vm.shutdown().await.unwrap();
+    }
+}

@@ -31,6 +31,7 @@ fn image() -> Image {
         sha256: "00".repeat(32),
         size: BASE as u64,
         facts: Default::default(),
+        run: Default::default(),
     }
 }
 

@@ -52,7 +52,7 @@ impl Default for Resources {
 #[derive(Clone, Debug)]
 pub struct BootOptions {
     hostname: String,
-    cwd: String,
+    cwd: Option<String>,
     timeout: Duration,
     mounts: Vec<(String, crate::Mount)>,
 }
@@ -61,7 +61,7 @@ impl Default for BootOptions {
     fn default() -> Self {
         Self {
             hostname: "sandbox".into(),
-            cwd: "/".into(),
+            cwd: None,
             timeout: Duration::from_secs(60),
             mounts: Vec::new(),
         }
@@ -75,9 +75,10 @@ impl BootOptions {
         self
     }
 
-    /// Default working directory of later process calls (default `/`).
+    /// Default working directory of later process calls (default: the
+    /// image's `WorkingDir` for an imported image, else `/`).
     pub fn cwd(mut self, dir: impl Into<String>) -> Self {
-        self.cwd = dir.into();
+        self.cwd = Some(dir.into());
         self
     }
 
@@ -109,10 +110,9 @@ impl BootOptions {
                 "hostname {h:?} must be 1-64 characters of letters, digits, '-' and '.'"
             )));
         }
-        if !self.cwd.starts_with('/') {
+        if let Some(cwd) = self.cwd.as_ref().filter(|c| !c.starts_with('/')) {
             return Err(Error::InvalidConfig(format!(
-                "cwd {:?} must be an absolute guest path",
-                self.cwd
+                "cwd {cwd:?} must be an absolute guest path"
             )));
         }
         Ok(())
@@ -315,6 +315,7 @@ impl Sandbox {
             .await
             .map_err(|e| Error::Protocol(format!("starting the backend panicked: {e}")))??;
         let timeout = opts.timeout;
+        let run = self.rootfs.image().run.clone();
         // Connect in short slices: if this future is dropped mid-boot, the
         // machine comes back from its blocking slice within one slice and
         // is dropped (killed) then, not when the whole boot timeout ends.
@@ -373,12 +374,18 @@ impl Sandbox {
             }
         };
         let _ = notices.set(client.link().clone());
+        // The boot option wins over the image's WorkingDir.
+        let cwd = opts
+            .cwd
+            .clone()
+            .or_else(|| run.working_dir.clone())
+            .unwrap_or_else(|| "/".into());
         Ok(Vm::new(
             client,
             machine,
             kind,
             why,
-            opts.cwd,
+            (cwd, run),
             started.elapsed(),
             events,
         ))

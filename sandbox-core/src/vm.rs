@@ -41,6 +41,7 @@ pub struct Vm {
     backend: BackendKind,
     backend_reason: String,
     cwd: String,
+    run: sandbox_rootfs::oci::RunDefaults,
     boot_time: Duration,
 }
 
@@ -54,7 +55,7 @@ impl Vm {
         machine: Box<dyn Machine>,
         backend: BackendKind,
         backend_reason: String,
-        cwd: String,
+        (cwd, run): (String, sandbox_rootfs::oci::RunDefaults),
         boot_time: Duration,
         events: tokio::sync::broadcast::Sender<VmEvent>,
     ) -> Self {
@@ -69,6 +70,7 @@ impl Vm {
             backend,
             backend_reason,
             cwd,
+            run,
             boot_time,
         }
     }
@@ -155,7 +157,42 @@ impl Vm {
     /// A command to configure (cwd, env, timeout, cancellation) and then
     /// `exec`, `spawn` or run on a `pty`.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command<'_> {
-        Command::new(self, program, &self.cwd)
+        let mut c = Command::new(self, program, &self.cwd);
+        for kv in &self.run.env {
+            if let Some((k, v)) = kv.split_once('=') {
+                c = c.env(k, v);
+            }
+        }
+        c
+    }
+
+    /// A command for the image's own `Entrypoint` and `Cmd` (an imported
+    /// image's OCI config), as `docker run IMAGE [ARGS]` would run it:
+    /// non-empty `args` replace `Cmd`; the entrypoint stays. Configure it
+    /// further like any [`Vm::command`]. An image with neither is an
+    /// [`Error::InvalidConfig`].
+    pub fn image_command<I, S>(&self, args: I) -> Result<Command<'_>, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<std::ffi::OsString> = args
+            .into_iter()
+            .map(|a| a.as_ref().to_os_string())
+            .collect();
+        let mut argv: Vec<std::ffi::OsString> =
+            self.run.entrypoint.iter().map(Into::into).collect();
+        if args.is_empty() {
+            argv.extend(self.run.cmd.iter().map(Into::into));
+        } else {
+            argv.extend(args);
+        }
+        let Some((program, rest)) = argv.split_first() else {
+            return Err(Error::InvalidConfig(
+                "the image has no Entrypoint or Cmd: pass a program to Vm::command".into(),
+            ));
+        };
+        Ok(self.command(program).args(rest))
     }
 
     /// Runs `program` with `args` and collects its output. A program that

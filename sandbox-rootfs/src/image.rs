@@ -38,6 +38,9 @@ pub struct Image {
     pub size: u64,
     /// Facts about the image (distro, shell, package manager).
     pub facts: BTreeMap<String, String>,
+    /// Defaults for the processes a VM runs (an imported image's OCI
+    /// config; empty for built-in images).
+    pub run: crate::oci::RunDefaults,
 }
 
 /// Identity of a file as last verified: device, inode, size, mtime.
@@ -53,6 +56,70 @@ fn file_id(path: &Path) -> io::Result<FileId> {
 static VERIFIED: Mutex<Option<HashMap<PathBuf, (FileId, String)>>> = Mutex::new(None);
 
 impl Image {
+    /// An image file the caller keeps, pinned by its sha256 (`sha256:<hex>`
+    /// or bare hex): the file is hashed now and refused when it differs,
+    /// and checked again at every boot (a changed file never boots). Raw
+    /// or qcow2, told by the file's first bytes. When the file is an
+    /// import's (an `image.json` beside it records the same sha256), the
+    /// image's name, facts and run defaults come back with it.
+    pub fn open(path: impl Into<PathBuf>, sha256: &str) -> Result<Image, RootfsError> {
+        let path = path.into();
+        let hex = sha256.strip_prefix("sha256:").unwrap_or(sha256);
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(RootfsError::InvalidOption(format!(
+                "{sha256:?} is not a sha256 digest (sha256:<64 hex>)"
+            )));
+        }
+        let io_err = |source| RootfsError::Io {
+            what: format!("opening image {}", path.display()),
+            source,
+        };
+        let size = std::fs::metadata(&path).map_err(io_err)?.len();
+        let mut magic = [0u8; 4];
+        let qcow2 = {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::open(&path).map_err(io_err)?;
+            f.read_exact_at(&mut magic, 0).is_ok() && magic == *b"QFI\xfb"
+        };
+        let mut image = Image {
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: path.clone(),
+            format: if qcow2 {
+                ImageFormat::Qcow2
+            } else {
+                ImageFormat::Raw
+            },
+            arch: std::env::consts::ARCH.into(),
+            sha256: hex.to_ascii_lowercase(),
+            size,
+            facts: BTreeMap::from([("source".to_string(), "file".to_string())]),
+            run: Default::default(),
+        };
+        image.verify()?;
+        if let Some(record) = path
+            .parent()
+            .and_then(|d| std::fs::read(d.join("image.json")).ok())
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .filter(|r| r["sha256"].as_str() == Some(&image.sha256))
+        {
+            if let Some(name) = record["names"].get(0).and_then(|n| n.as_str()) {
+                image.name = name.to_string();
+                image.facts.insert("image.name".into(), name.to_string());
+            }
+            if let Some(d) = record["digest"].as_str() {
+                image.facts.insert("image.digest".into(), d.to_string());
+            }
+            image.facts.insert("source".into(), "image".into());
+            if let Ok(run) = serde_json::from_value(record["run"].clone()) {
+                image.run = run;
+            }
+        }
+        Ok(image)
+    }
+
     /// Checks the file against the recorded size and sha256 digest.
     pub fn verify(&self) -> Result<(), RootfsError> {
         let io_err = |source| RootfsError::Io {

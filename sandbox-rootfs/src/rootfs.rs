@@ -33,7 +33,7 @@ pub const DEFAULT_EPHEMERAL_BLOCK: u32 = 4096;
 enum Mode {
     ReadOnly,
     Ephemeral { block_size: u32, spill: Spill },
-    Cow(Composed),
+    Cow(Box<Composed>),
     Persistent { path: PathBuf, cluster_size: u32 },
 }
 
@@ -330,7 +330,7 @@ impl Rootfs {
 impl From<Composed> for Rootfs {
     /// The cow root: the guest's writes go into the composed overlay store.
     fn from(c: Composed) -> Self {
-        Self::new(Source::Composed(c.clone()), Mode::Cow(c))
+        Self::new(Source::Composed(c.clone()), Mode::Cow(Box::new(c)))
     }
 }
 

@@ -173,6 +173,7 @@ mod tests {
             sha256: sha256_file(&path).unwrap(),
             size: data.len() as u64,
             facts: Default::default(),
+            run: Default::default(),
         };
         let chunks: Vec<Bytes> = bytes(&image, 4096).map(|c| c.unwrap()).collect().await;
         assert_eq!(chunks.len(), 25);

@@ -175,6 +175,7 @@ fn describe(r: &Resolved, path: PathBuf, sha256: String, size: u64) -> Image {
         sha256,
         size,
         facts,
+        run: r.defaults.clone(),
     }
 }
 
@@ -229,6 +230,7 @@ fn blob_disk(r: &Resolved, path: &Path) -> Result<(Image, Vec<String>), Error> {
         sha256,
         size: out.n,
         facts: BTreeMap::new(),
+        run: Default::default(),
     };
     Ok((image, specs))
 }
@@ -246,6 +248,7 @@ fn empty_ext4(cache: &Path, bytes: u64) -> Result<Image, Error> {
         sha256,
         size: bytes,
         facts: BTreeMap::new(),
+        run: Default::default(),
     };
     if let Ok(sha) = std::fs::read_to_string(&meta) {
         if std::fs::metadata(&path).is_ok_and(|m| m.len() == bytes) {
@@ -310,7 +313,7 @@ async fn unpack_and_seal(
         .build()?
         .boot(BootOptions::default())
         .await?;
-    let result = run_unpacker(&vm, &unpacker, &specs, opts).await;
+    let result = run_unpacker(&vm, &unpacker, &specs, r, opts).await;
     let stopped = vm.shutdown().await;
     result?;
     stopped?;
@@ -328,6 +331,7 @@ async fn unpack_and_seal(
         "config_digest": r.config_digest.to_string(),
         "platform": r.platform.to_string(),
         "names": r.names,
+        "run": r.defaults,
         "sha256": sha256,
         "size": size,
     });
@@ -340,6 +344,7 @@ async fn run_unpacker(
     vm: &crate::Vm,
     unpacker: &Path,
     specs: &[String],
+    r: &Resolved,
     opts: &ImportOptions,
 ) -> Result<(), Error> {
     let tool =
@@ -372,6 +377,9 @@ async fn run_unpacker(
         "--max-bytes".into(),
         opts.max_unpacked_bytes.to_string(),
     ];
+    if let Some(dir) = &r.defaults.working_dir {
+        args.extend(["--mkdir".to_string(), dir.clone()]);
+    }
     args.extend(specs.iter().cloned());
     let out = vm.exec("/tmp/sandbox-unpack", &args).await?;
     log::info!("{}", String::from_utf8_lossy(&out.stdout).trim());

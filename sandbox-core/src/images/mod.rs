@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 mod import;
 pub use import::{import, ImportOptions, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_UNPACKED_BYTES};
-pub use sandbox_rootfs::oci::OciError;
+pub use sandbox_rootfs::oci::{OciError, RunDefaults};
 
 use crate::artifacts;
 use crate::Error;
@@ -47,6 +47,7 @@ pub fn builtin(name: &str) -> Result<Image, Error> {
                     .collect()
             })
             .unwrap_or_default(),
+        run: Default::default(),
     };
     if !image.path.is_file() {
         return Err(Error::ArtifactMissing {

@@ -95,6 +95,7 @@ async fn a_composed_source_flattens_into_a_store_and_streams_to_a_valid_file() {
         sha256: sha256_file(&base).unwrap(),
         size: data.len() as u64,
         facts: Default::default(),
+        run: Default::default(),
     };
     let overlay = Arc::new(MemStore::new(4096));
     let composed = Rootfs::compose(image.clone(), overlay.clone());

@@ -56,7 +56,7 @@ pub struct Layer {
 }
 
 /// The run defaults an image's configuration carries.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunDefaults {
     /// `Env` (`NAME=value`).
     pub env: Vec<String>,

@@ -7,6 +7,7 @@
 //! image config's `diff_ids`.
 //!
 //! `sandbox-unpack --source DEV --target DIR [--max-bytes N] [--agent FILE]
+//!  [--mkdir DIR]...
 //!  OFFSET:SIZE:DIFF_ID_HEX...`
 
 mod apply;
@@ -21,6 +22,9 @@ struct Args {
     target: PathBuf,
     max_bytes: u64,
     agent: Option<PathBuf>,
+    /// Directories to create after the layers (the image's WorkingDir,
+    /// which Docker also creates when missing).
+    dirs: Vec<String>,
     layers: Vec<layer::Spec>,
 }
 
@@ -30,6 +34,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut agent = None;
     let mut max_bytes = 64u64 << 30;
     let mut layers = Vec::new();
+    let mut dirs = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().cloned().ok_or(format!("{a} needs a value"));
@@ -37,6 +42,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "--source" => source = Some(PathBuf::from(value()?)),
             "--target" => target = Some(PathBuf::from(value()?)),
             "--agent" => agent = Some(PathBuf::from(value()?)),
+            "--mkdir" => dirs.push(value()?),
             "--max-bytes" => {
                 max_bytes = value()?
                     .parse()
@@ -50,6 +56,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         target: target.ok_or("--target is required")?,
         max_bytes,
         agent,
+        dirs,
         layers,
     })
 }
@@ -69,6 +76,10 @@ fn run(args: Args) -> Result<(), String> {
             stats.bytes,
             stats.compression
         );
+    }
+    for d in &args.dirs {
+        root.dir(&root::components(d.as_bytes()))
+            .map_err(|e| format!("creating {d}: {e}"))?;
     }
     root.prepare_for_agent(args.agent.as_deref())
         .map_err(|e| format!("preparing the image for the agent: {e}"))?;

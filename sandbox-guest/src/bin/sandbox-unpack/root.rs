@@ -155,6 +155,15 @@ impl Root {
                 check(unsafe { libc::fchmodat(root.as_raw_fd(), name.as_ptr(), mode, 0) })?;
             }
         }
+        // The files the agent writes at boot: on a read-only root it binds
+        // its own over them, so they must exist (a symlink, even a
+        // dangling one, is left as the image has it).
+        let etc = self.dir(&[b"etc".to_vec()])?;
+        for f in [c"hostname", c"hosts", c"resolv.conf"] {
+            if kind(etc.as_raw_fd(), f)?.is_none() {
+                drop(create(etc.as_raw_fd(), f, 0o644)?);
+            }
+        }
         if let Some(agent) = agent {
             let bytes = std::fs::read(agent)?;
             let sbin = self.dir(&[b"sbin".to_vec()])?;

@@ -195,6 +195,9 @@ fn three_layers_apply_with_oci_semantics() {
     for d in ["proc", "sys", "dev", "run", "tmp"] {
         assert!(t.join(d).is_dir(), "{d}");
     }
+    for f in ["hostname", "hosts", "resolv.conf"] {
+        assert!(t.join("etc").join(f).is_file(), "{f}");
+    }
     if is_root() {
         let f = std::fs::metadata(t.join("home/user/f")).unwrap();
         assert_eq!((f.uid(), f.gid()), (1000, 1000));

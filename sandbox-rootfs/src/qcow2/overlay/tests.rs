@@ -15,6 +15,7 @@ fn image(path: &Path, sha256: &str) -> Image {
         sha256: sha256.into(),
         size: std::fs::metadata(path).unwrap().len(),
         facts: Default::default(),
+        run: Default::default(),
     }
 }
 
