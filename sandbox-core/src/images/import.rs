@@ -289,12 +289,15 @@ async fn unpack_and_seal(
     dir: &Path,
 ) -> Result<Image, Error> {
     let unpacker = artifacts::manifest_path("unpack", "the image unpacker (sandbox-unpack)")?;
+    let t = std::time::Instant::now();
+    let phase = |what: &str| log::info!("import {}: {what} after {:.2?}", r.digest, t.elapsed());
     let (blobs, specs) = {
         let (r2, p) = (r.clone(), work.join("layers.raw"));
         tokio::task::spawn_blocking(move || blob_disk(&r2, &p))
             .await
             .map_err(|e| Error::Import(format!("copying the layers: {e}")))??
     };
+    phase(&format!("{} layers copied and verified", r.layers.len()));
     let base = {
         let (c, n) = (cache.to_path_buf(), opts.max_image_bytes);
         tokio::task::spawn_blocking(move || empty_ext4(&c, n))
@@ -313,16 +316,19 @@ async fn unpack_and_seal(
         .build()?
         .boot(BootOptions::default())
         .await?;
+    phase("helper VM booted");
     let result = run_unpacker(&vm, &unpacker, &specs, r, opts).await;
     let stopped = vm.shutdown().await;
     result?;
     stopped?;
+    phase("layers unpacked");
     // Seal: the overlay over the empty file system, flattened into one
     // standalone qcow2 file, hashed, stored under the image's digest.
     let (sealed, overlay2) = (work.join("image.qcow2"), overlay.clone());
     let (sha256, size) = tokio::task::spawn_blocking(move || seal(&overlay2, &sealed))
         .await
         .map_err(|e| Error::Import(format!("sealing the image: {e}")))??;
+    phase("image sealed");
     std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
     std::fs::rename(work.join("image.qcow2"), dir.join("image.qcow2"))
         .map_err(Error::io("storing the image"))?;
