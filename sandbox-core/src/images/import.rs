@@ -18,7 +18,9 @@ use crate::{artifacts, BootOptions, Error, Resources, Sandbox};
 /// Defaults of [`ImportOptions`].
 pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 4 << 30;
 /// Default cap on the bytes all layers may decompress to.
-pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 16 << 30;
+pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 8 << 30;
+/// Default bound on the helper VM's unpacking.
+pub const DEFAULT_UNPACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// How [`import`] selects and unpacks an image.
 #[derive(Clone, Debug)]
@@ -27,6 +29,7 @@ pub struct ImportOptions {
     platform: Platform,
     max_image_bytes: u64,
     max_unpacked_bytes: u64,
+    timeout: std::time::Duration,
     cache_dir: Option<PathBuf>,
 }
 
@@ -37,6 +40,7 @@ impl Default for ImportOptions {
             platform: Platform::native(),
             max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
             max_unpacked_bytes: DEFAULT_MAX_UNPACKED_BYTES,
+            timeout: DEFAULT_UNPACK_TIMEOUT,
             cache_dir: None,
         }
     }
@@ -74,9 +78,16 @@ impl ImportOptions {
     }
 
     /// Most bytes the layers may decompress to, all together (a
-    /// decompression bomb stops here). Default 16 GiB.
+    /// decompression bomb stops here). Default 8 GiB.
     pub fn max_unpacked_bytes(mut self, bytes: u64) -> Self {
         self.max_unpacked_bytes = bytes;
+        self
+    }
+
+    /// How long the helper VM may take to unpack (default 15 minutes;
+    /// unpacking runs at tens of MB/s under UML).
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = timeout;
         self
     }
 
@@ -118,6 +129,7 @@ pub async fn import(path: impl AsRef<Path>, opts: ImportOptions) -> Result<Image
         return Ok(image);
     }
     std::fs::create_dir_all(&cache).map_err(Error::io(format!("creating {}", cache.display())))?;
+    sweep(&cache);
     let work = tempdir(&cache)?;
     let result = unpack_and_seal(&resolved, &opts, &cache, &work.0, &dir).await;
     drop(work);
@@ -144,6 +156,27 @@ fn tempdir(cache: &Path) -> Result<WorkDir, Error> {
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p).map_err(Error::io(format!("creating {}", p.display())))?;
     Ok(WorkDir(p))
+}
+
+/// Removes the work directories of importing processes that are gone
+/// (killed mid-import): `tmp-<pid>-<n>` whose pid does not exist.
+fn sweep(cache: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("tmp-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// The image a previous import left in `dir`, if it is complete.
@@ -255,7 +288,7 @@ fn empty_ext4(cache: &Path, bytes: u64) -> Result<Image, Error> {
             return Ok(image(sha.trim().to_string()));
         }
     }
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let f =
         std::fs::File::create(&tmp).map_err(Error::io(format!("creating {}", tmp.display())))?;
@@ -329,6 +362,11 @@ async fn unpack_and_seal(
         .await
         .map_err(|e| Error::Import(format!("sealing the image: {e}")))??;
     phase("image sealed");
+    // Another process may have imported the same image meanwhile: its
+    // file stays (a caller may hold its digest), ours is dropped.
+    if let Some(image) = cached(dir, r) {
+        return Ok(image);
+    }
     std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
     std::fs::rename(work.join("image.qcow2"), dir.join("image.qcow2"))
         .map_err(Error::io("storing the image"))?;
@@ -387,8 +425,19 @@ async fn run_unpacker(
         args.extend(["--mkdir".to_string(), dir.clone()]);
     }
     args.extend(specs.iter().cloned());
-    let out = vm.exec("/tmp/sandbox-unpack", &args).await?;
+    let out = vm
+        .command("/tmp/sandbox-unpack")
+        .args(&args)
+        .timeout(opts.timeout)
+        .exec()
+        .await?;
     log::info!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    if out.timed_out() {
+        return Err(Error::Import(format!(
+            "unpacking took longer than {:?} (ImportOptions::timeout)",
+            opts.timeout
+        )));
+    }
     step(out, "unpacking the layers")?;
     step(
         vm.exec("sh", ["-c", "sync && umount /mnt/target"]).await?,

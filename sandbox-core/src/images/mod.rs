@@ -5,7 +5,10 @@
 use std::path::PathBuf;
 
 mod import;
-pub use import::{import, ImportOptions, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_UNPACKED_BYTES};
+pub use import::{
+    import, ImportOptions, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_UNPACKED_BYTES,
+    DEFAULT_UNPACK_TIMEOUT,
+};
 pub use sandbox_rootfs::oci::{OciError, RunDefaults};
 
 use crate::artifacts;

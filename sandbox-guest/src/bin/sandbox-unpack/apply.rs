@@ -108,9 +108,11 @@ impl<'a> Layer<'a> {
         if let Some(hidden) = name.strip_prefix(WHITEOUT) {
             let mut target = parent.to_vec();
             target.push(hidden.to_vec());
+            // Nothing below to hide when the directory is not there.
             if !self.created.contains(&target) && !hidden.is_empty() {
-                let dir = self.root.dir(parent)?;
-                root::remove_all(dir.as_raw_fd(), &cstr(hidden)?)?;
+                if let Some(dir) = self.root.find_dir(parent)? {
+                    root::remove_all(dir.as_raw_fd(), &cstr(hidden)?)?;
+                }
             }
             return Ok(());
         }

@@ -101,6 +101,22 @@ impl Root {
         Ok(Self { fd })
     }
 
+    /// The directory `parts` names, if it exists (resolved inside the
+    /// root).
+    pub fn find_dir(&self, parts: &[Vec<u8>]) -> io::Result<Option<OwnedFd>> {
+        match openat2(
+            self.fd.as_raw_fd(),
+            &cstr(&join(parts))?,
+            libc::O_PATH | libc::O_DIRECTORY,
+        ) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The directory `parts` names (resolved inside the root), created
     /// with its missing ancestors (mode 0755, root-owned) when absent.
     pub fn dir(&self, parts: &[Vec<u8>]) -> io::Result<OwnedFd> {

@@ -151,6 +151,7 @@ fn three_layers_apply_with_oci_semantics() {
         .bytes();
     let l2 = Tar::new()
         .file("etc/.wh.gone", b"")
+        .file("nowhere/deep/.wh.x", b"")
         .file("opq/new", b"new")
         .file("opq/.wh..wh..opq", b"")
         .link(tar::EntryType::Link, "etc/b", "etc/a")
@@ -166,6 +167,7 @@ fn three_layers_apply_with_oci_semantics() {
     apply_all(&s, &layers, 1 << 30).unwrap();
     let t = s.target();
     assert!(!t.join("etc/gone").exists(), "whiteout removed it");
+    assert!(!t.join("nowhere").exists(), "a whiteout creates nothing");
     assert!(
         !t.join("opq/old").exists(),
         "opaque dir hid the lower entry"
