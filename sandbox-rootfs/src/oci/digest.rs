@@ -38,19 +38,10 @@ impl Digest {
     }
 
     /// The digest of everything `r` yields, and how many bytes that was.
-    pub fn of_reader(mut r: impl Read) -> io::Result<(Self, u64)> {
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut n = 0u64;
-        loop {
-            let k = r.read(&mut buf)?;
-            if k == 0 {
-                break;
-            }
-            h.update(&buf[..k]);
-            n += k as u64;
-        }
-        Ok((Self(hex::encode(h.finalize())), n))
+    pub fn of_reader(r: impl Read) -> io::Result<(Self, u64)> {
+        let mut hashing = super::HashingReader::new(r);
+        io::copy(&mut hashing, &mut io::sink())?;
+        Ok(hashing.finish())
     }
 
     pub(crate) fn from_hash(bytes: &[u8]) -> Self {

@@ -248,22 +248,13 @@ fn resolve_layout(
         .locate("index.json")?
         .read_small("index.json", MAX_MANIFEST)?;
     let index: Index = parse("index.json", &index_bytes)?;
-    if index
-        .media_type
-        .as_deref()
-        .is_some_and(|t| !schema::INDEX_TYPES.contains(&t))
-    {
-        return Err(OciError::Malformed(format!(
-            "index.json has media type {:?}, not an image index",
-            index.media_type.unwrap_or_default()
-        )));
-    }
-    if index.schema_version != 2 {
-        return Err(OciError::Unsupported(format!(
-            "index.json schemaVersion {}",
-            index.schema_version
-        )));
-    }
+    check_header(
+        "index.json",
+        index.media_type.as_deref(),
+        schema::INDEX_TYPES,
+        "an image index",
+        index.schema_version,
+    )?;
     // Every manifest reachable from the top-level index, with the names
     // and digests (of it or an index above it) that select it.
     let mut found: Vec<(Candidate, Vec<Digest>)> = Vec::new();
@@ -385,6 +376,28 @@ fn describe(c: &Candidate) -> String {
     }
 }
 
+/// An index's or manifest's own media type (optional, but one of
+/// `allowed` when present) and schema version (2).
+fn check_header(
+    what: &str,
+    media_type: Option<&str>,
+    allowed: &[&str],
+    kind: &str,
+    schema_version: i64,
+) -> Result<(), OciError> {
+    if let Some(t) = media_type.filter(|t| !allowed.contains(t)) {
+        return Err(OciError::Malformed(format!(
+            "{what} has media type {t:?}, not {kind}"
+        )));
+    }
+    if schema_version != 2 {
+        return Err(OciError::Unsupported(format!(
+            "{what}: schemaVersion {schema_version}"
+        )));
+    }
+    Ok(())
+}
+
 /// A manifest, verified, and the platform its config names.
 fn load_manifest(
     store: &Store,
@@ -394,21 +407,13 @@ fn load_manifest(
     let what = format!("manifest {digest}");
     let bytes = read_blob(store, desc, &what, MAX_MANIFEST)?;
     let m: Manifest = parse(&what, &bytes)?;
-    if m.media_type
-        .as_deref()
-        .is_some_and(|t| !schema::MANIFEST_TYPES.contains(&t))
-    {
-        return Err(OciError::Malformed(format!(
-            "{what} has media type {:?}, not an image manifest",
-            m.media_type.unwrap_or_default()
-        )));
-    }
-    if m.schema_version != 2 {
-        return Err(OciError::Unsupported(format!(
-            "{what}: schemaVersion {}",
-            m.schema_version
-        )));
-    }
+    check_header(
+        &what,
+        m.media_type.as_deref(),
+        schema::MANIFEST_TYPES,
+        "an image manifest",
+        m.schema_version,
+    )?;
     let config = read_config(store, &m.config)?;
     let p = Platform::from_json(&config.os, &config.architecture, config.variant.as_deref());
     Ok((digest, m, p))
@@ -579,21 +584,16 @@ fn resolve_docker(
     let mut layers = Vec::new();
     for (name, diff_id) in entry.layers.iter().zip(diffs) {
         let location = store.locate(name)?;
-        let mut head = [0u8; 4];
-        let n = {
+        let mut head = Vec::with_capacity(4);
+        {
             use std::io::Read;
-            let mut r = location.open()?;
-            let mut n = 0;
-            while n < head.len() {
-                match r.read(&mut head[n..]) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(e) => return Err(OciError::io(format!("reading layer {name}"), e)),
-                }
-            }
-            n
-        };
-        let compression = Compression::sniff(&head[..n]);
+            location
+                .open()?
+                .take(4)
+                .read_to_end(&mut head)
+                .map_err(|e| OciError::io(format!("reading layer {name}"), e))?;
+        }
+        let compression = Compression::sniff(&head);
         // A blob-addressed layer is checked against its name; a legacy
         // `<id>/layer.tar` is an uncompressed tar whose digest is its
         // diff_id.

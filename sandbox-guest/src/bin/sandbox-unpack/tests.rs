@@ -88,9 +88,6 @@ impl Tar {
         self.0
             .append_pax_extensions([(format!("SCHILY.xattr.{key}").as_str(), value.as_bytes())])
             .unwrap();
-        self.file_as_inner(path, body)
-    }
-    fn file_as_inner(self, path: &str, body: &[u8]) -> Self {
         self.file(path, body)
     }
     fn bytes(self) -> Vec<u8> {
