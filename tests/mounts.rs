@@ -460,7 +460,23 @@ async fn a_git_like_workload_matches_the_host_on_a_bind_and_in_memory() {
     .await;
     assert_eq!(small_file_workload(&vm, "/workspace").await, expected);
     assert_eq!(small_file_workload(&vm, "/scratch").await, expected);
+    // O_TRUNC truncates on both: the bind through the opened handle
+    // (ATOMIC_O_TRUNC), the memory file system through a SETATTR; a guest
+    // `sync` (FUSE_SYNCFS on the bind) succeeds.
+    for dir in ["/workspace", "/scratch"] {
+        let (code, out) = sh(
+            &vm,
+            &format!("echo a-longer-line > {dir}/t.txt && echo s > {dir}/t.txt && sync && cat {dir}/t.txt"),
+        )
+        .await;
+        assert_eq!((code, out.as_str()), (0, "s\n"), "{dir}");
+    }
     vm.shutdown().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(host.src().join("t.txt")).unwrap(),
+        "s\n"
+    );
+    assert_eq!(memory.read_file("/t.txt").unwrap(), b"s\n");
     // The checksums landed in each file system; the trees are gone.
     assert_eq!(
         std::fs::read_to_string(host.src().join("sums")).unwrap(),

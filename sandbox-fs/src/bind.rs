@@ -97,7 +97,7 @@ pub fn bind(source: &Path, access: Access) -> Result<Confined<PassthroughFs>, Bi
     })
     .map_err(open)?;
     fs.import().map_err(open)?;
-    Ok(Confined::new(fs, access == Access::ReadOnly))
+    Ok(Confined::new(fs, access == Access::ReadOnly).with_atomic_o_trunc())
 }
 
 /// Serves `source` with `masks` (paths relative to it) hidden, or, with

@@ -113,6 +113,8 @@ pub static FS: AllowList = AllowList {
         libc::SYS_fallocate,
         libc::SYS_fsync,
         libc::SYS_fdatasync,
+        // A guest `sync` (FUSE_SYNCFS).
+        libc::SYS_syncfs,
         libc::SYS_dup,
         libc::SYS_ioctl,
         libc::SYS_getuid,

@@ -12,6 +12,27 @@ fn write(fuzz_dir: &Path, target: &str, name: &str, bytes: &[u8]) -> Result<()> 
     std::fs::write(dir.join(name), bytes).map_err(|e| e.to_string())
 }
 
+/// Copies the inputs of fixed crashes (`fuzz/regressions/<target>/`) into
+/// the corpora, so every CI run replays them first.
+fn regressions(fuzz_dir: &Path) -> Result<()> {
+    let root = fuzz_dir.join("regressions");
+    let Ok(targets) = std::fs::read_dir(&root) else {
+        return Ok(());
+    };
+    for target in targets.flatten() {
+        let name = target.file_name().to_string_lossy().into_owned();
+        let inputs = std::fs::read_dir(target.path())
+            .map_err(|e| format!("reading {}: {e}", target.path().display()))?;
+        for input in inputs.flatten() {
+            let bytes = std::fs::read(input.path())
+                .map_err(|e| format!("reading {}: {e}", input.path().display()))?;
+            let file = format!("regression-{}", input.file_name().to_string_lossy());
+            write(fuzz_dir, &name, &file, &bytes)?;
+        }
+    }
+    Ok(())
+}
+
 /// Puts one descriptor (`addr`, `len`, `flags`) at the head of the queue
 /// whose rings start at `base` (layout of `sandbox_virtio::fuzzing`), and
 /// makes it available.
@@ -186,6 +207,7 @@ pub fn virtio(fuzz_dir: &Path) -> Result<()> {
 
     write(fuzz_dir, "virtio_mmio", "seed-init", &mmio_init())?;
     write(fuzz_dir, "virtio_fs", "seed-session", &fuse_session())?;
+    regressions(fuzz_dir)?;
     write(
         fuzz_dir,
         "vhost_user_messages",

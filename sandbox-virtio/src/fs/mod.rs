@@ -53,9 +53,65 @@ trait Serve: Send + Sync {
     fn serve(&self, r: Reader<'_, ()>, w: Writer<'_, ()>) -> Result<usize, String>;
 }
 
-impl<F: FuseFs> Serve for Server<Arc<F>> {
-    fn serve(&self, r: Reader<'_, ()>, w: Writer<'_, ()>) -> Result<usize, String> {
-        self.handle_message(r, w, None, None)
+/// FUSE_SYNCFS (Linux 5.15+), which fuse-backend-rs 0.14 does not know.
+const FUSE_SYNCFS: u32 = 50;
+
+/// fuse-backend-rs's server plus the host directories a guest `sync`
+/// makes durable.
+struct Served<F: FuseFs> {
+    server: Server<Arc<F>>,
+    sync_dirs: Vec<std::fs::File>,
+}
+
+impl<F: FuseFs> Served<F> {
+    fn new(fs: Arc<F>, sync_dirs: Vec<std::fs::File>) -> Self {
+        Self {
+            server: Server::new(fs),
+            sync_dirs,
+        }
+    }
+
+    /// Answers FUSE_SYNCFS request `unique` with `syncfs(2)` of every
+    /// directory's host file system (ENOSYS without any: the guest then
+    /// stops asking).
+    fn syncfs(&self, unique: u64, w: &mut Writer<'_, ()>) -> Result<usize, String> {
+        use std::io::Write as _;
+        use std::os::fd::AsRawFd as _;
+        let mut error = if self.sync_dirs.is_empty() {
+            -libc::ENOSYS
+        } else {
+            0
+        };
+        for dir in &self.sync_dirs {
+            // SAFETY: syncfs has no memory arguments; `dir` is open.
+            if unsafe { libc::syncfs(dir.as_raw_fd()) } < 0 {
+                error = -std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO);
+            }
+        }
+        let mut out = [0u8; 16];
+        out[..4].copy_from_slice(&16u32.to_le_bytes());
+        out[4..8].copy_from_slice(&error.to_le_bytes());
+        out[8..].copy_from_slice(&unique.to_le_bytes());
+        w.write_all(&out).map_err(|e| e.to_string())?;
+        w.commit(None).map_err(|e| e.to_string())?;
+        Ok(out.len())
+    }
+}
+
+impl<F: FuseFs> Serve for Served<F> {
+    fn serve(&self, r: Reader<'_, ()>, mut w: Writer<'_, ()>) -> Result<usize, String> {
+        // The in-header starts with len, opcode and unique.
+        let mut head = [0u8; 16];
+        if std::io::Read::read_exact(&mut r.clone(), &mut head).is_ok()
+            && u32::from_le_bytes([head[4], head[5], head[6], head[7]]) == FUSE_SYNCFS
+        {
+            let unique = u64::from_le_bytes(head[8..].try_into().unwrap_or_default());
+            return self.syncfs(unique, &mut w);
+        }
+        self.server
+            .handle_message(r, w, None, None)
             .map_err(|e| e.to_string())
     }
 }
@@ -71,18 +127,37 @@ pub struct Fs {
 impl Fs {
     /// A device that serves `fs` under `tag` (1 to 36 bytes, no NUL).
     pub fn new<F: FuseFs>(tag: &str, fs: Arc<F>) -> Result<Self, DeviceError> {
+        Self::with_syncfs(tag, fs, &[])
+    }
+
+    /// Like [`Fs::new`], and a guest `sync` (FUSE_SYNCFS) runs `syncfs(2)`
+    /// on the host file system of each of `dirs` (a bind's source and its
+    /// mask storage), as virtiofsd does: what the guest synced is durable
+    /// on the host.
+    pub fn with_syncfs<F: FuseFs>(
+        tag: &str,
+        fs: Arc<F>,
+        dirs: &[&std::path::Path],
+    ) -> Result<Self, DeviceError> {
         if tag.is_empty() || tag.len() > MAX_TAG_LEN || tag.contains('\0') {
             return Err(DeviceError::Config(format!(
                 "a virtio-fs tag is 1 to {MAX_TAG_LEN} bytes without NUL, not {tag:?}"
             )));
         }
+        let sync_dirs = dirs
+            .iter()
+            .map(|d| {
+                std::fs::File::open(d)
+                    .map_err(|e| DeviceError::Config(format!("{}: {e}", d.display())))
+            })
+            .collect::<Result<_, _>>()?;
         // struct virtio_fs_config: tag[36], le32 num_request_queues.
         let mut config = vec![0u8; MAX_TAG_LEN + 4];
         config[..tag.len()].copy_from_slice(tag.as_bytes());
         config[MAX_TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
         Ok(Self {
             config,
-            server: Arc::new(Server::new(fs)),
+            server: Arc::new(Served::new(fs, sync_dirs)),
             metrics: Arc::default(),
             worker: None,
         })
@@ -147,7 +222,13 @@ pub(crate) fn fuzz_handler<F: FuseFs>(
     mem: &Arc<GuestMemory>,
     queues: &[Queue],
 ) -> Option<impl Handler> {
-    FsHandler::new(Arc::new(Server::new(fs)), mem, queues, Arc::default()).ok()
+    FsHandler::new(
+        Arc::new(Served::new(fs, Vec::new())),
+        mem,
+        queues,
+        Arc::default(),
+    )
+    .ok()
 }
 
 /// The worker's state: the server, and views of memory and rings in

@@ -49,7 +49,7 @@ fn scratch(name: &str) -> std::path::PathBuf {
 fn passthrough(root: &std::path::Path) -> Arc<dyn Serve> {
     let fs: Arc<Confined<PassthroughFs>> =
         Arc::new(sandbox_fs::bind(root, Access::Writable).unwrap());
-    Arc::new(Server::new(fs))
+    Arc::new(Served::new(fs, vec![std::fs::File::open(root).unwrap()]))
 }
 
 /// Sends `req` as one chain (request at 0x4_0000, reply buffer at
@@ -113,6 +113,26 @@ fn requests_in_guest_memory_are_answered_in_place() {
         );
     }
     assert_eq!(metrics.requests.get(), 7);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_guest_sync_is_a_host_syncfs_or_enosys_without_directories() {
+    const SYNCFS: u32 = 50;
+    let dir = scratch("syncfs");
+    let mem = Arc::new(memory());
+    let served = passthrough(&dir.join("shared"));
+    let fs: Arc<Confined<PassthroughFs>> =
+        Arc::new(sandbox_fs::bind(&dir.join("shared"), Access::Writable).unwrap());
+    let unsynced: Arc<dyn Serve> = Arc::new(Served::new(fs, Vec::new()));
+    for (server, expect) in [(served, 0), (unsynced, -libc::ENOSYS)] {
+        let metrics = Arc::new(FsMetrics::default());
+        let mut h = FsHandler::new(server, &mem, &[idle(&mem), idle(&mem)], metrics).unwrap();
+        let (err, _) = call(&mut h, &mem, &request(INIT, 1, 0, &u32s(&[7, 31, 0, 0])));
+        assert_eq!(err, 0);
+        let (err, body) = call(&mut h, &mem, &request(SYNCFS, 2, 1, &[0u8; 8]));
+        assert_eq!((err, body.len()), (expect, 0));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
