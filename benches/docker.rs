@@ -20,7 +20,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use sandbox::docker::{busybox_rootfs_tar, DOCKERFILE};
 use sandbox_core::docker::Dockerd;
 use sandbox_core::fs::WriteOptions;
-use sandbox_core::{images, BootOptions, Resources, Rootfs, Sandbox, Vm};
+use sandbox_core::{BootOptions, Vm};
 
 /// Makes a runc bundle from the busybox root whose process runs `true`.
 const RUNC_BUNDLE: &str = "set -e; rm -rf /tmp/bundle; mkdir -p /tmp/bundle/rootfs; \
@@ -37,20 +37,7 @@ async fn run(vm: &Vm, script: &str) {
 }
 
 async fn boot() -> Vm {
-    Sandbox::builder()
-        .rootfs(Rootfs::ephemeral(
-            images::builtin("debian:12-docker").unwrap(),
-        ))
-        .resources(Resources {
-            cpus: 1,
-            memory_mib: 1024,
-        })
-        .backend(sandbox::backend())
-        .build()
-        .unwrap()
-        .boot(BootOptions::default().timeout(Duration::from_secs(300)))
-        .await
-        .unwrap()
+    sandbox::docker::boot_ephemeral(BootOptions::default().timeout(Duration::from_secs(300))).await
 }
 
 fn bench(c: &mut Criterion) {

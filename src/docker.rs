@@ -10,6 +10,8 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use sandbox_core::{images, BootOptions, Resources, Rootfs, Sandbox, Vm};
+
 /// Where Debian's busybox-static puts the binary (`cargo xtask deps`
 /// installs it).
 const BUSYBOX: &str = "/bin/busybox";
@@ -26,6 +28,25 @@ pub const DOCKERFILE: &str = "FROM local/busybox\n\
 RUN echo built > /www/built.txt\n\
 COPY extra.txt /www/extra.txt\n\
 CMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n";
+
+/// Boots an ephemeral `debian:12-docker` guest on the harness's backend:
+/// one CPU and 1 GiB (dockerd wants more than the default 256 MiB).
+pub async fn boot_ephemeral(options: BootOptions) -> Vm {
+    Sandbox::builder()
+        .rootfs(Rootfs::ephemeral(
+            images::builtin("debian:12-docker").unwrap(),
+        ))
+        .resources(Resources {
+            cpus: 1,
+            memory_mib: 1024,
+        })
+        .backend(crate::backend())
+        .build()
+        .unwrap()
+        .boot(options)
+        .await
+        .unwrap()
+}
 
 /// The root file system tarball (`docker import` input).
 pub fn busybox_rootfs_tar() -> io::Result<Vec<u8>> {

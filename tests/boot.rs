@@ -74,3 +74,29 @@ async fn the_guest_has_a_virtio_rng() {
     sandbox::assert_virtio_hwrng(&vm, true).await;
     vm.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn pause_on_uml_is_a_clear_error_and_the_guest_runs_on() {
+    let vm = sandbox::boot("no-pause").await.unwrap();
+    if vm.backend() != sandbox_core::BackendKind::Uml {
+        sandbox::skip(
+            "boot::pause_on_uml_is_a_clear_error_and_the_guest_runs_on",
+            "the harness chose another backend than UML",
+        );
+        return;
+    }
+    for (what, result) in [("pause", vm.pause()), ("resume", vm.resume())] {
+        match result {
+            Err(e @ Error::Unsupported { .. }) => {
+                let text = e.to_string();
+                assert!(text.starts_with(what), "{text}");
+                assert!(text.contains("KVM backend"), "says what to use: {text}");
+            }
+            other => panic!("{what} on UML: {other:?}"),
+        }
+    }
+    assert!(!vm.is_paused());
+    let out = vm.exec("echo", ["still running"]).await.unwrap();
+    assert_eq!(out.stdout, b"still running\n");
+    vm.shutdown().await.unwrap();
+}

@@ -48,12 +48,20 @@ fn three_layers(name: &str) -> Spec {
 }
 
 async fn boot(image: Image) -> Vm {
+    boot_root(
+        sandbox_core::Rootfs::read_only(image),
+        BootOptions::default(),
+    )
+    .await
+}
+
+async fn boot_root(rootfs: sandbox_core::Rootfs, options: BootOptions) -> Vm {
     Sandbox::builder()
-        .image(image)
+        .rootfs(rootfs)
         .backend(sandbox::backend())
         .build()
         .unwrap()
-        .boot(BootOptions::default())
+        .boot(options)
         .await
         .unwrap()
 }
@@ -66,6 +74,14 @@ async fn sh(vm: &Vm, script: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs the image's `Entrypoint` and `Cmd` (`args` replacing `Cmd`), which
+/// must succeed; returns its stdout.
+async fn image_run(vm: &Vm, args: &[&str]) -> String {
+    let out = vm.image_command(args).unwrap().exec().await.unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Every property of [`three_layers`], from inside the guest.
@@ -114,6 +130,25 @@ async fn an_oci_layout_imports_boots_and_keeps_layer_semantics() {
         "/sbin/sandbox-guest"
     );
     vm.shutdown().await.unwrap();
+    // xattrs: the image's busybox has no getfattr, so the image is read
+    // as a data disk of a debian:12 guest, with python's os.getxattr.
+    let reader = Sandbox::builder()
+        .image(images::builtin("debian:12").unwrap())
+        .disk(sandbox_core::Rootfs::read_only(image.clone()))
+        .backend(sandbox::backend())
+        .build()
+        .unwrap()
+        .boot(BootOptions::default())
+        .await
+        .unwrap();
+    let xattr = sh(
+        &reader,
+        "mkdir -p /tmp/img && mount -o ro /dev/vdb /tmp/img && \
+         python3 -c \"import os; print(os.getxattr('/tmp/img/data/xattr', 'user.origin').decode())\"",
+    )
+    .await;
+    assert_eq!(xattr, "layer2\n");
+    reader.shutdown().await.unwrap();
     // A second import of the same image is a cache hit: the same file,
     // not rewritten.
     let mtime = std::fs::metadata(&image.path).unwrap().modified().unwrap();
@@ -299,14 +334,30 @@ async fn the_image_config_gives_exec_defaults_and_explicit_options_win() {
     let layout = s.0.join("layout");
     let mut spec = Spec::new(
         "cfg",
-        vec![(
-            Layer::busybox().dir("data").dir("work").bytes(),
-            Stored::Plain,
-        )],
+        vec![
+            (
+                Layer::busybox().dir("data").dir("work").bytes(),
+                Stored::Plain,
+            ),
+            (
+                Layer::new()
+                    .file(
+                        "etc/passwd",
+                        b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+                    )
+                    .file(
+                        "etc/group",
+                        b"root:x:0:\napp:x:1001:\nextra:x:77:root,app\n",
+                    )
+                    .bytes(),
+                Stored::Plain,
+            ),
+        ],
     );
     spec.config = serde_json::json!({
         "Env": ["PATH=/bin", "GREETING=from-config", "EMPTY="],
         "WorkingDir": "/data",
+        "User": "app",
         "Entrypoint": ["/bin/echo", "entry"],
         "Cmd": ["default-cmd"],
     });
@@ -328,26 +379,42 @@ async fn the_image_config_gives_exec_defaults_and_explicit_options_win() {
         .await
         .unwrap();
     assert_eq!(out.stdout, b"/work\nexplicit\n");
+    // User: the image's by default (uid, primary and supplementary groups,
+    // HOME from passwd), root or another user when asked.
+    assert_eq!(
+        sh(&vm, "id -u; id -g; id -G; echo $HOME").await,
+        "1000\n1001\n1001 77\n/home/app\n"
+    );
+    let as_user = |user: &'static str| {
+        vm.command("/bin/sh")
+            .args(["-c", "id -u; id -G; echo $HOME"])
+            .user(user)
+    };
+    let out = as_user("0").exec().await.unwrap();
+    assert_eq!(out.stdout, b"0\n0 77\n/root\n");
+    let out = as_user("4242:9").exec().await.unwrap();
+    assert_eq!(out.stdout, b"4242\n9\n/\n");
+    match as_user("ghost").exec().await {
+        Err(Error::Spawn { message, .. }) => {
+            assert!(
+                message.contains("ghost") && message.contains("/etc/passwd"),
+                "{message}"
+            )
+        }
+        other => panic!("an unknown user must fail the spawn: {other:?}"),
+    }
+    let err = as_user("a:b:c").exec().await.unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
     // Entrypoint and Cmd, and arguments replacing Cmd.
-    let out = vm
-        .image_command::<_, &str>([])
-        .unwrap()
-        .exec()
-        .await
-        .unwrap();
-    assert_eq!(out.stdout, b"entry default-cmd\n");
-    let out = vm.image_command(["given"]).unwrap().exec().await.unwrap();
-    assert_eq!(out.stdout, b"entry given\n");
+    assert_eq!(image_run(&vm, &[]).await, "entry default-cmd\n");
+    assert_eq!(image_run(&vm, &["given"]).await, "entry given\n");
     vm.shutdown().await.unwrap();
     // A boot option's cwd wins over WorkingDir.
-    let vm = Sandbox::builder()
-        .image(image.clone())
-        .backend(sandbox::backend())
-        .build()
-        .unwrap()
-        .boot(BootOptions::default().cwd("/work"))
-        .await
-        .unwrap();
+    let vm = boot_root(
+        sandbox_core::Rootfs::read_only(image.clone()),
+        BootOptions::default().cwd("/work"),
+    )
+    .await;
     assert_eq!(sh(&vm, "pwd").await, "/work\n");
     vm.shutdown().await.unwrap();
     // The sealed file, pinned by its digest, comes back with its config;
@@ -368,10 +435,11 @@ async fn an_imported_image_boots_in_every_writable_root_mode() {
     use sandbox_core::Rootfs;
     let s = Scratch::new("modes");
     let layout = s.0.join("layout");
-    let spec = Spec::new(
+    let mut spec = Spec::new(
         "modes",
         vec![(Layer::busybox().dir("data").bytes(), Stored::Gzip)],
     );
+    spec.config = serde_json::json!({ "WorkingDir": "/data" });
     spec.write_layout(&layout);
     let image = images::import(&layout, opts(&s.0.join("cache")))
         .await
@@ -387,14 +455,7 @@ async fn an_imported_image_boots_in_every_writable_root_mode() {
             Rootfs::persistent(image.clone(), &persistent),
         ),
     ] {
-        let vm = Sandbox::builder()
-            .rootfs(rootfs)
-            .backend(sandbox::backend())
-            .build()
-            .unwrap()
-            .boot(BootOptions::default())
-            .await
-            .unwrap();
+        let vm = boot_root(rootfs, BootOptions::default()).await;
         let out = sh(
             &vm,
             "cat /data/kept 2>/dev/null; echo written > /data/kept; sync",
@@ -409,4 +470,178 @@ async fn an_imported_image_boots_in_every_writable_root_mode() {
         assert_eq!(out, expect, "{mode}");
         vm.shutdown().await.unwrap();
     }
+    // compose: the cow run's store over the image, booted read-only;
+    // flatten: the same composition as a standalone qcow2 that boots as an
+    // image and keeps the imported image's run defaults.
+    let composed = Rootfs::compose(image.clone(), store.clone());
+    let vm = boot_root(Rootfs::read_only(composed.clone()), BootOptions::default()).await;
+    assert_eq!(sh(&vm, "cat /data/kept").await, "written\n", "compose");
+    vm.shutdown().await.unwrap();
+    let flat = sandbox_core::rootfs::flatten(
+        composed,
+        sandbox_core::rootfs::Qcow2Options::default(),
+        std::sync::Arc::new(sandbox_rootfs::MemStore::new(1 << 20)),
+    )
+    .await
+    .unwrap();
+    let path = s.0.join("flat.qcow2");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let mut chunks = Box::pin(sandbox_core::rootfs::bytes(&flat, 256 << 10));
+    while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
+        std::io::Write::write_all(&mut file, &chunk.unwrap()).unwrap();
+    }
+    drop(file);
+    let flattened = Image {
+        name: "flattened".into(),
+        path,
+        sha256: flat.sha256.clone(),
+        size: flat.len,
+        ..image.clone()
+    };
+    let vm = boot(flattened).await;
+    assert_eq!(
+        sh(&vm, "cat /data/kept; pwd").await,
+        "written\n/data\n",
+        "flatten"
+    );
+    vm.shutdown().await.unwrap();
+}
+
+/// A Dockerfile on `local/busybox` (see `sandbox::docker`) whose config
+/// and layers the round trip checks: a user added to passwd, a file
+/// deleted in a later layer (a real whiteout from Docker), ENV, WORKDIR,
+/// USER and CMD.
+const ROUND_TRIP_DOCKERFILE: &str = "FROM local/busybox\n\
+RUN busybox mkdir -p /home/app && echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd && echo built > /www/built.txt\n\
+RUN busybox rm /www/index.html\n\
+ENV GREETING=from-docker\n\
+WORKDIR /www\n\
+USER app\n\
+CMD [\"cat\", \"built.txt\"]\n";
+
+#[tokio::test]
+async fn a_docker_save_from_a_guest_imports_and_boots() {
+    use sandbox_core::docker::Dockerd;
+    use sandbox_core::fs::WriteOptions;
+    let vm = sandbox::docker::boot_ephemeral(BootOptions::default()).await;
+    let dockerd = Dockerd::start(&vm).await.unwrap();
+    let fs = vm.fs();
+    let mkdirs = WriteOptions {
+        create_parents: true,
+    };
+    let tar = sandbox::docker::busybox_rootfs_tar().unwrap();
+    fs.write_file("/tmp/busybox.tar", &tar, WriteOptions::default())
+        .await
+        .unwrap();
+    fs.write_file(
+        "/tmp/ctx/Dockerfile",
+        ROUND_TRIP_DOCKERFILE.as_bytes(),
+        mkdirs,
+    )
+    .await
+    .unwrap();
+    let out = vm
+        .exec(
+            "bash",
+            [
+                "-c",
+                "set -e; docker import /tmp/busybox.tar local/busybox >/dev/null; \
+                 docker build -q -t local/app /tmp/ctx >/dev/null; \
+                 docker save -o /tmp/app.tar local/app; ls -l /tmp/app.tar",
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = fs.read_file("/tmp/app.tar").await.unwrap();
+    dockerd.stop().await.unwrap();
+    vm.shutdown().await.unwrap();
+
+    let s = Scratch::new("roundtrip");
+    let path = s.0.join("app.tar");
+    std::fs::write(&path, &saved).unwrap();
+    let image = images::import(&path, opts(&s.0.join("cache")).name("local/app"))
+        .await
+        .unwrap();
+    eprintln!(
+        "[images] docker save of {} bytes imported as {} ({:?})",
+        saved.len(),
+        image.name,
+        image.run
+    );
+    let vm = boot(image).await;
+    assert_eq!(
+        sh(&vm, "pwd; id -u; echo $HOME $GREETING; ls /www").await,
+        "/www\n1000\n/home/app from-docker\nbuilt.txt\n"
+    );
+    assert_eq!(image_run(&vm, &[]).await, "built\n");
+    vm.shutdown().await.unwrap();
+}
+
+/// A distroless-style image: no shell and no `/bin`, a busybox under
+/// `/app`, `/etc/resolv.conf` a dangling symlink into `/run` (as images
+/// made for systemd-resolved have), no CA bundle. Booted read-only with a
+/// network, the agent still starts, names the resolver and trusts its CA
+/// through its own bundle.
+#[tokio::test]
+async fn a_distroless_image_boots_read_only_with_a_network() {
+    use sandbox_core::net::{deny_all, NetworkOptions};
+    use sandbox_core::Rootfs;
+    let s = Scratch::new("distroless");
+    let layout = s.0.join("layout");
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let mut spec = Spec::new(
+        "distroless",
+        vec![(
+            Layer::new()
+                .dir("app")
+                .file_with("app/busybox", &busybox, 0o755, 0)
+                .dir("etc")
+                .symlink("etc/resolv.conf", "../run/systemd/resolve/stub-resolv.conf")
+                .bytes(),
+            Stored::Gzip,
+        )],
+    );
+    spec.config = serde_json::json!({ "Entrypoint": ["/app/busybox"] });
+    spec.write_layout(&layout);
+    let image = images::import(&layout, opts(&s.0.join("cache")))
+        .await
+        .unwrap();
+    let vm = Sandbox::builder()
+        .rootfs(Rootfs::read_only(image))
+        .network(NetworkOptions::new(deny_all()))
+        .backend(sandbox::backend())
+        .build()
+        .unwrap()
+        .boot(BootOptions::default().hostname("distroless"))
+        .await
+        .unwrap();
+    let run = |args: &'static [&'static str]| image_run(&vm, args);
+    assert!(run(&["cat", "/etc/resolv.conf"])
+        .await
+        .contains("nameserver "));
+    assert_eq!(run(&["cat", "/etc/hostname"]).await, "distroless\n");
+    assert_eq!(
+        run(&["test", "!", "-e", "/bin"]).await,
+        "",
+        "no /bin was made"
+    );
+    let env = run(&["env"]).await;
+    let bundle = env
+        .lines()
+        .find_map(|l| l.strip_prefix("SSL_CERT_FILE="))
+        .expect("SSL_CERT_FILE names the agent's bundle");
+    assert!(run(&["cat", "/run/sandbox/ca-certificates.crt"])
+        .await
+        .contains("BEGIN CERTIFICATE"));
+    assert_eq!(bundle, "/run/sandbox/ca-certificates.crt");
+    match vm.exec("sh", ["-c", "true"]).await {
+        Err(Error::Spawn { errno, .. }) => assert_eq!(errno, 2),
+        other => panic!("the image has no shell: {other:?}"),
+    }
+    vm.shutdown().await.unwrap();
 }

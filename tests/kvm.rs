@@ -4,7 +4,7 @@
 //! step in order, so the boot is paid once: exec with stdout, stderr and exit code on the root's
 //! persistent overlay; spawn with stdin; a signal; a pty; a guest HTTP
 //! request (bash /dev/tcp) through virtio-net and the host network stack;
-//! the file API; the guest's hardware rng (virtio-rng); a clean power-off; the written file found on the host in
+//! the file API; the guest's hardware rng (virtio-rng); pause and resume; a clean power-off; the written file found on the host in
 //! the overlay (its blocks went through virtio-blk on virtio-mmio); no
 //! leaked descriptors. `KVM_STRESS_EXECS=N` adds N more execs (soak runs).
 
@@ -15,7 +15,7 @@ use sandbox_core::net::{Conn, NetworkOptions, RoutedConnector};
 use sandbox_core::{
     images, BackendKind, BootOptions, Mount, PtySize, Resources, Rootfs, Sandbox, Signal,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 fn open_fds() -> Vec<String> {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
@@ -267,6 +267,54 @@ async fn the_kvm_backend_runs_the_whole_stack() {
     assert!(text.contains("Read-only file system"), "{text}");
     assert!(!shared.join("new").exists());
     step("virtio-fs read-only bind", t);
+
+    {
+        // pause/resume: a shell printing a count once a second (its
+        // `read -t 1` sleeps without a fork) prints nothing while the VM
+        // is paused, then goes on with the next number: it saw no error.
+        let t = Instant::now();
+        let mut p = vm
+            .spawn(
+                "sh",
+                [
+                    "-c",
+                    "i=0; while :; do i=$((i+1)); echo $i; read -t 1 x; done",
+                ],
+            )
+            .unwrap();
+        p.ready().await.unwrap();
+        let _stdin = p.stdin.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(p.stdout.take().unwrap()).lines();
+        let line = Duration::from_secs(60);
+        let count = |l: Option<String>| l.unwrap().trim().parse::<u64>().unwrap();
+        let mut last = count(
+            tokio::time::timeout(line, lines.next_line())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+        vm.pause().unwrap();
+        assert!(vm.is_paused());
+        // What the guest had already sent arrives; then nothing.
+        while let Ok(l) = tokio::time::timeout(Duration::from_millis(1500), lines.next_line()).await
+        {
+            last = count(l.unwrap());
+        }
+        let quiet = tokio::time::timeout(Duration::from_secs(3), lines.next_line()).await;
+        assert!(quiet.is_err(), "output while paused: {quiet:?}");
+        vm.resume().unwrap();
+        assert!(!vm.is_paused());
+        let next = count(
+            tokio::time::timeout(line, lines.next_line())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+        assert_eq!(next, last + 1, "the count goes on after the resume");
+        p.kill(Signal::KILL).unwrap();
+        p.exit().await.unwrap();
+        step("pause and resume", t);
+    }
 
     let t = Instant::now();
     let mut events = vm.subscribe();

@@ -76,6 +76,18 @@ impl<'vm> Command<'vm> {
         self
     }
 
+    /// Runs the process as `user` instead of root: `name`, `uid`,
+    /// `name:group` or `uid:gid`, names looked up in the guest's
+    /// `/etc/passwd` and `/etc/group` as OCI runtimes do (supplementary
+    /// groups from `/etc/group` when no group is named; `HOME` from the
+    /// passwd entry unless [`Command::env`] sets it). An imported image's
+    /// `User` is the default; `.user("0")` runs as root. An unknown name
+    /// fails the spawn with [`Error::Spawn`].
+    pub fn user(mut self, user: impl AsRef<str>) -> Self {
+        self.spawn.user = Some(user.as_ref().as_bytes().to_vec());
+        self
+    }
+
     /// For [`Command::exec`]: kill the whole process group after `timeout`
     /// and report exit code 124, [`Output::timed_out`] and a last stderr
     /// line `sandbox: exec timed out after N ms`. The call returns within a
@@ -119,6 +131,18 @@ impl<'vm> Command<'vm> {
                 return bad(format!(
                     "environment variable {:?}: the name must be non-empty without '=' or NUL, the value without NUL",
                     String::from_utf8_lossy(k)
+                ));
+            }
+        }
+        if let Some(user) = &s.user {
+            let text = String::from_utf8_lossy(user);
+            let valid = match text.split_once(':') {
+                Some((u, g)) => !u.is_empty() && !g.is_empty() && !g.contains(':'),
+                None => !text.is_empty(),
+            };
+            if !valid || user.contains(&0) {
+                return bad(format!(
+                    "user {text:?} must be name, uid, name:group or uid:gid"
                 ));
             }
         }

@@ -99,6 +99,19 @@ pub enum Error {
     /// The guest network could not be set up.
     #[error("the sandbox network failed: {0}")]
     Net(String),
+    /// The backend running this VM cannot do what was asked.
+    #[error("{what} is not supported by the {backend} backend: {why}")]
+    Unsupported {
+        /// The operation, e.g. `pause`.
+        what: &'static str,
+        /// The backend of the VM.
+        backend: &'static str,
+        /// Why, and what to use instead.
+        why: String,
+    },
+    /// A snapshot cannot be taken, read or restored (says why).
+    #[error("snapshot: {0}")]
+    Snapshot(String),
     /// The KVM backend failed to start the guest.
     #[error("the KVM backend failed: {0}")]
     Kvm(String),

@@ -41,6 +41,7 @@ pub mod seccomp {
 }
 mod process;
 mod sandbox;
+mod snapshot;
 mod status;
 mod stop;
 mod vm;
@@ -63,6 +64,7 @@ pub use sandbox::{BootOptions, DataDisk, Resources, Sandbox, SandboxBuilder, MAX
 pub use sandbox_protocol::PtySize;
 pub use sandbox_rootfs::Rootfs;
 pub use sandbox_rootfs::RootfsEvent;
+pub use snapshot::{RestoreOptions, Snapshot};
 
 /// Root file systems: write modes, block stores, flattening and streaming
 /// (the `sandbox-rootfs` crate).

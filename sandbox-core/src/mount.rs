@@ -3,7 +3,7 @@
 //! before anything starts; each becomes a virtio-fs device the agent mounts
 //! before it reports ready (docs/mounts.md).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -378,7 +378,7 @@ pub(crate) fn prepare(mounts: &[(String, Mount)]) -> Result<Vec<Prepared>, crate
                 };
                 if masks.is_empty() {
                     let fs = sandbox_fs::bind(source, *access).map_err(source_err)?;
-                    sandbox_virtio::fs::Fs::new(&tag, Arc::new(fs))
+                    sandbox_virtio::fs::Fs::with_syncfs(&tag, Arc::new(fs), &[source])
                 } else {
                     let masks = check_masks(path, masks, *access, mask_storage.as_deref())?;
                     let storage = match access {
@@ -387,7 +387,9 @@ pub(crate) fn prepare(mounts: &[(String, Mount)]) -> Result<Vec<Prepared>, crate
                     };
                     let fs = sandbox_fs::bind_masked(source, *access, masks, storage)
                         .map_err(source_err)?;
-                    sandbox_virtio::fs::Fs::new(&tag, Arc::new(fs))
+                    let dirs: Vec<&Path> =
+                        std::iter::once(source.as_path()).chain(storage).collect();
+                    sandbox_virtio::fs::Fs::with_syncfs(&tag, Arc::new(fs), &dirs)
                 }
             }
             Kind::Virtual { fs, deadline } => {

@@ -25,7 +25,7 @@ fn guest_notice(e: &RootfsEvent) -> Option<String> {
 }
 
 /// Events kept for subscribers that lag behind.
-const EVENT_BACKLOG: usize = 64;
+pub(crate) const EVENT_BACKLOG: usize = 64;
 /// How long one blocking connection attempt to the agent may hold the
 /// machine during boot (see `Sandbox::boot`).
 const CONNECT_SLICE: Duration = Duration::from_millis(200);
@@ -314,80 +314,104 @@ impl Sandbox {
         let machine = tokio::task::spawn_blocking(move || backend::start(kind, spec))
             .await
             .map_err(|e| Error::Protocol(format!("starting the backend panicked: {e}")))??;
-        let timeout = opts.timeout;
         let run = self.rootfs.image().run.clone();
-        // Connect in short slices: if this future is dropped mid-boot, the
-        // machine comes back from its blocking slice within one slice and
-        // is dropped (killed) then, not when the whole boot timeout ends.
-        let mut machine = machine;
-        let control = loop {
-            let slice = timeout
-                .saturating_sub(started.elapsed())
-                .min(CONNECT_SLICE)
-                .max(Duration::from_millis(1));
-            let (m, control) = tokio::task::spawn_blocking(move || {
-                let mut machine = machine;
-                let control = machine.connect_control(slice);
-                (machine, control)
-            })
-            .await
-            .map_err(|e| Error::Protocol(format!("connecting to the guest panicked: {e}")))?;
-            machine = m;
-            match control {
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::TimedOut && started.elapsed() < timeout => {}
-                other => break other,
-            }
-        };
-        let left = timeout.saturating_sub(started.elapsed());
-        let connected = match control {
-            Ok(stream) => match tokio::time::timeout(left, Client::connect(stream)).await {
-                Ok(result) => result,
-                Err(_) => Err(Error::BootTimeout {
-                    seconds: timeout.as_secs(),
-                    console: String::new(),
-                }),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(Error::BootTimeout {
-                seconds: timeout.as_secs(),
-                console: String::new(),
-            }),
-            Err(e) => Err(Error::GuestStopped {
-                reason: e.to_string(),
-                console: String::new(),
-            }),
-        };
-        let client = match connected {
-            Ok(client) => client,
-            Err(e) => {
-                // Every boot failure carries the guest console and leaves
-                // nothing running.
-                let console = machine.console_tail(40);
-                machine.kill();
-                return Err(match e {
-                    Error::BootTimeout { seconds, .. } => Error::BootTimeout { seconds, console },
-                    Error::GuestStopped { reason, .. } | Error::Protocol(reason) => {
-                        Error::GuestStopped { reason, console }
-                    }
-                    other => other,
-                });
-            }
-        };
-        let _ = notices.set(client.link().clone());
         // The boot option wins over the image's WorkingDir.
         let cwd = opts
             .cwd
             .clone()
             .or_else(|| run.working_dir.clone())
             .unwrap_or_else(|| "/".into());
-        Ok(Vm::new(
-            client,
+        connect(
             machine,
             kind,
             why,
             (cwd, run),
-            started.elapsed(),
+            (started, opts.timeout),
             events,
-        ))
+            Some(notices),
+        )
+        .await
     }
+}
+
+/// Connects to a started machine's agent within the boot timeout and
+/// returns the VM; on failure the machine is killed and the error carries
+/// its console. `notices` receives the control link once it exists.
+pub(crate) async fn connect(
+    machine: Box<dyn backend::Machine>,
+    kind: BackendKind,
+    why: String,
+    (cwd, run): (String, sandbox_rootfs::oci::RunDefaults),
+    (started, timeout): (Instant, Duration),
+    events: tokio::sync::broadcast::Sender<VmEvent>,
+    notices: Option<Arc<OnceLock<Link>>>,
+) -> Result<Vm, Error> {
+    // Connect in short slices: if this future is dropped mid-boot, the
+    // machine comes back from its blocking slice within one slice and
+    // is dropped (killed) then, not when the whole boot timeout ends.
+    let mut machine = machine;
+    let control = loop {
+        let slice = timeout
+            .saturating_sub(started.elapsed())
+            .min(CONNECT_SLICE)
+            .max(Duration::from_millis(1));
+        let (m, control) = tokio::task::spawn_blocking(move || {
+            let mut machine = machine;
+            let control = machine.connect_control(slice);
+            (machine, control)
+        })
+        .await
+        .map_err(|e| Error::Protocol(format!("connecting to the guest panicked: {e}")))?;
+        machine = m;
+        match control {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut && started.elapsed() < timeout => {}
+            other => break other,
+        }
+    };
+    let left = timeout.saturating_sub(started.elapsed());
+    let connected = match control {
+        Ok(stream) => match tokio::time::timeout(left, Client::connect(stream)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::BootTimeout {
+                seconds: timeout.as_secs(),
+                console: String::new(),
+            }),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(Error::BootTimeout {
+            seconds: timeout.as_secs(),
+            console: String::new(),
+        }),
+        Err(e) => Err(Error::GuestStopped {
+            reason: e.to_string(),
+            console: String::new(),
+        }),
+    };
+    let client = match connected {
+        Ok(client) => client,
+        Err(e) => {
+            // Every boot failure carries the guest console and leaves
+            // nothing running.
+            let console = machine.console_tail(40);
+            machine.kill();
+            return Err(match e {
+                Error::BootTimeout { seconds, .. } => Error::BootTimeout { seconds, console },
+                Error::GuestStopped { reason, .. } | Error::Protocol(reason) => {
+                    Error::GuestStopped { reason, console }
+                }
+                other => other,
+            });
+        }
+    };
+    if let Some(notices) = notices {
+        let _ = notices.set(client.link().clone());
+    }
+    Ok(Vm::new(
+        client,
+        machine,
+        kind,
+        why,
+        (cwd, run),
+        started.elapsed(),
+        events,
+    ))
 }

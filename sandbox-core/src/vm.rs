@@ -163,6 +163,9 @@ impl Vm {
                 c = c.env(k, v);
             }
         }
+        if let Some(user) = &self.run.user {
+            c = c.user(user);
+        }
         c
     }
 
@@ -261,9 +264,53 @@ impl Vm {
         )
     }
 
+    pub(crate) fn machine(&self) -> SharedMachine {
+        self.machine.clone()
+    }
+
+    /// The working directory and run defaults commands start with.
+    pub(crate) fn run_defaults(&self) -> (String, sandbox_rootfs::oci::RunDefaults) {
+        (self.cwd.clone(), self.run.clone())
+    }
+
+    /// Sends a message to the agent.
+    pub(crate) fn send(&self, msg: HostMsg) -> Result<(), Error> {
+        self.client
+            .link()
+            .send(msg)
+            .map_err(|_| self.stopped("the agent connection is closed".into()))
+    }
+
+    /// Pauses the guest (KVM backend): every vCPU stops until
+    /// [`Vm::resume`]. Processes inside see no error; their clocks show the
+    /// time paused once they run again. Calls made meanwhile (`exec`,
+    /// file operations) wait for the resume, and their timeouts keep
+    /// counting. The UML backend returns [`Error::Unsupported`].
+    /// docs/snapshots.md says more.
+    pub fn pause(&self) -> Result<(), Error> {
+        lock(&self.machine).pause()
+    }
+
+    /// Lets a paused guest run again; a running guest is left alone.
+    pub fn resume(&self) -> Result<(), Error> {
+        lock(&self.machine).resume()
+    }
+
+    /// Whether the guest is paused.
+    pub fn is_paused(&self) -> bool {
+        lock(&self.machine).is_paused()
+    }
+
     /// Asks the guest to sync, unmount and power off, then releases every
-    /// host resource. A guest that does not stop in time is killed.
+    /// host resource. A guest that does not stop in time is killed. A
+    /// paused guest is resumed first.
     pub async fn shutdown(self) -> Result<(), Error> {
+        {
+            let mut m = lock(&self.machine);
+            if m.is_paused() {
+                let _ = m.resume();
+            }
+        }
         let _ = self.client.link().send(HostMsg::Shutdown);
         let machine = self.machine.clone();
         let stop = self.stop.clone();

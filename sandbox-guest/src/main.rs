@@ -18,7 +18,9 @@ mod net;
 mod process;
 mod protect;
 mod reaper;
+mod restored;
 mod server;
+mod user;
 mod vsock;
 mod window;
 

@@ -190,6 +190,10 @@ fn handle(msg: HostMsg, out: &Out, table: &Table) {
                 }
             }
         }
+        HostMsg::Restored {
+            entropy,
+            unix_time_ns,
+        } => crate::restored::apply(&entropy, unix_time_ns),
         HostMsg::Notice { text } => {
             let line: String = text.chars().filter(|c| !c.is_control()).take(512).collect();
             init::log_as("sandbox", &line);

@@ -138,6 +138,7 @@ fn default_environment_and_cwd() {
             cwd: Some(b"/tmp".to_vec()),
             stdin: false,
             pty: None,
+            user: None,
         },
     });
     let (out, _, code, _) = a.finish(1);

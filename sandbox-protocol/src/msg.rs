@@ -32,6 +32,10 @@ pub struct Spawn {
     /// stdout and stderr are the terminal, and all output comes as
     /// [`Stream::Stdout`].
     pub pty: Option<PtySize>,
+    /// Run as this user instead of root: `user`, `uid`, `user:group` or
+    /// `uid:gid`, names looked up in the guest's `/etc/passwd` and
+    /// `/etc/group` (an OCI image's `User`). `HOME` follows the user.
+    pub user: Option<Vec<u8>>,
 }
 
 /// A terminal size.
@@ -136,6 +140,17 @@ pub enum HostMsg {
         id: u32,
         /// Guest TCP port.
         port: u16,
+    },
+    /// The guest continues from a snapshot: mix `entropy` into the kernel's
+    /// random pool and reseed its generator at once (two VMs restored from
+    /// one snapshot must not share random bytes), and set the wall clock
+    /// to `unix_time_ns` (it stood still while the snapshot was stored).
+    /// Handled before the next message is read.
+    Restored {
+        /// Host randomness (at most 512 bytes are used).
+        entropy: Vec<u8>,
+        /// The host's time, nanoseconds since the Unix epoch.
+        unix_time_ns: u64,
     },
 }
 

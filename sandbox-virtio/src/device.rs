@@ -147,6 +147,20 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivationContext) -> Result<(), DeviceError>;
     /// Stops serving and returns the queues (for their indices), if active.
     fn reset(&mut self) -> Option<Vec<Queue>>;
+    /// Stops serving like [`VirtioDevice::reset`] but keeps the device's
+    /// host-side state (open disk, connections, held frames), so that a
+    /// later `activate` with the returned queues goes on where it stopped
+    /// (a snapshot of a running VM). Devices without such state need not
+    /// implement it.
+    fn quiesce(&mut self) -> Option<Vec<Queue>> {
+        self.reset()
+    }
+    /// A block device that is not serving (quiesced or never activated)
+    /// copies its whole disk into `out`, sparsely, and returns the bytes
+    /// written. Other devices return `None`.
+    fn save_disk(&mut self, _out: &File) -> Option<io::Result<u64>> {
+        None
+    }
     /// A reader of this device's counters, if it keeps any.
     fn counters(&self) -> Option<crate::CounterReader> {
         None

@@ -28,6 +28,7 @@ pub mod mmio;
 pub mod net;
 pub mod rng;
 pub mod seccomp;
+pub mod sparse;
 #[cfg(test)]
 mod testutil;
 pub mod vhost_user;

@@ -1,6 +1,7 @@
 //! The per-device worker thread: an epoll loop over the queue kicks, a stop
 //! event and any host-side descriptors the device watches.
 
+use std::any::Any;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::thread::JoinHandle;
@@ -70,8 +71,12 @@ impl<T: RxTx> Handler for T {
 /// leaves the thread to stop when the stop event fires in `Drop`.
 pub(crate) struct Worker {
     stop: EventFd,
-    thread: Option<JoinHandle<Result<Vec<Queue>, sandbox_thread::Panicked>>>,
+    thread: Option<JoinHandle<Result<Stopped, sandbox_thread::Panicked>>>,
 }
+
+/// What a stopped worker hands back: the queues (for their indices) and
+/// the handler, unless the device code panicked.
+type Stopped = (Vec<Queue>, Option<Box<dyn Any + Send>>);
 
 impl Worker {
     /// Starts the loop on its own thread, confined to the syscall filter
@@ -133,8 +138,10 @@ impl Worker {
                     std::thread::current().name().unwrap_or("device")
                 );
                 interrupt.device_failed();
+                return (queues, None);
             }
-            queues
+            let handler: Box<dyn Any + Send> = Box::new(handler);
+            (queues, Some(handler))
         })
         .map_err(DeviceError::Worker)?;
         Ok(Self {
@@ -144,13 +151,25 @@ impl Worker {
     }
 
     /// Stops the loop and returns the queues.
-    pub fn stop(mut self) -> Vec<Queue> {
+    pub fn stop(self) -> Vec<Queue> {
+        self.stop_keeping::<()>().0
+    }
+
+    /// Stops the loop and returns the queues and the handler (of type
+    /// `H`, as spawned), so that the device can serve the same queues
+    /// again later with its state intact (a paused or snapshotted VM).
+    pub fn stop_keeping<H: 'static>(mut self) -> (Vec<Queue>, Option<H>) {
         let _ = self.stop.write(1);
-        self.thread
+        let Some((queues, handler)) = self
+            .thread
             .take()
             .and_then(|t| t.join().ok())
             .and_then(Result::ok)
-            .unwrap_or_default()
+        else {
+            return (Vec::new(), None);
+        };
+        let handler = handler.and_then(|h| h.downcast::<H>().ok()).map(|h| *h);
+        (queues, handler)
     }
 }
 

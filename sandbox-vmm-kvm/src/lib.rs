@@ -15,8 +15,10 @@ mod bus;
 mod cpuid;
 mod layout;
 mod mptable;
+mod pause;
 pub mod probe;
 pub mod seccomp;
+pub mod snapshot;
 mod vcpu;
 mod vm;
 

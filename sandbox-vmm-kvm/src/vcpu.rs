@@ -1,7 +1,7 @@
 //! vCPU set-up for the PVH entry and the per-vCPU run loop.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, CpuId};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -9,6 +9,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use crate::boot::GDT;
 use crate::bus::Bus;
 use crate::layout::*;
+use crate::pause::Gate;
+use crate::snapshot::VcpuState;
 use crate::{GuestExit, KvmError};
 
 const X86_CR0_PE: u64 = 0x1;
@@ -90,12 +92,60 @@ pub fn configure(vcpu: &VcpuFd, cpuid: &CpuId, boot: Option<u64>) -> Result<(), 
     vcpu.set_regs(&regs).map_err(kvm("KVM_SET_REGS"))
 }
 
+/// Each vCPU's state as saved when it last parked (or why it could not be).
+pub type SavedStates = Arc<Mutex<Vec<Option<Result<VcpuState, String>>>>>;
+
+/// What a vCPU thread shares with its VM.
+pub struct Shared {
+    pub bus: Arc<Bus>,
+    pub stop: Arc<AtomicBool>,
+    pub gate: Arc<Gate>,
+    /// Each vCPU's state as saved when it last parked.
+    pub saved: SavedStates,
+    /// The MSRs saved with a vCPU (the host's index list).
+    pub msr_index: Arc<[u32]>,
+}
+
+/// Saves a stopped vCPU's state into its slot: first a `KVM_RUN` with
+/// `immediate_exit` completes an I/O instruction whose data the VMM just
+/// supplied, so the state lies between two instructions.
+fn save_parked(id: u8, vcpu: &mut VcpuFd, shared: &Shared) {
+    vcpu.set_kvm_immediate_exit(1);
+    let _ = vcpu.run();
+    vcpu.set_kvm_immediate_exit(0);
+    let state = VcpuState::save(id, vcpu, &shared.msr_index).map_err(|e| {
+        let source = std::error::Error::source(&e).map(|s| format!(": {s}"));
+        format!("{e}{}", source.unwrap_or_default())
+    });
+    let mut slots = shared.saved.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(slot) = slots.get_mut(usize::from(id)) {
+        *slot = Some(state);
+    }
+}
+
 /// Runs `vcpu` until the guest stops or `stop` is set (a signal kicks it
-/// out of `KVM_RUN`). Returns why it stopped.
-pub fn run(mut vcpu: VcpuFd, bus: Arc<Bus>, stop: Arc<AtomicBool>) -> GuestExit {
+/// out of `KVM_RUN`), parking while the gate says the VM is paused (its
+/// state saved first). Returns why it stopped.
+pub fn run(id: u8, mut vcpu: VcpuFd, shared: Shared) -> GuestExit {
+    let Shared {
+        ref bus,
+        ref stop,
+        ref gate,
+        ..
+    } = shared;
     loop {
         if stop.load(Ordering::Acquire) {
             return GuestExit::Stopped;
+        }
+        if gate.is_paused() {
+            save_parked(id, &mut vcpu, &shared);
+            if gate.park() {
+                // Tells a kvmclock guest it was stopped, so its watchdogs
+                // do not report the pause as a soft lockup (EINVAL when
+                // the guest has no kvmclock: nothing to tell).
+                let _ = vcpu.kvmclock_ctrl();
+            }
+            continue;
         }
         let exit = match vcpu.run() {
             Ok(exit) => exit,

@@ -1,7 +1,7 @@
 //! Creating a KVM guest, running its vCPU threads and stopping it.
 
 use std::os::unix::thread::JoinHandleExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
@@ -10,15 +10,21 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vm_superio::serial::NoEvents;
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, ConsoleWriter, IrqTrigger};
 use crate::layout::*;
+use crate::pause::Gate;
+use crate::snapshot::{
+    memory, MachineState, SavedDisk, SerialSnapshot, SnapshotError, SnapshotInfo, VmKvmState,
+    MEMORY_FILE, STATE_FILE,
+};
 use crate::{boot, cpuid, mptable, seccomp, vcpu, CpuProfile, GuestExit, GuestMemory, KvmError};
-use sandbox_virtio::mmio::{MmioDevice, REG_QUEUE_NOTIFY};
+use sandbox_virtio::mmio::{MmioDevice, MmioState, REG_QUEUE_NOTIFY};
 use sandbox_virtio::{ConsoleLog, VirtioDevice};
 
 /// What to boot.
@@ -51,6 +57,9 @@ pub struct KvmVm {
     _vm: VmFd,
     bus: Arc<Bus>,
     stop: Arc<AtomicBool>,
+    gate: Arc<Gate>,
+    /// Each vCPU's state, saved when it last parked.
+    saved: vcpu::SavedStates,
     state: Arc<ExitState>,
     threads: Vec<JoinHandle<Result<(), sandbox_thread::Panicked>>>,
     console: ConsoleLog,
@@ -81,6 +90,17 @@ fn install_kick_handler() {
     });
 }
 
+/// Interrupts a vCPU thread's `KVM_RUN` (or its wait while parked).
+fn kick<T>(thread: &JoinHandle<T>) {
+    if thread.is_finished() {
+        return;
+    }
+    // SAFETY: the thread is alive (not finished, and not joined: we hold
+    // its handle); the signal's handler does nothing but interrupt
+    // KVM_RUN.
+    unsafe { libc::pthread_kill(thread.as_pthread_t(), kick_signal()) };
+}
+
 /// Guest RAM is not inherited by children forked by any thread of this
 /// process (as QEMU does): no copy-on-write of the whole guest while a
 /// child runs until its exec, and no guest memory in a child at all.
@@ -88,6 +108,22 @@ fn advise_guest_ram(addr: *mut u8, len: usize) {
     // SAFETY: advice on a mapping this VM owns; it changes no contents.
     unsafe { libc::madvise(addr.cast(), len, libc::MADV_DONTFORK) };
 }
+
+/// Creates a snapshot file that must not exist yet, for reading and writing.
+fn create_new(path: &Path) -> Result<std::fs::File, SnapshotError> {
+    std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|source| SnapshotError::Io {
+            what: format!("creating {}", path.display()),
+            source,
+        })
+}
+
+/// How long the vCPUs get to park for a snapshot.
+const PAUSE_FOR_SNAPSHOT: Duration = Duration::from_secs(5);
 
 /// Console lines searched for a panic when the guest resets.
 const PANIC_SEARCH_LINES: usize = 80;
@@ -109,20 +145,17 @@ fn classify_reset(exit: GuestExit, console: &ConsoleLog) -> GuestExit {
     }
 }
 
-impl KvmVm {
-    /// Creates the VM, loads the kernel and starts every vCPU.
-    pub fn start(cfg: KvmConfig) -> Result<Self, KvmError> {
-        if !cfg.kernel.is_file() {
-            return Err(KvmError::Boot(format!(
-                "x86_64 kernel not found at {}: run `cargo xtask build`",
-                cfg.kernel.display()
-            )));
-        }
+/// A VM with RAM, interrupt controllers and PIT, before devices and vCPUs.
+struct Base {
+    kvm: Kvm,
+    vm: VmFd,
+    mem: Arc<GuestMemory>,
+}
+
+impl Base {
+    fn new(mem: GuestMemory) -> Result<Self, KvmError> {
         let kvm_sys = Kvm::new().map_err(kvm("opening /dev/kvm"))?;
         let vm = kvm_sys.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
-        let mem_bytes = u64::from(cfg.memory_mib) << 20;
-        let mem = GuestMemory::from_ranges(&ram_regions(mem_bytes))
-            .map_err(|e| KvmError::Config(format!("guest memory: {e}")))?;
         for (slot, region) in mem.iter().enumerate() {
             let host_addr = mem
                 .get_host_address(region.start_addr())
@@ -139,7 +172,6 @@ impl KvmVm {
             // `mem` is kept by the VM (and its devices) until they stop.
             unsafe { vm.set_user_memory_region(r) }.map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
         }
-        let mem = Arc::new(mem);
         let _ = vm.set_tss_address(0xfffb_d000);
         vm.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config {
@@ -147,10 +179,23 @@ impl KvmVm {
             ..Default::default()
         };
         vm.create_pit2(pit).map_err(kvm("KVM_CREATE_PIT2"))?;
+        Ok(Self {
+            kvm: kvm_sys,
+            vm,
+            mem: Arc::new(mem),
+        })
+    }
 
-        let entry = boot::load_kernel(&mem, &cfg.kernel)?;
-        mptable::write(&mem, cfg.cpus)?;
-        let console = ConsoleLog::new(cfg.console_log_bytes);
+    /// The serial port and the virtio-mmio devices (each restored from its
+    /// saved state when one is given), wired to irqfds and ioeventfds.
+    /// Returns the bus and the kernel parameters naming the devices.
+    fn bus(
+        &self,
+        devices: Vec<(Box<dyn VirtioDevice>, Option<&MmioState>)>,
+        serial: Option<&SerialSnapshot>,
+        console: &ConsoleLog,
+    ) -> Result<(Bus, String), KvmError> {
+        let (vm, mem) = (&self.vm, &self.mem);
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host("creating an eventfd"))?;
         vm.register_irqfd(&serial_irq, SERIAL_GSI)
             .map_err(kvm("KVM_IRQFD"))?;
@@ -158,80 +203,81 @@ impl KvmVm {
             log: console.clone(),
             echo: std::env::var_os("SANDBOX_KVM_CONSOLE").is_some(),
         };
+        let trigger = IrqTrigger(serial_irq);
+        let serial = match serial {
+            Some(saved) => Serial::from_state(&saved.to_state(), trigger, NoEvents, writer)
+                .map_err(|e| KvmError::Config(format!("the snapshot's serial port: {e:?}")))?,
+            None => Serial::new(trigger, writer),
+        };
         let mut mmio = Vec::new();
-        // The agent powers off through our port (the guest has no ACPI).
-        let mut cmdline = format!(
-            "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux {}",
-            sandbox_protocol::cmdline::param(
-                sandbox_protocol::cmdline::POWEROFF,
-                sandbox_protocol::cmdline::poweroff_port(POWER_OFF_PORT)
-            )
-        );
-        if cfg.profile == CpuProfile::NestedPvm {
-            cmdline.push(' ');
-            cmdline.push_str(crate::NESTED_PVM_CMDLINE);
-        }
-        for (i, device) in cfg.devices.into_iter().enumerate() {
+        let mut params = String::new();
+        for (i, (device, saved)) in devices.into_iter().enumerate() {
             let gsi = MMIO_GSI_START + i as u32;
             if gsi >= IOAPIC_PINS {
                 return Err(KvmError::Config("too many virtio devices".into()));
             }
             let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host("creating an eventfd"))?;
             vm.register_irqfd(&irq, gsi).map_err(kvm("KVM_IRQFD"))?;
-            let dev =
-                MmioDevice::new(device, mem.clone(), irq).map_err(host("creating a device"))?;
+            let dev = match saved {
+                Some(state) => MmioDevice::restore(device, mem.clone(), irq, state)
+                    .map_err(|e| KvmError::Config(format!("restoring virtio device {i}: {e}")))?,
+                None => {
+                    MmioDevice::new(device, mem.clone(), irq).map_err(host("creating a device"))?
+                }
+            };
             let base = MMIO_START + i as u64 * MMIO_SIZE;
             for (q, kick) in dev.kicks().iter().enumerate() {
                 let addr = kvm_ioctls::IoEventAddress::Mmio(base + REG_QUEUE_NOTIFY);
                 vm.register_ioevent(kick, &addr, q as u32)
                     .map_err(kvm("KVM_IOEVENTFD"))?;
             }
-            cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{gsi}"));
+            params.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{gsi}"));
             mmio.push(dev);
         }
-        if !cfg.cmdline.is_empty() {
-            cmdline.push(' ');
-            cmdline.push_str(&cfg.cmdline);
-        }
-        boot::write_boot_info(&mem, &cmdline)?;
-        let bus = Arc::new(Bus {
-            serial: Mutex::new(Serial::new(IrqTrigger(serial_irq), writer)),
-            mmio,
-        });
+        Ok((
+            Bus {
+                serial: Mutex::new(serial),
+                mmio,
+            },
+            params,
+        ))
+    }
 
-        let supported = kvm_sys
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    /// Starts one thread per vCPU.
+    fn launch(self, bus: Bus, vcpus: Vec<VcpuFd>, console: ConsoleLog) -> Result<KvmVm, KvmError> {
         install_kick_handler();
-        let stop = Arc::new(AtomicBool::new(false));
-        let state = Arc::new(ExitState::default());
-        let mut vcpus = Vec::new();
-        for id in 0..cfg.cpus {
-            let fd = vm
-                .create_vcpu(u64::from(id))
-                .map_err(kvm("KVM_CREATE_VCPU"))?;
-            let mut cpuid = supported.clone();
-            cpuid::filter(&mut cpuid, id, cfg.cpus, cfg.profile);
-            vcpu::configure(&fd, &cpuid, (id == 0).then_some(entry.0))?;
-            vcpus.push(fd);
-        }
-        let mut this = Self {
-            _vm: vm,
-            bus,
-            stop,
-            state,
+        let msr_index: Arc<[u32]> = self
+            .kvm
+            .get_msr_index_list()
+            .map(|l| l.as_slice().into())
+            .unwrap_or_else(|_| Arc::from(Vec::new()));
+        let mut this = KvmVm {
+            _vm: self.vm,
+            bus: Arc::new(bus),
+            stop: Arc::new(AtomicBool::new(false)),
+            gate: Arc::default(),
+            saved: Arc::new(Mutex::new(vec![None; vcpus.len()])),
+            state: Arc::new(ExitState::default()),
             threads: Vec::new(),
             console,
-            mem,
+            mem: self.mem,
         };
         for (id, fd) in vcpus.into_iter().enumerate() {
-            let (bus, stop, state) = (this.bus.clone(), this.stop.clone(), this.state.clone());
+            let shared = vcpu::Shared {
+                bus: this.bus.clone(),
+                stop: this.stop.clone(),
+                gate: this.gate.clone(),
+                saved: this.saved.clone(),
+                msr_index: msr_index.clone(),
+            };
+            let (stop, state) = (this.stop.clone(), this.state.clone());
             let console = this.console.clone();
+            let id = id as u8;
             let vcpu =
                 sandbox_thread::spawn(format!("vcpu{id}"), Some(&seccomp::VCPU), move || {
                     // A panic in exit handling (device code reached by a guest
                     // register access) stops this VM as a crash, not the host.
-                    let exit = match sandbox_thread::contain(|| vcpu::run(fd, bus, stop.clone())) {
+                    let exit = match sandbox_thread::contain(|| vcpu::run(id, fd, shared)) {
                         Ok(exit) => classify_reset(exit, &console),
                         Err(p) => GuestExit::Crashed(format!("the VMM failed: {p}")),
                     };
@@ -248,6 +294,199 @@ impl KvmVm {
             this.threads.push(thread);
         }
         Ok(this)
+    }
+}
+
+impl KvmVm {
+    /// Creates the VM, loads the kernel and starts every vCPU.
+    pub fn start(cfg: KvmConfig) -> Result<Self, KvmError> {
+        if !cfg.kernel.is_file() {
+            return Err(KvmError::Boot(format!(
+                "x86_64 kernel not found at {}: run `cargo xtask build`",
+                cfg.kernel.display()
+            )));
+        }
+        let mem_bytes = u64::from(cfg.memory_mib) << 20;
+        let mem = GuestMemory::from_ranges(&ram_regions(mem_bytes))
+            .map_err(|e| KvmError::Config(format!("guest memory: {e}")))?;
+        let base = Base::new(mem)?;
+        let entry = boot::load_kernel(&base.mem, &cfg.kernel)?;
+        mptable::write(&base.mem, cfg.cpus)?;
+        let console = ConsoleLog::new(cfg.console_log_bytes);
+        let devices = cfg.devices.into_iter().map(|d| (d, None)).collect();
+        let (bus, device_params) = base.bus(devices, None, &console)?;
+        // The agent powers off through our port (the guest has no ACPI).
+        let mut cmdline = format!(
+            "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux {}",
+            sandbox_protocol::cmdline::param(
+                sandbox_protocol::cmdline::POWEROFF,
+                sandbox_protocol::cmdline::poweroff_port(POWER_OFF_PORT)
+            )
+        );
+        if cfg.profile == CpuProfile::NestedPvm {
+            cmdline.push(' ');
+            cmdline.push_str(crate::NESTED_PVM_CMDLINE);
+        }
+        cmdline.push_str(&device_params);
+        if !cfg.cmdline.is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(&cfg.cmdline);
+        }
+        boot::write_boot_info(&base.mem, &cmdline)?;
+
+        let supported = base
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut vcpus = Vec::new();
+        for id in 0..cfg.cpus {
+            let fd = base
+                .vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm("KVM_CREATE_VCPU"))?;
+            let mut cpuid = supported.clone();
+            cpuid::filter(&mut cpuid, id, cfg.cpus, cfg.profile);
+            vcpu::configure(&fd, &cpuid, (id == 0).then_some(entry.0))?;
+            vcpus.push(fd);
+        }
+        base.launch(bus, vcpus, console)
+    }
+
+    /// Starts a VM from a snapshot: `state` and its memory file (mapped
+    /// copy-on-write, so several VMs restored from one file share its
+    /// unchanged pages), with `devices` in the order they had when the
+    /// snapshot was taken, each continuing from its saved queue state.
+    pub fn restore(
+        state: &MachineState,
+        memory: std::fs::File,
+        devices: Vec<Box<dyn VirtioDevice>>,
+        console_log_bytes: usize,
+    ) -> Result<Self, SnapshotError> {
+        if devices.len() != state.devices.len() {
+            return Err(SnapshotError::Corrupt(format!(
+                "the snapshot has {} devices, the machine to restore {}",
+                state.devices.len(),
+                devices.len()
+            )));
+        }
+        let mem =
+            memory::map_private(memory, &state.regions).map_err(|source| SnapshotError::Io {
+                what: "mapping the snapshot's memory file".into(),
+                source,
+            })?;
+        let base = Base::new(mem)?;
+        state.vm.restore(&base.vm)?;
+        let mut vcpus = Vec::new();
+        for saved in &state.vcpus {
+            let fd = base
+                .vm
+                .create_vcpu(u64::from(saved.id))
+                .map_err(kvm("KVM_CREATE_VCPU"))?;
+            saved.restore(&fd)?;
+            vcpus.push(fd);
+        }
+        let console = ConsoleLog::new(console_log_bytes);
+        let devices = devices
+            .into_iter()
+            .zip(state.devices.iter().map(Some))
+            .collect();
+        let (bus, _) = base.bus(devices, Some(&state.serial), &console)?;
+        Ok(base.launch(bus, vcpus, console)?)
+    }
+
+    /// Writes a snapshot of the guest into `dir` (created; it must not
+    /// hold one already): the state file and the memory file. The guest is
+    /// paused for the time it takes (if it was running, it runs again
+    /// after), its devices stop serving meanwhile and then go on with
+    /// their host-side state intact.
+    pub fn snapshot(&self, dir: &Path) -> Result<SnapshotInfo, SnapshotError> {
+        let was_paused = self.is_paused();
+        self.pause(PAUSE_FOR_SNAPSHOT)?;
+        let result = self.snapshot_paused(dir);
+        for dev in &self.bus.mmio {
+            if let Err(e) = dev.unquiesce() {
+                log::warn!("a device did not restart after a snapshot: {e}");
+            }
+        }
+        if !was_paused {
+            self.resume();
+        }
+        result
+    }
+
+    fn snapshot_paused(&self, dir: &Path) -> Result<SnapshotInfo, SnapshotError> {
+        let io = |what: String| move |source| SnapshotError::Io { what, source };
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let running = self.threads.iter().filter(|t| !t.is_finished()).count();
+        if running != self.threads.len() {
+            return Err(SnapshotError::Corrupt(
+                "the guest has stopped: there is nothing to snapshot".into(),
+            ));
+        }
+        let vcpus = {
+            let slots = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+            slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| match s {
+                    Some(Ok(state)) => Ok(state.clone()),
+                    Some(Err(e)) => Err(SnapshotError::Corrupt(format!(
+                        "vCPU {i}'s state could not be saved: {e}"
+                    ))),
+                    None => Err(SnapshotError::Corrupt(format!("vCPU {i} did not park"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let devices: Vec<MmioState> = self.bus.mmio.iter().map(MmioDevice::quiesce).collect();
+        let mut disks = Vec::new();
+        for (i, (dev, state)) in self.bus.mmio.iter().zip(&devices).enumerate() {
+            if state.device_type != sandbox_virtio::device_id::BLOCK {
+                continue;
+            }
+            let file = format!("disk{i}.raw");
+            let path = dir.join(&file);
+            let out = create_new(&path)?;
+            let stored = dev
+                .save_disk(&out)
+                .unwrap_or_else(|| Err(std::io::Error::other("the block device has no disk")))
+                .map_err(io(format!("copying disk {i} to {}", path.display())))?;
+            let size = out
+                .metadata()
+                .map_err(io(format!("reading {}", path.display())))?
+                .len();
+            disks.push(SavedDisk {
+                device: i,
+                file,
+                size,
+                stored,
+            });
+        }
+        let serial = SerialSnapshot::of(
+            &self
+                .bus
+                .serial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .state(),
+        );
+        let state = MachineState {
+            regions: memory::regions(&self.mem),
+            vcpus,
+            vm: VmKvmState::save(&self._vm)?,
+            devices,
+            serial,
+            disks,
+        };
+        let memory_path = dir.join(MEMORY_FILE);
+        let file = create_new(&memory_path)?;
+        let memory_bytes = memory::save(&self.mem, &file)
+            .map_err(io(format!("writing {}", memory_path.display())))?;
+        state.write(&dir.join(STATE_FILE))?;
+        Ok(SnapshotInfo {
+            disks: state.disks.clone(),
+            memory_bytes,
+            ram_bytes: state.regions.iter().map(|r| r.1 as u64).sum(),
+        })
     }
 
     /// Host address ranges of guest RAM (to tell guest memory from the
@@ -294,15 +533,57 @@ impl KvmVm {
             .clone()
     }
 
+    /// Pauses the guest: every vCPU leaves `KVM_RUN` and waits, within
+    /// `timeout`. Device workers finish what the guest queued before and
+    /// then idle (the guest queues nothing while paused); host data for
+    /// the guest (vsock, network) waits in the device or the host stack.
+    /// The guest's clock keeps running: after [`KvmVm::resume`] its
+    /// monotonic and wall clocks show the time paused, as after a long
+    /// preemption, and a kvmclock guest is told it was stopped so its
+    /// watchdogs stay quiet. Pausing a paused VM returns at once.
+    pub fn pause(&self, timeout: Duration) -> Result<(), KvmError> {
+        self.gate.request_pause();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let running: Vec<_> = self.threads.iter().filter(|t| !t.is_finished()).collect();
+            if self.gate.wait_parked(running.len(), Duration::ZERO) >= running.len() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.gate.resume();
+                return Err(KvmError::Host {
+                    what: "pausing the guest".into(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("a vCPU did not leave KVM_RUN within {timeout:?}"),
+                    ),
+                });
+            }
+            for t in &running {
+                kick(t);
+            }
+            self.gate
+                .wait_parked(running.len(), Duration::from_millis(1));
+        }
+    }
+
+    /// Lets a paused guest run again (nothing happens if it is running).
+    pub fn resume(&self) {
+        self.gate.resume();
+    }
+
+    /// Whether the guest is paused.
+    pub fn is_paused(&self) -> bool {
+        self.gate.is_paused()
+    }
+
     /// Stops every vCPU and device and joins their threads.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.gate.stop();
         for t in self.threads.drain(..) {
             while !t.is_finished() {
-                // SAFETY: the thread is alive (not finished) and owned by
-                // us; the signal's handler does nothing but interrupt
-                // KVM_RUN.
-                unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+                kick(&t);
                 std::thread::sleep(Duration::from_millis(1));
             }
             let _ = t.join();

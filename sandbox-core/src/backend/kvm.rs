@@ -16,10 +16,22 @@ use sandbox_virtio::VirtioDevice;
 use sandbox_vmm_kvm::{CpuProfile, GuestExit, KvmConfig, KvmVm};
 
 use super::{Machine, MachineSpec};
+use crate::snapshot::{DeviceRecord, MachineSnapshot};
+use crate::Snapshot;
 use crate::{artifacts, DataDisk, Error};
+use sandbox_vmm_kvm::snapshot::{MachineState, MEMORY_FILE, STATE_FILE};
 
 const CONSOLE_LOG_BYTES: usize = 256 << 10;
 const GUEST_CID: u64 = 3;
+/// How long every vCPU gets to leave `KVM_RUN` when pausing.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn stopped() -> Error {
+    Error::GuestStopped {
+        reason: "the VM was stopped".into(),
+        console: String::new(),
+    }
+}
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
@@ -27,12 +39,16 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
     let kernel = artifacts::manifest_path("kernel-x86_64", "x86_64 kernel")?;
     let root = spec.rootfs.open(Some(spec.events.clone()))?;
     let read_only = root.read_only();
+    let mut layout = vec![DeviceRecord::Disk { read_only }];
     let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(Block::new(root, "sandbox-root"))];
     let mut names = vec!["blk".to_string()];
     for (i, disk) in spec.disks.iter().enumerate() {
         match disk {
             DataDisk::Rootfs(r) => {
                 let d = r.open(Some(spec.events.clone()))?;
+                layout.push(DeviceRecord::Disk {
+                    read_only: d.read_only(),
+                });
                 devices.push(Box::new(Block::new(d, &format!("sandbox-data{i}"))));
                 names.push(format!("data{i}"));
             }
@@ -47,6 +63,13 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
     let (vsock, connector) =
         Vsock::new(GUEST_CID).map_err(|e| Error::Protocol(format!("vsock: {e}")))?;
     let mounts_param = crate::mount::agent_param(&spec.mounts);
+    let no_snapshot = if spec.mounts.is_empty() {
+        spec.network
+            .is_some()
+            .then(|| "the guest has a network (its host stack cannot be saved yet)".to_string())
+    } else {
+        Some("the guest has mounts (host file systems cannot be saved yet)".to_string())
+    };
     for (i, m) in spec.mounts.into_iter().enumerate() {
         match m.served {
             crate::mount::Served::Device(d) => devices.push(Box::new(d)),
@@ -62,6 +85,7 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
     devices.push(Box::new(vsock));
     devices.push(Box::new(Rng::new()));
     names.extend(["vsock".to_string(), "rng".to_string()]);
+    layout.extend([DeviceRecord::Vsock, DeviceRecord::Rng]);
     let network = match spec.network {
         Some(mut opts) => {
             // Our virtio-net device carries standard frames only.
@@ -110,18 +134,96 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
         devices,
     })
     .map_err(|e| Error::Kvm(e.to_string()))?;
-    let id = format!(
-        "kvm-{}-{}",
-        std::process::id(),
-        NEXT_ID.fetch_add(1, Ordering::Relaxed)
-    );
     Ok(Box::new(KvmMachine {
         counters,
         console: vm.console().clone(),
         vm: Some(vm),
         vsock: Some(connector),
         network,
-        id,
+        id: next_id(),
+        layout,
+        no_snapshot,
+        memory_mib: spec.memory_mib,
+        cpus: spec.cpus,
+    }))
+}
+
+/// Starts a machine from `snapshot`: each disk an overlay (in memory, up
+/// to `max_dirty_bytes`) over the snapshot's copy, read-only disks the
+/// copy itself, a vsock that resets the guest's old connections.
+pub(super) fn restore(
+    snapshot: &Snapshot,
+    max_dirty_bytes: u64,
+) -> Result<Box<dyn Machine>, Error> {
+    let snap_err = |e: sandbox_vmm_kvm::snapshot::SnapshotError| Error::Snapshot(e.to_string());
+    let dir = snapshot.dir();
+    let state = MachineState::read(&dir.join(STATE_FILE)).map_err(snap_err)?;
+    let record = snapshot.record();
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let mut names = Vec::new();
+    let mut connector = None;
+    for (i, kind) in record.devices.iter().enumerate() {
+        match kind {
+            DeviceRecord::Disk { read_only } => {
+                let saved = state.disks.iter().find(|d| d.device == i).ok_or_else(|| {
+                    Error::Snapshot(format!("the snapshot has no disk copy for device {i}"))
+                })?;
+                let path = dir.join(&saved.file);
+                let open = |e: std::io::Error| {
+                    Error::Snapshot(format!("opening the disk copy {}: {e}", path.display()))
+                };
+                let disk: Box<dyn sandbox_rootfs::Disk> = if *read_only {
+                    Box::new(sandbox_rootfs::RawImage::open(&path).map_err(open)?)
+                } else {
+                    Box::new(
+                        sandbox_rootfs::MemOverlay::open(&path, max_dirty_bytes).map_err(open)?,
+                    )
+                };
+                let name = if i == 0 {
+                    "sandbox-root".to_string()
+                } else {
+                    format!("sandbox-data{}", i - 1)
+                };
+                devices.push(Box::new(Block::new(disk, &name)));
+                names.push(if i == 0 {
+                    "blk".to_string()
+                } else {
+                    format!("data{}", i - 1)
+                });
+            }
+            DeviceRecord::Vsock => {
+                let (vsock, c) =
+                    Vsock::new(GUEST_CID).map_err(|e| Error::Protocol(format!("vsock: {e}")))?;
+                devices.push(Box::new(vsock.reset_guest_connections()));
+                names.push("vsock".into());
+                connector = Some(c);
+            }
+            DeviceRecord::Rng => {
+                devices.push(Box::new(Rng::new()));
+                names.push("rng".into());
+            }
+        }
+    }
+    let counters = names
+        .into_iter()
+        .zip(&devices)
+        .filter_map(|(n, d)| Some((n, d.counters()?)))
+        .collect();
+    let memory = std::fs::File::open(dir.join(MEMORY_FILE)).map_err(|e| {
+        Error::Snapshot(format!("opening the memory file in {}: {e}", dir.display()))
+    })?;
+    let vm = KvmVm::restore(&state, memory, devices, CONSOLE_LOG_BYTES).map_err(snap_err)?;
+    Ok(Box::new(KvmMachine {
+        counters,
+        console: vm.console().clone(),
+        vm: Some(vm),
+        vsock: connector,
+        network: None,
+        id: next_id(),
+        layout: record.devices.clone(),
+        no_snapshot: None,
+        memory_mib: record.memory_mib,
+        cpus: record.cpus,
     }))
 }
 
@@ -135,6 +237,21 @@ struct KvmMachine {
     /// The host stack behind the guest's virtio-net device, if any.
     network: Option<Network>,
     id: String,
+    /// The devices in bus order, as a snapshot records them.
+    layout: Vec<DeviceRecord>,
+    /// Why this machine cannot be snapshotted, if it cannot.
+    no_snapshot: Option<String>,
+    memory_mib: u32,
+    cpus: u32,
+}
+
+/// A host-unique id for a new machine.
+fn next_id() -> String {
+    format!(
+        "kvm-{}-{}",
+        std::process::id(),
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// How a vCPU exit ends the guest (also the text of boot errors).
@@ -197,6 +314,48 @@ impl Machine for KvmMachine {
 
     fn console_dropped_bytes(&self) -> u64 {
         self.console.dropped_bytes()
+    }
+
+    fn pause(&mut self) -> Result<(), Error> {
+        let vm = self.vm.as_ref().ok_or_else(stopped)?;
+        vm.pause(PAUSE_TIMEOUT).map_err(|e| {
+            Error::Kvm(format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ))
+        })
+    }
+
+    fn resume(&mut self) -> Result<(), Error> {
+        self.vm.as_ref().ok_or_else(stopped)?.resume();
+        Ok(())
+    }
+
+    fn is_paused(&self) -> bool {
+        self.vm.as_ref().is_some_and(KvmVm::is_paused)
+    }
+
+    fn snapshot(&mut self, dir: &std::path::Path) -> Result<MachineSnapshot, Error> {
+        if let Some(why) = &self.no_snapshot {
+            return Err(Error::Snapshot(format!(
+                "this VM cannot be snapshotted: {why}"
+            )));
+        }
+        let vm = self.vm.as_ref().ok_or_else(stopped)?;
+        let info = vm
+            .snapshot(dir)
+            .map_err(|e| Error::Snapshot(e.to_string()))?;
+        Ok(MachineSnapshot {
+            devices: self.layout.clone(),
+            memory_mib: self.memory_mib,
+            cpus: self.cpus,
+            ram_bytes: info.ram_bytes,
+            memory_bytes: info.memory_bytes,
+            disk_bytes: info.disks.iter().map(|d| d.stored).sum(),
+            profile: super::kvm_profile_name(),
+        })
     }
 
     fn stop_reason(&mut self) -> Option<crate::StopReason> {

@@ -106,6 +106,27 @@ pub(crate) trait Machine: Send {
     fn device_counters(&self) -> Vec<(String, sandbox_virtio::DeviceCounters)>;
     /// Console bytes dropped from the bounded console log.
     fn console_dropped_bytes(&self) -> u64;
+    /// Stops every vCPU until [`Machine::resume`].
+    fn pause(&mut self) -> Result<(), Error>;
+    /// Lets a paused guest run again.
+    fn resume(&mut self) -> Result<(), Error>;
+    /// Whether the guest is paused.
+    fn is_paused(&self) -> bool {
+        false
+    }
+    /// Writes a snapshot into `dir` (KVM only).
+    fn snapshot(
+        &mut self,
+        _dir: &std::path::Path,
+    ) -> Result<crate::snapshot::MachineSnapshot, Error> {
+        Err(Error::Unsupported {
+            what: "snapshot",
+            backend: "uml",
+            why: "a UML guest's memory and processes live in host processes that cannot be saved; \
+                  snapshots need the KVM backend (BackendKind::Kvm)"
+                .into(),
+        })
+    }
 }
 
 /// Resolves `Auto` and checks the choice can run; returns a description of
@@ -146,16 +167,40 @@ pub(crate) fn select(kind: BackendKind) -> Result<(BackendKind, String), Error> 
     }
 }
 
+/// The KVM CPU profile this host gets, by name.
+fn kvm_profile() -> sandbox_vmm_kvm::CpuProfile {
+    match probe_kvm() {
+        KvmProbe::Hardware { .. } => sandbox_vmm_kvm::CpuProfile::Full,
+        _ => sandbox_vmm_kvm::CpuProfile::NestedPvm,
+    }
+}
+
+/// The name of [`kvm_profile`] recorded in snapshots.
+pub(crate) fn kvm_profile_name() -> String {
+    match kvm_profile() {
+        sandbox_vmm_kvm::CpuProfile::Full => "full".into(),
+        _ => "nested-pvm".into(),
+    }
+}
+
+/// Starts a KVM guest from a snapshot.
+pub(crate) fn restore_kvm(
+    snapshot: &crate::Snapshot,
+    max_dirty_bytes: u64,
+) -> Result<Box<dyn Machine>, Error> {
+    if let KvmProbe::Missing(why) = probe_kvm() {
+        return Err(Error::BackendUnavailable {
+            requested: "kvm",
+            reason: format!("/dev/kvm is not usable ({why}): snapshots restore on KVM only"),
+        });
+    }
+    kvm::restore(snapshot, max_dirty_bytes)
+}
+
 /// Starts a guest on the chosen backend.
 pub(crate) fn start(kind: BackendKind, spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
     match kind {
         BackendKind::Uml => uml::start(spec),
-        _ => {
-            let profile = match probe_kvm() {
-                KvmProbe::Hardware { .. } => sandbox_vmm_kvm::CpuProfile::Full,
-                _ => sandbox_vmm_kvm::CpuProfile::NestedPvm,
-            };
-            kvm::start(spec, profile)
-        }
+        _ => kvm::start(spec, kvm_profile()),
     }
 }

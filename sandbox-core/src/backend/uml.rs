@@ -151,6 +151,14 @@ impl Machine for UmlMachine {
         self.0.console().dropped_bytes()
     }
 
+    fn pause(&mut self) -> Result<(), Error> {
+        Err(uml_cannot_pause("pause"))
+    }
+
+    fn resume(&mut self) -> Result<(), Error> {
+        Err(uml_cannot_pause("resume"))
+    }
+
     fn stop_reason(&mut self) -> Option<crate::StopReason> {
         use crate::StopReason;
         use std::os::unix::process::ExitStatusExt;
@@ -175,5 +183,20 @@ impl Machine for UmlMachine {
             }
             None => StopReason::PowerOff,
         })
+    }
+}
+
+/// UML runs each guest address space in a host process under its kernel's
+/// ptrace: a stop signal to those processes reaches the guest kernel as an
+/// unexpected signal (it kills the guest process), and stopping the kernel
+/// alone leaves a busy guest process running. Without a cgroup freezer
+/// there is no sound pause.
+fn uml_cannot_pause(what: &'static str) -> Error {
+    Error::Unsupported {
+        what,
+        backend: "uml",
+        why: "UML guest processes are host processes traced by the guest kernel, which no signal \
+              stops soundly; pause and snapshots need the KVM backend (BackendKind::Kvm)"
+            .into(),
     }
 }

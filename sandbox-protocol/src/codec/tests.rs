@@ -11,6 +11,7 @@ fn spawn_msg() -> HostMsg {
             cwd: Some(b"/tmp".to_vec()),
             stdin: true,
             pty: Some(crate::PtySize { rows: 24, cols: 80 }),
+            user: Some(b"app:1001".to_vec()),
         },
     }
 }

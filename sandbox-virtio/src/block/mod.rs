@@ -52,6 +52,28 @@ impl Block {
     }
 }
 
+/// Bytes read from a disk per step when copying it.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// Flushes `disk` and copies it whole into `out` (set to the disk's size,
+/// zero pages left as holes).
+fn copy_disk(disk: &mut dyn Disk, out: &std::fs::File) -> std::io::Result<u64> {
+    disk.flush()?;
+    let size = disk.size();
+    out.set_len(size)?;
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut stored = 0;
+    let mut offset = 0u64;
+    while offset < size {
+        let n = (size - offset).min(COPY_CHUNK as u64) as usize;
+        disk.read_at(offset, &mut buf[..n])?;
+        stored += crate::sparse::write_nonzero(&buf[..n], out, offset)?;
+        offset += n as u64;
+    }
+    out.sync_all()?;
+    Ok(stored)
+}
+
 impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
         device_id::BLOCK
@@ -99,6 +121,17 @@ impl VirtioDevice for Block {
         // The disk stays with the stopped worker's handler; a block device is
         // activated once per VM, so it is not needed again.
         self.worker.take().map(Worker::stop)
+    }
+
+    fn save_disk(&mut self, out: &std::fs::File) -> Option<std::io::Result<u64>> {
+        let disk = self.disk.as_mut()?;
+        Some(copy_disk(&mut **disk, out))
+    }
+
+    fn quiesce(&mut self) -> Option<Vec<Queue>> {
+        let (queues, handler) = self.worker.take()?.stop_keeping::<BlockHandler>();
+        self.disk = handler.map(|h| h.disk);
+        Some(queues)
     }
 
     fn counters(&self) -> Option<crate::CounterReader> {

@@ -62,6 +62,8 @@ struct State {
     queue_sel: u32,
     queues: Vec<Queue>,
     active: bool,
+    /// Active, with its worker stopped for a snapshot.
+    quiesced: bool,
     config_generation: u32,
 }
 
@@ -108,6 +110,7 @@ impl MmioDevice {
                 queue_sel: 0,
                 queues,
                 active: false,
+                quiesced: false,
                 config_generation: 0,
             }),
             mem,
@@ -303,6 +306,7 @@ impl MmioDevice {
         }
         s.queues = fresh_queues(&*s.device);
         s.active = false;
+        s.quiesced = false;
         s.status = 0;
         s.driver_features = 0;
         s.features_sel = 0;
@@ -319,6 +323,9 @@ impl MmioDevice {
         self.reset(&mut s);
     }
 }
+
+mod snapshot;
+pub use snapshot::{MmioState, QueueSnapshot};
 
 #[cfg(test)]
 mod tests;

@@ -48,6 +48,8 @@ fn bump(c: &AtomicU64) {
 pub struct Net {
     mac: [u8; 6],
     host: Option<OwnedFd>,
+    /// The handler of a quiesced device, resumed by the next `activate`.
+    parked: Option<NetHandler>,
     metrics: Arc<NetMetrics>,
     worker: Option<Worker>,
 }
@@ -80,6 +82,7 @@ impl Net {
             Self {
                 mac,
                 host: Some(device_end),
+                parked: None,
                 metrics: Arc::default(),
                 worker: None,
             },
@@ -117,17 +120,22 @@ impl VirtioDevice for Net {
 
     fn activate(&mut self, ctx: ActivationContext) -> Result<(), DeviceError> {
         ctx.validate(2)?;
-        let Some(host) = self.host.take() else {
-            return Err(DeviceError::Worker(io::Error::other(
-                "net device already active",
-            )));
+        // A quiesced device goes on with its handler (and any frame it
+        // held for the guest).
+        let handler = match (self.parked.take(), self.host.take()) {
+            (Some(parked), _) => parked,
+            (None, Some(host)) => NetHandler {
+                host,
+                held: None,
+                metrics: self.metrics.clone(),
+            },
+            (None, None) => {
+                return Err(DeviceError::Worker(io::Error::other(
+                    "net device already active",
+                )))
+            }
         };
-        let fd = host.as_raw_fd();
-        let handler = NetHandler {
-            host,
-            held: None,
-            metrics: self.metrics.clone(),
-        };
+        let fd = handler.host.as_raw_fd();
         self.worker = Some(Worker::spawn(
             "virtio-net",
             handler,
@@ -140,6 +148,12 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) -> Option<Vec<Queue>> {
         self.worker.take().map(Worker::stop)
+    }
+
+    fn quiesce(&mut self) -> Option<Vec<Queue>> {
+        let (queues, handler) = self.worker.take()?.stop_keeping::<NetHandler>();
+        self.parked = handler;
+        Some(queues)
     }
 
     fn counters(&self) -> Option<crate::CounterReader> {

@@ -25,6 +25,10 @@ pub(super) const TX: usize = 1;
 const MAX_PAYLOAD: usize = 64 << 10;
 /// First host port handed out to connections.
 const FIRST_HOST_PORT: u32 = 49152;
+/// The event queue.
+const EVENT: usize = 2;
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` (virtio 1.2, 5.10.6.7).
+const EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// A request from [`super::VsockConnector::connect`].
 pub(crate) struct ConnectRequest {
@@ -52,6 +56,15 @@ pub(super) struct VsockHandler {
     control: VecDeque<(Key, u16)>,
     next_port: u32,
     pub metrics: Arc<VsockMetrics>,
+    /// Tell the guest, once it has an event buffer, that every connection
+    /// it had is gone (`VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`): set on a
+    /// device restored from a snapshot, whose host side starts empty.
+    pub reset_transport: bool,
+    /// The reset event was delivered and the guest has not yet shown it
+    /// handled it (by refilling its event queue, which kicks it). A host
+    /// connection made meanwhile would be reset along with the old ones,
+    /// so connection requests are refused (the connector retries).
+    reset_unacked: bool,
 }
 
 impl VsockHandler {
@@ -71,7 +84,32 @@ impl VsockHandler {
             control: VecDeque::new(),
             next_port: FIRST_HOST_PORT,
             metrics,
+            reset_transport: false,
+            reset_unacked: false,
         })
+    }
+
+    /// Writes the transport-reset event into the guest's next event
+    /// buffer; false if it has none yet (the next event-queue kick retries).
+    fn send_transport_reset(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            return false;
+        };
+        let head = chain.head_index();
+        let written = chain
+            .writer(mem)
+            .ok()
+            .and_then(|mut w| w.write_all(&EVENT_TRANSPORT_RESET.to_le_bytes()).ok());
+        let len = if written.is_some() {
+            self.reset_transport = false;
+            self.reset_unacked = true;
+            4
+        } else {
+            self.metrics.malformed.inc();
+            0
+        };
+        let _ = queue.add_used(mem, head, len);
+        true
     }
 
     /// A header for `key` carrying the connection's current `fwd_cnt`.
@@ -115,6 +153,13 @@ impl VsockHandler {
     fn accept_requests(&mut self) {
         let _ = self.wake.read();
         while let Ok(req) = self.requests.try_recv() {
+            if self.reset_transport || self.reset_unacked {
+                let _ = req.reply.send(Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "the guest is still resetting the connections of its snapshot",
+                )));
+                continue;
+            }
             let made = UnixStream::pair().and_then(|(device_end, host_end)| {
                 device_end.set_nonblocking(true)?;
                 self.sockets.ctl(
@@ -357,6 +402,17 @@ impl VsockHandler {
 impl Handler for VsockHandler {
     fn queue_event(&mut self, idx: usize, queues: &mut [Queue], mem: &GuestMemory) -> u64 {
         let mut mask = 0;
+        if idx == EVENT && self.reset_unacked {
+            // The guest handled the reset and refilled its event buffer.
+            self.reset_unacked = false;
+        }
+        if idx == EVENT && self.reset_transport {
+            if let Some(q) = queues.get_mut(EVENT) {
+                if self.send_transport_reset(q, mem) {
+                    mask |= 1 << EVENT;
+                }
+            }
+        }
         if idx == TX {
             if let Some(q) = queues.get_mut(TX) {
                 if self.drain_tx(q, mem) {

@@ -143,6 +143,17 @@ impl Vsock {
     }
 
     /// Counters shared with the running device.
+    /// Marks a device that continues a snapshot's vsock: on activation it
+    /// tells the guest that every connection it had is gone (the host
+    /// ends of those connections did not survive the snapshot), so the
+    /// guest's sockets fail and its listeners accept new connections.
+    pub fn reset_guest_connections(mut self) -> Self {
+        if let Some(h) = self.handler.as_mut() {
+            h.reset_transport = true;
+        }
+        self
+    }
+
     pub fn metrics(&self) -> Arc<VsockMetrics> {
         self.metrics.clone()
     }
@@ -185,6 +196,12 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) -> Option<Vec<Queue>> {
         self.worker.take().map(Worker::stop)
+    }
+
+    fn quiesce(&mut self) -> Option<Vec<Queue>> {
+        let (queues, handler) = self.worker.take()?.stop_keeping::<VsockHandler>();
+        self.handler = handler;
+        Some(queues)
     }
 
     fn counters(&self) -> Option<crate::CounterReader> {

@@ -280,3 +280,43 @@ fn a_guest_overrunning_its_credit_loses_the_connection() {
     );
     assert!(r.h.metrics.malformed.get() >= 1);
 }
+
+#[test]
+fn a_restored_device_resets_the_guest_and_refuses_connections_until_it_is_handled() {
+    let mem = memory();
+    let mut r = Rig::new(&mem);
+    r.h.reset_transport = true;
+    let (event_vq, event_queue) = queue_sized(&mem, 0x4000, 4, &[]);
+    r.queues[2] = event_queue;
+    let refused = |r: &mut Rig| {
+        let (reply, result) = mpsc::channel();
+        r.requests
+            .send(ConnectRequest { port: PORT, reply })
+            .unwrap();
+        r.h.extra_event(0, &mut r.queues, r.mem);
+        let e = result
+            .recv_timeout(Duration::from_secs(1))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    };
+    // No event buffer yet: nothing sent, connections refused.
+    assert_eq!(r.h.queue_event(2, &mut r.queues, &mem), 0);
+    refused(&mut r);
+    // The guest's event buffer gets the transport reset (id 0).
+    mem.write_obj(0xffff_ffffu32, GuestAddress(0x7_0000))
+        .unwrap();
+    add_chains(&event_vq, 0, &[&[(0x7_0000, 8, true)]]);
+    assert_eq!(r.h.queue_event(2, &mut r.queues, &mem), 1 << 2);
+    assert_eq!(used(&mem, &event_vq, 0), (0, 4));
+    assert_eq!(mem.read_obj::<u32>(GuestAddress(0x7_0000)).unwrap(), 0);
+    // Until the guest refills its event queue (a kick), still refused.
+    refused(&mut r);
+    add_chains(&event_vq, 1, &[&[(0x7_0000, 8, true)]]);
+    assert_eq!(r.h.queue_event(2, &mut r.queues, &mem), 0, "one reset only");
+    let (mut host, port) = r.connect();
+    r.guest_sends(Rig::guest_header(OP_RW, port, 2, 0), b"ok");
+    let mut got = [0u8; 2];
+    host.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ok");
+}
