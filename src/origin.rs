@@ -20,6 +20,15 @@ pub struct Origin {
     /// For TLS origins: the test root that signed its certificate.
     pub root: Option<CertificateDer<'static>>,
     heads: Arc<Mutex<Vec<String>>>,
+    /// The accept loop, ended (its listener closed) when the origin is
+    /// dropped, so descriptor-leak checks around a test hold.
+    accept: tokio::task::AbortHandle,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
 }
 
 impl Origin {
@@ -39,7 +48,7 @@ impl Origin {
             None => (None, None),
         };
         let h2 = heads.clone();
-        tokio::spawn(async move {
+        let accept = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (heads, acceptor) = (h2.clone(), acceptor.clone());
                 tokio::spawn(async move {
@@ -53,8 +62,14 @@ impl Origin {
                     }
                 });
             }
-        });
-        Ok(Origin { addr, root, heads })
+        })
+        .abort_handle();
+        Ok(Origin {
+            addr,
+            root,
+            heads,
+            accept,
+        })
     }
 
     /// The request heads received so far, in order.

@@ -76,11 +76,11 @@ async fn the_guest_has_a_virtio_rng() {
 }
 
 #[tokio::test]
-async fn pause_on_uml_is_a_clear_error_and_the_guest_runs_on() {
+async fn pause_and_snapshot_on_uml_are_clear_errors_and_the_guest_runs_on() {
     let vm = sandbox::boot("no-pause").await.unwrap();
     if vm.backend() != sandbox_core::BackendKind::Uml {
         sandbox::skip(
-            "boot::pause_on_uml_is_a_clear_error_and_the_guest_runs_on",
+            "boot::pause_and_snapshot_on_uml_are_clear_errors_and_the_guest_runs_on",
             "the harness chose another backend than UML",
         );
         return;
@@ -96,6 +96,12 @@ async fn pause_on_uml_is_a_clear_error_and_the_guest_runs_on() {
         }
     }
     assert!(!vm.is_paused());
+    let dir = std::env::temp_dir().join(format!("sandbox-uml-snapshot-{}", std::process::id()));
+    match vm.snapshot(&dir).await {
+        Err(e @ Error::Unsupported { .. }) => assert!(e.to_string().contains("KVM"), "{e}"),
+        other => panic!("snapshot on UML: {other:?}"),
+    }
+    assert!(!dir.join("machine.json").exists(), "nothing was written");
     let out = vm.exec("echo", ["still running"]).await.unwrap();
     assert_eq!(out.stdout, b"still running\n");
     vm.shutdown().await.unwrap();

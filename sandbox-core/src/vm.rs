@@ -13,8 +13,6 @@ use crate::process::{Console, Process, Pty};
 use crate::stop::{StopReason, StopReport};
 use crate::{Command, Error, Output};
 
-/// How long `shutdown` waits for a clean power-off before killing the guest.
-const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Something that happened to a running VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -316,7 +314,8 @@ impl Vm {
         let stop = self.stop.clone();
         let clean = tokio::task::spawn_blocking(move || {
             let mut m = lock(&machine);
-            let clean = m.wait_exit(POWER_OFF_TIMEOUT);
+            let timeout = m.power_off_timeout();
+            let clean = m.wait_exit(timeout);
             let reason = if clean {
                 m.stop_reason().unwrap_or(StopReason::PowerOff)
             } else {

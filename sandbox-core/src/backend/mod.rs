@@ -91,6 +91,11 @@ pub(crate) trait Machine: Send {
     fn connect_control(&mut self, timeout: Duration) -> std::io::Result<UnixStream>;
     /// The last console lines, for error reports.
     fn console_tail(&self, lines: usize) -> String;
+    /// How long a clean power-off (the agent's sync, read-only remount and
+    /// halt) may take before `shutdown` kills the guest.
+    fn power_off_timeout(&self) -> Duration {
+        Duration::from_secs(10)
+    }
     /// Waits up to `timeout` for the guest to stop by itself.
     fn wait_exit(&mut self, timeout: Duration) -> bool;
     /// Stops the guest now and releases every host resource.
@@ -168,7 +173,7 @@ pub(crate) fn select(kind: BackendKind) -> Result<(BackendKind, String), Error> 
 }
 
 /// The KVM CPU profile this host gets, by name.
-fn kvm_profile() -> sandbox_vmm_kvm::CpuProfile {
+pub(crate) fn kvm_profile() -> sandbox_vmm_kvm::CpuProfile {
     match probe_kvm() {
         KvmProbe::Hardware { .. } => sandbox_vmm_kvm::CpuProfile::Full,
         _ => sandbox_vmm_kvm::CpuProfile::NestedPvm,

@@ -1,0 +1,231 @@
+//! The snapshot flow of tests/kvm.rs: one guest is booted; it writes a file
+//! and starts a detached counter; a snapshot is taken while it runs; two
+//! forks are restored from it. Each fork has the file, a counter that goes
+//! on, writes of its own that the others do not see, and its own random
+//! bytes; the original runs on unaffected (checked before the forks start,
+//! then shut down to spare the CPU). A state file that was changed,
+//! truncated or comes from another version is refused.
+//!
+//! Under nested PVM each guest process start costs seconds to minutes, so
+//! the flow starts almost none: checks go through the file API (one agent
+//! thread per request, no new process).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sandbox_core::{
+    images, BackendKind, BootOptions, Error, Resources, RestoreOptions, Rootfs, Sandbox, Snapshot,
+    Vm,
+};
+
+fn step(name: &str, since: Instant) {
+    eprintln!("[kvm/snapshot] {name}: {:.1} s", since.elapsed().as_secs_f64());
+}
+
+/// The counter's current value, read through the file API (its shell
+/// rewrites the file with `echo >`, which truncates first: an empty read
+/// is retried).
+async fn count(vm: &Vm) -> u64 {
+    for _ in 0..200 {
+        let text = vm.fs().read_file("/tmp/count").await.unwrap();
+        if let Ok(n) = String::from_utf8_lossy(&text).trim().parse() {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("/tmp/count stayed empty")
+}
+
+async fn read(vm: &Vm, path: &str) -> String {
+    String::from_utf8(vm.fs().read_file(path).await.unwrap()).unwrap()
+}
+
+async fn write(vm: &Vm, path: &str, text: &str) {
+    vm.fs()
+        .write_file(path, text.as_bytes(), Default::default())
+        .await
+        .unwrap();
+}
+
+/// Waits until the counter moved past `than`: it ticks once a second.
+async fn count_above(vm: &Vm, than: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let now = count(vm).await;
+        if now > than || Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A copy of the snapshot directory (its big files hard-linked) whose
+/// state file `change` rewrites.
+fn altered(dir: &Path, name: &str, change: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let copy = dir.with_file_name(format!(
+        "{}-{name}",
+        dir.file_name().unwrap().to_string_lossy()
+    ));
+    let _ = std::fs::remove_dir_all(&copy);
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::hard_link(entry.path(), copy.join(entry.file_name())).unwrap();
+    }
+    let state = copy.join("state");
+    let mut bytes = std::fs::read(&state).unwrap();
+    std::fs::remove_file(&state).unwrap();
+    change(&mut bytes);
+    std::fs::write(&state, bytes).unwrap();
+    copy
+}
+
+pub async fn flow() {
+    let t = Instant::now();
+    let vm = Sandbox::builder()
+        .rootfs(Rootfs::ephemeral(images::builtin("minimal").unwrap()))
+        .resources(Resources {
+            cpus: 1,
+            memory_mib: 256,
+        })
+        .backend(BackendKind::Kvm)
+        .build()
+        .unwrap()
+        .boot(BootOptions::default().timeout(Duration::from_secs(900)))
+        .await
+        .unwrap();
+    step("boot", t);
+
+    let t = Instant::now();
+    write(&vm, "/root/note", "before\n").await;
+    // A counter in its own session (the agent ends the process group of an
+    // exec when its main process exits, and the processes of a connection
+    // that goes away: a restore replaces the connection); `read -t 1` on a
+    // FIFO nobody writes (the counter inherits the starter's descriptor)
+    // waits a second without a fork. The starter waits,
+    // with builtins only, for the first count: by then `setsid` has moved
+    // the counter out of the exec's process group.
+    let out = vm
+        .exec(
+            "sh",
+            [
+                "-c",
+                "mkfifo /tmp/tick; exec 3<>/tmp/tick; \
+                 setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count; read -t 1 x <&3; done' \
+                 </dev/null >/dev/null 2>&1 & \
+                 until [ -s /tmp/count ]; do read -t 1 x <&3; done",
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.status.code, Some(0), "{out:?}");
+    let before = count(&vm).await;
+    assert!(before >= 1);
+    step("file and counter", t);
+
+    let dir = std::env::temp_dir().join(format!("sandbox-snapshot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let t = Instant::now();
+    let snapshot = vm.snapshot(&dir).await.unwrap();
+    step("snapshot", t);
+    eprintln!(
+        "[kvm/snapshot] RAM {} MiB, memory file stores {} MiB, disks {} MiB",
+        snapshot.ram_bytes() >> 20,
+        snapshot.memory_bytes() >> 20,
+        snapshot.disk_bytes() >> 20
+    );
+    assert_eq!(snapshot.ram_bytes(), 256 << 20);
+    assert!(
+        snapshot.memory_bytes() < snapshot.ram_bytes(),
+        "zero pages are holes"
+    );
+    assert!(
+        matches!(vm.snapshot(&dir).await, Err(Error::Snapshot(e)) if e.contains("already holds")),
+        "a second snapshot into the same directory is refused"
+    );
+
+    // The original runs on.
+    let t = Instant::now();
+    assert_eq!(read(&vm, "/root/note").await, "before\n");
+    write(&vm, "/root/who", "original\n").await;
+    let original = count_above(&vm, before).await;
+    assert!(original > before, "the original's counter goes on");
+    assert_eq!(read(&vm, "/root/who").await, "original\n");
+    step("the original after the snapshot", t);
+    // Every idle guest costs CPU under nested PVM: the forks run alone.
+    let t = Instant::now();
+    vm.shutdown().await.unwrap();
+    step("the original's shutdown", t);
+
+    // Two forks, from the directory alone (as after a host restart).
+    let t = Instant::now();
+    let snapshot = Snapshot::open(&dir).unwrap();
+    let forks = snapshot
+        .fork(
+            2,
+            RestoreOptions::default().timeout(Duration::from_secs(600)),
+        )
+        .await
+        .unwrap();
+    step("restore x2", t);
+    let mut random = Vec::new();
+    let mut counts = Vec::new();
+    for (i, fork) in forks.iter().enumerate() {
+        let t = Instant::now();
+        assert_eq!(read(fork, "/root/note").await, "before\n", "fork {i}");
+        let c = count(fork).await;
+        assert!(c >= before, "fork {i} starts from the snapshot's count");
+        counts.push(c);
+        write(fork, "/root/who", &format!("fork{i}\n")).await;
+        let bytes = fork
+            .fs()
+            .read_range("/dev/urandom", 0, Some(32))
+            .await
+            .unwrap();
+        assert_eq!(bytes.len(), 32);
+        random.push(bytes);
+        step(&format!("fork {i} file checks"), t);
+    }
+    for (i, fork) in forks.iter().enumerate() {
+        let t = Instant::now();
+        // One process per fork: a restored guest runs new processes.
+        let out = fork.exec("cat", ["/root/note", "/root/who"]).await.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("before\nfork{i}\n"),
+            "fork {i} sees its own write only"
+        );
+        step(&format!("fork {i} exec"), t);
+        let c = count_above(fork, counts[i]).await;
+        assert!(c > counts[i], "fork {i}'s counter goes on");
+    }
+    assert_ne!(random[0], random[1], "each fork has its own random bytes");
+
+    for fork in forks {
+        let t = Instant::now();
+        fork.shutdown().await.unwrap();
+        step("a fork's shutdown", t);
+    }
+
+    // Bad state files are refused before anything starts.
+    let version = altered(&dir, "version", |b| b[8] = b[8].wrapping_add(1));
+    let changed = altered(&dir, "changed", |b| {
+        let last = b.len() - 2;
+        b[last] ^= 0x20;
+    });
+    let truncated = altered(&dir, "truncated", |b| b.truncate(b.len() / 2));
+    for (copy, expected) in [
+        (&version, "state version"),
+        (&changed, "checksum"),
+        (&truncated, "truncated"),
+    ] {
+        let snap = Snapshot::open(copy).unwrap();
+        match Sandbox::restore(&snap, RestoreOptions::default()).await {
+            Err(Error::Snapshot(e)) => assert!(e.contains(expected), "{e}"),
+            Err(other) => panic!("{}: {other}", copy.display()),
+            Ok(_) => panic!("{} was restored", copy.display()),
+        }
+        std::fs::remove_dir_all(copy).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
