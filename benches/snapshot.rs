@@ -44,7 +44,9 @@ fn pss_bytes() -> u64 {
 
 async fn boot(memory_mib: u32) -> Vm {
     Sandbox::builder()
-        .rootfs(Rootfs::ephemeral(images::builtin("minimal").expect("cargo xtask build")))
+        .rootfs(Rootfs::ephemeral(
+            images::builtin("minimal").expect("cargo xtask build"),
+        ))
         .resources(Resources {
             cpus: 1,
             memory_mib,
@@ -145,7 +147,10 @@ async fn main() {
     }
 
     let (b, r) = (median(boot_exec.clone()), median(restore_exec.clone()));
-    println!("snapshot (KVM {:?}, minimal, 1 vCPU, {runs} runs)", sandbox_core::probe_kvm());
+    println!(
+        "snapshot (KVM {:?}, minimal, 1 vCPU, {runs} runs)",
+        sandbox_core::probe_kvm()
+    );
     println!(
         "  snapshot 256 MiB guest   {snap_secs:.2} s; memory file {:.1} MiB, disks {:.1} MiB",
         mib(snap.memory_bytes()),
@@ -161,13 +166,19 @@ async fn main() {
         median(boot_ready.clone()),
         list(&boot_ready)
     );
-    println!("  cold boot -> first exec  median {b:.2} s ({})", list(&boot_exec));
+    println!(
+        "  cold boot -> first exec  median {b:.2} s ({})",
+        list(&boot_exec)
+    );
     println!(
         "  restore -> agent ready   median {:.2} s ({})",
         median(restore_ready.clone()),
         list(&restore_ready)
     );
-    println!("  restore -> first exec    median {r:.2} s ({})", list(&restore_exec));
+    println!(
+        "  restore -> first exec    median {r:.2} s ({})",
+        list(&restore_exec)
+    );
     println!("  boot/restore to first exec: {:.1}x", b / r);
     println!(
         "  10 forks: restored in {fork_secs:.1} s, PSS {:.1} MiB; 10 x one boot's PSS growth {:.1} MiB (estimated)",

@@ -83,11 +83,7 @@ async fn the_kvm_backend_runs_the_whole_stack_and_snapshots() {
     let start = Instant::now();
     // The first failure ends the test; the other flow is dropped with the
     // runtime.
-    tokio::try_join!(
-        tokio::spawn(whole_stack()),
-        tokio::spawn(snapshot::flow())
-    )
-    .unwrap();
+    tokio::try_join!(tokio::spawn(whole_stack()), tokio::spawn(snapshot::flow())).unwrap();
     step("both flows", start);
     // The vCPU threads and the device threads (started for them by the
     // spawner thread when the driver activates a device on the mmio bus)

@@ -26,6 +26,49 @@ pub(crate) enum DeviceRecord {
     Vsock,
     /// virtio-rng.
     Rng,
+    /// virtio-net: the link the guest's kernel was configured with. A
+    /// restore puts a new host stack on the same addresses.
+    Net(NetRecord),
+}
+
+/// The addresses of a guest's link ([`sandbox_net::NetConfig`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct NetRecord {
+    pub guest_ip: std::net::Ipv4Addr,
+    pub gateway_ip: std::net::Ipv4Addr,
+    pub dns_ip: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway_mac: [u8; 6],
+    pub guest_mac: [u8; 6],
+    pub mtu: u16,
+}
+
+impl From<&sandbox_net::NetConfig> for NetRecord {
+    fn from(c: &sandbox_net::NetConfig) -> Self {
+        Self {
+            guest_ip: c.guest_ip,
+            gateway_ip: c.gateway_ip,
+            dns_ip: c.dns_ip,
+            prefix_len: c.prefix_len,
+            gateway_mac: c.gateway_mac,
+            guest_mac: c.guest_mac,
+            mtu: c.mtu,
+        }
+    }
+}
+
+impl From<&NetRecord> for sandbox_net::NetConfig {
+    fn from(r: &NetRecord) -> Self {
+        Self {
+            guest_ip: r.guest_ip,
+            gateway_ip: r.gateway_ip,
+            dns_ip: r.dns_ip,
+            prefix_len: r.prefix_len,
+            gateway_mac: r.gateway_mac,
+            guest_mac: r.guest_mac,
+            mtu: r.mtu,
+        }
+    }
 }
 
 /// What a restore must match: the CPU and the protocol the guest's agent
@@ -84,6 +127,13 @@ pub struct RestoreOptions {
     /// Bytes of guest writes each restored disk keeps in host memory
     /// (past it the guest gets `ENOSPC`).
     pub max_dirty_bytes: u64,
+    /// The host side of the network, required exactly when the snapshot's
+    /// guest had one. Each restored VM gets its own stack with these
+    /// options (policy, connector, limits, extra roots) on the snapshot's
+    /// addresses (`config` is ignored: the guest's kernel keeps the
+    /// addresses it had), a new interception CA, and no flows: a guest TCP
+    /// connection open at the snapshot is reset when it next sends.
+    pub network: Option<sandbox_net::NetworkOptions>,
 }
 
 impl Default for RestoreOptions {
@@ -91,6 +141,7 @@ impl Default for RestoreOptions {
         Self {
             timeout: Duration::from_secs(120),
             max_dirty_bytes: sandbox_rootfs::DEFAULT_MAX_DIRTY_BYTES,
+            network: None,
         }
     }
 }
@@ -99,6 +150,12 @@ impl RestoreOptions {
     /// Sets [`RestoreOptions::timeout`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sets [`RestoreOptions::network`].
+    pub fn network(mut self, network: sandbox_net::NetworkOptions) -> Self {
+        self.network = Some(network);
         self
     }
 }
@@ -187,6 +244,28 @@ impl Snapshot {
         &self.record
     }
 
+    /// Refuses a network for a snapshot without one, and a restore without
+    /// one for a snapshot that has one.
+    fn check_network(&self, opts: &RestoreOptions) -> Result<(), Error> {
+        let has = self
+            .record
+            .devices
+            .iter()
+            .any(|d| matches!(d, DeviceRecord::Net(_)));
+        match (has, opts.network.is_some()) {
+            (true, false) => Err(Error::InvalidConfig(
+                "the snapshot's guest has a network: restore it with RestoreOptions::network(..) \
+                 (its host side, policy included, is not stored in the snapshot)"
+                    .into(),
+            )),
+            (false, true) => Err(Error::InvalidConfig(
+                "the snapshot's guest has no network device: restore it without RestoreOptions::network"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Refuses a restore this host cannot run.
     fn check_host(&self) -> Result<(), Error> {
         let c = &self.record.compat;
@@ -219,8 +298,10 @@ impl Vm {
     /// Writes a snapshot of this guest into `dir` (created; it must not
     /// hold a snapshot already) and returns it. The guest is paused while
     /// its memory, CPU, device and disk state are saved, and then runs on
-    /// (a paused guest stays paused). KVM backend only; guests with a
-    /// network or mounts cannot be snapshotted yet (a clear error says so).
+    /// (a paused guest stays paused). KVM backend only; guests with
+    /// mounts cannot be snapshotted yet (a clear error says so); a guest
+    /// with a network can, and is restored with
+    /// [`RestoreOptions::network`].
     pub async fn snapshot(&self, dir: impl AsRef<Path>) -> Result<Snapshot, Error> {
         let dir = dir.as_ref().to_path_buf();
         if dir.join(RECORD_FILE).exists() {
@@ -271,11 +352,12 @@ impl Sandbox {
     /// wall clock set. Returns when the agent answers.
     pub async fn restore(snapshot: &Snapshot, opts: RestoreOptions) -> Result<Vm, Error> {
         snapshot.check_host()?;
+        snapshot.check_network(&opts)?;
         let started = Instant::now();
         let (events, _) = tokio::sync::broadcast::channel(crate::sandbox::EVENT_BACKLOG);
         let snap = snapshot.clone();
-        let max_dirty = opts.max_dirty_bytes;
-        let machine = tokio::task::spawn_blocking(move || backend::restore_kvm(&snap, max_dirty))
+        let timeout = opts.timeout;
+        let machine = tokio::task::spawn_blocking(move || backend::restore_kvm(&snap, opts))
             .await
             .map_err(|e| snapshot_error(format!("restoring panicked: {e}")))??;
         let record = snapshot.record();
@@ -284,7 +366,7 @@ impl Sandbox {
             BackendKind::Kvm,
             format!("restored from {}", snapshot.dir().display()),
             (record.cwd.clone(), record.run.clone()),
-            (started, opts.timeout),
+            (started, timeout),
             events,
             None,
         )
@@ -300,10 +382,78 @@ impl Sandbox {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
+        let ca = crate::vm::lock(&vm.machine()).network_ca();
         vm.send(sandbox_protocol::HostMsg::Restored {
             entropy,
             unix_time_ns,
+            ca,
         })?;
         Ok(vm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot_with(devices: Vec<DeviceRecord>) -> Snapshot {
+        Snapshot {
+            dir: PathBuf::from("/nonexistent"),
+            record: Record {
+                format: RECORD_FORMAT,
+                memory_mib: 256,
+                cpus: 1,
+                devices,
+                compat: Compat {
+                    profile: "full".into(),
+                    cpu_model: String::new(),
+                    protocol: sandbox_protocol::PROTOCOL_VERSION,
+                    kernel: String::new(),
+                },
+                cwd: "/".into(),
+                run: Default::default(),
+                ram_bytes: 0,
+                memory_bytes: 0,
+                disk_bytes: 0,
+            },
+        }
+    }
+
+    fn deny() -> sandbox_net::NetworkOptions {
+        sandbox_net::NetworkOptions::new(sandbox_net::deny_all())
+    }
+
+    #[test]
+    fn a_link_survives_the_record_and_converts_back() {
+        let config = sandbox_net::NetConfig {
+            guest_ip: std::net::Ipv4Addr::new(10, 9, 8, 7),
+            mtu: 1500,
+            ..Default::default()
+        };
+        let devices = vec![DeviceRecord::Vsock, DeviceRecord::Net((&config).into())];
+        let text = serde_json::to_string(&devices).unwrap();
+        let back: Vec<DeviceRecord> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, devices);
+        let DeviceRecord::Net(link) = &back[1] else {
+            panic!("{back:?}")
+        };
+        assert_eq!(sandbox_net::NetConfig::from(link), config);
+    }
+
+    #[test]
+    fn the_network_option_must_match_the_snapshot() {
+        let link = DeviceRecord::Net((&sandbox_net::NetConfig::default()).into());
+        let with = snapshot_with(vec![DeviceRecord::Vsock, link]);
+        let without = snapshot_with(vec![DeviceRecord::Vsock]);
+        let plain = RestoreOptions::default();
+        let networked = RestoreOptions::default().network(deny());
+        assert!(
+            matches!(with.check_network(&plain), Err(Error::InvalidConfig(e)) if e.contains("RestoreOptions::network(..)"))
+        );
+        assert!(
+            matches!(without.check_network(&networked), Err(Error::InvalidConfig(e)) if e.contains("no network"))
+        );
+        assert!(with.check_network(&networked).is_ok());
+        assert!(without.check_network(&plain).is_ok());
     }
 }

@@ -13,7 +13,6 @@ use crate::process::{Console, Process, Pty};
 use crate::stop::{StopReason, StopReport};
 use crate::{Command, Error, Output};
 
-
 /// Something that happened to a running VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VmEvent {

@@ -1,4 +1,5 @@
-//! Continuing from a snapshot: fresh randomness and the wall clock.
+//! Continuing from a snapshot: fresh randomness, the wall clock and, with a
+//! network, the new host stack's interception CA.
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
@@ -21,9 +22,18 @@ struct RandPoolInfo {
     buf: [u8; MAX_ENTROPY],
 }
 
-/// Mixes `entropy` into the kernel's pool, reseeds its generator, and sets
-/// the wall clock. Failures are logged: the guest goes on either way.
-pub fn apply(entropy: &[u8], unix_time_ns: u64) {
+/// Mixes `entropy` into the kernel's pool, reseeds its generator, sets the
+/// wall clock and installs `ca` in place of the snapshot's CA. Failures
+/// are logged: the guest goes on either way (without the new CA, HTTPS
+/// through interception fails closed: the old CA's key is gone).
+pub fn apply(entropy: &[u8], unix_time_ns: u64, ca: Option<&str>) {
+    if let Some(ca) = ca {
+        if let Err(e) = crate::net::install_ca(ca) {
+            init::log(&format!(
+                "installing the new CA after a restore failed: {e}"
+            ));
+        }
+    }
     if let Err(e) = reseed(entropy) {
         init::log(&format!(
             "reseeding the random generator after a restore failed: {e}"

@@ -193,7 +193,8 @@ fn handle(msg: HostMsg, out: &Out, table: &Table) {
         HostMsg::Restored {
             entropy,
             unix_time_ns,
-        } => crate::restored::apply(&entropy, unix_time_ns),
+            ca,
+        } => crate::restored::apply(&entropy, unix_time_ns, ca.as_deref()),
         HostMsg::Notice { text } => {
             let line: String = text.chars().filter(|c| !c.is_control()).take(512).collect();
             init::log_as("sandbox", &line);

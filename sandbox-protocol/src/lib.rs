@@ -23,7 +23,7 @@ pub use msg::*;
 
 /// Version of this protocol. The guest announces it in [`Hello`]; the host
 /// refuses an agent that speaks another one.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Largest frame body in bytes, checked before allocating.
 pub const MAX_FRAME: usize = 1 << 20;

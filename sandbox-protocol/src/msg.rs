@@ -151,6 +151,10 @@ pub enum HostMsg {
         entropy: Vec<u8>,
         /// The host's time, nanoseconds since the Unix epoch.
         unix_time_ns: u64,
+        /// For a guest with a network: the new host stack's interception
+        /// CA (base64 DER, as in the `sandbox.ca` kernel parameter), which
+        /// replaces the snapshot's in the trust store.
+        ca: Option<String>,
     },
 }
 

@@ -1,10 +1,13 @@
-//! The snapshot flow of tests/kvm.rs: one guest is booted; it writes a file
-//! and starts a detached counter; a snapshot is taken while it runs; two
-//! forks are restored from it. Each fork has the file, a counter that goes
-//! on, writes of its own that the others do not see, and its own random
-//! bytes; the original runs on unaffected (checked before the forks start,
-//! then shut down to spare the CPU). A state file that was changed,
-//! truncated or comes from another version is refused.
+//! The snapshot flow of tests/kvm.rs: one guest with a network is booted;
+//! it writes a file and starts a detached counter; a snapshot is taken
+//! while it runs; two forks are restored from it, each with its own host
+//! network stack. Each fork has the file, a counter that goes on, writes of
+//! its own that the others do not see, its own random bytes, its own
+//! interception CA, and reaches a loopback origin through its own stack;
+//! the original runs on unaffected (checked before the forks start, then
+//! shut down to spare the CPU). A restore without a network, and a state
+//! file that was changed, truncated or comes from another version, are
+//! refused.
 //!
 //! Under nested PVM each guest process start costs seconds to minutes, so
 //! the flow starts almost none: checks go through the file API (one agent
@@ -13,13 +16,17 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use sandbox_core::net::{Conn, NetworkOptions, RoutedConnector};
 use sandbox_core::{
     images, BackendKind, BootOptions, Error, Resources, RestoreOptions, Rootfs, Sandbox, Snapshot,
     Vm,
 };
 
 fn step(name: &str, since: Instant) {
-    eprintln!("[kvm/snapshot] {name}: {:.1} s", since.elapsed().as_secs_f64());
+    eprintln!(
+        "[kvm/snapshot] {name}: {:.1} s",
+        since.elapsed().as_secs_f64()
+    );
 }
 
 /// The counter's current value, read through the file API (its shell
@@ -59,6 +66,22 @@ async fn count_above(vm: &Vm, than: u64) -> u64 {
     }
 }
 
+/// The guest's one grant: raw TCP to `DST` (the forks' script names it),
+/// routed to the loopback origin.
+const DST: &str = "203.0.113.5:8080";
+
+fn network(origin: std::net::SocketAddr) -> NetworkOptions {
+    let dst: std::net::SocketAddr = DST.parse().unwrap();
+    NetworkOptions::new(move |conn: Conn| async move {
+        Ok(if conn.dst() == dst {
+            conn.accept()
+        } else {
+            conn.deny()
+        })
+    })
+    .connector(RoutedConnector::new().route(dst, origin))
+}
+
 /// A copy of the snapshot directory (its big files hard-linked) whose
 /// state file `change` rewrites.
 fn altered(dir: &Path, name: &str, change: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
@@ -81,6 +104,7 @@ fn altered(dir: &Path, name: &str, change: impl FnOnce(&mut Vec<u8>)) -> PathBuf
 }
 
 pub async fn flow() {
+    let origin = sandbox::origin::Origin::start(None).await.unwrap();
     let t = Instant::now();
     let vm = Sandbox::builder()
         .rootfs(Rootfs::ephemeral(images::builtin("minimal").unwrap()))
@@ -89,6 +113,7 @@ pub async fn flow() {
             memory_mib: 256,
         })
         .backend(BackendKind::Kvm)
+        .network(network(origin.addr))
         .build()
         .unwrap()
         .boot(BootOptions::default().timeout(Duration::from_secs(900)))
@@ -152,6 +177,7 @@ pub async fn flow() {
     let original = count_above(&vm, before).await;
     assert!(original > before, "the original's counter goes on");
     assert_eq!(read(&vm, "/root/who").await, "original\n");
+    let mut cas = vec![read(&vm, "/run/sandbox/ca.pem").await];
     step("the original after the snapshot", t);
     // Every idle guest costs CPU under nested PVM: the forks run alone.
     let t = Instant::now();
@@ -161,10 +187,16 @@ pub async fn flow() {
     // Two forks, from the directory alone (as after a host restart).
     let t = Instant::now();
     let snapshot = Snapshot::open(&dir).unwrap();
+    match Sandbox::restore(&snapshot, RestoreOptions::default()).await {
+        Err(Error::InvalidConfig(e)) => assert!(e.contains("RestoreOptions::network"), "{e}"),
+        other => panic!("a restore without a network: {other:?}"),
+    }
     let forks = snapshot
         .fork(
             2,
-            RestoreOptions::default().timeout(Duration::from_secs(600)),
+            RestoreOptions::default()
+                .timeout(Duration::from_secs(600))
+                .network(network(origin.addr)),
         )
         .await
         .unwrap();
@@ -178,6 +210,7 @@ pub async fn flow() {
         assert!(c >= before, "fork {i} starts from the snapshot's count");
         counts.push(c);
         write(fork, "/root/who", &format!("fork{i}\n")).await;
+        cas.push(read(fork, "/run/sandbox/ca.pem").await);
         step(&format!("fork {i} file checks"), t);
     }
     for (i, fork) in forks.iter().enumerate() {
@@ -187,23 +220,45 @@ pub async fn flow() {
             format!("fork{i}\n"),
             "fork {i} sees its own write only"
         );
-        // One process per fork: a restored guest runs new processes, and
-        // its random generator was reseeded (the file API refuses
-        // devices).
-        let out = fork
-            .exec("od", ["-An", "-N32", "-tx1", "/dev/urandom"])
-            .await
-            .unwrap();
-        let hex: String = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .collect();
+        // One exec per fork (bash, od, cat): a restored guest runs new
+        // processes, its random generator was reseeded (the file API
+        // refuses devices), and its network is a new stack of its own.
+        let script = format!(
+            "od -An -N32 -tx1 /dev/urandom; echo; \
+             exec 3<>/dev/tcp/203.0.113.5/8080 && printf 'GET /fork{i} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+        );
+        let out = fork.exec("bash", ["-c", &script]).await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (hex, http) = text.split_once("\n\n").unwrap_or((&text, ""));
+        let hex: String = hex.split_whitespace().collect();
         assert_eq!(hex.len(), 64, "{out:?}");
         random.push(hex);
+        assert!(
+            http.starts_with("HTTP/1.1 200 OK\r\n") && http.ends_with(sandbox::origin::BODY),
+            "fork {i}: {out:?}\n{}",
+            fork.console_tail(30)
+        );
+        let stats = fork.network_stats().unwrap();
+        assert_eq!(stats.flows_accepted, 1, "fork {i}'s own stack: {stats:?}");
         step(&format!("fork {i} exec"), t);
         let c = count_above(fork, counts[i]).await;
         assert!(c > counts[i], "fork {i}'s counter goes on");
     }
     assert_ne!(random[0], random[1], "each fork has its own random bytes");
+    for (i, ca) in cas.iter().enumerate() {
+        assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+        assert_eq!(
+            cas.iter().filter(|c| *c == ca).count(),
+            1,
+            "CA {i} (0: the original, then the forks) is its own"
+        );
+    }
+    let mut requests = origin.requests();
+    requests.sort();
+    assert!(
+        requests[0].starts_with("GET /fork0 ") && requests[1].starts_with("GET /fork1 "),
+        "{requests:?}"
+    );
 
     for fork in forks {
         let t = Instant::now();
@@ -224,7 +279,8 @@ pub async fn flow() {
         (&truncated, "truncated"),
     ] {
         let snap = Snapshot::open(copy).unwrap();
-        match Sandbox::restore(&snap, RestoreOptions::default()).await {
+        let opts = RestoreOptions::default().network(network(origin.addr));
+        match Sandbox::restore(&snap, opts).await {
             Err(Error::Snapshot(e)) => assert!(e.contains(expected), "{e}"),
             Err(other) => panic!("{}: {other}", copy.display()),
             Ok(_) => panic!("{} was restored", copy.display()),

@@ -63,13 +63,8 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
     let (vsock, connector) =
         Vsock::new(GUEST_CID).map_err(|e| Error::Protocol(format!("vsock: {e}")))?;
     let mounts_param = crate::mount::agent_param(&spec.mounts);
-    let no_snapshot = if spec.mounts.is_empty() {
-        spec.network
-            .is_some()
-            .then(|| "the guest has a network (its host stack cannot be saved yet)".to_string())
-    } else {
-        Some("the guest has mounts (host file systems cannot be saved yet)".to_string())
-    };
+    let no_snapshot = (!spec.mounts.is_empty())
+        .then(|| "the guest has mounts (host file systems cannot be saved yet)".to_string());
     for (i, m) in spec.mounts.into_iter().enumerate() {
         match m.served {
             crate::mount::Served::Device(d) => devices.push(Box::new(d)),
@@ -90,11 +85,11 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
         Some(mut opts) => {
             // Our virtio-net device carries standard frames only.
             opts.config.mtu = 1500;
-            let (net, host_end) = Net::new(opts.config.guest_mac)
-                .map_err(|e| Error::Net(format!("creating the virtio-net device: {e}")))?;
-            devices.push(Box::new(net));
+            layout.push(DeviceRecord::Net((&opts.config).into()));
+            let (net, network) = net_device(opts)?;
+            devices.push(net);
             names.push("net".into());
-            Some(Network::start_seqpacket(host_end, opts).map_err(|e| Error::Net(e.to_string()))?)
+            Some(network)
         }
         None => None,
     };
@@ -149,13 +144,28 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
     }))
 }
 
+/// A virtio-net device and the host stack on its other end.
+fn net_device(
+    opts: sandbox_net::NetworkOptions,
+) -> Result<(Box<dyn VirtioDevice>, Network), Error> {
+    let (net, host_end) = Net::new(opts.config.guest_mac)
+        .map_err(|e| Error::Net(format!("creating the virtio-net device: {e}")))?;
+    let network =
+        Network::start_seqpacket(host_end, opts).map_err(|e| Error::Net(e.to_string()))?;
+    Ok((Box::new(net), network))
+}
+
 /// Starts a machine from `snapshot`: each disk an overlay (in memory, up
-/// to `max_dirty_bytes`) over the snapshot's copy, read-only disks the
-/// copy itself, a vsock that resets the guest's old connections.
+/// to `opts.max_dirty_bytes`) over the snapshot's copy, read-only disks
+/// the copy itself, a vsock that resets the guest's old connections, a
+/// new host stack (from `opts.network`) on the snapshot's addresses.
 pub(super) fn restore(
     snapshot: &Snapshot,
-    max_dirty_bytes: u64,
+    opts: crate::RestoreOptions,
 ) -> Result<Box<dyn Machine>, Error> {
+    let max_dirty_bytes = opts.max_dirty_bytes;
+    let mut network_opts = opts.network;
+    let mut network = None;
     let snap_err = |e: sandbox_vmm_kvm::snapshot::SnapshotError| Error::Snapshot(e.to_string());
     let dir = snapshot.dir();
     let state = MachineState::read(&dir.join(STATE_FILE)).map_err(snap_err)?;
@@ -203,6 +213,19 @@ pub(super) fn restore(
                 devices.push(Box::new(Rng::new()));
                 names.push("rng".into());
             }
+            DeviceRecord::Net(link) => {
+                let mut o = network_opts.take().ok_or_else(|| {
+                    Error::InvalidConfig(
+                        "the snapshot's guest has a network: restore it with RestoreOptions::network(..)"
+                            .into(),
+                    )
+                })?;
+                o.config = link.into();
+                let (net, n) = net_device(o)?;
+                devices.push(net);
+                names.push("net".into());
+                network = Some(n);
+            }
         }
     }
     let counters = names
@@ -219,7 +242,7 @@ pub(super) fn restore(
         console: vm.console().clone(),
         vm: Some(vm),
         vsock: connector,
-        network: None,
+        network,
         id: next_id(),
         layout: record.devices.clone(),
         no_snapshot: None,
@@ -318,6 +341,10 @@ impl Machine for KvmMachine {
 
     fn network_stats(&self) -> Option<sandbox_net::Stats> {
         self.network.as_ref().map(Network::stats)
+    }
+
+    fn network_ca(&self) -> Option<String> {
+        self.network.as_ref().map(super::ca_body)
     }
 
     fn device_counters(&self) -> Vec<(String, sandbox_virtio::DeviceCounters)> {

@@ -75,12 +75,17 @@ pub(crate) struct MachineSpec {
 /// The agent's kernel parameters for `network`: the link's addresses and
 /// the interception CA (the base64 body of its PEM, on one line).
 pub(crate) fn network_args(network: &sandbox_net::Network) -> Vec<String> {
-    let pem = network.ca_cert_pem();
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     vec![
         cmdline::param(cmdline::NET, network.config().guest_param()),
-        cmdline::param(cmdline::CA, body),
+        cmdline::param(cmdline::CA, ca_body(network)),
     ]
+}
+
+/// The interception CA as the agent takes it: the base64 body of its PEM,
+/// on one line.
+pub(crate) fn ca_body(network: &sandbox_net::Network) -> String {
+    let pem = network.ca_cert_pem();
+    pem.lines().filter(|l| !l.starts_with("-----")).collect()
 }
 
 /// A started guest as the library sees it.
@@ -102,6 +107,11 @@ pub(crate) trait Machine: Send {
     fn kill(&mut self);
     /// Counters of the guest's network, if it has one.
     fn network_stats(&self) -> Option<sandbox_net::Stats> {
+        None
+    }
+    /// The guest network's interception CA for the agent ([`ca_body`]),
+    /// if the guest has a network.
+    fn network_ca(&self) -> Option<String> {
         None
     }
     /// How the guest stopped, if it has (never blocks). Called before
@@ -191,7 +201,7 @@ pub(crate) fn kvm_profile_name() -> String {
 /// Starts a KVM guest from a snapshot.
 pub(crate) fn restore_kvm(
     snapshot: &crate::Snapshot,
-    max_dirty_bytes: u64,
+    opts: crate::RestoreOptions,
 ) -> Result<Box<dyn Machine>, Error> {
     if let KvmProbe::Missing(why) = probe_kvm() {
         return Err(Error::BackendUnavailable {
@@ -199,7 +209,7 @@ pub(crate) fn restore_kvm(
             reason: format!("/dev/kvm is not usable ({why}): snapshots restore on KVM only"),
         });
     }
-    kvm::restore(snapshot, max_dirty_bytes)
+    kvm::restore(snapshot, opts)
 }
 
 /// Starts a guest on the chosen backend.
