@@ -7,11 +7,7 @@ use crate::Error;
 
 /// The cache directory shared with `cargo xtask`.
 pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SANDBOX_CACHE") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    PathBuf::from(home).join(".cache/sandbox")
+    sandbox_rootfs::cache_dir()
 }
 
 /// Reads `manifest/<name>.json`.

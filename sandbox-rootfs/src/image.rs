@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
+use crate::verified::{self, FileId};
 use crate::RootfsError;
 
 /// Container format of an image file.
@@ -43,16 +43,9 @@ pub struct Image {
     pub run: crate::oci::RunDefaults,
 }
 
-/// Identity of a file as last verified: device, inode, size, mtime.
-type FileId = (u64, u64, u64, i64, i64);
-
-fn file_id(path: &Path) -> io::Result<FileId> {
-    let m = std::fs::metadata(path)?;
-    Ok((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
-}
-
 /// Files whose digest was checked in this process, so each is hashed once
-/// rather than at every boot (a changed file has another identity).
+/// rather than at every boot (a changed file has another identity). Across
+/// processes, verification records do the same (`verified.rs`).
 static VERIFIED: Mutex<Option<HashMap<PathBuf, (FileId, String)>>> = Mutex::new(None);
 
 impl Image {
@@ -120,26 +113,36 @@ impl Image {
         Ok(image)
     }
 
-    /// Checks the file against the recorded size and sha256 digest.
+    /// Checks the file against the recorded size and sha256 digest. A
+    /// file already checked in this process, or recorded as checked by
+    /// another (`<cache>/verified/`, see docs/images.md), is not hashed
+    /// again while its identity (device, inode, size, mtime, ctime) is
+    /// unchanged.
     pub fn verify(&self) -> Result<(), RootfsError> {
         let io_err = |source| RootfsError::Io {
             what: format!("reading image {}", self.path.display()),
             source,
         };
-        let id = file_id(&self.path).map_err(io_err)?;
+        let id = FileId::of(&self.path).map_err(io_err)?;
         let mut cache = VERIFIED.lock().unwrap_or_else(|e| e.into_inner());
         let known = cache.get_or_insert_with(HashMap::new);
         if known.get(&self.path) == Some(&(id, self.sha256.clone())) {
             return Ok(());
         }
+        let records = verified::cache_dir().join("verified");
+        if id.size() == self.size && verified::recorded(&records, &self.path, &self.sha256, &id) {
+            known.insert(self.path.clone(), (id, self.sha256.clone()));
+            return Ok(());
+        }
         let actual = sha256_file(&self.path).map_err(io_err)?;
-        if actual != self.sha256 || id.2 != self.size {
+        if actual != self.sha256 || id.size() != self.size {
             return Err(RootfsError::DigestMismatch {
                 path: self.path.clone(),
                 expected: self.sha256.clone(),
                 actual,
             });
         }
+        verified::record(&records, &self.path, &actual, &id);
         known.insert(self.path.clone(), (id, actual));
         Ok(())
     }

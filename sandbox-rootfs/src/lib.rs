@@ -19,6 +19,7 @@ mod span;
 mod store;
 mod stream;
 mod tmpfile;
+mod verified;
 
 pub use flatten::{flatten, flatten_qcow2, FlatImage, Qcow2Options};
 pub use image::{sha256_file, Image, ImageFormat};
@@ -33,6 +34,7 @@ pub use rootfs::{
 pub use source::{Composed, Source};
 pub use store::{BlockStore, CowDisk, StoreContext};
 pub use stream::{bytes, ImageBytes};
+pub use verified::cache_dir;
 
 use std::io;
 use std::path::PathBuf;
