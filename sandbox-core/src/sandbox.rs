@@ -68,6 +68,22 @@ impl Default for BootOptions {
     }
 }
 
+/// Refuses a hostname the guest kernel or `/etc/hosts` could not take.
+pub(crate) fn check_hostname(h: &str) -> Result<(), Error> {
+    let ok = !h.is_empty()
+        && h.len() <= 64
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !h.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "hostname {h:?} must be 1-64 characters of letters, digits, '-' and '.'"
+        )))
+    }
+}
+
 impl BootOptions {
     /// Guest hostname (default `sandbox`).
     pub fn hostname(mut self, name: impl Into<String>) -> Self {
@@ -99,17 +115,7 @@ impl BootOptions {
     }
 
     fn validate(&self) -> Result<(), Error> {
-        let h = &self.hostname;
-        let ok = !h.is_empty()
-            && h.len() <= 64
-            && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-            && !h.starts_with('-');
-        if !ok {
-            return Err(Error::InvalidConfig(format!(
-                "hostname {h:?} must be 1-64 characters of letters, digits, '-' and '.'"
-            )));
-        }
+        check_hostname(&self.hostname)?;
         if let Some(cwd) = self.cwd.as_ref().filter(|c| !c.starts_with('/')) {
             return Err(Error::InvalidConfig(format!(
                 "cwd {cwd:?} must be an absolute guest path"

@@ -134,6 +134,12 @@ pub struct RestoreOptions {
     /// addresses it had), a new interception CA, and no flows: a guest TCP
     /// connection open at the snapshot is reset when it next sends.
     pub network: Option<sandbox_net::NetworkOptions>,
+    /// A new hostname for the restored guest (the kernel's, `/etc/hostname`
+    /// and `/etc/hosts`); `None` keeps the snapshot's.
+    pub hostname: Option<String>,
+    /// Give the restored guest a new random `/etc/machine-id` (each fork
+    /// its own); `false` keeps the snapshot's.
+    pub new_machine_id: bool,
 }
 
 impl Default for RestoreOptions {
@@ -142,6 +148,8 @@ impl Default for RestoreOptions {
             timeout: Duration::from_secs(120),
             max_dirty_bytes: sandbox_rootfs::DEFAULT_MAX_DIRTY_BYTES,
             network: None,
+            hostname: None,
+            new_machine_id: false,
         }
     }
 }
@@ -158,6 +166,27 @@ impl RestoreOptions {
         self.network = Some(network);
         self
     }
+
+    /// Sets [`RestoreOptions::hostname`] (checked as
+    /// `BootOptions::hostname` is, when the restore starts).
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = Some(name.into());
+        self
+    }
+
+    /// Sets [`RestoreOptions::new_machine_id`].
+    pub fn new_machine_id(mut self) -> Self {
+        self.new_machine_id = true;
+        self
+    }
+}
+
+/// Fills `buf` from the host's random generator.
+fn host_random(buf: &mut [u8]) -> Result<(), Error> {
+    let mut urandom = std::fs::File::open("/dev/urandom")
+        .map_err(|e| snapshot_error(format!("host randomness: {e}")))?;
+    std::io::Read::read_exact(&mut urandom, buf)
+        .map_err(|e| snapshot_error(format!("host randomness: {e}")))
 }
 
 fn snapshot_error(what: impl std::fmt::Display) -> Error {
@@ -353,6 +382,17 @@ impl Sandbox {
     pub async fn restore(snapshot: &Snapshot, opts: RestoreOptions) -> Result<Vm, Error> {
         snapshot.check_host()?;
         snapshot.check_network(&opts)?;
+        if let Some(h) = &opts.hostname {
+            crate::sandbox::check_hostname(h)?;
+        }
+        let hostname = opts.hostname.clone();
+        let machine_id = if opts.new_machine_id {
+            let mut id = [0u8; 16];
+            host_random(&mut id)?;
+            Some(id.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        } else {
+            None
+        };
         let started = Instant::now();
         let (events, _) = tokio::sync::broadcast::channel(crate::sandbox::EVENT_BACKLOG);
         let snap = snapshot.clone();
@@ -372,12 +412,7 @@ impl Sandbox {
         )
         .await?;
         let mut entropy = vec![0u8; 256];
-        std::io::Read::read_exact(
-            &mut std::fs::File::open("/dev/urandom")
-                .map_err(|e| snapshot_error(format!("host randomness: {e}")))?,
-            &mut entropy,
-        )
-        .map_err(|e| snapshot_error(format!("host randomness: {e}")))?;
+        host_random(&mut entropy)?;
         let unix_time_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -387,6 +422,8 @@ impl Sandbox {
             entropy,
             unix_time_ns,
             ca,
+            hostname,
+            machine_id,
         })?;
         Ok(vm)
     }

@@ -194,7 +194,7 @@ fn mount_all() {
     }
 }
 
-fn set_hostname(name: &str) -> io::Result<()> {
+pub fn set_hostname(name: &str) -> io::Result<()> {
     // SAFETY: the pointer and length describe a valid byte buffer.
     let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
     if rc == 0 {

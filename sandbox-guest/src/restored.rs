@@ -22,15 +22,42 @@ struct RandPoolInfo {
     buf: [u8; MAX_ENTROPY],
 }
 
+/// What a restore may give the guest anew.
+pub struct Identity<'a> {
+    pub hostname: Option<&'a str>,
+    pub machine_id: Option<&'a str>,
+}
+
 /// Mixes `entropy` into the kernel's pool, reseeds its generator, sets the
-/// wall clock and installs `ca` in place of the snapshot's CA. Failures
-/// are logged: the guest goes on either way (without the new CA, HTTPS
-/// through interception fails closed: the old CA's key is gone).
-pub fn apply(entropy: &[u8], unix_time_ns: u64, ca: Option<&str>) {
+/// wall clock, installs `ca` in place of the snapshot's CA and applies a
+/// new identity. Failures are logged: the guest goes on either way
+/// (without the new CA, HTTPS through interception fails closed: the old
+/// CA's key is gone).
+pub fn apply(entropy: &[u8], unix_time_ns: u64, ca: Option<&str>, identity: Identity) {
     if let Some(ca) = ca {
         if let Err(e) = crate::net::install_ca(ca) {
             init::log(&format!(
                 "installing the new CA after a restore failed: {e}"
+            ));
+        }
+    }
+    if let Some(name) = identity.hostname {
+        if let Err(e) = init::set_hostname(name).and_then(|()| crate::etc::install_hostname(name)) {
+            init::log(&format!(
+                "setting hostname {name:?} after a restore failed: {e}"
+            ));
+        }
+    }
+    if let Some(id) = identity.machine_id {
+        let valid = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
+        let written = if valid {
+            crate::etc::install_file(std::path::Path::new("/etc/machine-id"), &format!("{id}\n"))
+        } else {
+            Err(std::io::Error::other("not 32 hex digits"))
+        };
+        if let Err(e) = written {
+            init::log(&format!(
+                "writing /etc/machine-id after a restore failed: {e}"
             ));
         }
     }

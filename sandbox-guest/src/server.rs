@@ -194,7 +194,17 @@ fn handle(msg: HostMsg, out: &Out, table: &Table) {
             entropy,
             unix_time_ns,
             ca,
-        } => crate::restored::apply(&entropy, unix_time_ns, ca.as_deref()),
+            hostname,
+            machine_id,
+        } => crate::restored::apply(
+            &entropy,
+            unix_time_ns,
+            ca.as_deref(),
+            crate::restored::Identity {
+                hostname: hostname.as_deref(),
+                machine_id: machine_id.as_deref(),
+            },
+        ),
         HostMsg::Notice { text } => {
             let line: String = text.chars().filter(|c| !c.is_control()).take(512).collect();
             init::log_as("sandbox", &line);

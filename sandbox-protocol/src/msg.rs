@@ -155,6 +155,10 @@ pub enum HostMsg {
         /// CA (base64 DER, as in the `sandbox.ca` kernel parameter), which
         /// replaces the snapshot's in the trust store.
         ca: Option<String>,
+        /// A new hostname (kernel, `/etc/hostname`, `/etc/hosts`).
+        hostname: Option<String>,
+        /// A new `/etc/machine-id` (32 lowercase hex digits).
+        machine_id: Option<String>,
     },
 }
 

@@ -3,7 +3,8 @@
 //! while it runs; two forks are restored from it, each with its own host
 //! network stack. Each fork has the file, a counter that goes on, writes of
 //! its own that the others do not see, its own random bytes, its own
-//! interception CA, and reaches a loopback origin through its own stack;
+//! interception CA and machine-id, the hostname the restore gave it, and
+//! reaches a loopback origin through its own stack;
 //! the original runs on unaffected (checked before the forks start, then
 //! shut down to spare the CPU). A restore without a network, and a state
 //! file that was changed, truncated or comes from another version, are
@@ -196,13 +197,16 @@ pub async fn flow() {
             2,
             RestoreOptions::default()
                 .timeout(Duration::from_secs(600))
-                .network(network(origin.addr)),
+                .network(network(origin.addr))
+                .hostname("forked")
+                .new_machine_id(),
         )
         .await
         .unwrap();
     step("restore x2", t);
     let mut random = Vec::new();
     let mut counts = Vec::new();
+    let mut machine_ids = Vec::new();
     for (i, fork) in forks.iter().enumerate() {
         let t = Instant::now();
         assert_eq!(read(fork, "/root/note").await, "before\n", "fork {i}");
@@ -211,6 +215,13 @@ pub async fn flow() {
         counts.push(c);
         write(fork, "/root/who", &format!("fork{i}\n")).await;
         cas.push(read(fork, "/run/sandbox/ca.pem").await);
+        assert_eq!(read(fork, "/etc/hostname").await, "forked\n", "fork {i}");
+        let id = read(fork, "/etc/machine-id").await;
+        assert!(
+            id.len() == 33 && id[..32].bytes().all(|b| b.is_ascii_hexdigit()),
+            "fork {i}: {id:?}"
+        );
+        machine_ids.push(id);
         step(&format!("fork {i} file checks"), t);
     }
     for (i, fork) in forks.iter().enumerate() {
@@ -224,12 +235,14 @@ pub async fn flow() {
         // processes, its random generator was reseeded (the file API
         // refuses devices), and its network is a new stack of its own.
         let script = format!(
-            "od -An -N32 -tx1 /dev/urandom; echo; \
+            "echo $HOSTNAME; od -An -N32 -tx1 /dev/urandom; echo; \
              exec 3<>/dev/tcp/203.0.113.5/8080 && printf 'GET /fork{i} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
         );
         let out = fork.exec("bash", ["-c", &script]).await.unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (hex, http) = text.split_once("\n\n").unwrap_or((&text, ""));
+        let (name, rest) = text.split_once('\n').unwrap_or((&text, ""));
+        assert_eq!(name, "forked", "the kernel's hostname (bash's $HOSTNAME)");
+        let (hex, http) = rest.split_once("\n\n").unwrap_or((rest, ""));
         let hex: String = hex.split_whitespace().collect();
         assert_eq!(hex.len(), 64, "{out:?}");
         random.push(hex);
@@ -245,6 +258,10 @@ pub async fn flow() {
         assert!(c > counts[i], "fork {i}'s counter goes on");
     }
     assert_ne!(random[0], random[1], "each fork has its own random bytes");
+    assert_ne!(
+        machine_ids[0], machine_ids[1],
+        "each fork has its own machine-id"
+    );
     for (i, ca) in cas.iter().enumerate() {
         assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
         assert_eq!(

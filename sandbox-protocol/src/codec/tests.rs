@@ -33,6 +33,31 @@ fn round_trip_through_the_incremental_decoder_byte_by_byte() {
 }
 
 #[test]
+fn restored_round_trips_with_and_without_its_options() {
+    for msg in [
+        HostMsg::Restored {
+            entropy: vec![7; 256],
+            unix_time_ns: 1_764_000_000_000_000_000,
+            ca: Some("TUlJQg==".into()),
+            hostname: Some("forked".into()),
+            machine_id: Some("0123456789abcdef0123456789abcdef".into()),
+        },
+        HostMsg::Restored {
+            entropy: Vec::new(),
+            unix_time_ns: 0,
+            ca: None,
+            hostname: None,
+            machine_id: None,
+        },
+    ] {
+        let wire = encode(&msg).unwrap();
+        let mut dec = FrameDecoder::new();
+        dec.push(&wire);
+        assert_eq!(dec.decode_next::<HostMsg>().unwrap(), Some(msg));
+    }
+}
+
+#[test]
 fn oversized_length_is_rejected_before_the_body_arrives() {
     let mut dec = FrameDecoder::new();
     dec.push(&((MAX_FRAME as u32) + 1).to_le_bytes());
