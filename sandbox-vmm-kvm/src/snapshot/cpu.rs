@@ -154,3 +154,107 @@ impl VcpuState {
             .map_err(kvm("KVM_SET_VCPU_EVENTS"))
     }
 }
+
+/// CPUID registers that list instruction-set features, as (function,
+/// index, register name, register).
+fn feature_words(e: &kvm_cpuid_entry2) -> Vec<(&'static str, u32)> {
+    match (e.function, e.index) {
+        (1, _) => vec![("ecx", e.ecx), ("edx", e.edx)],
+        (7, 0) => vec![("ebx", e.ebx), ("ecx", e.ecx), ("edx", e.edx)],
+        (7, 1) => vec![("eax", e.eax)],
+        (0xd, 1) => vec![("eax", e.eax)],
+        (0x8000_0001, _) => vec![("ecx", e.ecx), ("edx", e.edx)],
+        _ => Vec::new(),
+    }
+}
+
+/// Bits the VMM or KVM sets at run time whatever the host reports (KVM
+/// mirrors control-register state into CPUID): leaf 1 ECX MONITOR (3,
+/// MISC_ENABLE), OSXSAVE (27, CR4.OSXSAVE) and the hypervisor bit (31, set
+/// by `cpuid::filter`); leaf 7.0 ECX OSPKE (4, CR4.PKE).
+fn soft_bits(function: u32, index: u32, register: &str) -> u32 {
+    match (function, index, register) {
+        (1, _, "ecx") => (1 << 3) | (1 << 27) | (1 << 31),
+        (7, 0, "ecx") => 1 << 4,
+        _ => 0,
+    }
+}
+
+/// Checks that every instruction-set feature the snapshotted guest was
+/// shown is available on this host: a guest that chose code paths by
+/// CPUID would otherwise fault on the first instruction this CPU lacks,
+/// long after the restore. Returns what is missing.
+pub fn check_cpuid(
+    saved: &[kvm_cpuid_entry2],
+    supported: &[kvm_cpuid_entry2],
+) -> Result<(), String> {
+    let mut missing = Vec::new();
+    for s in saved {
+        let words = feature_words(s);
+        if words.is_empty() {
+            continue;
+        }
+        let host = supported
+            .iter()
+            .find(|h| h.function == s.function && (h.index == s.index || s.function == 1));
+        let host_words = host.map(feature_words).unwrap_or_default();
+        for (name, bits) in words {
+            let have = host_words
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(0, |(_, b)| *b);
+            let lacking = bits & !have & !soft_bits(s.function, s.index, name);
+            if lacking != 0 {
+                missing.push(format!(
+                    "leaf {:#x}.{} {name} bits {lacking:#010x}",
+                    s.function, s.index
+                ));
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "this host's CPU lacks features the snapshotted guest uses ({}): restore it on a host with the same CPU",
+            missing.join(", ")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod cpuid_tests {
+    use super::*;
+
+    fn leaf(function: u32, index: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_subset_of_the_host_features_restores() {
+        let host = [leaf(1, 0, 0, 0b1011, 0xff), leaf(7, 0, 0b111, 0, 0)];
+        let saved = [
+            leaf(1, 0, 0x0100_0000, 0b0011 | (1 << 31), 0x0f),
+            leaf(7, 0, 0b101, 0, 0),
+            leaf(0x4000_0000, 0, 1, 2, 3), // not a feature leaf
+        ];
+        assert_eq!(check_cpuid(&saved, &host), Ok(()));
+    }
+
+    #[test]
+    fn a_feature_the_host_lacks_is_named() {
+        let host = [leaf(1, 0, 0, 0b0011, 0xff), leaf(7, 0, 0b001, 0, 0)];
+        let saved = [leaf(1, 0, 0, 0b0011, 0xff), leaf(7, 0, 0b101, 0, 0)];
+        let e = check_cpuid(&saved, &host).unwrap_err();
+        assert!(e.contains("leaf 0x7.0 ebx bits 0x00000004"), "{e}");
+        let no_leaf = check_cpuid(&[leaf(0x8000_0001, 0, 0, 1, 0)], &host).unwrap_err();
+        assert!(no_leaf.contains("leaf 0x80000001.0 ecx"), "{no_leaf}");
+    }
+}
