@@ -375,14 +375,6 @@ impl KvmVm {
                 source,
             })?;
         let base = Base::new(mem)?;
-        let supported = base
-            .kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
-        for saved in &state.vcpus {
-            crate::snapshot::cpu::check_cpuid(&saved.cpuid, supported.as_slice())
-                .map_err(SnapshotError::Incompatible)?;
-        }
         state.vm.restore(&base.vm)?;
         let mut vcpus = Vec::new();
         for saved in &state.vcpus {

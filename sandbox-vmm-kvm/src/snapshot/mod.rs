@@ -49,9 +49,6 @@ pub enum SnapshotError {
         /// The file's version.
         found: u32,
     },
-    /// The snapshot needs CPU features this host lacks.
-    #[error("{0}")]
-    Incompatible(String),
     /// Saving or loading KVM state failed.
     #[error(transparent)]
     Kvm(#[from] KvmError),
