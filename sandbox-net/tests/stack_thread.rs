@@ -6,6 +6,7 @@
 mod support;
 
 use std::net::{SocketAddr, SocketAddrV4};
+use std::time::Duration;
 
 use sandbox_net::{Conn, DirectConnector, Limits};
 use support::guest::{get, resolve, start, T};
@@ -62,6 +63,13 @@ async fn the_stack_runs_confined_on_its_own_thread_and_ends_with_the_network() {
     assert!(g.connect(refused, T).await.is_err());
     assert_eq!(sandbox_thread::seccomp::violations(), vec![]);
     drop(net);
+    // The drop joins the thread; the kernel wakes the joiner (clearing
+    // the thread id) in the exiting thread's exit path, a moment before
+    // its /proc/self/task entry goes away: allow that moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !stack_threads().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(
         stack_threads(),
         vec![],
