@@ -131,7 +131,20 @@ impl Machine for UmlMachine {
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> bool {
-        self.0.wait_timeout(timeout).is_some()
+        // A teardown stuck after the kernel's power-down point counts as
+        // powered off: the guest's disks were synced before it.
+        match self.0.wait_power_off(timeout) {
+            sandbox_vmm_uml::PowerOff::Exited => true,
+            sandbox_vmm_uml::PowerOff::TeardownStuck => {
+                log::warn!(
+                    "the UML kernel passed its power-down point but its teardown did not end \
+                     within {:?}; killing it",
+                    sandbox_vmm_uml::TEARDOWN_GRACE
+                );
+                true
+            }
+            sandbox_vmm_uml::PowerOff::TimedOut => false,
+        }
     }
 
     fn kill(&mut self) {
