@@ -25,6 +25,23 @@ pub const PACKAGES: &[&str] = &[
     "qemu-system-x86",
 ];
 
+/// The subset the quickstart needs: the UML kernel, the agent and the
+/// `minimal` image (no QEMU, no debootstrap).
+pub const QUICKSTART_PACKAGES: &[&str] = &[
+    "linux-source-6.12",
+    "build-essential",
+    "flex",
+    "bison",
+    "bc",
+    "libelf-dev",
+    "libssl-dev",
+    "patch",
+    "xz-utils",
+    "e2fsprogs",
+    "busybox-static",
+    "bash-static",
+];
+
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])

@@ -41,9 +41,27 @@ fn cargo(args: &[&str]) -> Result<()> {
     }
 }
 
-/// Installs, builds, runs the quickstart example.
+/// Builds only what the quickstart example boots: the UML kernel, the
+/// agent and `minimal` (cached). The x86_64 kernel and the Debian images
+/// come with `cargo xtask build`, which the examples, benches and tests that
+/// need them run on demand (`sandbox::ensure_artifacts`).
+pub fn build_quickstart(rebuild: bool) -> Result<()> {
+    deps::ensure_packages(deps::QUICKSTART_PACKAGES)?;
+    cache::make_private()?;
+    kernel::build(Flavor::Uml, rebuild)?;
+    let agent = image::build_agent()?;
+    image::build_minimal(&agent, rebuild)?;
+    step(&format!(
+        "quickstart artifacts ready in {} (`cargo xtask build` adds the x86_64 kernel and the \
+         Debian images)",
+        cache::root().display()
+    ));
+    Ok(())
+}
+
+/// Installs and builds what the quickstart needs, runs the example.
 pub fn quickstart(rebuild: bool) -> Result<()> {
-    build(rebuild)?;
+    build_quickstart(rebuild)?;
     cargo(&["run", "--release", "--example", "quickstart"])
 }
 

@@ -3,12 +3,13 @@
 //! a hash of their inputs, and runs the project's set-up and CI flows.
 //!
 //! ```text
-//! cargo xtask quickstart        install what is missing, build, run the example
+//! cargo xtask quickstart        install and build what the example needs, run it
 //! cargo xtask ci                the same set-up, then fmt, clippy, hygiene, fuzz, tests
 //! cargo xtask hygiene           unused dependencies, build with the declared rust-version
 //! cargo xtask fuzz [--minutes N] every fuzz target for 20 s (or N minutes) each
 //! cargo xtask soak [--cycles N]  VM cycles (default 50), failing on host resource growth
 //! cargo xtask build [--rebuild] build every artifact
+//! cargo xtask build-quickstart  build only the UML kernel, the agent and `minimal`
 //! cargo xtask deps              install (or print) the system packages needed
 //! ```
 
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
     let rebuild = args.iter().any(|a| a == "--rebuild");
     let result = match args.first().map(String::as_str) {
         Some("build") => flows::build(rebuild),
+        Some("build-quickstart") => flows::build_quickstart(rebuild),
         Some("deps") => deps::ensure(),
         Some("kernel") => match args.get(1).map(String::as_str) {
             Some(name) => {
@@ -48,7 +50,7 @@ fn main() -> ExitCode {
             .and_then(|n| flows::soak(n.unwrap_or(flows::CI_SOAK_CYCLES))),
         _ => {
             eprintln!(
-                "usage: cargo xtask <quickstart|ci|build|deps|kernel <uml|x86_64>|image|fuzz [--minutes N]|hygiene|soak [--cycles N]|peers> [--rebuild]"
+                "usage: cargo xtask <quickstart|ci|build|build-quickstart|deps|kernel <uml|x86_64>|image|fuzz [--minutes N]|hygiene|soak [--cycles N]|peers> [--rebuild]"
             );
             return ExitCode::from(2);
         }
