@@ -194,6 +194,7 @@ fn main() {
             return;
         }
     };
+    sandbox::ensure_artifacts().expect("the x86_64 kernel");
     let runs: usize = std::env::var("SANDBOX_KVM_BOOT_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())

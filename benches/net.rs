@@ -238,7 +238,10 @@ async fn real_guest_download(origin: SocketAddr) -> Option<(f64, f64)> {
     let policy =
         move |c: CoreConn| async move { Ok(if c.dst() == dst { c.accept() } else { c.deny() }) };
     let sandbox = Sandbox::builder()
-        .rootfs(Rootfs::ephemeral(images::builtin("debian:12").ok()?))
+        .rootfs(Rootfs::ephemeral({
+            sandbox::ensure_artifacts().ok()?;
+            images::builtin("debian:12").ok()?
+        }))
         .backend(sandbox::backend())
         .network(CoreOptions::new(policy).connector(CoreRoutes::new().route(dst, origin)))
         .build()

@@ -95,6 +95,7 @@ async fn main() {
         eprintln!("snapshot: /dev/kvm is not usable ({why}); nothing to measure");
         return;
     }
+    sandbox::ensure_artifacts().expect("the x86_64 kernel");
     let runs: usize = std::env::var("SANDBOX_SNAPSHOT_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())

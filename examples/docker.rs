@@ -36,6 +36,9 @@ fn step(what: &str, since: Instant) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // The repository's harness: builds the Debian images on the first run
+    // after `cargo xtask quickstart`, which leaves them out.
+    sandbox::ensure_artifacts()?;
     let image = images::builtin("debian:12-docker")?;
     let sandbox = Sandbox::builder()
         .rootfs(Rootfs::ephemeral(image))

@@ -19,6 +19,9 @@ use sandbox_core::{images, BootOptions, Rootfs, Sandbox};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The repository's harness: builds the Debian images on the first run
+    // after `cargo xtask quickstart`, which leaves them out.
+    sandbox::ensure_artifacts()?;
     let api = Origin::start(Some("api.example.test")).await?;
     let other = Origin::start(Some("other.example.test")).await?;
     let api_ip: IpAddr = "203.0.113.10".parse()?;

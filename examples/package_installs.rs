@@ -63,6 +63,9 @@ async fn used_kib(vm: &Vm) -> u64 {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The repository's harness: builds the Debian images on the first run
+    // after `cargo xtask quickstart`, which leaves them out.
+    sandbox::ensure_artifacts()?;
     let policy = |conn: Conn| async move {
         if let Some(dns) = conn.match_dns() {
             return Ok(dns.accept_host_resolvers());

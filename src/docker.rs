@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sandbox_core::{images, BootOptions, Resources, Rootfs, Sandbox, Vm};
+use sandbox_core::{BootOptions, Resources, Rootfs, Sandbox, Vm};
 
 /// Where Debian's busybox-static puts the binary (`cargo xtask deps`
 /// installs it).
@@ -33,9 +33,7 @@ CMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n";
 /// one CPU and 1 GiB (dockerd wants more than the default 256 MiB).
 pub async fn boot_ephemeral(options: BootOptions) -> Vm {
     Sandbox::builder()
-        .rootfs(Rootfs::ephemeral(
-            images::builtin("debian:12-docker").unwrap(),
-        ))
+        .rootfs(Rootfs::ephemeral(crate::builtin("debian:12-docker")))
         .resources(Resources {
             cpus: 1,
             memory_mib: 1024,

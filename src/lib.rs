@@ -4,8 +4,11 @@
 //! and inspects the host for leftovers.
 
 pub mod docker;
+pub mod ensure;
 pub mod oci_fixture;
 pub mod origin;
+
+pub use ensure::{builtin, ensure_artifacts};
 
 use sandbox_core::{images, BackendKind, BootOptions, Error, Rootfs, Sandbox, Vm};
 
@@ -33,7 +36,11 @@ pub fn skip(test: &str, why: &str) {
 pub fn backend() -> BackendKind {
     match std::env::var("SANDBOX_BACKEND").as_deref() {
         Ok("uml") => BackendKind::Uml,
-        Ok("kvm") => BackendKind::Kvm,
+        Ok("kvm") => {
+            // The x86_64 kernel is not part of the quickstart's build.
+            ensure_artifacts().expect("the x86_64 kernel");
+            BackendKind::Kvm
+        }
         _ => BackendKind::Auto,
     }
 }

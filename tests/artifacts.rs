@@ -11,6 +11,7 @@ fn cache() -> PathBuf {
 }
 
 fn manifest(name: &str) -> serde_json::Value {
+    sandbox::ensure_artifacts().expect("building what the quickstart left out");
     let path = cache().join("manifest").join(format!("{name}.json"));
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask build`", path.display()));

@@ -1,10 +1,10 @@
 //! The built-in `debian:12` image boots and has the tools agents expect.
 
-use sandbox_core::{images, BootOptions, FactSource, Rootfs, Sandbox};
+use sandbox_core::{BootOptions, FactSource, Rootfs, Sandbox};
 
 #[tokio::test]
 async fn debian_12_boots_with_its_tools() {
-    let image = images::builtin("debian:12").unwrap();
+    let image = sandbox::builtin("debian:12");
     assert_eq!(
         image.facts.get("package_manager").map(String::as_str),
         Some("apt")

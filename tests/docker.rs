@@ -12,7 +12,7 @@ use sandbox::origin::{Origin, BODY};
 use sandbox_core::docker::Dockerd;
 use sandbox_core::fs::WriteOptions;
 use sandbox_core::net::{Conn, HttpRequest, NetworkOptions, RoutedConnector};
-use sandbox_core::{images, BootOptions, Resources, Rootfs, Sandbox, Vm, VmEvent};
+use sandbox_core::{BootOptions, Resources, Rootfs, Sandbox, Vm, VmEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Docker wants more than the default 256 MiB.
@@ -48,7 +48,7 @@ async fn boot(rootfs: Rootfs, network: Option<NetworkOptions>) -> Vm {
 }
 
 fn image() -> sandbox_core::Image {
-    images::builtin("debian:12-docker").unwrap()
+    sandbox::builtin("debian:12-docker")
 }
 
 /// Runs a bash script; returns (code, stdout, stderr).

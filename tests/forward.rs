@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sandbox_core::fs::WriteOptions;
-use sandbox_core::{images, BootOptions, ForwardOptions, Rootfs, Sandbox, Vm};
+use sandbox_core::{BootOptions, ForwardOptions, Rootfs, Sandbox, Vm};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -89,7 +89,7 @@ fn loopback() -> SocketAddr {
 /// Boots `debian:12` without a network and starts the servers.
 async fn boot() -> (Vm, sandbox_core::Process) {
     let sandbox = Sandbox::builder()
-        .rootfs(Rootfs::ephemeral(images::builtin("debian:12").unwrap()))
+        .rootfs(Rootfs::ephemeral(sandbox::builtin("debian:12")))
         .backend(sandbox::backend())
         .build()
         .unwrap();

@@ -133,7 +133,7 @@ async fn an_oci_layout_imports_boots_and_keeps_layer_semantics() {
     // xattrs: the image's busybox has no getfattr, so the image is read
     // as a data disk of a debian:12 guest, with python's os.getxattr.
     let reader = Sandbox::builder()
-        .image(images::builtin("debian:12").unwrap())
+        .image(sandbox::builtin("debian:12"))
         .disk(sandbox_core::Rootfs::read_only(image.clone()))
         .backend(sandbox::backend())
         .build()

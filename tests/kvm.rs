@@ -79,6 +79,7 @@ async fn the_kvm_backend_runs_the_whole_stack_and_snapshots() {
         );
         return;
     }
+    sandbox::ensure_artifacts().expect("the x86_64 kernel");
     let fds_before = open_fds();
     let start = Instant::now();
     // The first failure ends the test; the other flow is dropped with the

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use sandbox::docker::busybox_rootfs_tar;
 use sandbox_core::docker::Dockerd;
 use sandbox_core::fs::WriteOptions;
-use sandbox_core::{images, BackendKind, BootOptions, KvmProbe, Resources, Rootfs, Sandbox};
+use sandbox_core::{BackendKind, BootOptions, KvmProbe, Resources, Rootfs, Sandbox};
 
 const NAME: &str = "kvm_docker::docker_runs_a_container_on_the_kvm_backend";
 
@@ -34,9 +34,7 @@ async fn docker_runs_a_container_on_the_kvm_backend() {
     }
     let start = Instant::now();
     let vm = Sandbox::builder()
-        .rootfs(Rootfs::ephemeral(
-            images::builtin("debian:12-docker").unwrap(),
-        ))
+        .rootfs(Rootfs::ephemeral(sandbox::builtin("debian:12-docker")))
         .resources(Resources {
             cpus: 2,
             memory_mib: 1024,

@@ -21,7 +21,7 @@ fn inject(req: &mut HttpRequest) {
 
 async fn boot(opts: NetworkOptions) -> Vm {
     let sandbox = Sandbox::builder()
-        .rootfs(Rootfs::ephemeral(images::builtin("debian:12").unwrap()))
+        .rootfs(Rootfs::ephemeral(sandbox::builtin("debian:12")))
         .backend(sandbox::backend())
         .network(opts)
         .build()
