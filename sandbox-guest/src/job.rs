@@ -1,19 +1,20 @@
-//! One requested process from start to exit report: its stdin writer, its
-//! output pumps (each gated by the host's credit window) and its waiter.
+//! Starting a requested process: its entry in the request table, its
+//! stdin writer (a thread started by the first chunk), and the hand-over of
+//! its output and exit to the multiplexer (`mux`).
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use sandbox_protocol::{GuestMsg, Spawn, Stream, INITIAL_WINDOW, MAX_CHUNK};
 
-use crate::process;
-use crate::reaper::{self, Status};
-use crate::server::{lock, stream_index, Entry, Out, Table};
+use crate::server::{lock, stream_index, Entry, Input, Out, Table};
 use crate::window::Window;
+use crate::{mux, process, reaper};
 
 /// How long output is still collected after a process exits, for descendants
 /// that keep its pipes open (`sandbox.output_grace_ms=` on the kernel
@@ -27,29 +28,21 @@ pub fn set_output_grace(ms: Option<u64>) {
     let _ = OUTPUT_GRACE.set(ms.map_or(DEFAULT_OUTPUT_GRACE, Duration::from_millis));
 }
 
-/// How long an aborted process's output is still drained after it died:
-/// enough for what it wrote before the kill, not for descendants.
-const ABORT_DRAIN: Duration = Duration::from_millis(50);
-
-/// What the waiter of a process hears about after the exit.
-pub enum Wake {
-    /// One output pump reached end of file.
-    PumpDone,
-    /// The host aborted the request: report without the grace.
-    Aborted,
-}
-
 fn output_grace() -> Duration {
     *OUTPUT_GRACE.get().unwrap_or(&DEFAULT_OUTPUT_GRACE)
 }
 
-/// Starts request `id` and reports `Started` or `SpawnFailed`.
+/// Starts request `id` and reports `Started` or `SpawnFailed`; the output
+/// multiplexer forwards its output and reports its exit.
 pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
-    let mut started = match reaper::get().spawn(|| {
-        let s = process::start(&spawn)?;
-        let pid = s.pid;
-        Ok::<_, io::Error>((s, pid))
-    }) {
+    let started = mux::start().and_then(|()| {
+        reaper::get().spawn(|| {
+            let s = process::start(&spawn)?;
+            let pid = s.pid;
+            Ok::<_, io::Error>((s, pid))
+        })
+    });
+    let mut started = match started {
         Ok(s) => s,
         Err(e) => {
             let (errno, message) = spawn_error(&spawn, &e);
@@ -59,28 +52,33 @@ pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
     };
     let pid = started.pid;
     let windows = [
-        Arc::new(Window::new(INITIAL_WINDOW)),
-        Arc::new(Window::new(INITIAL_WINDOW)),
+        Arc::new(Window::waking(INITIAL_WINDOW, mux::wake)),
+        Arc::new(Window::waking(INITIAL_WINDOW, mux::wake)),
     ];
+    let output = |stream, file, own| mux::Output {
+        stream,
+        file,
+        window: windows[stream_index(stream)].clone(),
+        own,
+    };
     // Output pipes (or the pty master) and the stdin writer.
-    let mut outputs: Vec<(Stream, Box<dyn Read + Send>)> = Vec::new();
+    let mut outputs = Vec::new();
     let mut stdin: Option<Box<dyn Write + Send>> = None;
     let mut pty = None;
     if let Some(master) = started.pty.take() {
-        let (reader, writer, resizer) = (dup(&master), dup(&master), master);
-        if let (Some(r), Some(w)) = (reader, writer) {
-            outputs.push((Stream::Stdout, Box::new(r)));
+        if let (Ok(r), Ok(w)) = (master.try_clone(), master.try_clone()) {
+            outputs.push(output(Stream::Stdout, r, false));
             stdin = Some(Box::new(w));
         }
-        pty = Some(resizer);
+        pty = Some(master);
     } else {
         if let Some(s) = started.child.stdout.take() {
             grow_pipe(&s);
-            outputs.push((Stream::Stdout, Box::new(s)));
+            outputs.push(output(Stream::Stdout, File::from(OwnedFd::from(s)), true));
         }
         if let Some(s) = started.child.stderr.take() {
             grow_pipe(&s);
-            outputs.push((Stream::Stderr, Box::new(s)));
+            outputs.push(output(Stream::Stderr, File::from(OwnedFd::from(s)), true));
         }
         stdin = started
             .child
@@ -88,16 +86,19 @@ pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
             .take()
             .map(|s| Box::new(s) as Box<dyn Write + Send>);
     }
-    let stdin = stdin.map(|w| stdin_thread(id, w, out.clone()));
-    let (done_tx, done_rx) = mpsc::channel::<Wake>();
+    let abort = mux::Abort::default();
     lock(table).insert(
         id,
         Entry {
             pid: Some(pid),
-            stdin,
+            stdin: stdin.map(|pipe| Input::Idle {
+                id,
+                pipe,
+                out: out.clone(),
+            }),
             windows: windows.clone(),
             pty,
-            abort: Some(done_tx.clone()),
+            abort: Some(abort.clone()),
             socket: None,
         },
     );
@@ -105,45 +106,15 @@ pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
         id,
         pid: pid as u32,
     });
-    // Output is forwarded while `open` is true; the exit report closes it.
-    let open = Arc::new(Mutex::new(true));
-    let pumps = outputs.len();
-    for (stream, reader) in outputs {
-        let window = windows[stream_index(stream)].clone();
-        pump(id, stream, reader, window, out, &open, done_tx.clone());
-    }
-    drop(done_tx);
-    let out = out.clone();
-    let table = table.clone();
-    let _ = std::thread::Builder::new()
-        .name(format!("wait-{id}"))
-        .spawn(move || {
-            let status = reaper::get().wait(pid);
-            let mut deadline = Instant::now() + output_grace();
-            let mut open_pumps = pumps;
-            while open_pumps > 0 {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match done_rx.recv_timeout(left) {
-                    Ok(Wake::PumpDone) => open_pumps -= 1,
-                    Ok(Wake::Aborted) => {
-                        deadline = deadline.min(Instant::now() + ABORT_DRAIN);
-                    }
-                    Err(_) => break,
-                }
-            }
-            let mut open = lock(&open);
-            *open = false;
-            if let Some(e) = lock(&table).remove(&id) {
-                for w in &e.windows {
-                    w.close();
-                }
-            }
-            let (code, signal) = match status {
-                Status::Code(c) => (Some(c), None),
-                Status::Signal(s) => (None, Some(s)),
-            };
-            let _ = out.send(GuestMsg::Exited { id, code, signal });
-        });
+    mux::add(mux::Job {
+        id,
+        pid,
+        outputs,
+        out: out.clone(),
+        table: table.clone(),
+        abort,
+        grace: output_grace(),
+    });
 }
 
 /// The errno and message of a failed spawn. A missing working directory
@@ -175,53 +146,8 @@ fn grow_pipe(pipe: &impl std::os::fd::AsRawFd) {
     unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
 }
 
-fn dup(f: &File) -> Option<File> {
-    f.try_clone().ok()
-}
-
-/// Forwards one output stream, never more than the host's credit allows:
-/// past that the pump stops reading and the process blocks on a full pipe.
-fn pump(
-    id: u32,
-    stream: Stream,
-    mut reader: Box<dyn Read + Send>,
-    window: Arc<Window>,
-    out: &Out,
-    open: &Arc<Mutex<bool>>,
-    done: Sender<Wake>,
-) {
-    let out = out.clone();
-    let open = open.clone();
-    let _ = std::thread::Builder::new()
-        .name(format!("out-{id}"))
-        .spawn(move || {
-            let mut buf = vec![0u8; MAX_CHUNK];
-            while let Some(credit) = window.wait() {
-                let max = (credit as usize).min(MAX_CHUNK);
-                let n = match reader.read(&mut buf[..max]) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    // A pty master reads EIO once the terminal's last user is gone.
-                    Err(_) => break,
-                };
-                let open = lock(&open);
-                if !*open {
-                    break;
-                }
-                window.consume(n);
-                let _ = out.send(GuestMsg::Output {
-                    id,
-                    stream,
-                    data: buf[..n].to_vec(),
-                });
-            }
-            let _ = done.send(Wake::PumpDone);
-        });
-}
-
 /// Writes host stdin chunks into the process and returns credit for each.
-fn stdin_thread(id: u32, mut stdin: Box<dyn Write + Send>, out: Out) -> Sender<Vec<u8>> {
+pub(crate) fn stdin_thread(id: u32, mut stdin: Box<dyn Write + Send>, out: Out) -> Sender<Vec<u8>> {
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     let _ = std::thread::Builder::new()
         .name(format!("in-{id}"))

@@ -14,6 +14,7 @@ mod forward;
 mod fs;
 mod init;
 mod job;
+mod mux;
 mod net;
 mod process;
 mod protect;

@@ -1,6 +1,7 @@
 //! Child reaping. As PID 1 the agent inherits every orphan, so one thread
 //! calls `waitpid(-1)` for everything and hands the statuses of the processes
-//! the agent started to whoever waits for them; other statuses are dropped.
+//! the agent started to the output multiplexer (`mux`), which it wakes;
+//! other statuses are dropped.
 
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, OnceLock};
@@ -24,6 +25,8 @@ struct Table {
 pub struct Reaper {
     table: Mutex<Table>,
     changed: Condvar,
+    /// Called after a tracked process's status is recorded.
+    on_exit: OnceLock<fn()>,
 }
 
 pub fn get() -> &'static Reaper {
@@ -32,6 +35,7 @@ pub fn get() -> &'static Reaper {
         let reaper: &'static Reaper = Box::leak(Box::new(Reaper {
             table: Mutex::new(Table::default()),
             changed: Condvar::new(),
+            on_exit: OnceLock::new(),
         }));
         std::thread::Builder::new()
             .name("reaper".into())
@@ -53,17 +57,18 @@ impl Reaper {
         Ok(value)
     }
 
-    /// Blocks until the tracked `pid` exits and forgets it.
-    pub fn wait(&self, pid: i32) -> Status {
+    /// Sets what is called after each tracked exit (once; later calls are
+    /// ignored).
+    pub fn on_exit(&self, hook: fn()) {
+        let _ = self.on_exit.set(hook);
+    }
+
+    /// The status of the tracked `pid` if it exited (and forgets it).
+    pub fn try_take(&self, pid: i32) -> Option<Status> {
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(Some(status)) = table.tracked.get(&pid) {
-                let status = *status;
-                table.tracked.remove(&pid);
-                return status;
-            }
-            table = self.changed.wait(table).unwrap_or_else(|e| e.into_inner());
-        }
+        let status = (*table.tracked.get(&pid)?)?;
+        table.tracked.remove(&pid);
+        Some(status)
     }
 
     fn run(&self) {
@@ -106,6 +111,10 @@ impl Reaper {
             if let Some(slot) = table.tracked.get_mut(&pid) {
                 *slot = Some(status);
                 self.changed.notify_all();
+                drop(table);
+                if let Some(hook) = self.on_exit.get() {
+                    hook();
+                }
             }
         }
     }

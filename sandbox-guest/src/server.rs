@@ -1,6 +1,6 @@
-//! The request loop: reads host frames, starts processes, streams their output
-//! back and reports their exits. Each process has its own threads, so one
-//! process's output never waits behind another's.
+//! The request loop: reads host frames, starts processes (whose output and
+//! exits the multiplexer in `mux` forwards), serves file requests and port
+//! forwards on threads of their own.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,7 +13,7 @@ use sandbox_protocol::{
 };
 
 use crate::window::Window;
-use crate::{forward, fs, init, job, process};
+use crate::{forward, fs, init, job, mux, process};
 
 /// Whether the agent is the guest's init or a test instance on the host.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -35,14 +35,14 @@ pub enum Ended {
 pub(crate) struct Entry {
     /// The process, for signals; `None` for file system requests.
     pub pid: Option<i32>,
-    /// Chunks for the stdin writer thread; `None` once closed.
-    pub stdin: Option<Sender<Vec<u8>>>,
+    /// Where stdin chunks go; `None` once closed.
+    pub stdin: Option<Input>,
     /// Output credit, indexed by [`stream_index`].
     pub windows: [Arc<Window>; 2],
     /// The pty master, for resizing.
     pub pty: Option<File>,
-    /// Tells the process's waiter that the host aborted the request.
-    pub abort: Option<Sender<job::Wake>>,
+    /// Tells the output multiplexer that the host aborted the process.
+    pub abort: Option<mux::Abort>,
     /// A port forward's connection, shut down on abort.
     pub socket: Option<std::net::TcpStream>,
 }
@@ -54,12 +54,36 @@ impl Entry {
         let read = read.unwrap_or_else(|| Arc::new(Window::new(0)));
         Self {
             pid: None,
-            stdin: write,
+            stdin: write.map(Input::Thread),
             windows: [read, Arc::new(Window::new(0))],
             pty: None,
             abort: None,
             socket: None,
         }
+    }
+}
+
+/// The destination of a request's stdin chunks.
+pub(crate) enum Input {
+    /// A writer thread's queue.
+    Thread(Sender<Vec<u8>>),
+    /// A process's stdin whose writer thread starts with the first chunk
+    /// (most processes never get one: no thread for them).
+    Idle {
+        id: u32,
+        pipe: Box<dyn Write + Send>,
+        out: Out,
+    },
+}
+
+impl Input {
+    fn send(self, chunk: Vec<u8>) -> Self {
+        let tx = match self {
+            Input::Thread(tx) => tx,
+            Input::Idle { id, pipe, out } => job::stdin_thread(id, pipe, out),
+        };
+        let _ = tx.send(chunk);
+        Input::Thread(tx)
     }
 }
 
@@ -144,11 +168,9 @@ fn handle(msg: HostMsg, out: &Out, table: &Table) {
             drop(t);
             job::start(id, spawn, out, table);
         }
-        HostMsg::Stdin { id, data } => match t.get(&id).and_then(|e| e.stdin.as_ref()) {
-            Some(tx) => {
-                let _ = tx.send(data);
-            }
-            None => reject(Some(id), format!("request {id} has no open stdin")),
+        HostMsg::Stdin { id, data } => match t.get_mut(&id).map(|e| (e.stdin.take(), e)) {
+            Some((Some(input), e)) => e.stdin = Some(input.send(data)),
+            _ => reject(Some(id), format!("request {id} has no open stdin")),
         },
         HostMsg::CloseStdin { id } => {
             if let Some(e) = t.get_mut(&id) {
@@ -182,7 +204,7 @@ fn handle(msg: HostMsg, out: &Out, table: &Table) {
                     unsafe { libc::kill(-pid, libc::SIGKILL) };
                 }
                 if let Some(abort) = &e.abort {
-                    let _ = abort.send(job::Wake::Aborted);
+                    abort.abort();
                 } else {
                     for w in &e.windows {
                         w.close();
