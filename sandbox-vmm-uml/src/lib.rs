@@ -10,6 +10,7 @@
 
 mod jail;
 mod launcher;
+mod lpj;
 mod power_off;
 pub mod seccomp;
 mod vm;

@@ -20,7 +20,7 @@ use sandbox_virtio::vsock::{Vsock, VsockConnector};
 use sandbox_virtio::{device_id, VirtioDevice};
 
 use crate::jail::{self, Plan, UmlJail};
-use crate::{launcher, ConsoleLog};
+use crate::{launcher, lpj, ConsoleLog};
 
 /// Errors starting a UML guest.
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +197,7 @@ impl UmlVm {
             .args(["root=/dev/vda", "rootfstype=ext4", "rootwait"])
             .arg(if read_only { "ro" } else { "rw" })
             .arg("init=/sbin/sandbox-guest")
+            .args(lpj::preset().map(|l| format!("lpj={l}")))
             .arg(cmdline::param(cmdline::HOSTNAME, &cfg.hostname))
             .arg(cmdline::param(
                 cmdline::CHANNEL,
