@@ -24,6 +24,7 @@ struct Table {
 
 pub struct Reaper {
     table: Mutex<Table>,
+    /// Wakes the idle reaper when a spawn happens.
     changed: Condvar,
     /// Called after a tracked process's status is recorded.
     on_exit: OnceLock<fn()>,
@@ -110,7 +111,6 @@ impl Reaper {
             };
             if let Some(slot) = table.tracked.get_mut(&pid) {
                 *slot = Some(status);
-                self.changed.notify_all();
                 drop(table);
                 if let Some(hook) = self.on_exit.get() {
                     hook();
