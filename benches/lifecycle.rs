@@ -9,21 +9,17 @@
 //!
 //! `cargo bench --bench lifecycle`; needs `cargo xtask build` first.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
+use sandbox::samples::Samples;
 use sandbox_core::{BootOptions, Sandbox, UmlJail};
 
 /// Set in a child started by `first_boot_new_process`.
 const CHILD: &str = "SANDBOX_BENCH_FIRST_BOOT";
 
 /// Per-iteration times of each measured function, for the summary.
-static SAMPLES: Mutex<Vec<(String, Duration)>> = Mutex::new(Vec::new());
-
-fn record(name: &str, d: Duration) {
-    SAMPLES.lock().unwrap().push((name.to_string(), d));
-}
+static SAMPLES: Samples = Samples::new();
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -71,7 +67,7 @@ fn boot_variant(c: &mut Criterion, suffix: &str, jail: UmlJail) {
                     let start = Instant::now();
                     let vm = sandbox.boot(BootOptions::default()).await.unwrap();
                     let took = start.elapsed();
-                    record(&format!("boot_to_ready{suffix}"), took);
+                    SAMPLES.record(&format!("boot_to_ready{suffix}"), took);
                     total += took;
                     vm.shutdown().await.unwrap();
                 }
@@ -137,7 +133,7 @@ fn first_boot_new_process(c: &mut Criterion) {
                     .parse()
                     .expect("the child prints nanoseconds");
                 let took = Duration::from_nanos(nanos);
-                record("first_boot_new_process", took);
+                SAMPLES.record("first_boot_new_process", took);
                 total += took;
             }
             total
@@ -148,16 +144,7 @@ fn first_boot_new_process(c: &mut Criterion) {
 
 /// Medians of every timed boot (warm-up included) against the goals.
 fn report() {
-    let samples = SAMPLES.lock().unwrap();
-    let median = |name: &str| {
-        let mut v: Vec<Duration> = samples
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, d)| *d)
-            .collect();
-        v.sort();
-        v.get(v.len() / 2).copied()
-    };
+    let median = |name| SAMPLES.median(name);
     let (Some(later), Some(first)) = (median("boot_to_ready"), median("first_boot_new_process"))
     else {
         return; // filtered out

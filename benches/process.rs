@@ -6,10 +6,10 @@
 //!
 //! `cargo bench --bench process`; needs `cargo xtask build` first.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use sandbox::samples::Samples;
 use sandbox_core::Vm;
 use tokio::io::AsyncReadExt;
 
@@ -20,11 +20,7 @@ const STREAM_BYTES: u64 = 256 << 20;
 const LOOP: u32 = 40;
 
 /// Per-iteration times of each measured function, for the summary.
-static SAMPLES: Mutex<Vec<(&str, Duration)>> = Mutex::new(Vec::new());
-
-fn record(name: &'static str, d: Duration) {
-    SAMPLES.lock().unwrap().push((name, d));
-}
+static SAMPLES: Samples = Samples::new();
 
 /// One fork+exec of `/bin/true` from a busybox shell, timed by bash's
 /// `$EPOCHREALTIME` around a loop of [`LOOP`] of them.
@@ -57,7 +53,7 @@ fn process(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let one = guest_fork_exec(&vm).await;
-                    record("guest_fork_exec", one);
+                    SAMPLES.record("guest_fork_exec", one);
                     total += one;
                 }
                 total
@@ -71,8 +67,9 @@ fn process(c: &mut Criterion) {
                 for _ in 0..iters {
                     let start = Instant::now();
                     vm.exec("true", [""; 0]).await.unwrap();
-                    record("exec_round_trip", start.elapsed());
-                    total += start.elapsed();
+                    let took = start.elapsed();
+                    SAMPLES.record("exec_round_trip", took);
+                    total += took;
                 }
                 total
             })
@@ -86,8 +83,9 @@ fn process(c: &mut Criterion) {
                     let start = Instant::now();
                     let p = vm.spawn("true", [""; 0]).unwrap();
                     p.ready().await.unwrap();
-                    record("spawn_to_ready", start.elapsed());
-                    total += start.elapsed();
+                    let took = start.elapsed();
+                    SAMPLES.record("spawn_to_ready", took);
+                    total += took;
                     p.exit().await.unwrap();
                 }
                 total
@@ -127,16 +125,7 @@ fn process(c: &mut Criterion) {
 
 /// Medians of every timed call (warm-up included) and the goal ratios.
 fn report() {
-    let samples = SAMPLES.lock().unwrap();
-    let median = |name: &str| {
-        let mut v: Vec<Duration> = samples
-            .iter()
-            .filter(|(n, _)| *n == name)
-            .map(|(_, d)| *d)
-            .collect();
-        v.sort();
-        v.get(v.len() / 2).copied().unwrap_or_default()
-    };
+    let median = |name| SAMPLES.median(name).unwrap_or_default();
     let bare = median("guest_fork_exec");
     println!("\nprocess summary (medians):");
     println!("  bare fork+exec in the guest  {:>8.2} ms", ms(bare));

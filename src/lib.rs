@@ -7,6 +7,7 @@ pub mod docker;
 pub mod ensure;
 pub mod oci_fixture;
 pub mod origin;
+pub mod samples;
 
 pub use ensure::{builtin, ensure_artifacts};
 
