@@ -9,8 +9,9 @@
 //! runs the link at MTU 1500 (KVM's virtio-net), `stack_mtu65000` at UML's
 //! link MTU (bulk groups only): the stack's cost is mostly per frame. Prints
 //! MB/s, connections/s and the ratio stack/loopback at the end, then a
-//! real `debian:12` guest's curl download through the stack next to the
-//! host's curl on loopback (plain timing, median of 5).
+//! real `debian:12` guest's curl download and upload through the stack
+//! next to the same guest's curl against a server on its own loopback
+//! (plain timing, median of 5; `real_guest.rs`).
 //! `cargo bench --bench net`.
 
 use std::collections::BTreeMap;
@@ -18,13 +19,15 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+mod real_guest;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sandbox_net::sim::SimGuest;
 use sandbox_net::{Conn, FramePort, Network, NetworkOptions, RoutedConnector};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const BULK: usize = 16 << 20;
+pub(crate) const BULK: usize = 16 << 20;
 
 /// The MTU of UML's `bess` link (sandbox-core's UML adapter).
 const UML_MTU: u16 = 65000;
@@ -88,43 +91,6 @@ async fn origin() -> (SocketAddr, SocketAddr, SocketAddr) {
         }
     });
     addrs
-}
-
-/// An HTTP origin on loopback answering every request with BULK bytes.
-async fn http_origin() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        let block = vec![7u8; 256 << 10];
-        while let Ok((mut s, _)) = l.accept().await {
-            let block = block.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if s.read(&mut b).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(b[0]);
-                }
-                let h = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {BULK}\r\nconnection: close\r\n\r\n"
-                );
-                if s.write_all(h.as_bytes()).await.is_err() {
-                    return;
-                }
-                let mut left = BULK;
-                while left > 0 {
-                    let n = left.min(block.len());
-                    if s.write_all(&block[..n]).await.is_err() {
-                        return;
-                    }
-                    left -= n;
-                }
-            });
-        }
-    });
-    addr
 }
 
 async fn upload(mut s: impl AsyncRead + AsyncWrite + Unpin) {
@@ -228,10 +194,7 @@ fn bench(c: &mut Criterion) {
         move || async move { drop(TcpStream::connect(conn).await.unwrap()) },
     );
     drop((guest, net, big, big_net));
-    let real = rt.block_on(async {
-        let http = http_origin().await;
-        real_guest_download(http).await
-    });
+    let real = rt.block_on(async { real_guest::run(real_guest::http_origin().await).await });
 
     let t = TOTALS.lock().unwrap();
     println!("\nnet summary (stack = through sandbox-net, loopback = plain host TCP):");
@@ -257,69 +220,17 @@ fn bench(c: &mut Criterion) {
             );
         }
     }
-    match real {
-        Some((g, h)) => println!(
-            "  real guest: curl download {g:.1} MB/s through the stack, host curl on loopback {h:.1} MB/s, ratio {:.3}",
-            g / h
-        ),
-        None => println!("  real guest: could not boot debian:12 (run `cargo xtask build`)"),
+    if let Some(r) = real {
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        println!(
+            "  real guest download: {:.1} MB/s through the stack, {:.1} MB/s on the guest's loopback, ratio {:.3} (host curl on host loopback {:.1} MB/s)",
+            r.stack_down, r.loopback_down, ratio(r.stack_down, r.loopback_down), r.host_down
+        );
+        println!(
+            "  real guest upload:   {:.1} MB/s through the stack, {:.1} MB/s on the guest's loopback, ratio {:.3}",
+            r.stack_up, r.loopback_up, ratio(r.stack_up, r.loopback_up)
+        );
     }
-}
-
-/// A real guest (`debian:12`, the harness's backend) downloading BULK bytes
-/// with curl through the stack, and the host's own curl on loopback: MB/s
-/// as curl reports them (median of 5). `None` if the guest cannot boot.
-async fn real_guest_download(origin: SocketAddr) -> Option<(f64, f64)> {
-    use sandbox_core::net::{
-        Conn as CoreConn, NetworkOptions as CoreOptions, RoutedConnector as CoreRoutes,
-    };
-    use sandbox_core::{images, BootOptions, Rootfs, Sandbox};
-    let dst: SocketAddr = "203.0.113.9:80".parse().unwrap();
-    let policy =
-        move |c: CoreConn| async move { Ok(if c.dst() == dst { c.accept() } else { c.deny() }) };
-    let sandbox = Sandbox::builder()
-        .rootfs(Rootfs::ephemeral({
-            sandbox::ensure_artifacts().ok()?;
-            images::builtin("debian:12").ok()?
-        }))
-        .backend(sandbox::backend())
-        .network(CoreOptions::new(policy).connector(CoreRoutes::new().route(dst, origin)))
-        .build()
-        .ok()?;
-    let vm = sandbox.boot(BootOptions::default()).await.ok()?;
-    let curl = |url: String| {
-        [
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{speed_download}",
-            "--max-time",
-            "60",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([url])
-        .collect::<Vec<_>>()
-    };
-    let mut guest = Vec::new();
-    let mut host = Vec::new();
-    for _ in 0..5 {
-        let out = vm.exec("curl", curl(format!("http://{dst}/"))).await.ok()?;
-        guest.push(String::from_utf8_lossy(&out.stdout).parse::<f64>().ok()? / 1e6);
-        let out = tokio::process::Command::new("curl")
-            .args(curl(format!("http://{origin}/")))
-            .output()
-            .await
-            .ok()?;
-        host.push(String::from_utf8_lossy(&out.stdout).parse::<f64>().ok()? / 1e6);
-    }
-    let _ = vm.shutdown().await;
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    Some((median(guest), median(host)))
 }
 
 /// One group: the same workload through the stack and over plain loopback
