@@ -11,7 +11,8 @@
 //! MB/s, connections/s and the ratio stack/loopback at the end, then a
 //! real `debian:12` guest's curl download and upload through the stack
 //! next to the same guest's curl against a server on its own loopback
-//! (plain timing, median of 5; `real_guest.rs`).
+//! (plain timing, median of 5; `real_guest.rs`; skipped with
+//! `SANDBOX_BENCH_NET_NO_GUEST=1`).
 //! `cargo bench --bench net`.
 
 use std::collections::BTreeMap;
@@ -194,7 +195,13 @@ fn bench(c: &mut Criterion) {
         move || async move { drop(TcpStream::connect(conn).await.unwrap()) },
     );
     drop((guest, net, big, big_net));
-    let real = rt.block_on(async { real_guest::run(real_guest::http_origin().await).await });
+    // SANDBOX_BENCH_NET_NO_GUEST=1 skips the real guest (stack-only runs,
+    // profiles).
+    let real = if std::env::var_os("SANDBOX_BENCH_NET_NO_GUEST").is_some() {
+        None
+    } else {
+        rt.block_on(async { real_guest::run(real_guest::http_origin().await).await })
+    };
 
     let t = TOTALS.lock().unwrap();
     println!("\nnet summary (stack = through sandbox-net, loopback = plain host TCP):");

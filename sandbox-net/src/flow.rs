@@ -15,7 +15,7 @@ use crate::Ctx;
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Buffer of each direction of a raw flow's copy loop.
-const COPY_BUFFER: usize = 64 << 10;
+const COPY_BUFFER: usize = 256 << 10;
 
 /// What serves an accepted connection.
 pub(crate) enum Handler {

@@ -13,7 +13,7 @@ use smoltcp::wire::{EthernetAddress, IpCidr};
 use tokio::sync::mpsc;
 
 use crate::frame::{self, FramePort};
-use crate::stack::{Shared, SocketStream};
+use crate::stack::{Shared, SocketStream, RX_BATCH};
 use crate::NetConfig;
 
 /// A smoltcp "guest" attached to a [`crate::Network`] through a frame
@@ -52,11 +52,20 @@ impl SimGuest {
                 tokio::select! {
                     f = port.rx.recv() => {
                         let Some(f) = f else { return };
-                        match frame::classify(&f, max_frame, None) {
-                            frame::Classified::Udp { src, dst, payload, .. } => {
-                                let _ = udp_tx.try_send((src, dst, payload.to_vec()));
+                        let mut next = Some(f);
+                        let mut taken = 0;
+                        // Take what else is queued before running the stack once.
+                        while let Some(f) = next.take() {
+                            match frame::classify(&f, max_frame, None) {
+                                frame::Classified::Udp { src, dst, payload, .. } => {
+                                    let _ = udp_tx.try_send((src, dst, payload.to_vec()));
+                                }
+                                _ => s.push_frame(f),
                             }
-                            _ => s.push_frame(f),
+                            taken += 1;
+                            if taken < RX_BATCH {
+                                next = port.rx.try_recv().ok();
+                            }
                         }
                     }
                     _ = s.wake.notified() => {}

@@ -10,10 +10,11 @@
 //! meets no socket and smoltcp answers with a reset. UDP never reaches
 //! smoltcp: [`crate::udp`] relays it per flow.
 
+mod buffers;
 pub mod seccomp;
 mod stream;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant as StdInstant;
@@ -31,8 +32,10 @@ use crate::egress::Counters;
 use crate::frame::{self, Classified, FramePort};
 use crate::{flow, udp, Ctx};
 
-/// Socket buffer sizes of one guest TCP connection.
-const TCP_BUFFER: usize = 256 << 10;
+/// Socket buffer sizes of one guest TCP connection: a window large enough
+/// that one wake-up of the stack moves many segments. Mapped lazily
+/// ([`buffers`]), so a connection's memory is what it has carried.
+const TCP_BUFFER: usize = 1 << 20;
 
 pub(crate) struct Shared {
     inner: Mutex<Inner>,
@@ -51,6 +54,22 @@ pub(crate) struct Inner {
     dev: QueueDevice,
     /// Sockets whose stream was dropped, removed once closed.
     orphans: Vec<SocketHandle>,
+    /// Each TCP socket's receive and send rings. A socket's entry goes
+    /// only after the socket left `sockets` (see `Drop for Inner`).
+    rings: HashMap<SocketHandle, [buffers::Mapping; 2]>,
+    /// Rings of removed sockets, for the next ones.
+    pool: buffers::Pool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The sockets borrow the rings: drop them first.
+        drop(std::mem::replace(
+            &mut self.sockets,
+            SocketSet::new(Vec::new()),
+        ));
+        self.rings.clear();
+    }
 }
 
 /// A verdict on a held SYN.
@@ -150,6 +169,8 @@ impl Shared {
                 sockets: SocketSet::new(Vec::new()),
                 dev,
                 orphans: Vec::new(),
+                rings: HashMap::new(),
+                pool: buffers::Pool::default(),
             }),
             wake: Notify::new(),
         })
@@ -170,9 +191,22 @@ impl Shared {
             sockets,
             dev,
             orphans,
+            rings,
+            pool,
+            ..
         } = &mut *inner;
         let t = now(start);
         iface.poll(t, dev, sockets);
+        // smoltcp sends at most one segment per socket per egress pass:
+        // keep passing while sockets still emit, so one wake-up of the
+        // stack carries a window's worth of segments, not one.
+        for _ in 0..EGRESS_PASSES {
+            let before = dev.tx.len();
+            iface.poll_egress(t, dev, sockets);
+            if dev.tx.len() == before {
+                break;
+            }
+        }
         orphans.retain(|h| {
             let s = sockets.get_mut::<tcp::Socket>(*h);
             // Data arriving for a connection nobody reads any more resets
@@ -183,7 +217,10 @@ impl Shared {
             }
             let done = matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait);
             if done {
-                sockets.remove(*h);
+                drop(sockets.remove(*h));
+                for ring in rings.remove(h).into_iter().flatten() {
+                    pool.give(ring);
+                }
             }
             !done
         });
@@ -193,24 +230,40 @@ impl Shared {
         (std::mem::take(&mut dev.tx), delay)
     }
 
-    /// Adds a TCP socket with the stack's buffer sizes.
+    /// Adds a TCP socket with the stack's buffer sizes (`None` if `f`
+    /// refuses it or its buffers cannot be mapped).
     pub(crate) fn add_tcp(
         &self,
         f: impl FnOnce(&mut tcp::Socket<'static>, &mut Interface) -> bool,
     ) -> Option<SocketHandle> {
-        let mut sock = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-        );
+        let mut inner = self.lock();
+        let rings = match (inner.pool.take(TCP_BUFFER), inner.pool.take(TCP_BUFFER)) {
+            (Ok(rx), Ok(tx)) => [rx, tx],
+            (Err(e), _) | (_, Err(e)) => {
+                log::warn!("cannot map a TCP socket's buffers: {e}");
+                return None;
+            }
+        };
+        // SAFETY: each mapping is sliced once while it is out of the pool;
+        // the socket holding the slices leaves the set (and is dropped)
+        // before its rings go back to the pool or are unmapped: in `poll`,
+        // in `Drop for Inner`, and right below when the socket is refused.
+        let (rx, tx) = unsafe { (rings[0].slice(), rings[1].slice()) };
+        let mut sock = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
         sock.set_nagle_enabled(false);
         // Acknowledge at once: a delayed ACK stalls window-limited bulk
         // transfers between two in-memory ends.
         sock.set_ack_delay(None);
-        let mut inner = self.lock();
         if !f(&mut sock, &mut inner.iface) {
+            drop(sock);
+            let [rx, tx] = rings;
+            inner.pool.give(rx);
+            inner.pool.give(tx);
             return None;
         }
-        Some(inner.sockets.add(sock))
+        let handle = inner.sockets.add(sock);
+        inner.rings.insert(handle, rings);
+        Some(handle)
     }
 }
 
@@ -298,8 +351,12 @@ impl Drop for CloseAll {
     }
 }
 
+/// Extra egress passes per stack poll at most (each sends up to one
+/// segment per socket).
+const EGRESS_PASSES: usize = 64;
+
 /// Guest frames handled per stack poll at most.
-const RX_BATCH: usize = 64;
+pub(crate) const RX_BATCH: usize = 64;
 
 /// The stack task's state besides smoltcp's.
 struct Gateway {
