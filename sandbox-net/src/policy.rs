@@ -733,15 +733,26 @@ pub(crate) async fn evaluate(
         Ok(fut) => fut,
         Err(_) => return Err(DenyReason::Panic),
     };
-    let task = tokio::spawn(fut);
-    let abort = task.abort_handle();
-    match tokio::time::timeout(deadline, task).await {
-        Err(_) => {
-            abort.abort();
-            Err(DenyReason::Deadline)
+    // Polled in place (a task of its own would cost a hand-off between
+    // threads per decision); a panic in any poll ends it as a denial.
+    let mut fut = Some(fut);
+    let guarded = std::future::poll_fn(move |cx| {
+        let Some(f) = fut.as_mut() else {
+            return std::task::Poll::Ready(Err(()));
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.as_mut().poll(cx))) {
+            Ok(p) => p.map(Ok),
+            Err(_) => {
+                // Its state may be broken: drop it, guarded too.
+                let f = fut.take();
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(f)));
+                std::task::Poll::Ready(Err(()))
+            }
         }
-        Ok(Err(join)) if join.is_panic() => Err(DenyReason::Panic),
-        Ok(Err(_)) => Err(DenyReason::Panic),
+    });
+    match tokio::time::timeout(deadline, guarded).await {
+        Err(_) => Err(DenyReason::Deadline),
+        Ok(Err(())) => Err(DenyReason::Panic),
         Ok(Ok(Err(e))) => Err(DenyReason::Error(e.to_string())),
         Ok(Ok(Ok(Verdict(Grant::Deny)))) => Err(DenyReason::Policy),
         Ok(Ok(Ok(Verdict(g)))) => Ok(g),
