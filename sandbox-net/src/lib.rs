@@ -29,6 +29,7 @@ mod frame;
 pub mod fuzzing;
 pub mod http;
 mod metadata;
+mod outbox;
 mod policy;
 mod resolvconf;
 pub mod sim;

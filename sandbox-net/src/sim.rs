@@ -13,6 +13,7 @@ use smoltcp::wire::{EthernetAddress, IpCidr};
 use tokio::sync::mpsc;
 
 use crate::frame::{self, FramePort};
+use crate::outbox::Outbox;
 use crate::stack::{Shared, SocketStream, RX_BATCH};
 use crate::NetConfig;
 
@@ -47,6 +48,8 @@ impl SimGuest {
         let max_frame = usize::from(config.mtu) + 14;
         let task = tokio::spawn(async move {
             let mut delay = None;
+            // As the stack: never block on a full link while frames arrive.
+            let mut outbox = Outbox::default();
             loop {
                 let sleep = tokio::time::sleep(delay.unwrap_or(Duration::from_secs(1)));
                 tokio::select! {
@@ -68,15 +71,18 @@ impl SimGuest {
                             }
                         }
                     }
+                    sent = outbox.drain(&port.tx) => {
+                        if sent.is_err() {
+                            return;
+                        }
+                    }
                     _ = s.wake.notified() => {}
                     _ = sleep => {}
                 }
                 let (out, next) = s.poll(start);
                 delay = next;
-                for f in out {
-                    if port.tx.send(f).await.is_err() {
-                        return;
-                    }
+                if outbox.send_all(&port.tx, out).is_err() {
+                    return;
                 }
             }
         });

@@ -30,15 +30,13 @@ pub use stream::SocketStream;
 
 use crate::egress::Counters;
 use crate::frame::{self, Classified, FramePort};
+use crate::outbox::Outbox;
 use crate::{flow, udp, Ctx};
 
-/// Socket buffer sizes of one guest TCP connection. Mapped lazily
+/// Socket buffer sizes of one guest TCP connection: a window large enough
+/// that one wake-up of the stack moves many segments. Mapped lazily
 /// ([`buffers`]), so a connection's memory is what it has carried.
-/// 1 MiB rings carried 20-60% more in bulk, but with 256 KiB relay
-/// buffers a flow echoing megabytes both ways at once stalled for good
-/// (`a_raw_flow_relays_megabytes_both_ways_and_each_half_close`); they
-/// wait until that is understood.
-const TCP_BUFFER: usize = 256 << 10;
+const TCP_BUFFER: usize = 1 << 20;
 
 pub(crate) struct Shared {
     inner: Mutex<Inner>,
@@ -301,8 +299,12 @@ pub(crate) async fn run(
     };
     let counters = &ctx.egress.counters;
     let mut delay = None;
+    // Frames for the guest wait here, never in a blocked send: the loop
+    // keeps taking the guest's frames while the link is full.
+    let mut outbox = Outbox::default();
     loop {
         let sleep = tokio::time::sleep(delay.unwrap_or(std::time::Duration::from_secs(1)));
+        let mut host_frame = None;
         tokio::select! {
             f = port.rx.recv() => {
                 let Some(f) = f else { break };
@@ -322,7 +324,10 @@ pub(crate) async fn run(
             f = from_host.recv() => {
                 // Frames built outside smoltcp (UDP replies).
                 let Some(f) = f else { break };
-                if port.tx.send(f).await.is_err() {
+                host_frame = Some(f);
+            }
+            sent = outbox.drain(&port.tx) => {
+                if sent.is_err() {
                     break;
                 }
             }
@@ -331,11 +336,14 @@ pub(crate) async fn run(
         }
         let (out, next) = shared.poll(start);
         delay = next;
-        for f in out {
-            Counters::bump(&counters.frames_out);
-            if port.tx.send(f).await.is_err() {
-                return;
-            }
+        counters
+            .frames_out
+            .fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if outbox
+            .send_all(&port.tx, host_frame.into_iter().chain(out))
+            .is_err()
+        {
+            return;
         }
     }
 }
