@@ -32,6 +32,7 @@ pub fn frame(data: &[u8]) {
         gw,
         true,
         1500,
+        crate::stack::Rings::STACK,
         Instant::now(),
     );
     let ep = IpListenEndpoint {

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::frame::{self, FramePort};
 use crate::outbox::Outbox;
-use crate::stack::{Shared, SocketStream, RX_BATCH};
+use crate::stack::{Rings, Shared, SocketStream, RX_BATCH};
 use crate::NetConfig;
 
 /// A smoltcp "guest" attached to a [`crate::Network`] through a frame
@@ -40,6 +40,7 @@ impl SimGuest {
             config.gateway_ip,
             false,
             config.mtu,
+            Rings::SIM,
             start,
         );
         let (udp_tx, udp_rx) = mpsc::channel(1024);
