@@ -8,12 +8,21 @@
 //! With windows of hundreds of segments in each direction that happens as
 //! soon as both directions are busy at once. An outbox keeps what the
 //! channel cannot take yet, and the loop sends from it only when the
-//! channel has room. What it holds is bounded by the TCP windows (a stack
-//! only sends within the peer's window) plus one ACK per socket per poll.
+//! channel has room.
+//!
+//! It is bounded: a guest that stops reading its link must not grow the
+//! host's memory (smoltcp keeps retransmitting to it, UDP replies keep
+//! arriving). Past [`MAX_WAITING`] frames new ones are dropped, as a full
+//! NIC queue drops them; TCP retransmits what mattered.
 
 use std::collections::VecDeque;
 
 use tokio::sync::mpsc;
+
+/// Frames an outbox holds at most (with windows of 256 KiB per
+/// connection, a full window of about 180 frames at MTU 1500 for each of
+/// 20 connections).
+pub(crate) const MAX_WAITING: usize = 4096;
 
 /// Frames accepted for a link but not yet in its channel.
 #[derive(Default)]
@@ -27,13 +36,36 @@ pub(crate) struct Closed;
 
 impl Outbox {
     /// Queues `frames` behind what is waiting, then sends what fits now.
+    /// Returns how many frames were dropped because [`MAX_WAITING`] were
+    /// already waiting.
     pub(crate) fn send_all(
         &mut self,
         tx: &mpsc::Sender<Vec<u8>>,
         frames: impl IntoIterator<Item = Vec<u8>>,
-    ) -> Result<(), Closed> {
-        self.queue.extend(frames);
-        self.flush(tx)
+    ) -> Result<usize, Closed> {
+        let mut dropped = 0;
+        for f in frames {
+            if self.queue.is_empty() {
+                // The common case: straight into the channel.
+                match tx.try_send(f) {
+                    Ok(()) => continue,
+                    Err(mpsc::error::TrySendError::Full(f)) => self.queue.push_back(f),
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Err(Closed),
+                }
+            } else if self.queue.len() < MAX_WAITING {
+                self.queue.push_back(f);
+            } else {
+                dropped += 1;
+            }
+        }
+        self.flush(tx)?;
+        Ok(dropped)
+    }
+
+    /// Whether the outbox is full (a loop should stop taking frames it
+    /// could otherwise hold back at their source).
+    pub(crate) fn is_full(&self) -> bool {
+        self.queue.len() >= MAX_WAITING
     }
 
     /// Sends waiting frames in order until the channel is full.
@@ -88,5 +120,20 @@ mod tests {
         assert!(out.queue.is_empty());
         drop(rx);
         assert!(out.send_all(&tx, [vec![9]]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_link_nobody_reads_holds_at_most_the_bound() {
+        let (tx, _rx) = mpsc::channel(4);
+        let mut out = Outbox::default();
+        let n = super::MAX_WAITING + 100;
+        let dropped = out.send_all(&tx, (0..n).map(|_| vec![0u8; 8])).unwrap();
+        assert_eq!(out.queue.len(), super::MAX_WAITING);
+        assert!(out.is_full());
+        assert_eq!(
+            dropped,
+            n - 4 - super::MAX_WAITING,
+            "4 went into the channel"
+        );
     }
 }

@@ -352,7 +352,8 @@ pub(crate) async fn run(
                 let Some(ev) = ev else { break };
                 gw.event(ev);
             }
-            f = from_host.recv() => {
+            // UDP replies wait at their source while the outbox is full.
+            f = from_host.recv(), if !outbox.is_full() => {
                 // Frames built outside smoltcp (UDP replies).
                 let Some(f) = f else { break };
                 host_frame = Some(f);
@@ -367,15 +368,17 @@ pub(crate) async fn run(
         }
         let (out, next) = shared.poll(start);
         delay = next;
-        counters
-            .frames_out
-            .fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        if outbox
-            .send_all(&port.tx, host_frame.into_iter().chain(out))
-            .is_err()
-        {
+        let produced = out.len();
+        let Ok(dropped) = outbox.send_all(&port.tx, host_frame.into_iter().chain(out)) else {
             return;
+        };
+        if dropped > 0 {
+            log::debug!("the guest's link is full: {dropped} frames dropped");
         }
+        counters.frames_out.fetch_add(
+            produced.saturating_sub(dropped) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 
