@@ -74,16 +74,7 @@ async fn origin() -> (SocketAddr, SocketAddr, SocketAddr) {
         let block = vec![7u8; 256 << 10];
         while let Ok((mut s, _)) = down.accept().await {
             let block = block.clone();
-            tokio::spawn(async move {
-                let mut left = BULK;
-                while left > 0 {
-                    let n = left.min(block.len());
-                    if s.write_all(&block[..n]).await.is_err() {
-                        return;
-                    }
-                    left -= n;
-                }
-            });
+            tokio::spawn(async move { write_bulk(&mut s, &block).await });
         }
     });
     tokio::spawn(async move {
@@ -92,6 +83,19 @@ async fn origin() -> (SocketAddr, SocketAddr, SocketAddr) {
         }
     });
     addrs
+}
+
+/// Writes BULK bytes to `s`, `block` at a time (false if the peer went).
+pub(crate) async fn write_bulk(s: &mut TcpStream, block: &[u8]) -> bool {
+    let mut left = BULK;
+    while left > 0 {
+        let n = left.min(block.len());
+        if s.write_all(&block[..n]).await.is_err() {
+            return false;
+        }
+        left -= n;
+    }
+    true
 }
 
 async fn upload(mut s: impl AsyncRead + AsyncWrite + Unpin) {

@@ -97,16 +97,8 @@ pub async fn http_origin() -> SocketAddr {
                 let h = format!(
                     "HTTP/1.1 200 OK\r\ncontent-length: {BULK}\r\nconnection: close\r\n\r\n"
                 );
-                if s.write_all(h.as_bytes()).await.is_err() {
-                    return;
-                }
-                let mut left = BULK;
-                while left > 0 {
-                    let n = left.min(block.len());
-                    if s.write_all(&block[..n]).await.is_err() {
-                        return;
-                    }
-                    left -= n;
+                if s.write_all(h.as_bytes()).await.is_ok() {
+                    super::write_bulk(&mut s, &block).await;
                 }
             });
         }
