@@ -56,19 +56,18 @@ impl SimGuest {
                 tokio::select! {
                     f = port.rx.recv() => {
                         let Some(f) = f else { return };
-                        let mut next = Some(f);
-                        let mut taken = 0;
-                        // Take what else is queued before running the stack once.
-                        while let Some(f) = next.take() {
-                            match frame::classify(&f, max_frame, None) {
-                                frame::Classified::Udp { src, dst, payload, .. } => {
-                                    let _ = udp_tx.try_send((src, dst, payload.to_vec()));
-                                }
-                                _ => s.push_frame(f),
+                        let take = |f: Vec<u8>| match frame::classify(&f, max_frame, None) {
+                            frame::Classified::Udp { src, dst, payload, .. } => {
+                                let _ = udp_tx.try_send((src, dst, payload.to_vec()));
                             }
-                            taken += 1;
-                            if taken < RX_BATCH {
-                                next = port.rx.try_recv().ok();
+                            _ => s.push_frame(f),
+                        };
+                        take(f);
+                        // Take what else is queued before running the stack once.
+                        for _ in 0..RX_BATCH {
+                            match port.rx.try_recv() {
+                                Ok(f) => take(f),
+                                Err(_) => break,
                             }
                         }
                     }

@@ -1,8 +1,9 @@
 //! Socket buffer memory that costs nothing until it is used.
 //!
-//! Each TCP socket gets a receive and a send ring ([`super::Rings`]): large rings are what let one wake-up of the stack move a whole
-//! window. Allocated from the heap they would be zeroed (and so resident)
-//! up front, which makes every connection pay a memset of megabytes and
+//! Each TCP socket gets a receive and a send ring ([`super::Rings`]):
+//! large rings are what let one wake-up of the stack move a whole window.
+//! Allocated from the heap they would be zeroed (and so resident) up
+//! front, which makes every connection pay a memset of megabytes and
 //! keeps idle connections' memory resident. An anonymous private mapping
 //! is zero-filled by the kernel page by page as the ring is first written,
 //! so an idle or short-lived connection touches a few pages.
