@@ -23,6 +23,8 @@ pub const PACKAGES: &[&str] = &[
     "debootstrap",
     // qemu-system-x86_64 -M microvm: the KVM boot benchmark's peer.
     "qemu-system-x86",
+    // dtc: the HVF backend's device-tree test reads its blob back.
+    "device-tree-compiler",
 ];
 
 /// The subset the quickstart needs: the UML kernel, the agent and the
