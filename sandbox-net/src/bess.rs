@@ -192,3 +192,27 @@ fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
         Ok(n as usize)
     }
 }
+
+impl crate::Network {
+    /// Starts the stack for a UML guest that will connect to `listener`
+    /// (inside a tokio runtime).
+    pub fn start_bess(
+        listener: BessListener,
+        opts: crate::NetworkOptions,
+    ) -> Result<Self, crate::NetError> {
+        Self::start_on(listener.accept(), opts)
+    }
+
+    /// Starts the stack on the host end of a virtio-net device (a
+    /// connected seqpacket socket; inside a tokio runtime).
+    pub fn start_seqpacket(
+        fd: std::os::fd::OwnedFd,
+        opts: crate::NetworkOptions,
+    ) -> Result<Self, crate::NetError> {
+        let port = seqpacket_port(fd).map_err(|source| crate::NetError::Io {
+            what: "attaching the frame socket".into(),
+            source,
+        })?;
+        Self::start(port, opts)
+    }
+}

@@ -18,6 +18,8 @@
 //! # Ok(()) }
 //! ```
 
+// UML's vector link and the seqpacket frame sockets are Linux's.
+#[cfg(target_os = "linux")]
 mod bess;
 mod classify;
 mod dns;
@@ -42,6 +44,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+#[cfg(target_os = "linux")]
 pub use bess::{seqpacket_port, BessListener};
 pub use classify::{embedded_v4, DstClass};
 pub use egress::{
@@ -234,26 +237,7 @@ impl Network {
         Self::start_on(async move { Ok(port) }, opts)
     }
 
-    /// Starts the stack for a UML guest that will connect to `listener`
-    /// (inside a tokio runtime).
-    pub fn start_bess(listener: BessListener, opts: NetworkOptions) -> Result<Self, NetError> {
-        Self::start_on(listener.accept(), opts)
-    }
-
-    /// Starts the stack on the host end of a virtio-net device (a
-    /// connected seqpacket socket; inside a tokio runtime).
-    pub fn start_seqpacket(
-        fd: std::os::fd::OwnedFd,
-        opts: NetworkOptions,
-    ) -> Result<Self, NetError> {
-        let port = seqpacket_port(fd).map_err(|source| NetError::Io {
-            what: "attaching the frame socket".into(),
-            source,
-        })?;
-        Self::start(port, opts)
-    }
-
-    fn start_on(
+    pub(crate) fn start_on(
         port: impl std::future::Future<Output = std::io::Result<FramePort>> + Send + 'static,
         mut opts: NetworkOptions,
     ) -> Result<Self, NetError> {

@@ -10,13 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A new unlinked read-write file in `dir`.
 pub fn unlinked(dir: &Path) -> io::Result<File> {
-    let file = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
-        .open(dir)
-    {
+    let file = match anonymous(dir) {
         Ok(f) => f,
         Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
             named_then_unlinked(dir)?
@@ -30,6 +24,23 @@ pub fn unlinked(dir: &Path) -> io::Result<File> {
     };
     file.set_permissions(Permissions::from_mode(0o600))?;
     Ok(file)
+}
+
+/// An `O_TMPFILE` file in `dir`.
+#[cfg(target_os = "linux")]
+fn anonymous(dir: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .open(dir)
+}
+
+/// No `O_TMPFILE` here (macOS): the caller falls back to a named file.
+#[cfg(not(target_os = "linux"))]
+fn anonymous(_dir: &Path) -> io::Result<File> {
+    Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
 }
 
 fn named_then_unlinked(dir: &Path) -> io::Result<File> {

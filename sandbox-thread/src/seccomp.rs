@@ -33,35 +33,14 @@ pub struct AllowList {
 /// Calls every confined thread may make: memory, locks, time, signals,
 /// thread identity and exit, randomness, closing descriptors (and
 /// `fcntl`) and writing (wake-ups through eventfds, log lines to stderr).
-pub const BASE: &[libc::c_long] = &[
-    libc::SYS_write,
-    libc::SYS_close,
-    // Debug builds of std check that a descriptor is open before closing
-    // it (`F_GETFD`).
-    libc::SYS_fcntl,
-    libc::SYS_mmap,
-    libc::SYS_munmap,
-    libc::SYS_mremap,
-    libc::SYS_madvise,
-    libc::SYS_mprotect,
-    libc::SYS_brk,
-    libc::SYS_futex,
-    libc::SYS_sched_yield,
-    libc::SYS_sched_getaffinity,
-    libc::SYS_clock_gettime,
-    libc::SYS_clock_nanosleep,
-    libc::SYS_rt_sigprocmask,
-    libc::SYS_rt_sigreturn,
-    libc::SYS_sigaltstack,
-    libc::SYS_gettid,
-    libc::SYS_getpid,
-    libc::SYS_exit,
-    libc::SYS_rseq,
-    libc::SYS_set_robust_list,
-    libc::SYS_getrandom,
-    #[cfg(target_arch = "x86_64")]
-    libc::SYS_nanosleep,
-];
+pub use sys::BASE;
+
+#[cfg(target_os = "linux")]
+#[path = "seccomp/linux.rs"]
+mod sys;
+#[cfg(not(target_os = "linux"))]
+#[path = "seccomp/other.rs"]
+mod sys;
 
 impl AllowList {
     /// The whole list: [`BASE`] and the class's calls, sorted, each once.
@@ -245,7 +224,8 @@ mod install {
 
 /// Installs the filter of `list` on the calling thread, if filters are
 /// enabled. A failure to install is logged and the thread runs unfiltered
-/// (a kernel without seccomp), never fails its work.
+/// (a kernel without seccomp), never fails its work. Where there is no
+/// seccomp (macOS) it does nothing.
 pub fn confine(list: &AllowList) {
     if !enabled() {
         return;
@@ -257,6 +237,8 @@ pub fn confine(list: &AllowList) {
             list.class
         );
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = list;
 }
 
 /// The number of BPF instructions of `list`'s filters (for reports).

@@ -25,6 +25,8 @@ pub const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     // dtc: the HVF backend's device-tree test reads its blob back.
     "device-tree-compiler",
+    // clang: ring's C for the aarch64-apple-darwin clippy check.
+    "clang",
 ];
 
 /// The subset the quickstart needs: the UML kernel, the agent and the

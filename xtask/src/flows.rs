@@ -78,6 +78,7 @@ pub fn ci(rebuild: bool) -> Result<()> {
         "warnings",
     ])?;
     crate::hygiene::check()?;
+    crate::darwin::clippy()?;
     crate::fuzz::build_and_run(crate::fuzz::CI_SECONDS)?;
     test_workspace()?;
     soak(CI_SOAK_CYCLES)

@@ -11,9 +11,11 @@
 //! cargo xtask build [--rebuild] build every artifact
 //! cargo xtask build-quickstart  build only the UML kernel, the agent and `minimal`
 //! cargo xtask deps              install (or print) the system packages needed
+//! cargo xtask darwin            clippy for aarch64-apple-darwin over the crates that build there
 //! ```
 
 mod cache;
+mod darwin;
 mod debian;
 mod deps;
 mod flows;
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
         Some("build") => flows::build(rebuild),
         Some("build-quickstart") => flows::build_quickstart(rebuild),
         Some("deps") => deps::ensure(),
+        Some("darwin") => darwin::clippy(),
         Some("kernel") => match args.get(1).map(String::as_str) {
             Some(name) => {
                 kernel::Flavor::parse(name).and_then(|f| kernel::build(f, rebuild).map(|_| ()))
@@ -50,7 +53,7 @@ fn main() -> ExitCode {
             .and_then(|n| flows::soak(n.unwrap_or(flows::CI_SOAK_CYCLES))),
         _ => {
             eprintln!(
-                "usage: cargo xtask <quickstart|ci|build|build-quickstart|deps|kernel <uml|x86_64>|image|fuzz [--minutes N]|hygiene|soak [--cycles N]|peers> [--rebuild]"
+                "usage: cargo xtask <quickstart|ci|build|build-quickstart|deps|darwin|kernel <uml|x86_64>|image|fuzz [--minutes N]|hygiene|soak [--cycles N]|peers> [--rebuild]"
             );
             return ExitCode::from(2);
         }

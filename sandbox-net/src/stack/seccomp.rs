@@ -10,10 +10,13 @@ use sandbox_thread::seccomp::AllowList;
 /// another runtime's thread) it needs nothing but `read`.
 pub static NET_STACK: AllowList = AllowList {
     class: "net-stack",
-    syscalls: &[libc::SYS_read],
+    syscalls: &[
+        #[cfg(target_os = "linux")]
+        libc::SYS_read,
+    ],
 };
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     #[test]
     fn the_stack_list_is_small() {

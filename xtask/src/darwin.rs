@@ -1,0 +1,96 @@
+//! `cargo xtask darwin`: clippy for `aarch64-apple-darwin` over the crates
+//! that build for macOS so far (issue 18's platform split grows the list).
+//!
+//! There is no macOS SDK here. The one C dependency on the way, `ring`
+//! (rustls' crypto), compiles with Debian's clang for the Apple target when
+//! it is freestanding (`RING_CORE_NOSTDLIBINC`, ring's own switch) and given
+//! the one SDK header it asks for, `TargetConditionals.h`, which this step
+//! writes (three macros). The objects are never linked: this is a check,
+//! not a build of a macOS binary.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::cache::{self, step};
+use crate::Result;
+
+/// The Apple target checked.
+pub const TARGET: &str = "aarch64-apple-darwin";
+
+/// Workspace crates that build for macOS today. Not yet: `sandbox-fs`
+/// (fuse-backend-rs 0.14's `virtiofs` feature does not compile for macOS,
+/// and its macOS FUSE ABI is not the Linux guest's anyway),
+/// `sandbox-virtio` (vhost, fuse-backend-rs), `sandbox-vmm-kvm`,
+/// `sandbox-vmm-uml` and `sandbox-core` (KVM and UML backends linked in
+/// unconditionally), `sandbox-guest` (a Linux guest program).
+pub const CRATES: &[&str] = &[
+    "sandbox-protocol",
+    "sandbox-thread",
+    "sandbox-rootfs",
+    "sandbox-net",
+    "sandbox-vmm-hvf",
+];
+
+/// The header ring's `base.h` includes on Apple targets.
+const TARGET_CONDITIONALS: &str = "\
+/* Written by cargo xtask darwin: the three macros ring reads. */
+#define TARGET_OS_MAC 1
+#define TARGET_OS_OSX 1
+#define TARGET_OS_IPHONE 0
+";
+
+fn ensure_target() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("rustup is needed to add the {TARGET} target: {e}"))?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == TARGET)
+    {
+        return Ok(());
+    }
+    step(&format!("rustup target add {TARGET}"));
+    cache::run(Command::new("rustup").args(["target", "add", TARGET])).map_err(|e| {
+        format!("cannot add the {TARGET} target ({e}); run `rustup target add {TARGET}`")
+    })
+}
+
+/// Runs clippy with `-D warnings` for [`TARGET`] over [`CRATES`].
+pub fn clippy() -> Result<()> {
+    ensure_target()?;
+    let include = cache::repo().join("target/darwin-sdk/include");
+    std::fs::create_dir_all(&include).map_err(|e| format!("{}: {e}", include.display()))?;
+    write_if_changed(&include.join("TargetConditionals.h"), TARGET_CONDITIONALS)?;
+    let mut args = vec!["clippy", "--target", TARGET];
+    for c in CRATES {
+        args.extend(["-p", c]);
+    }
+    args.extend(["--", "-D", "warnings"]);
+    step(&format!("cargo {}", args.join(" ")));
+    let cflags = format!(
+        "-ffreestanding -DRING_CORE_NOSTDLIBINC -isystem {}",
+        include.display()
+    );
+    let status = Command::new(env!("CARGO"))
+        .args(&args)
+        .current_dir(cache::repo())
+        .env("CC_aarch64_apple_darwin", "clang")
+        .env("CFLAGS_aarch64_apple_darwin", cflags)
+        // cc-rs asks xcrun for an SDK unless one is named; none is needed.
+        .env("SDKROOT", include.parent().unwrap_or(&include))
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("clippy for {TARGET} failed ({status})"))
+    }
+}
+
+fn write_if_changed(path: &Path, text: &str) -> Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|t| t == text) {
+        return Ok(());
+    }
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
