@@ -3,13 +3,20 @@
 //! What exists so far is the platform-independent half, built and unit
 //! tested on every host: the guest address map ([`layout`], QEMU `virt`'s),
 //! the device tree ([`fdt`]), the arm64 `Image` header and boot entry
-//! ([`image`]), exit syndrome decoding ([`esr`]) and PSCI ([`psci`]). The
-//! applevisor half (vCPU threads, the in-kernel GICv3, memory mapping) is
-//! not written yet; nothing here runs a guest. docs/hvf-backend.md says what
-//! is verified where.
+//! ([`image`]), exit syndrome decoding ([`esr`]), PSCI ([`psci`]), the
+//! console UART ([`pl011`]) and the handling of one vCPU exit ([`exit`]).
+//! The applevisor half (`hvf`, macOS only: the VM, the in-kernel GICv3,
+//! RAM, vCPU threads) is type-checked here and has never run.
+//! docs/hvf-backend.md says what is verified where.
 
 pub mod esr;
+pub mod exit;
 pub mod fdt;
 pub mod image;
 pub mod layout;
+pub mod pl011;
 pub mod psci;
+
+#[cfg(target_os = "macos")]
+#[path = "sys/macos.rs"]
+pub mod hvf;
