@@ -209,3 +209,21 @@ pub fn ensure_cargo_tool(subcommand: &str) -> Result<()> {
         Err(format!("`cargo install {krate}` failed"))
     }
 }
+
+/// Adds the Rust `target` with rustup when it is not installed.
+pub fn ensure_rust_target(target: &str) -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("rustup is needed to add the {target} target: {e}"))?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == target)
+    {
+        return Ok(());
+    }
+    step(&format!("rustup target add {target}"));
+    run(Command::new("rustup").args(["target", "add", target])).map_err(|e| {
+        format!("cannot add the {target} target ({e}); run `rustup target add {target}`")
+    })
+}

@@ -39,26 +39,9 @@ const TARGET_CONDITIONALS: &str = "\
 #define TARGET_OS_IPHONE 0
 ";
 
-fn ensure_target() -> Result<()> {
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .map_err(|e| format!("rustup is needed to add the {TARGET} target: {e}"))?;
-    if String::from_utf8_lossy(&installed.stdout)
-        .lines()
-        .any(|l| l.trim() == TARGET)
-    {
-        return Ok(());
-    }
-    step(&format!("rustup target add {TARGET}"));
-    cache::run(Command::new("rustup").args(["target", "add", TARGET])).map_err(|e| {
-        format!("cannot add the {TARGET} target ({e}); run `rustup target add {TARGET}`")
-    })
-}
-
 /// Runs clippy with `-D warnings` for [`TARGET`] over [`CRATES`].
 pub fn clippy() -> Result<()> {
-    ensure_target()?;
+    cache::ensure_rust_target(TARGET)?;
     let include = cache::repo().join("target/darwin-sdk/include");
     std::fs::create_dir_all(&include).map_err(|e| format!("{}: {e}", include.display()))?;
     write_if_changed(&include.join("TargetConditionals.h"), TARGET_CONDITIONALS)?;

@@ -29,6 +29,9 @@ pub const PACKAGES: &[&str] = &[
     "clang",
 ];
 
+/// What the arm64 guest kernel adds (built only when asked for).
+pub const ARM64_PACKAGES: &[&str] = &["gcc-aarch64-linux-gnu"];
+
 /// The subset the quickstart needs: the UML kernel, the agent and the
 /// `minimal` image (no QEMU, no debootstrap).
 pub const QUICKSTART_PACKAGES: &[&str] = &[

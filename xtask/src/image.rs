@@ -18,37 +18,66 @@ const BASH_STATIC: &str = "/bin/bash-static";
 /// Size of the ext4 image; guest writes go to an overlay, not the image.
 const IMAGE_MIB: u32 = 64;
 
+/// Rust target of the arm64 agent (glibc, linked statically with Debian's
+/// cross toolchain).
+pub const GUEST_TARGET_ARM64: &str = "aarch64-unknown-linux-gnu";
+
 /// Builds the agent as a fully static, non-PIE executable.
 pub fn build_agent() -> Result<PathBuf> {
     step("guest agent: cargo build --release (static)");
+    let bin = cargo_agent(GUEST_TARGET, &[])?;
+    cache::write_manifest("agent", &serde_json::json!({ "path": bin }))?;
+    let unpack = bin.with_file_name("sandbox-unpack");
+    cache::write_manifest("unpack", &serde_json::json!({ "path": unpack }))?;
+    Ok(bin)
+}
+
+/// Builds the agent for arm64 guests with Debian's `aarch64-linux-gnu-gcc`
+/// as linker (the Rust target is added with rustup when missing).
+pub fn build_agent_arm64() -> Result<PathBuf> {
+    crate::deps::ensure_packages(crate::deps::ARM64_PACKAGES)?;
+    crate::cache::ensure_rust_target(GUEST_TARGET_ARM64)?;
+    step("guest agent (arm64): cargo build --release (static)");
+    let bin = cargo_agent(
+        GUEST_TARGET_ARM64,
+        &[(
+            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+            "aarch64-linux-gnu-gcc",
+        )],
+    )?;
+    cache::write_manifest("agent-arm64", &serde_json::json!({ "path": bin }))?;
+    Ok(bin)
+}
+
+/// `cargo build` of the agent for `target`, static and non-PIE; returns
+/// the agent's path.
+fn cargo_agent(target: &str, env: &[(&str, &str)]) -> Result<PathBuf> {
     let repo = cache::repo();
     let target_dir = repo.join("target/guest");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args([
+        "build",
+        "--release",
+        "-p",
+        "sandbox-guest",
+        "--target",
+        target,
+    ])
+    .arg("--target-dir")
+    .arg(&target_dir)
+    .env(
+        "RUSTFLAGS",
+        "-C target-feature=+crt-static -C relocation-model=static -C strip=debuginfo",
+    )
+    .envs(env.iter().copied())
+    .current_dir(&repo);
     run_logged(
-        Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "sandbox-guest",
-                "--target",
-                GUEST_TARGET,
-            ])
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .env(
-                "RUSTFLAGS",
-                "-C target-feature=+crt-static -C relocation-model=static -C strip=debuginfo",
-            )
-            .current_dir(&repo),
-        &repo.join("target/guest-build.log"),
+        &mut cmd,
+        &repo.join(format!("target/guest-build-{target}.log")),
         "guest agent",
         50,
     )?;
-    let bin = target_dir.join(GUEST_TARGET).join("release/sandbox-guest");
-    cache::write_manifest("agent", &serde_json::json!({ "path": bin }))?;
-    let unpack = target_dir.join(GUEST_TARGET).join("release/sandbox-unpack");
-    cache::write_manifest("unpack", &serde_json::json!({ "path": unpack }))?;
-    Ok(bin)
+    Ok(target_dir.join(target).join("release/sandbox-guest"))
 }
 
 fn tool_version(pkg: &str) -> String {

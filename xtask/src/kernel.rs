@@ -1,6 +1,8 @@
 //! Guest kernels from Debian's `linux-source-6.12`: the UML flavor
-//! (`ARCH=um`, an executable) and the x86_64 KVM flavor (uncompressed
-//! `vmlinux` with a PVH entry point). Configs and patches live in `kernel/`.
+//! (`ARCH=um`, an executable), the x86_64 KVM flavor (uncompressed
+//! `vmlinux` with a PVH entry point) and the arm64 flavor (an uncompressed
+//! `Image`, cross-compiled, built only when asked for:
+//! `cargo xtask kernel arm64`). Configs and patches live in `kernel/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,6 +19,7 @@ const RECIPE: &str = "kernel-recipe-1";
 pub enum Flavor {
     Uml,
     X86_64,
+    Arm64,
 }
 
 impl Flavor {
@@ -24,7 +27,10 @@ impl Flavor {
         match s {
             "uml" => Ok(Self::Uml),
             "x86_64" => Ok(Self::X86_64),
-            _ => Err(format!("unknown kernel flavor {s:?}: use uml or x86_64")),
+            "arm64" => Ok(Self::Arm64),
+            _ => Err(format!(
+                "unknown kernel flavor {s:?}: use uml, x86_64 or arm64"
+            )),
         }
     }
 
@@ -32,6 +38,7 @@ impl Flavor {
         match self {
             Self::Uml => "uml",
             Self::X86_64 => "x86_64",
+            Self::Arm64 => "arm64",
         }
     }
 
@@ -39,21 +46,39 @@ impl Flavor {
         match self {
             Self::Uml => "um",
             Self::X86_64 => "x86_64",
+            Self::Arm64 => "arm64",
         }
     }
 
     fn base_config(self) -> &'static str {
         match self {
             Self::Uml => "defconfig",
-            Self::X86_64 => "tinyconfig",
+            Self::X86_64 | Self::Arm64 => "tinyconfig",
         }
     }
 
-    /// The make target and the file it produces.
+    /// The make target.
     fn target(self) -> &'static str {
         match self {
             Self::Uml => "linux",
             Self::X86_64 => "vmlinux",
+            Self::Arm64 => "Image",
+        }
+    }
+
+    /// The file the make target produces, in the build tree.
+    fn output(self) -> &'static str {
+        match self {
+            Self::Arm64 => "arch/arm64/boot/Image",
+            other => other.target(),
+        }
+    }
+
+    /// `CROSS_COMPILE` for a kernel of another architecture than the host's.
+    fn cross_compile(self) -> Option<&'static str> {
+        match self {
+            Self::Arm64 => Some("aarch64-linux-gnu-"),
+            _ => None,
         }
     }
 }
@@ -89,6 +114,9 @@ fn fragments(flavor: Flavor) -> Vec<PathBuf> {
 
 /// Builds (or finds in the cache) the kernel and returns its path.
 pub fn build(flavor: Flavor, rebuild: bool) -> Result<PathBuf> {
+    if matches!(flavor, Flavor::Arm64) {
+        crate::deps::ensure_packages(crate::deps::ARM64_PACKAGES)?;
+    }
     if !Path::new(SOURCE).is_file() {
         return Err(format!("{SOURCE} is missing: run `cargo xtask deps`"));
     }
@@ -147,6 +175,7 @@ fn compile(flavor: Flavor, key: &str, out_dir: &Path) -> Result<()> {
             .current_dir(&build))?;
     }
     let arch = format!("ARCH={}", flavor.arch());
+    let cross = format!("CROSS_COMPILE={}", flavor.cross_compile().unwrap_or(""));
     step(&format!(
         "kernel {}: configuring ({} + kernel/common.config + kernel/{}.config)",
         flavor.name(),
@@ -154,16 +183,18 @@ fn compile(flavor: Flavor, key: &str, out_dir: &Path) -> Result<()> {
         flavor.name()
     ));
     run(Command::new("make")
-        .args([&arch, flavor.base_config()])
+        .args([&arch, &cross, flavor.base_config()])
         .current_dir(&build))?;
     run(Command::new("scripts/kconfig/merge_config.sh")
         .args(["-m", "-O", ".", ".config"])
         .args(fragments(flavor))
         .env("ARCH", flavor.arch())
+        .env("CROSS_COMPILE", flavor.cross_compile().unwrap_or(""))
         .current_dir(&build))?;
     run(Command::new("make")
-        .args([&arch, "olddefconfig"])
+        .args([&arch, &cross, "olddefconfig"])
         .current_dir(&build))?;
+    report_dropped(flavor, &build)?;
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     step(&format!(
         "kernel {}: compiling with {jobs} jobs (a few minutes; full log in {}/build.log)",
@@ -172,17 +203,46 @@ fn compile(flavor: Flavor, key: &str, out_dir: &Path) -> Result<()> {
     ));
     run_logged(
         Command::new("make")
-            .args([&arch, &format!("-j{jobs}"), flavor.target()])
+            .args([&arch, &cross, &format!("-j{jobs}"), flavor.target()])
             .current_dir(&build),
         &build.join("build.log"),
         &format!("kernel {}", flavor.name()),
         300,
     )?;
     std::fs::create_dir_all(out_dir).map_err(|e| format!("creating {}: {e}", out_dir.display()))?;
-    for (from, to) in [(flavor.target(), flavor.target()), (".config", "config")] {
+    for (from, to) in [(flavor.output(), flavor.target()), (".config", "config")] {
         std::fs::copy(build.join(from), out_dir.join(to))
             .map_err(|e| format!("copying {from}: {e}"))?;
     }
     let _ = std::fs::remove_dir_all(&build);
+    Ok(())
+}
+
+/// Says which `=y` options of the fragments the final `.config` lacks
+/// (Kconfig drops an option whose dependencies are unmet, and
+/// merge_config.sh does not fail on it).
+fn report_dropped(flavor: Flavor, build: &Path) -> Result<()> {
+    let config = std::fs::read_to_string(build.join(".config"))
+        .map_err(|e| format!("reading .config: {e}"))?;
+    let mut dropped = Vec::new();
+    for fragment in fragments(flavor) {
+        let text = std::fs::read_to_string(&fragment)
+            .map_err(|e| format!("{}: {e}", fragment.display()))?;
+        for line in text.lines().map(str::trim) {
+            if line.starts_with("CONFIG_")
+                && line.ends_with("=y")
+                && !config.lines().any(|l| l == line)
+            {
+                dropped.push(line.trim_end_matches("=y").to_string());
+            }
+        }
+    }
+    if !dropped.is_empty() {
+        step(&format!(
+            "kernel {}: not in the final config (dependencies unmet): {}",
+            flavor.name(),
+            dropped.join(" ")
+        ));
+    }
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! cargo xtask fuzz [--minutes N] every fuzz target for 20 s (or N minutes) each
 //! cargo xtask soak [--cycles N]  VM cycles (default 50), failing on host resource growth
 //! cargo xtask build [--rebuild] build every artifact
+//! cargo xtask build --arch arm64 the arm64 kernel and agent (only when asked for, and in ci)
 //! cargo xtask build-quickstart  build only the UML kernel, the agent and `minimal`
 //! cargo xtask deps              install (or print) the system packages needed
 //! cargo xtask darwin            clippy for aarch64-apple-darwin over the crates that build there
@@ -32,7 +33,16 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rebuild = args.iter().any(|a| a == "--rebuild");
     let result = match args.first().map(String::as_str) {
-        Some("build") => flows::build(rebuild),
+        Some("build") => match args
+            .iter()
+            .position(|a| a == "--arch")
+            .map(|i| args.get(i + 1))
+        {
+            None => flows::build(rebuild),
+            Some(Some(a)) if a == "arm64" => flows::build_arm64(rebuild),
+            Some(Some(a)) if a == "x86_64" => flows::build(rebuild),
+            Some(_) => Err("usage: cargo xtask build [--arch x86_64|arm64] [--rebuild]".into()),
+        },
         Some("build-quickstart") => flows::build_quickstart(rebuild),
         Some("deps") => deps::ensure(),
         Some("darwin") => darwin::clippy(),
@@ -40,7 +50,7 @@ fn main() -> ExitCode {
             Some(name) => {
                 kernel::Flavor::parse(name).and_then(|f| kernel::build(f, rebuild).map(|_| ()))
             }
-            None => Err("usage: cargo xtask kernel <uml|x86_64> [--rebuild]".into()),
+            None => Err("usage: cargo xtask kernel <uml|x86_64|arm64> [--rebuild]".into()),
         },
         Some("image") => flows::build_image(rebuild).map(|_| ()),
         Some("quickstart") => flows::quickstart(rebuild),
@@ -53,7 +63,7 @@ fn main() -> ExitCode {
             .and_then(|n| flows::soak(n.unwrap_or(flows::CI_SOAK_CYCLES))),
         _ => {
             eprintln!(
-                "usage: cargo xtask <quickstart|ci|build|build-quickstart|deps|darwin|kernel <uml|x86_64>|image|fuzz [--minutes N]|hygiene|soak [--cycles N]|peers> [--rebuild]"
+                "usage: cargo xtask <quickstart|ci|build|build-quickstart|deps|darwin|kernel <uml|x86_64|arm64>|image|fuzz [--minutes N]|hygiene|soak [--cycles N]|peers> [--rebuild]"
             );
             return ExitCode::from(2);
         }
