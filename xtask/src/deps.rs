@@ -27,6 +27,8 @@ pub const PACKAGES: &[&str] = &[
     "device-tree-compiler",
     // clang: ring's C for the aarch64-apple-darwin clippy check.
     "clang",
+    // qemu-system-aarch64: tests/arm64.rs boots the arm64 kernel under TCG.
+    "qemu-system-arm",
 ];
 
 /// What the arm64 guest kernel adds (built only when asked for).

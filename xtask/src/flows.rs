@@ -78,6 +78,7 @@ pub fn quickstart(rebuild: bool) -> Result<()> {
 /// The CI flow: set-up, formatting, lints, fuzz build, then every test.
 pub fn ci(rebuild: bool) -> Result<()> {
     build(rebuild)?;
+    build_arm64(rebuild)?;
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&[
         "clippy",
