@@ -59,7 +59,8 @@ pub enum Next {
 const ZR: u8 = 31;
 
 /// Handles one exception exit: `syndrome` is ESR_EL2, `ipa` the faulting
-/// guest physical address. `online` says which vCPUs run (for CPU_ON).
+/// guest physical address. `online` says which vCPUs run (for CPU_ON). A
+/// failed register access is a [`Next::Fault`] like any other.
 pub fn handle(
     syndrome: u64,
     ipa: u64,
@@ -68,98 +69,87 @@ pub fn handle(
     layout: &Layout,
     online: impl Fn(u32) -> bool,
 ) -> Next {
-    match run(syndrome, ipa, regs, bus, layout, online) {
-        Ok(next) => next,
-        Err(e) => Next::Fault(e),
-    }
-}
-
-fn run(
-    syndrome: u64,
-    ipa: u64,
-    regs: &mut impl Regs,
-    bus: &mut impl Bus,
-    layout: &Layout,
-    online: impl Fn(u32) -> bool,
-) -> Result<Next, String> {
-    match esr::decode(syndrome) {
-        Exit::DataAbort(a) => {
-            let mut data = [0u8; 8];
-            let bytes = &mut data[..a.size];
-            let hit = if a.write {
-                let value = if a.reg == ZR { 0 } else { regs.x(a.reg)? };
-                bytes.copy_from_slice(&value.to_le_bytes()[..a.size]);
-                bus.write(ipa, bytes)
-            } else {
-                let hit = bus.read(ipa, bytes);
-                if a.reg != ZR {
-                    regs.set_x(a.reg, a.load_value(bytes))?;
-                }
-                hit
-            };
-            if !hit {
-                return Err(format!(
-                    "the guest accessed {ipa:#x}, where there is neither RAM nor a device \
+    let exit = || -> Result<Next, String> {
+        match esr::decode(syndrome) {
+            Exit::DataAbort(a) => {
+                let mut data = [0u8; 8];
+                let bytes = &mut data[..a.size];
+                let hit = if a.write {
+                    let value = if a.reg == ZR { 0 } else { regs.x(a.reg)? };
+                    bytes.copy_from_slice(&value.to_le_bytes()[..a.size]);
+                    bus.write(ipa, bytes)
+                } else {
+                    let hit = bus.read(ipa, bytes);
+                    if a.reg != ZR {
+                        regs.set_x(a.reg, a.load_value(bytes))?;
+                    }
+                    hit
+                };
+                if !hit {
+                    return Err(format!(
+                        "the guest accessed {ipa:#x}, where there is neither RAM nor a device \
                      ({} bytes, {})",
-                    a.size,
-                    if a.write { "store" } else { "load" }
-                ));
-            }
-            // A data abort returns to the faulting instruction.
-            regs.set_pc(regs.pc()?.wrapping_add(4))?;
-            Ok(Next::Run)
-        }
-        Exit::DataAbortUndecodable => Err(format!(
-            "the guest accessed device memory at {ipa:#x} with an instruction the syndrome \
-             does not describe (load/store pair, writeback or SIMD); not emulated"
-        )),
-        // HVC returns past itself: the PC needs no change.
-        Exit::Hvc(_) => {
-            let x = [regs.x(0)?, regs.x(1)?, regs.x(2)?, regs.x(3)?];
-            Ok(match psci::call(x, layout, online) {
-                Call::Return(v) => {
-                    regs.set_x(0, v)?;
-                    Next::Run
+                        a.size,
+                        if a.write { "store" } else { "load" }
+                    ));
                 }
-                Call::CpuOn {
-                    cpu,
-                    entry,
-                    context,
-                } => {
-                    regs.set_x(0, 0)?;
-                    Next::CpuOn {
+                // A data abort returns to the faulting instruction.
+                regs.set_pc(regs.pc()?.wrapping_add(4))?;
+                Ok(Next::Run)
+            }
+            Exit::DataAbortUndecodable => Err(format!(
+                "the guest accessed device memory at {ipa:#x} with an instruction the syndrome \
+             does not describe (load/store pair, writeback or SIMD); not emulated"
+            )),
+            // HVC returns past itself: the PC needs no change.
+            Exit::Hvc(_) => {
+                let x = [regs.x(0)?, regs.x(1)?, regs.x(2)?, regs.x(3)?];
+                Ok(match psci::call(x, layout, online) {
+                    Call::Return(v) => {
+                        regs.set_x(0, v)?;
+                        Next::Run
+                    }
+                    Call::CpuOn {
                         cpu,
                         entry,
                         context,
+                    } => {
+                        regs.set_x(0, 0)?;
+                        Next::CpuOn {
+                            cpu,
+                            entry,
+                            context,
+                        }
                     }
-                }
-                Call::Suspend => {
-                    regs.set_x(0, 0)?;
-                    Next::Wait
-                }
-                Call::CpuOff => Next::CpuOff,
-                Call::SystemOff => Next::PowerOff,
-                Call::SystemReset => Next::Reset,
-            })
+                    Call::Suspend => {
+                        regs.set_x(0, 0)?;
+                        Next::Wait
+                    }
+                    Call::CpuOff => Next::CpuOff,
+                    Call::SystemOff => Next::PowerOff,
+                    Call::SystemReset => Next::Reset,
+                })
+            }
+            // SMC traps at the instruction: there is no secure firmware, so
+            // every call is NOT_SUPPORTED, and the PC moves past it.
+            Exit::Smc(_) => {
+                regs.set_x(0, -1i64 as u64)?;
+                regs.set_pc(regs.pc()?.wrapping_add(4))?;
+                Ok(Next::Run)
+            }
+            Exit::WaitForInterrupt => {
+                regs.set_pc(regs.pc()?.wrapping_add(4))?;
+                Ok(Next::Wait)
+            }
+            Exit::SysReg(r) => Err(format!(
+                "the guest {} system register {:#06x}, which is not emulated",
+                if r.read { "read" } else { "wrote" },
+                r.encoding
+            )),
+            Exit::Other(ec) => Err(format!("an exit of exception class {ec:#04x}, not handled")),
         }
-        // SMC traps at the instruction: there is no secure firmware, so
-        // every call is NOT_SUPPORTED, and the PC moves past it.
-        Exit::Smc(_) => {
-            regs.set_x(0, -1i64 as u64)?;
-            regs.set_pc(regs.pc()?.wrapping_add(4))?;
-            Ok(Next::Run)
-        }
-        Exit::WaitForInterrupt => {
-            regs.set_pc(regs.pc()?.wrapping_add(4))?;
-            Ok(Next::Wait)
-        }
-        Exit::SysReg(r) => Err(format!(
-            "the guest {} system register {:#06x}, which is not emulated",
-            if r.read { "read" } else { "wrote" },
-            r.encoding
-        )),
-        Exit::Other(ec) => Err(format!("an exit of exception class {ec:#04x}, not handled")),
-    }
+    };
+    exit().unwrap_or_else(Next::Fault)
 }
 
 #[cfg(test)]
