@@ -106,6 +106,8 @@ struct Devices {
     vm: VirtualMachineInstance<GicEnabled>,
     uart: Pl011,
     console: Sender<u8>,
+    /// vCPUs running (PSCI CPU_ON and AFFINITY_INFO ask).
+    online: Vec<u32>,
 }
 
 impl Devices {
@@ -200,6 +202,7 @@ impl Machine {
             vm: vm.clone(),
             uart: Pl011::new(),
             console: console_tx,
+            online: vec![0],
         }));
         start_vcpu(vm, devices, layout, 0, entry.pc, entry.x0, outcome_tx);
         Ok(Self {
@@ -228,14 +231,22 @@ fn start_vcpu(
     x0: u64,
     outcome: Sender<Outcome>,
 ) {
-    let name = format!("hvf-vcpu{cpu}");
-    let _ = std::thread::Builder::new().name(name).spawn(move || {
-        let end = match run_vcpu(&vm, &devices, layout, cpu, pc, x0, &outcome) {
-            Ok(o) => o,
-            Err(e) => Outcome::Crash(e),
-        };
-        let _ = outcome.send(end);
+    // Panics are contained by the helper; macOS has no seccomp list.
+    let spawned = sandbox_thread::spawn(format!("hvf-vcpu{cpu}"), None, {
+        let outcome = outcome.clone();
+        move || {
+            let end = match run_vcpu(&vm, &devices, layout, cpu, pc, x0, &outcome) {
+                Ok(end) => end,
+                Err(e) => Some(Outcome::Crash(e)),
+            };
+            if let Some(end) = end {
+                let _ = outcome.send(end);
+            }
+        }
     });
+    if let Err(e) = spawned {
+        let _ = outcome.send(Outcome::Crash(format!("starting vCPU {cpu}: {e}")));
+    }
 }
 
 fn run_vcpu(
@@ -246,7 +257,7 @@ fn run_vcpu(
     pc: u64,
     x0: u64,
     outcome: &Sender<Outcome>,
-) -> std::result::Result<Outcome, String> {
+) -> std::result::Result<Option<Outcome>, String> {
     let err = |e: HypervisorError| format!("vCPU {cpu}: {e:?}");
     let mut vcpu = vm.vcpu_create().map_err(err)?;
     vcpu.set_sys_reg(SysReg::MPIDR_EL1, Layout::mpidr(cpu))
@@ -255,14 +266,14 @@ fn run_vcpu(
     vcpu.set_reg(Reg::X0, x0).map_err(err)?;
     vcpu.set_reg(Reg::CPSR, crate::image::PSTATE_EL1H_MASKED)
         .map_err(err)?;
-    let online = Arc::new(Mutex::new(vec![cpu]));
     let mut bus = SharedBus(devices.clone());
+    let lock = || devices.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         vcpu.run().map_err(err)?;
         let info = vcpu.get_exit_info();
         let next = match info.reason {
             ExitReason::EXCEPTION => {
-                let on = online.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let on = lock().online.clone();
                 exit::handle(
                     info.exception.syndrome,
                     info.exception.physical_address,
@@ -288,7 +299,7 @@ fn run_vcpu(
                 entry,
                 context,
             } => {
-                online.lock().unwrap_or_else(|e| e.into_inner()).push(other);
+                lock().online.push(other);
                 start_vcpu(
                     vm.clone(),
                     devices.clone(),
@@ -299,10 +310,15 @@ fn run_vcpu(
                     outcome.clone(),
                 );
             }
-            Next::CpuOff => return Err(format!("vCPU {cpu} turned itself off")),
-            Next::PowerOff => return Ok(Outcome::PowerOff),
-            Next::Reset => return Ok(Outcome::Reset),
-            Next::Fault(why) => return Ok(Outcome::Crash(why)),
+            // A vCPU the guest turns off ends its thread; the machine
+            // runs on.
+            Next::CpuOff => {
+                lock().online.retain(|c| *c != cpu);
+                return Ok(None);
+            }
+            Next::PowerOff => return Ok(Some(Outcome::PowerOff)),
+            Next::Reset => return Ok(Some(Outcome::Reset)),
+            Next::Fault(why) => return Ok(Some(Outcome::Crash(why))),
         }
     }
 }
