@@ -118,6 +118,12 @@ pub struct ActivationContext {
 impl ActivationContext {
     /// Checks the driver set up `expected` queues that fit guest memory.
     pub fn validate(&self, expected: usize) -> Result<(), DeviceError> {
+        self.validate_optional(expected, expected)
+    }
+
+    /// Like [`Self::validate`], but queues from index `required` on may be
+    /// left unset (not ready): a front end that serves them itself.
+    pub fn validate_optional(&self, expected: usize, required: usize) -> Result<(), DeviceError> {
         if self.queues.len() != expected || self.kicks.len() != expected {
             return Err(DeviceError::QueueCount {
                 expected,
@@ -125,6 +131,9 @@ impl ActivationContext {
             });
         }
         for (i, q) in self.queues.iter().enumerate() {
+            if i >= required && !virtio_queue::QueueT::ready(q) {
+                continue;
+            }
             if !virtio_queue::QueueT::is_valid(q, &*self.mem) {
                 return Err(DeviceError::InvalidQueue(i));
             }
@@ -139,6 +148,12 @@ pub trait VirtioDevice: Send {
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; the length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
+    /// How many queues, from index 0, a vhost-user front end must set up
+    /// before the device starts; the others are optional (QEMU's
+    /// vhost-user-vsock keeps the event queue to itself). All by default.
+    fn required_queues(&self) -> usize {
+        self.queue_max_sizes().len()
+    }
     /// Feature bits offered to the driver.
     fn features(&self) -> u64;
     /// Reads device config space at `offset`; bytes past its end read as zero.

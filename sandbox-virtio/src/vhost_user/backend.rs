@@ -63,6 +63,31 @@ fn nonblocking(f: &File) {
     }
 }
 
+/// The largest ring a vhost-user front end may set up. vhost-user has no
+/// message that tells the front end a device's preferred maximum, and
+/// QEMU's virtio-mmio transport offers the guest 1024 entries
+/// (`VIRTQUEUE_MAX_SIZE`) whatever the backend, so rings up to that size
+/// are accepted even where the device's own transport offers fewer
+/// (UML's front end stays at 256).
+pub const FRONT_END_MAX_RING: u16 = 1024;
+
+/// The ring size limit of a queue whose device prefers `device_max`.
+fn ring_limit(device_max: u16) -> u16 {
+    device_max.max(FRONT_END_MAX_RING)
+}
+
+/// A fresh non-blocking eventfd: the kick of a queue nobody set up.
+fn idle_kick() -> std::io::Result<File> {
+    // SAFETY: eventfd takes no pointers; a non-negative result is a new
+    // descriptor that the File below owns alone.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above: `fd` is open and owned by nothing else.
+    Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
 impl<D: VirtioDevice> VhostUserBackend<D> {
     /// Wraps `device`; nothing is active until the front end sets it up.
     pub fn new(device: D) -> Self {
@@ -120,12 +145,17 @@ impl<D: VirtioDevice> VhostUserBackend<D> {
     }
 
     fn ready(&self) -> bool {
-        let need_enable = self.acked_features & F_PROTOCOL_FEATURES != 0;
         self.mem.is_some()
             && self
                 .vrings
                 .iter()
-                .all(|v| v.kick.is_some() && v.size > 0 && (v.enabled || !need_enable))
+                .take(self.device.required_queues())
+                .all(|v| self.vring_ready(v))
+    }
+
+    fn vring_ready(&self, v: &Vring) -> bool {
+        let need_enable = self.acked_features & F_PROTOCOL_FEATURES != 0;
+        v.kick.is_some() && v.size > 0 && (v.enabled || !need_enable)
     }
 
     fn maybe_activate(&mut self) {
@@ -152,7 +182,17 @@ impl<D: VirtioDevice> VhostUserBackend<D> {
             .zip(self.device.queue_max_sizes())
             .enumerate()
         {
-            let mut q = Queue::new(*max).map_err(|e| format!("queue {i}: {e}"))?;
+            let mut q = Queue::new(ring_limit(*max)).map_err(|e| format!("queue {i}: {e}"))?;
+            if !self.vring_ready(v) {
+                // An optional queue the front end did not set up: left not
+                // ready, with a kick nobody signals.
+                queues.push(q);
+                kicks.push(QueueKick(
+                    idle_kick().map_err(|e| format!("queue {i}: {e}"))?,
+                ));
+                calls.push(None);
+                continue;
+            }
             q.set_size(v.size);
             q.set_desc_table_address(Some(v.desc as u32), Some((v.desc >> 32) as u32));
             q.set_avail_ring_address(Some(v.avail as u32), Some((v.avail >> 32) as u32));
@@ -236,11 +276,13 @@ impl<D: VirtioDevice> VhostUserBackendReqHandlerMut for VhostUserBackend<D> {
     }
 
     fn set_vring_num(&mut self, index: u32, num: u32) -> Result<()> {
-        let max = *self
-            .device
-            .queue_max_sizes()
-            .get(index as usize)
-            .ok_or(Error::InvalidParam)?;
+        let max = ring_limit(
+            *self
+                .device
+                .queue_max_sizes()
+                .get(index as usize)
+                .ok_or(Error::InvalidParam)?,
+        );
         if num == 0 || num > u32::from(max) || !num.is_power_of_two() {
             return Err(Error::InvalidParam);
         }
