@@ -218,7 +218,7 @@ pub fn build(variant: &Variant, agent: &Path, rebuild: bool) -> Result<PathBuf> 
         facts["docker"] = version.into();
         check_config(&tree)?;
     }
-    image::record(&format!("image-{slug}"), name, &image, facts)?;
+    image::record(&format!("image-{slug}"), name, &image, "x86_64", facts)?;
     Ok(image)
 }
 

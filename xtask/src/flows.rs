@@ -18,12 +18,13 @@ pub fn build(rebuild: bool) -> Result<()> {
     Ok(())
 }
 
-/// Builds the arm64 guest artifacts (cached): the kernel `Image` and the
-/// static agent. Only on request (`cargo xtask build --arch arm64`) and in
+/// Builds the arm64 guest artifacts (cached): the kernel `Image`, the
+/// static agent and the `minimal` image. Only on request (`cargo xtask build --arch arm64`) and in
 /// CI, so the x86_64 path stays as fast as before.
 pub fn build_arm64(rebuild: bool) -> Result<()> {
     kernel::build(Flavor::Arm64, rebuild)?;
-    image::build_agent_arm64()?;
+    let agent = image::build_agent_arm64()?;
+    crate::arm64_image::build(&agent, rebuild)?;
     step("arm64 artifacts ready");
     Ok(())
 }

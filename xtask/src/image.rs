@@ -110,7 +110,16 @@ pub fn build_minimal(agent: &Path, rebuild: bool) -> Result<PathBuf> {
         step("image minimal: assembling the root tree");
         let staging = cache::root().join("build").join(format!("minimal-{key}"));
         let _ = std::fs::remove_dir_all(&staging);
-        populate(&staging, agent)?;
+        let applets = busybox_applets()?;
+        populate(
+            &staging,
+            Tools {
+                busybox: Path::new(BUSYBOX),
+                bash: Path::new(BASH_STATIC),
+                agent,
+                applets: &applets,
+            },
+        )?;
         mkfs(&staging, &image, u64::from(IMAGE_MIB), "minimal-")?;
         let _ = std::fs::remove_dir_all(&staging);
     }
@@ -118,6 +127,7 @@ pub fn build_minimal(agent: &Path, rebuild: bool) -> Result<PathBuf> {
         "image-minimal",
         "minimal",
         &image,
+        "x86_64",
         serde_json::json!({
             "distro": "busybox",
             "shell": "/bin/bash",
@@ -160,7 +170,13 @@ pub fn mkfs(tree: &Path, image: &Path, mib: u64, prefix: &str) -> Result<()> {
 
 /// Writes the `Image` manifest the library reads: path, format, digest,
 /// size and facts.
-pub fn record(manifest: &str, name: &str, image: &Path, facts: serde_json::Value) -> Result<()> {
+pub fn record(
+    manifest: &str,
+    name: &str,
+    image: &Path,
+    arch: &str,
+    facts: serde_json::Value,
+) -> Result<()> {
     let size = std::fs::metadata(image).map_err(|e| e.to_string())?.len();
     cache::write_manifest(
         manifest,
@@ -168,7 +184,7 @@ pub fn record(manifest: &str, name: &str, image: &Path, facts: serde_json::Value
             "name": name,
             "path": image,
             "format": "raw",
-            "arch": "x86_64",
+            "arch": arch,
             "sha256": sha256_file(image)?,
             "size": size,
             "facts": facts,
@@ -177,7 +193,34 @@ pub fn record(manifest: &str, name: &str, image: &Path, facts: serde_json::Value
     Ok(())
 }
 
-fn populate(root: &Path, agent: &Path) -> Result<()> {
+/// The host's busybox applets with their install paths (`--list-full`).
+/// The arm64 image uses the same list: both come from the same Debian
+/// source package and configuration.
+pub fn busybox_applets() -> Result<String> {
+    let list = Command::new(BUSYBOX)
+        .arg("--list-full")
+        .output()
+        .map_err(|e| format!("running busybox --list-full: {e}"))?;
+    if !list.status.success() {
+        return Err(format!("busybox --list-full failed ({})", list.status));
+    }
+    Ok(String::from_utf8_lossy(&list.stdout).into_owned())
+}
+
+/// What goes into a `minimal` tree.
+pub struct Tools<'a> {
+    /// A static busybox for the guest's architecture.
+    pub busybox: &'a Path,
+    /// A static bash for the guest's architecture.
+    pub bash: &'a Path,
+    /// The static agent for the guest's architecture.
+    pub agent: &'a Path,
+    /// `busybox --list-full` output: one applet path a line.
+    pub applets: &'a str,
+}
+
+/// Writes the `minimal` tree into `root`.
+pub fn populate(root: &Path, tools: Tools) -> Result<()> {
     let mk =
         |p: &str| std::fs::create_dir_all(root.join(p)).map_err(|e| format!("creating {p}: {e}"));
     for d in [
@@ -191,14 +234,10 @@ fn populate(root: &Path, agent: &Path) -> Result<()> {
             .map(|_| ())
             .map_err(|e| format!("copying {} to {to}: {e}", from.display()))
     };
-    copy(Path::new(BUSYBOX), "bin/busybox")?;
-    copy(Path::new(BASH_STATIC), "bin/bash")?;
-    copy(agent, "sbin/sandbox-guest")?;
-    let list = Command::new(BUSYBOX)
-        .arg("--list-full")
-        .output()
-        .map_err(|e| format!("running busybox --list-full: {e}"))?;
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+    copy(tools.busybox, "bin/busybox")?;
+    copy(tools.bash, "bin/bash")?;
+    copy(tools.agent, "sbin/sandbox-guest")?;
+    for applet in tools.applets.lines() {
         let path = root.join(applet);
         if applet.is_empty() || path.exists() || applet.ends_with("/init") {
             continue;

@@ -15,6 +15,7 @@
 //! cargo xtask darwin            clippy for aarch64-apple-darwin over the crates that build there
 //! ```
 
+mod arm64_image;
 mod cache;
 mod darwin;
 mod debian;
