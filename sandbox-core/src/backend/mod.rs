@@ -2,6 +2,7 @@
 //! library talks to the guest agent and never to a backend directly.
 
 mod kvm;
+mod qemu_arm64;
 mod uml;
 
 use std::os::unix::net::UnixStream;
@@ -22,6 +23,11 @@ pub enum BackendKind {
     Kvm,
     /// User-Mode Linux: runs anywhere Linux runs, weaker isolation.
     Uml,
+    /// arm64 guests under QEMU's arm64 emulator (`qemu-system-aarch64`,
+    /// TCG) with the machine and device tree of the macOS backend: for
+    /// verifying arm64 kernels, agents and images on x86_64 hosts. Boots
+    /// `aarch64` images only, in seconds; no network, no snapshots.
+    QemuArm64,
 }
 
 /// What the KVM probe found.
@@ -149,6 +155,16 @@ pub(crate) trait Machine: Send {
 pub(crate) fn select(kind: BackendKind) -> Result<(BackendKind, String), Error> {
     match kind {
         BackendKind::Uml => Ok((BackendKind::Uml, "requested explicitly".into())),
+        BackendKind::QemuArm64 => match qemu_arm64::probe() {
+            Ok(()) => Ok((
+                BackendKind::QemuArm64,
+                "requested explicitly; arm64 is emulated (TCG), so guests are slow".into(),
+            )),
+            Err(reason) => Err(Error::BackendUnavailable {
+                requested: "qemu-arm64",
+                reason,
+            }),
+        },
         BackendKind::Kvm => match probe_kvm() {
             KvmProbe::Missing(why) => Err(Error::BackendUnavailable {
                 requested: "kvm",
@@ -214,8 +230,17 @@ pub(crate) fn restore_kvm(
 
 /// Starts a guest on the chosen backend.
 pub(crate) fn start(kind: BackendKind, spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
+    let image = spec.rootfs.image();
+    if kind != BackendKind::QemuArm64 && image.arch == qemu_arm64::ARCH {
+        return Err(Error::InvalidConfig(format!(
+            "image {:?} is an {} image; this host's backends boot x86_64 images \
+             (BackendKind::QemuArm64 emulates arm64)",
+            image.name, image.arch
+        )));
+    }
     match kind {
         BackendKind::Uml => uml::start(spec),
+        BackendKind::QemuArm64 => qemu_arm64::start(spec),
         _ => kvm::start(spec, kvm_profile()),
     }
 }

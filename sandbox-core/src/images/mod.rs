@@ -29,8 +29,41 @@ pub fn builtin(name: &str) -> Result<Image, Error> {
             BUILTIN.join(", ")
         )));
     }
-    let manifest = format!("image-{}", name.replace(':', "-"));
-    let m = artifacts::manifest(&manifest, &format!("built-in image {name:?}"))?;
+    from_manifest(name, &format!("image-{}", name.replace(':', "-")))
+}
+
+/// Built-in images for arm64 guests (`cargo xtask build --arch arm64`).
+pub const BUILTIN_AARCH64: &[&str] = &["minimal"];
+
+/// A built-in image for guest architecture `arch`: `x86_64` is
+/// [`builtin`]; `aarch64` has `minimal` (for [`crate::BackendKind::QemuArm64`]
+/// and the macOS backend).
+pub fn builtin_arch(name: &str, arch: &str) -> Result<Image, Error> {
+    match arch {
+        "x86_64" => builtin(name),
+        "aarch64" if BUILTIN_AARCH64.contains(&name) => {
+            from_manifest(name, &format!("image-{}-aarch64", name.replace(':', "-"))).map_err(|e| {
+                match e {
+                    Error::ArtifactMissing { what, path } => Error::ArtifactMissing {
+                        what: format!("{what} (run `cargo xtask build --arch arm64`)"),
+                        path,
+                    },
+                    other => other,
+                }
+            })
+        }
+        "aarch64" => Err(Error::InvalidConfig(format!(
+            "no built-in aarch64 image {name:?}; available: {}",
+            BUILTIN_AARCH64.join(", ")
+        ))),
+        other => Err(Error::InvalidConfig(format!(
+            "no built-in images for architecture {other:?}; there are x86_64 and aarch64"
+        ))),
+    }
+}
+
+fn from_manifest(name: &str, manifest: &str) -> Result<Image, Error> {
+    let m = artifacts::manifest(manifest, &format!("built-in image {name:?}"))?;
     let text = |k: &str| m[k].as_str().unwrap_or_default().to_string();
     let image = Image {
         name: text("name"),
