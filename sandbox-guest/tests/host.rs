@@ -403,10 +403,9 @@ fn a_forwarded_connection_carries_bytes_and_half_closes() {
 fn a_forward_to_a_closed_port_fails_with_econnrefused_and_abort_resets() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let open = listener.local_addr().unwrap().port();
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // A port bound without listening stays refused for the whole test: a
+    // port merely freed could be taken by a listener of a parallel test.
+    let (_held, closed) = bound_not_listening();
     let mut a = Agent::start();
     a.send(&HostMsg::Connect {
         id: 1,
@@ -447,4 +446,27 @@ fn a_forward_reaches_a_service_listening_on_ipv6_loopback_only() {
             data: b"v6".to_vec()
         }
     );
+}
+
+/// A TCP socket bound to a free loopback port and never listening: connects
+/// to the port are refused while it is held, and no one else can take it.
+fn bound_not_listening() -> (std::os::fd::OwnedFd, u16) {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain socket calls on a descriptor this function owns; the
+    // address structures are initialised and their sizes passed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::bind(fd, (&raw const addr).cast(), len);
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut got_len = len;
+        let rc = libc::getsockname(fd, (&raw mut addr).cast(), &mut got_len);
+        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+        (owned, u16::from_be(addr.sin_port))
+    }
 }
