@@ -18,6 +18,19 @@ use crate::GuestMemory;
 pub(crate) trait Handler: Send + 'static {
     /// Queue `idx` was kicked (also called once per queue at start).
     fn queue_event(&mut self, idx: usize, queues: &mut [Queue], mem: &GuestMemory) -> u64;
+    /// Like [`Handler::queue_event`], for devices that raise an interrupt
+    /// as soon as a request is answered rather than once the queue is
+    /// drained (a synchronous driver then sends its next request while the
+    /// device still looks at the queue). The worker calls this one.
+    fn queue_event_eager(
+        &mut self,
+        idx: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemory,
+        _interrupt: &dyn Interrupt,
+    ) -> u64 {
+        self.queue_event(idx, queues, mem)
+    }
     /// Extra descriptor number `token` became ready (edge-triggered).
     fn extra_event(&mut self, _token: usize, _queues: &mut [Queue], _mem: &GuestMemory) -> u64 {
         0
@@ -205,7 +218,7 @@ fn serve(
     let nq = queues.len();
     let mut pending = 0u64;
     for i in 0..nq {
-        pending |= handler.queue_event(i, queues, mem);
+        pending |= handler.queue_event_eager(i, queues, mem, interrupt);
     }
     raise(interrupt, pending);
     let mut events = vec![EpollEvent::default(); nq + 2 + extra];
@@ -226,7 +239,7 @@ fn serve(
             let token = ev.data() as usize;
             if token < nq {
                 kicks[token].drain();
-                pending |= handler.queue_event(token, queues, mem);
+                pending |= handler.queue_event_eager(token, queues, mem, interrupt);
             } else if token == nq {
                 return;
             } else {

@@ -20,7 +20,7 @@ use sandbox_fs::FuseFs;
 use virtio_queue::Queue;
 use virtio_queue_fuse::QueueT as _;
 
-use crate::device::{ActivationContext, DeviceError, VirtioDevice};
+use crate::device::{ActivationContext, DeviceError, Interrupt, VirtioDevice};
 use crate::worker::{Handler, Worker};
 use crate::{GuestMemory, VIRTIO_F_VERSION_1};
 
@@ -281,12 +281,18 @@ impl FsHandler {
     }
 }
 
-impl Handler for FsHandler {
-    fn queue_event(&mut self, idx: usize, queues: &mut [Queue], _mem: &GuestMemory) -> u64 {
+impl FsHandler {
+    /// Answers every request on queue `idx`. With event indices, each
+    /// answer whose index the driver asked to hear about is signalled
+    /// through `signal` at once: the guest's FUSE requests are mostly
+    /// synchronous (one `write(2)`, one request, one wait), so the next
+    /// one can arrive while this loop still runs and is then taken without
+    /// a kick or a wake-up. Returns the queues still to interrupt.
+    fn drain(&mut self, idx: usize, queues: &mut [Queue], signal: &mut dyn FnMut(usize)) -> u64 {
         let (Some(q), Some(ours)) = (self.queues.get_mut(idx), queues.get_mut(idx)) else {
             return 0;
         };
-        let mut used = false;
+        let mut unsignalled = false;
         loop {
             // With event indices, the driver is told not to kick while the
             // queue is drained, and asked for a kick past the last
@@ -311,17 +317,39 @@ impl Handler for FsHandler {
                 if q.add_used(&self.mem, head, written as u32).is_err() {
                     self.metrics.malformed.inc();
                 }
-                used = true;
+                unsignalled = true;
+                if self.event_idx && q.needs_notification(&self.mem).unwrap_or(true) {
+                    signal(idx);
+                    unsignalled = false;
+                }
             }
             if !self.event_idx || !q.enable_notification(&self.mem).unwrap_or(false) {
                 break;
             }
         }
         bridge::sync_back(q, ours);
-        if used && q.needs_notification(&self.mem).unwrap_or(true) {
+        if unsignalled && q.needs_notification(&self.mem).unwrap_or(true) {
             1 << idx
         } else {
             0
         }
+    }
+}
+
+impl Handler for FsHandler {
+    fn queue_event(&mut self, idx: usize, queues: &mut [Queue], _mem: &GuestMemory) -> u64 {
+        let mut pending = 0;
+        let raised = self.drain(idx, queues, &mut |i| pending |= 1 << i);
+        raised | pending
+    }
+
+    fn queue_event_eager(
+        &mut self,
+        idx: usize,
+        queues: &mut [Queue],
+        _mem: &GuestMemory,
+        interrupt: &dyn Interrupt,
+    ) -> u64 {
+        self.drain(idx, queues, &mut |i| interrupt.signal_used_queue(i))
     }
 }
