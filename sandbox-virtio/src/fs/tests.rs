@@ -173,3 +173,67 @@ fn tags_are_validated() {
     assert_eq!(&tag[36..], &1u32.to_le_bytes());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Records the queues whose interrupt was raised.
+#[derive(Default)]
+struct Raised(std::sync::Mutex<Vec<usize>>);
+
+impl Interrupt for Raised {
+    fn signal_used_queue(&self, queue: usize) {
+        self.0.lock().unwrap().push(queue);
+    }
+}
+
+#[test]
+fn with_event_indices_an_answer_is_signalled_as_soon_as_the_driver_asked_for_it() {
+    use virtio_queue_fuse::QueueT as _;
+    let dir = scratch("eager");
+    let mem = Arc::new(memory());
+    let server = passthrough(&dir.join("shared"));
+    let metrics = Arc::new(FsMetrics::default());
+    let mut h = FsHandler::new(server, &mem, &[idle(&mem), idle(&mem)], metrics.clone()).unwrap();
+    let init = request(INIT, 1, 0, &u32s(&[7, 31, 0, 0]));
+    let lookup = request(LOOKUP, 2, 1, b"hello.txt\0");
+    mem.write_slice(&init, GuestAddress(0x4_0000)).unwrap();
+    mem.write_slice(&lookup, GuestAddress(0x5_0000)).unwrap();
+    mem.write_slice(&lookup, GuestAddress(0x6_0000)).unwrap();
+    let (vq, q) = queue_sized(
+        &mem,
+        0,
+        16,
+        &[
+            &[(0x4_0000, init.len() as u32, false), (0x8_0000, 4096, true)],
+            &[
+                (0x5_0000, lookup.len() as u32, false),
+                (0x9_0000, 4096, true),
+            ],
+            &[
+                (0x6_0000, lookup.len() as u32, false),
+                (0xa_0000, 4096, true),
+            ],
+        ],
+    );
+    h.queues[1] = bridge::queue(&q).unwrap();
+    // The test queue's used ring leaves no room for the avail ring's
+    // used_event field: the device writes its used ring elsewhere.
+    const USED: u64 = 0xb_0000;
+    h.queues[1].set_used_ring_address(Some(USED as u32), Some(0));
+    h.use_event_idx();
+    // used_event (after the 16 avail entries): the driver asks to hear
+    // once the used index passes 2, that is at the third answer only.
+    mem.write_obj(2u16, GuestAddress(vq.avail_addr().0 + 4 + 2 * 16))
+        .unwrap();
+    let mut queues = vec![idle(&mem), q];
+    let raised = Raised::default();
+    let left = h.queue_event_eager(1, &mut queues, &mem, &raised);
+    assert_eq!(
+        *raised.0.lock().unwrap(),
+        [1],
+        "the third answer, raised in the loop"
+    );
+    assert_eq!(left, 0, "nothing left for the worker to raise");
+    assert_eq!(metrics.requests.get(), 3);
+    let used_idx: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
+    assert_eq!(used_idx, 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
