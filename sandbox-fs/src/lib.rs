@@ -12,11 +12,15 @@
 mod adapter;
 mod bind;
 mod confined;
+pub mod ids;
 mod listing;
 mod masked;
 mod memory;
 #[cfg(test)]
 mod tests;
+mod tracked;
+#[cfg(test)]
+mod tracked_tests;
 pub mod vfs;
 #[cfg(test)]
 mod vfs_tests;
@@ -27,6 +31,7 @@ pub use confined::Confined;
 pub use fuse_backend_rs::api::filesystem::FileSystem;
 pub use masked::{Masked, STORAGE};
 pub use memory::{MemoryFs, DEFAULT_LIMIT};
+pub use tracked::{Restored, Tracked};
 
 /// FUSE options every served file system asks for: requests of up to 1
 /// MiB (`BIG_WRITES`, `MAX_PAGES`; without them the guest writes 4 KiB per

@@ -1,0 +1,96 @@
+//! [`Tracked`] over a real bound directory: the guest's ids and handles
+//! found again by a second file system serving the same source, as after
+//! a snapshot and restore.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use fuse_backend_rs::abi::fuse_abi::CreateIn;
+use fuse_backend_rs::api::filesystem::{Context, FileSystem, FsOptions, ROOT_ID};
+
+use crate::{bind, Access, Tracked};
+
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sandbox-fs-tracked-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("a/b")).unwrap();
+    std::fs::write(dir.join("a/b/deep.txt"), b"deep\n").unwrap();
+    std::fs::write(dir.join("gone.txt"), b"soon gone\n").unwrap();
+    dir
+}
+
+fn errno(r: std::io::Result<impl Sized>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+#[test]
+fn a_restored_file_system_finds_the_guests_inodes_and_handles_again() {
+    let dir = scratch();
+    let ctx = Context::default();
+    let fs = Tracked::new(bind(&dir, Access::Writable).unwrap());
+    fs.init(FsOptions::empty()).unwrap();
+    let a = fs.lookup(&ctx, ROOT_ID, c"a").unwrap().inode;
+    let b = fs.lookup(&ctx, a, c"b").unwrap().inode;
+    let deep = fs.lookup(&ctx, b, c"deep.txt").unwrap().inode;
+    let gone = fs.lookup(&ctx, ROOT_ID, c"gone.txt").unwrap().inode;
+    let (created, handle, ..) = fs
+        .create(
+            &ctx,
+            b,
+            c"new.txt",
+            CreateIn {
+                flags: (libc::O_CREAT | libc::O_TRUNC | libc::O_RDWR) as u32,
+                mode: 0o644,
+                umask: 0,
+                fuse_flags: 0,
+            },
+        )
+        .unwrap();
+    let handle = handle.unwrap();
+    std::fs::write(dir.join("a/b/new.txt"), b"written meanwhile\n").unwrap();
+    // The guest renames `a` to `c`.
+    fs.rename(&ctx, ROOT_ID, c"a", ROOT_ID, c"c", 0).unwrap();
+    let state = fs.save();
+    drop(fs);
+    // Between snapshot and restore, the host removes a file.
+    std::fs::remove_file(dir.join("gone.txt")).unwrap();
+
+    let (fs, restored) = Tracked::restore(bind(&dir, Access::Writable).unwrap(), &state).unwrap();
+    assert_eq!(restored.inodes, 4, "{restored:?}");
+    assert_eq!(restored.inodes_stale, 1, "{restored:?}");
+    assert_eq!(restored.handles, 1, "{restored:?}");
+    let ino = |p: &str| std::fs::metadata(dir.join(p)).unwrap().ino();
+    assert_eq!(
+        fs.getattr(&ctx, deep, None).unwrap().0.st_ino,
+        ino("c/b/deep.txt")
+    );
+    assert_eq!(
+        fs.getattr(&ctx, created.inode, Some(handle))
+            .unwrap()
+            .0
+            .st_ino,
+        ino("c/b/new.txt")
+    );
+    // Reopening did not truncate what the host wrote.
+    assert_eq!(
+        std::fs::read(dir.join("c/b/new.txt")).unwrap(),
+        b"written meanwhile\n"
+    );
+    assert_eq!(errno(fs.getattr(&ctx, gone, None)), Some(libc::ESTALE));
+    assert_eq!(
+        errno(fs.getattr(&ctx, deep, Some(handle + 1))),
+        Some(libc::EBADF)
+    );
+    // New lookups get ids the guest never held; old names still resolve.
+    let again = fs.lookup(&ctx, ROOT_ID, c"c").unwrap().inode;
+    assert_eq!(again, a, "the same directory keeps its guest id");
+    let fresh = fs.lookup(&ctx, b, c"deep.txt").unwrap().inode;
+    assert_eq!(fresh, deep);
+    std::fs::write(dir.join("later.txt"), b"x").unwrap();
+    let later = fs.lookup(&ctx, ROOT_ID, c"later.txt").unwrap().inode;
+    assert!(later > created.inode.max(gone), "{later}");
+    fs.release(&ctx, created.inode, 0, handle, false, false, None)
+        .unwrap();
+    assert!(Tracked::restore(bind(&dir, Access::Writable).unwrap(), "{not json").is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
