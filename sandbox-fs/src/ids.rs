@@ -439,8 +439,10 @@ mod tests {
 
     #[test]
     fn a_restore_finds_renamed_nodes_and_leaves_unlinked_ones_stale() {
-        let mut t = Table::default();
-        t.init = Some(7);
+        let mut t = Table {
+            init: Some(7),
+            ..Default::default()
+        };
         let dir = t.entered(ROOT, c("dir"), 10);
         let f = t.entered(dir, c("f"), 11);
         let gone = t.entered(dir, c("gone"), 12);
