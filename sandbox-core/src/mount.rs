@@ -277,6 +277,87 @@ pub(crate) struct Prepared {
     pub served: Served,
     /// The mount tag.
     pub tag: String,
+    /// How to serve a bind again after a snapshot (memory, virtual and
+    /// external mounts have none: they cannot be snapshotted).
+    pub record: Option<BindRecord>,
+}
+
+/// A bind mount as a snapshot records it: a restore serves the same
+/// source again.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct BindRecord {
+    pub path: String,
+    pub tag: String,
+    pub source: PathBuf,
+    pub read_only: bool,
+    pub masks: Vec<String>,
+    pub mask_storage: Option<PathBuf>,
+}
+
+/// The virtio-fs device of a bind: the confined passthrough (with its
+/// masks) in [`sandbox_fs::Tracked`], whose ids a snapshot keeps. With
+/// `state` (from a snapshot), the guest's ids are found again in it.
+pub(crate) fn bind_device(
+    r: &BindRecord,
+    state: Option<&str>,
+) -> Result<sandbox_virtio::fs::Fs, crate::Error> {
+    let source_err = |source| MountError::Source {
+        path: r.path.clone(),
+        source,
+    };
+    let access = if r.read_only {
+        Access::ReadOnly
+    } else {
+        Access::Writable
+    };
+    let fs_err = |e: sandbox_virtio::DeviceError| {
+        crate::Error::InvalidConfig(format!("mount on {:?}: {e}", r.path))
+    };
+    if r.masks.is_empty() {
+        let fs = sandbox_fs::bind(&r.source, access).map_err(source_err)?;
+        let fs = track(fs, state, &r.path)?;
+        return Ok(
+            sandbox_virtio::fs::Fs::with_syncfs(&r.tag, fs.clone(), &[&r.source])
+                .map_err(fs_err)?
+                .saving(fs),
+        );
+    }
+    let masks = check_masks(&r.path, &r.masks, access, r.mask_storage.as_deref())?;
+    let storage = match access {
+        Access::Writable => r.mask_storage.as_deref(),
+        Access::ReadOnly => None,
+    };
+    let fs = sandbox_fs::bind_masked(&r.source, access, masks, storage).map_err(source_err)?;
+    let fs = track(fs, state, &r.path)?;
+    let dirs: Vec<&Path> = std::iter::once(r.source.as_path()).chain(storage).collect();
+    Ok(
+        sandbox_virtio::fs::Fs::with_syncfs(&r.tag, fs.clone(), &dirs)
+            .map_err(fs_err)?
+            .saving(fs),
+    )
+}
+
+/// `fs` with the guest's ids tracked, restored from `state` if given.
+fn track<F: sandbox_fs::FuseFs>(
+    fs: F,
+    state: Option<&str>,
+    path: &str,
+) -> Result<Arc<sandbox_fs::Tracked<F>>, crate::Error> {
+    let Some(state) = state else {
+        return Ok(Arc::new(sandbox_fs::Tracked::new(fs)));
+    };
+    let (fs, restored) = sandbox_fs::Tracked::restore(fs, state)
+        .map_err(|e| crate::Error::Snapshot(format!("serving the mount on {path:?} again: {e}")))?;
+    log::debug!("mount on {path:?} restored: {restored:?}");
+    if restored.inodes_stale + restored.handles_stale > 0 {
+        log::info!(
+            "mount on {path:?}: {} inodes and {} open files the guest held are gone from \
+             the source (they answer ESTALE/EBADF)",
+            restored.inodes_stale,
+            restored.handles_stale
+        );
+    }
+    Ok(Arc::new(fs))
 }
 
 /// What serves a mount.
@@ -361,10 +442,12 @@ pub(crate) fn prepare(mounts: &[(String, Mount)]) -> Result<Vec<Prepared>, crate
                 path: path.clone(),
                 served: Served::External(socket.clone()),
                 tag: tag.clone(),
+                record: None,
             });
             continue;
         }
         let tag = format!("sbxfs{i}");
+        let mut record = None;
         let device = match &mount.kind {
             Kind::Bind {
                 source,
@@ -372,25 +455,17 @@ pub(crate) fn prepare(mounts: &[(String, Mount)]) -> Result<Vec<Prepared>, crate
                 masks,
                 mask_storage,
             } => {
-                let source_err = |source| MountError::Source {
+                let r = BindRecord {
                     path: path.clone(),
-                    source,
+                    tag: tag.clone(),
+                    source: source.clone(),
+                    read_only: *access == Access::ReadOnly,
+                    masks: masks.clone(),
+                    mask_storage: mask_storage.clone(),
                 };
-                if masks.is_empty() {
-                    let fs = sandbox_fs::bind(source, *access).map_err(source_err)?;
-                    sandbox_virtio::fs::Fs::with_syncfs(&tag, Arc::new(fs), &[source])
-                } else {
-                    let masks = check_masks(path, masks, *access, mask_storage.as_deref())?;
-                    let storage = match access {
-                        Access::Writable => mask_storage.as_deref(),
-                        Access::ReadOnly => None,
-                    };
-                    let fs = sandbox_fs::bind_masked(source, *access, masks, storage)
-                        .map_err(source_err)?;
-                    let dirs: Vec<&Path> =
-                        std::iter::once(source.as_path()).chain(storage).collect();
-                    sandbox_virtio::fs::Fs::with_syncfs(&tag, Arc::new(fs), &dirs)
-                }
+                let device = bind_device(&r, None)?;
+                record = Some(r);
+                Ok(device)
             }
             Kind::Virtual { fs, deadline } => {
                 let rt = tokio::runtime::Handle::try_current().map_err(|_| {
@@ -411,6 +486,7 @@ pub(crate) fn prepare(mounts: &[(String, Mount)]) -> Result<Vec<Prepared>, crate
             path: path.clone(),
             served: Served::Device(device),
             tag,
+            record,
         });
     }
     Ok(out)

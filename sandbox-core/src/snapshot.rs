@@ -29,6 +29,9 @@ pub(crate) enum DeviceRecord {
     /// virtio-net: the link the guest's kernel was configured with. A
     /// restore puts a new host stack on the same addresses.
     Net(NetRecord),
+    /// virtio-fs serving a bind mount: a restore serves the same source
+    /// again and finds the guest's inodes and open files in it.
+    Fs(crate::mount::BindRecord),
 }
 
 /// The addresses of a guest's link ([`sandbox_net::NetConfig`]).
@@ -327,9 +330,10 @@ impl Vm {
     /// Writes a snapshot of this guest into `dir` (created; it must not
     /// hold a snapshot already) and returns it. The guest is paused while
     /// its memory, CPU, device and disk state are saved, and then runs on
-    /// (a paused guest stays paused). KVM backend only; guests with
-    /// mounts cannot be snapshotted yet (a clear error says so); a guest
-    /// with a network can, and is restored with
+    /// (a paused guest stays paused). KVM backend only. Bind mounts are
+    /// recorded and served again from their sources on restore; memory
+    /// and virtual mounts cannot be snapshotted yet (a clear error says
+    /// so). A guest with a network can, and is restored with
     /// [`RestoreOptions::network`].
     pub async fn snapshot(&self, dir: impl AsRef<Path>) -> Result<Snapshot, Error> {
         let dir = dir.as_ref().to_path_buf();

@@ -176,6 +176,12 @@ pub trait VirtioDevice: Send {
     fn save_disk(&mut self, _out: &File) -> Option<io::Result<u64>> {
         None
     }
+    /// A quiesced device's own host-side state that a restore needs to
+    /// serve the guest again (a virtio-fs server's inode and handle ids),
+    /// as text; `None` for devices without any.
+    fn save_state(&self) -> Option<String> {
+        None
+    }
     /// A reader of this device's counters, if it keeps any.
     fn counters(&self) -> Option<crate::CounterReader> {
         None

@@ -1,10 +1,13 @@
-//! The snapshot flow of tests/kvm.rs: one guest with a network is booted;
-//! it writes a file and starts a detached counter; a snapshot is taken
-//! while it runs; two forks are restored from it, each with its own host
+//! The snapshot flow of tests/kvm.rs: one guest with a network and a
+//! writable bind mount is booted; it writes a file and starts a detached
+//! counter, which also appends each count to a file in the mount through a
+//! descriptor it holds open; a snapshot is taken while it runs; two forks are restored from it, each with its own host
 //! network stack. Each fork has the file, a counter that goes on, writes of
 //! its own that the others do not see, its own random bytes, its own
 //! interception CA and machine-id, the hostname the restore gave it, and
-//! reaches a loopback origin through its own stack;
+//! reaches a loopback origin through its own stack, and finds the mount
+//! served again (the host's files, its own writes landing on the host, the
+//! counter's old descriptor still appending);
 //! the original runs on unaffected (checked before the forks start, then
 //! shut down to spare the CPU). A restore without a network, and a state
 //! file that was changed, truncated or comes from another version, are
@@ -19,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use sandbox_core::net::{Conn, NetworkOptions, RoutedConnector};
 use sandbox_core::{
-    images, BackendKind, BootOptions, Error, Resources, RestoreOptions, Rootfs, Sandbox, Snapshot,
-    Vm,
+    images, BackendKind, BootOptions, Error, Mount, Resources, RestoreOptions, Rootfs, Sandbox,
+    Snapshot, Vm,
 };
 
 fn step(name: &str, since: Instant) {
@@ -106,6 +109,17 @@ fn altered(dir: &Path, name: &str, change: impl FnOnce(&mut Vec<u8>)) -> PathBuf
 
 pub async fn flow() {
     let origin = sandbox::origin::Origin::start(None).await.unwrap();
+    // The bind mount: the host's directory, which every fork shares.
+    let share = std::env::temp_dir().join(format!("sandbox-snapshot-share-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&share);
+    std::fs::create_dir_all(share.join("sub")).unwrap();
+    std::fs::write(share.join("sub/host.txt"), b"from the host\n").unwrap();
+    let ticks = |share: &Path| {
+        std::fs::read_to_string(share.join("ticks"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
     let t = Instant::now();
     let vm = Sandbox::builder()
         .rootfs(Rootfs::ephemeral(images::builtin("minimal").unwrap()))
@@ -117,7 +131,11 @@ pub async fn flow() {
         .network(network(origin.addr))
         .build()
         .unwrap()
-        .boot(BootOptions::default().timeout(Duration::from_secs(900)))
+        .boot(
+            BootOptions::default()
+                .timeout(Duration::from_secs(900))
+                .mount("/work", Mount::bind(&share).writable()),
+        )
         .await
         .unwrap();
     step("boot", t);
@@ -137,8 +155,8 @@ pub async fn flow() {
             "sh",
             [
                 "-c",
-                "mkfifo /tmp/tick; exec 3<>/tmp/tick; \
-                 setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count; read -t 1 x <&3; done' \
+                "mkfifo /tmp/tick; exec 3<>/tmp/tick; exec 4>>/work/sub/ticks; \
+                 setsid sh -c 'cd /work/sub; i=0; while :; do i=$((i+1)); echo $i > /tmp/count; echo $i >&4; read -t 1 x <&3; done' \
                  </dev/null >/dev/null 2>&1 & \
                  until [ -s /tmp/count ]; do read -t 1 x <&3; done; :",
             ],
@@ -148,6 +166,7 @@ pub async fn flow() {
     assert_eq!(out.status.code, Some(0), "{out:?}");
     let before = count(&vm).await;
     assert!(before >= 1);
+    assert_eq!(read(&vm, "/work/sub/host.txt").await, "from the host\n");
     step("file and counter", t);
 
     let dir = std::env::temp_dir().join(format!("sandbox-snapshot-{}", std::process::id()));
@@ -155,6 +174,8 @@ pub async fn flow() {
     let t = Instant::now();
     let snapshot = vm.snapshot(&dir).await.unwrap();
     step("snapshot", t);
+    let ticks_at_snapshot = ticks(&share.join("sub"));
+    assert!(ticks_at_snapshot >= 1, "the counter appends to the mount");
     eprintln!(
         "[kvm/snapshot] RAM {} MiB, memory file stores {} MiB, disks {} MiB",
         snapshot.ram_bytes() >> 20,
@@ -184,6 +205,7 @@ pub async fn flow() {
     let t = Instant::now();
     vm.shutdown().await.unwrap();
     step("the original's shutdown", t);
+    let ticks_before_forks = ticks(&share.join("sub"));
 
     // Two forks, from the directory alone (as after a host restart).
     let t = Instant::now();
@@ -210,6 +232,14 @@ pub async fn flow() {
     for (i, fork) in forks.iter().enumerate() {
         let t = Instant::now();
         assert_eq!(read(fork, "/root/note").await, "before\n", "fork {i}");
+        // The mount is served again: the guest's cached names and new
+        // lookups reach the host's files, and its writes land there.
+        assert_eq!(read(fork, "/work/sub/host.txt").await, "from the host\n");
+        write(fork, &format!("/work/fork{i}"), "written by a fork\n").await;
+        assert_eq!(
+            std::fs::read_to_string(share.join(format!("fork{i}"))).unwrap(),
+            "written by a fork\n"
+        );
         let c = count(fork).await;
         assert!(c >= before, "fork {i} starts from the snapshot's count");
         counts.push(c);
@@ -257,6 +287,17 @@ pub async fn flow() {
         let c = count_above(fork, counts[i]).await;
         assert!(c > counts[i], "fork {i}'s counter goes on");
     }
+    // The counters' descriptors, opened before the snapshot, were reopened
+    // on each restore: their appends reach the host's file.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ticks(&share.join("sub")) <= ticks_before_forks + 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        ticks(&share.join("sub")) > ticks_before_forks + 2,
+        "the forks' counters append to the mount: {} lines, {ticks_before_forks} before the forks",
+        ticks(&share.join("sub"))
+    );
     assert_ne!(random[0], random[1], "each fork has its own random bytes");
     assert_ne!(
         machine_ids[0], machine_ids[1],
@@ -305,4 +346,5 @@ pub async fn flow() {
         std::fs::remove_dir_all(copy).unwrap();
     }
     std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&share).unwrap();
 }

@@ -63,11 +63,25 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
     let (vsock, connector) =
         Vsock::new(GUEST_CID).map_err(|e| Error::Protocol(format!("vsock: {e}")))?;
     let mounts_param = crate::mount::agent_param(&spec.mounts);
-    let no_snapshot = (!spec.mounts.is_empty())
-        .then(|| "the guest has mounts (host file systems cannot be saved yet)".to_string());
+    let mut no_snapshot = None;
     for (i, m) in spec.mounts.into_iter().enumerate() {
         match m.served {
-            crate::mount::Served::Device(d) => devices.push(Box::new(d)),
+            crate::mount::Served::Device(d) => {
+                devices.push(Box::new(d));
+                match m.record {
+                    Some(r) => layout.push(DeviceRecord::Fs(r)),
+                    None => {
+                        // Keeps the layout in bus order; it is never
+                        // written, since the machine refuses snapshots.
+                        layout.push(DeviceRecord::Rng);
+                        no_snapshot = Some(format!(
+                            "the mount on {:?} is a memory or virtual file system, which \
+                             cannot be saved yet (bind mounts can)",
+                            m.path
+                        ));
+                    }
+                }
+            }
             crate::mount::Served::External(socket) => {
                 return Err(Error::InvalidConfig(format!(
                     "external vhost-user file systems ({}) are served by the UML backend only",
@@ -173,6 +187,7 @@ pub(super) fn restore(
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     let mut names = Vec::new();
     let mut connector = None;
+    let mut mounts = 0;
     for (i, kind) in record.devices.iter().enumerate() {
         match kind {
             DeviceRecord::Disk { read_only } => {
@@ -212,6 +227,21 @@ pub(super) fn restore(
             DeviceRecord::Rng => {
                 devices.push(Box::new(Rng::new()));
                 names.push("rng".into());
+            }
+            DeviceRecord::Fs(r) => {
+                let saved = state
+                    .devices
+                    .get(i)
+                    .and_then(|d| d.device_state.as_deref())
+                    .ok_or_else(|| {
+                        Error::Snapshot(format!(
+                            "the snapshot has no file system state for the mount on {:?}",
+                            r.path
+                        ))
+                    })?;
+                devices.push(Box::new(crate::mount::bind_device(r, Some(saved))?));
+                names.push(format!("fs{mounts}"));
+                mounts += 1;
             }
             DeviceRecord::Net(link) => {
                 let mut o = network_opts.take().ok_or_else(|| {

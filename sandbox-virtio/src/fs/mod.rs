@@ -116,10 +116,24 @@ impl<F: FuseFs> Serve for Served<F> {
     }
 }
 
+/// A served file system whose state a snapshot keeps (see
+/// [`sandbox_fs::Tracked`]).
+pub trait SavesState: Send + Sync {
+    /// The state, as text.
+    fn save(&self) -> String;
+}
+
+impl<F: FuseFs> SavesState for sandbox_fs::Tracked<F> {
+    fn save(&self) -> String {
+        sandbox_fs::Tracked::save(self)
+    }
+}
+
 /// A virtio-fs device serving a file system under a mount tag.
 pub struct Fs {
     config: Vec<u8>,
     server: Arc<dyn Serve>,
+    state: Option<Arc<dyn SavesState>>,
     metrics: Arc<FsMetrics>,
     worker: Option<Worker>,
 }
@@ -158,9 +172,17 @@ impl Fs {
         Ok(Self {
             config,
             server: Arc::new(Served::new(fs, sync_dirs)),
+            state: None,
             metrics: Arc::default(),
             worker: None,
         })
+    }
+
+    /// A snapshot of the machine keeps `state` (the served file system,
+    /// wrapped in [`sandbox_fs::Tracked`]) with the device.
+    pub fn saving(mut self, state: Arc<dyn SavesState>) -> Self {
+        self.state = Some(state);
+        self
     }
 
     /// Counters shared with the running device.
@@ -212,6 +234,10 @@ impl VirtioDevice for Fs {
 
     fn reset(&mut self) -> Option<Vec<Queue>> {
         self.worker.take().map(Worker::stop)
+    }
+
+    fn save_state(&self) -> Option<String> {
+        self.state.as_ref().map(|s| s.save())
     }
 }
 

@@ -74,6 +74,10 @@ pub struct MmioState {
     pub config_generation: u32,
     pub interrupt_status: u32,
     pub queues: Vec<QueueSnapshot>,
+    /// The device's own state ([`crate::VirtioDevice::save_state`]),
+    /// which the restoring side hands to the device it builds.
+    #[serde(default)]
+    pub device_state: Option<String>,
 }
 
 impl MmioDevice {
@@ -124,6 +128,7 @@ impl MmioDevice {
             config_generation: s.config_generation,
             interrupt_status: self.interrupt_status.load(Ordering::Acquire),
             queues: s.queues.iter().map(QueueSnapshot::from).collect(),
+            device_state: s.device.save_state(),
         }
     }
 
