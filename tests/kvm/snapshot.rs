@@ -1,30 +1,28 @@
-//! The snapshot flow of tests/kvm.rs: one guest with a network and a
-//! writable bind mount is booted; it writes a file and starts a detached
-//! counter, which also appends each count to a file in the mount through a
-//! descriptor it holds open; a snapshot is taken while it runs; two forks are restored from it, each with its own host
-//! network stack. Each fork has the file, a counter that goes on, writes of
-//! its own that the others do not see, its own random bytes, its own
-//! interception CA and machine-id, the hostname the restore gave it, and
+//! The snapshot flow of tests/kvm.rs, on the suite's one booted guest
+//! (`tests/kvm.rs` boots it with a network and a writable bind mount on
+//! `/work`). Before the snapshot the guest writes a file and starts a
+//! detached counter, which also appends each count to a file in the mount
+//! through a descriptor it holds open. The snapshot is taken while it runs;
+//! the original goes on (its counter too) and then runs the whole-stack
+//! steps, while two forks are restored from the snapshot, each with its own
+//! host network stack. Each fork has the file, a counter that goes on,
+//! writes of its own that the others do not see, its own random bytes, its
+//! own interception CA and machine-id, the hostname the restore gave it,
 //! reaches a loopback origin through its own stack, and finds the mount
 //! served again (the host's files, its own writes landing on the host, the
-//! counter's old descriptor still appending);
-//! the original runs on unaffected (checked before the forks start, then
-//! shut down to spare the CPU). A restore without a network, and a state
-//! file that was changed, truncated or comes from another version, are
-//! refused.
+//! counter's old descriptor still appending). A restore without a network,
+//! and a state file that was changed, truncated or comes from another
+//! version, are refused.
 //!
-//! Under nested PVM each guest process start costs seconds to minutes, so
-//! the flow starts almost none: checks go through the file API (one agent
-//! thread per request, no new process).
+//! Under nested PVM each guest process start costs seconds, so the flow
+//! starts almost none: checks go through the file API (one agent thread
+//! per request, no new process).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sandbox_core::net::{Conn, NetworkOptions, RoutedConnector};
-use sandbox_core::{
-    images, BackendKind, BootOptions, Error, Mount, Resources, RestoreOptions, Rootfs, Sandbox,
-    Snapshot, Vm,
-};
+use sandbox_core::{Error, RestoreOptions, Sandbox, Snapshot, Vm};
 
 fn step(name: &str, since: Instant) {
     eprintln!(
@@ -107,56 +105,56 @@ fn altered(dir: &Path, name: &str, change: impl FnOnce(&mut Vec<u8>)) -> PathBuf
     copy
 }
 
-pub async fn flow() {
-    let origin = sandbox::origin::Origin::start(None).await.unwrap();
-    // The bind mount: the host's directory, which every fork shares.
+/// Lines in the mount's `sub/ticks` on the host.
+fn ticks(share: &Path) -> usize {
+    std::fs::read_to_string(share.join("sub/ticks"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+/// The host directory the suite's guest binds writable on `/work`.
+pub fn share() -> PathBuf {
     let share = std::env::temp_dir().join(format!("sandbox-snapshot-share-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&share);
     std::fs::create_dir_all(share.join("sub")).unwrap();
     std::fs::write(share.join("sub/host.txt"), b"from the host\n").unwrap();
-    let ticks = |share: &Path| {
-        std::fs::read_to_string(share.join("ticks"))
-            .unwrap_or_default()
-            .lines()
-            .count()
-    };
-    let t = Instant::now();
-    let vm = Sandbox::builder()
-        .rootfs(Rootfs::ephemeral(images::builtin("minimal").unwrap()))
-        .resources(Resources {
-            cpus: 1,
-            memory_mib: 256,
-        })
-        .backend(BackendKind::Kvm)
-        .network(network(origin.addr))
-        .build()
-        .unwrap()
-        .boot(
-            BootOptions::default()
-                .timeout(Duration::from_secs(900))
-                .mount("/work", Mount::bind(&share).writable()),
-        )
-        .await
-        .unwrap();
-    step("boot", t);
+    share
+}
 
+/// What the forks' checks start from.
+pub struct Taken {
+    dir: PathBuf,
+    share: PathBuf,
+    /// The counter at the snapshot.
+    before: u64,
+    /// The original's interception CA.
+    ca: String,
+}
+
+/// Starts the counter in `vm`, snapshots it, and checks the original goes
+/// on. The original's counter then stops appending to the mount, so that
+/// what the forks append is theirs.
+pub async fn take(vm: &Vm, share: PathBuf) -> Taken {
     let t = Instant::now();
-    write(&vm, "/root/note", "before\n").await;
+    write(vm, "/root/note", "before\n").await;
     // A counter in its own session (the agent ends the process group of an
     // exec when its main process exits, and the processes of a connection
     // that goes away: a restore replaces the connection); `read -t 1` on a
     // FIFO nobody writes (the counter inherits the starter's descriptor)
-    // waits a second without a fork. The starter waits,
-    // with builtins only, for the first count: by then `setsid` has moved
-    // the counter out of the exec's process group. (The loop's status is
-    // its last `read`'s, a timeout: `:` ends with 0.)
+    // waits a second without a fork. It appends to the mount while
+    // /tmp/append exists (builtins only). The starter waits, with builtins
+    // only, for the first count: by then `setsid` has moved the counter
+    // out of the exec's process group. (The loop's status is its last
+    // `read`'s, a timeout: `:` ends with 0.)
     let out = vm
         .exec(
             "sh",
             [
                 "-c",
-                "mkfifo /tmp/tick; exec 3<>/tmp/tick; exec 4>>/work/sub/ticks; \
-                 setsid sh -c 'cd /work/sub; i=0; while :; do i=$((i+1)); echo $i > /tmp/count; echo $i >&4; read -t 1 x <&3; done' \
+                "mkfifo /tmp/tick; exec 3<>/tmp/tick; exec 4>>/work/sub/ticks; : > /tmp/append; \
+                 setsid sh -c 'cd /work/sub; i=0; while :; do i=$((i+1)); echo $i > /tmp/count; \
+                 [ -e /tmp/append ] && echo $i >&4; read -t 1 x <&3; done' \
                  </dev/null >/dev/null 2>&1 & \
                  until [ -s /tmp/count ]; do read -t 1 x <&3; done; :",
             ],
@@ -164,9 +162,9 @@ pub async fn flow() {
         .await
         .unwrap();
     assert_eq!(out.status.code, Some(0), "{out:?}");
-    let before = count(&vm).await;
+    let before = count(vm).await;
     assert!(before >= 1);
-    assert_eq!(read(&vm, "/work/sub/host.txt").await, "from the host\n");
+    assert_eq!(read(vm, "/work/sub/host.txt").await, "from the host\n");
     step("file and counter", t);
 
     let dir = std::env::temp_dir().join(format!("sandbox-snapshot-{}", std::process::id()));
@@ -174,8 +172,6 @@ pub async fn flow() {
     let t = Instant::now();
     let snapshot = vm.snapshot(&dir).await.unwrap();
     step("snapshot", t);
-    let ticks_at_snapshot = ticks(&share.join("sub"));
-    assert!(ticks_at_snapshot >= 1, "the counter appends to the mount");
     eprintln!(
         "[kvm/snapshot] RAM {} MiB, memory file stores {} MiB, disks {} MiB",
         snapshot.ram_bytes() >> 20,
@@ -191,21 +187,39 @@ pub async fn flow() {
         matches!(vm.snapshot(&dir).await, Err(Error::Snapshot(e)) if e.contains("already holds")),
         "a second snapshot into the same directory is refused"
     );
+    assert!(ticks(&share) >= 1, "the counter appends to the mount");
 
     // The original runs on.
     let t = Instant::now();
-    assert_eq!(read(&vm, "/root/note").await, "before\n");
-    write(&vm, "/root/who", "original\n").await;
-    let original = count_above(&vm, before).await;
+    assert_eq!(read(vm, "/root/note").await, "before\n");
+    write(vm, "/root/who", "original\n").await;
+    let original = count_above(vm, before).await;
     assert!(original > before, "the original's counter goes on");
-    assert_eq!(read(&vm, "/root/who").await, "original\n");
-    let mut cas = vec![read(&vm, "/run/sandbox/ca.pem").await];
+    assert_eq!(read(vm, "/root/who").await, "original\n");
+    let ca = read(vm, "/run/sandbox/ca.pem").await;
+    vm.fs().remove("/tmp/append", false, false).await.unwrap();
     step("the original after the snapshot", t);
-    // Every idle guest costs CPU under nested PVM: the forks run alone.
-    let t = Instant::now();
-    vm.shutdown().await.unwrap();
-    step("the original's shutdown", t);
-    let ticks_before_forks = ticks(&share.join("sub"));
+    Taken {
+        dir,
+        share,
+        before,
+        ca,
+    }
+}
+
+/// Forks the snapshot twice and checks each fork.
+pub async fn forks(taken: Taken) {
+    let Taken {
+        dir,
+        share,
+        before,
+        ca,
+    } = taken;
+    let origin = sandbox::origin::Origin::start(None).await.unwrap();
+    let mut cas = vec![ca];
+    // The original's last append is a second behind it at most.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let ticks_before_forks = ticks(&share);
 
     // Two forks, from the directory alone (as after a host restart).
     let t = Instant::now();
@@ -261,17 +275,18 @@ pub async fn flow() {
             format!("fork{i}\n"),
             "fork {i} sees its own write only"
         );
-        // One exec per fork (bash, od, cat): a restored guest runs new
-        // processes, its random generator was reseeded (the file API
-        // refuses devices), and its network is a new stack of its own.
+        // One exec per fork (sh, od, nc; busybox starts in about a second
+        // here, bash in ten): a restored guest runs new processes, its
+        // random generator was reseeded (the file API refuses devices),
+        // and its network is a new stack of its own.
         let script = format!(
-            "echo $HOSTNAME; od -An -N32 -tx1 /dev/urandom; echo; \
-             exec 3<>/dev/tcp/203.0.113.5/8080 && printf 'GET /fork{i} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+            "read h < /proc/sys/kernel/hostname; echo $h; od -An -N32 -tx1 /dev/urandom; echo; \
+             printf 'GET /fork{i} HTTP/1.0\\r\\n\\r\\n' | busybox nc 203.0.113.5 8080"
         );
-        let out = fork.exec("bash", ["-c", &script]).await.unwrap();
+        let out = fork.exec("sh", ["-c", &script]).await.unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (name, rest) = text.split_once('\n').unwrap_or((&text, ""));
-        assert_eq!(name, "forked", "the kernel's hostname (bash's $HOSTNAME)");
+        assert_eq!(name, "forked", "the kernel's hostname");
         let (hex, http) = rest.split_once("\n\n").unwrap_or((rest, ""));
         let hex: String = hex.split_whitespace().collect();
         assert_eq!(hex.len(), 64, "{out:?}");
@@ -290,13 +305,13 @@ pub async fn flow() {
     // The counters' descriptors, opened before the snapshot, were reopened
     // on each restore: their appends reach the host's file.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while ticks(&share.join("sub")) <= ticks_before_forks + 2 && Instant::now() < deadline {
+    while ticks(&share) <= ticks_before_forks + 2 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(
-        ticks(&share.join("sub")) > ticks_before_forks + 2,
+        ticks(&share) > ticks_before_forks + 2,
         "the forks' counters append to the mount: {} lines, {ticks_before_forks} before the forks",
-        ticks(&share.join("sub"))
+        ticks(&share)
     );
     assert_ne!(random[0], random[1], "each fork has its own random bytes");
     assert_ne!(
