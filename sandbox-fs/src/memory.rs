@@ -8,6 +8,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+#[path = "memory_image.rs"]
+mod image;
+
 use crate::vfs::{
     Attr, DirEntry, Errno, FileKind, FileSystem, FsFuture, FsResult, Ino, SetAttr, ROOT,
 };
