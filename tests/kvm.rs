@@ -103,6 +103,7 @@ async fn the_kvm_backend_runs_the_whole_stack_and_snapshots() {
     std::fs::create_dir_all(&shared).unwrap();
     std::fs::write(shared.join("hello.txt"), b"shared from the host\n").unwrap();
     let writable = snapshot::share();
+    let memory = snapshot::memory();
     let overlay = std::env::temp_dir().join(format!("sandbox-kvm-{}.qcow2", std::process::id()));
     let _ = std::fs::remove_file(&overlay);
     let image = images::builtin("minimal").unwrap();
@@ -121,6 +122,7 @@ async fn the_kvm_backend_runs_the_whole_stack_and_snapshots() {
                 .hostname("kvm")
                 .mount("/workspace", Mount::bind(&shared).read_only())
                 .mount("/work", Mount::bind(&writable).writable())
+                .mount("/mem", Mount::memory(&memory))
                 .timeout(Duration::from_secs(900)),
         )
         .await
@@ -128,7 +130,7 @@ async fn the_kvm_backend_runs_the_whole_stack_and_snapshots() {
     eprintln!("[kvm] backend {:?}: {}", vm.backend(), vm.backend_reason());
     step("boot to agent ready", start);
     assert_eq!(vm.backend(), BackendKind::Kvm);
-    let taken = snapshot::take(&vm, writable).await;
+    let taken = snapshot::take(&vm, writable, memory).await;
     // The first failure ends the test; the other flow is dropped with the
     // runtime.
     tokio::try_join!(

@@ -32,6 +32,9 @@ enum Kind {
     Virtual {
         fs: Arc<dyn vfs::FileSystem>,
         deadline: Duration,
+        /// The same file system when it is a [`MemoryFs`] (snapshots
+        /// save its content).
+        memory: Option<MemoryFs>,
     },
     /// An external vhost-user-fs daemon's socket, and the tag it serves.
     External { socket: PathBuf, tag: String },
@@ -86,7 +89,11 @@ impl Mount {
     /// handle (a clone of `fs`), during the VM's life or after. Writes past
     /// its size limit fail with `ENOSPC`.
     pub fn memory(fs: &MemoryFs) -> Mount {
-        Self::virtual_fs(fs.clone())
+        let mut mount = Self::virtual_fs(fs.clone());
+        if let Kind::Virtual { memory, .. } = &mut mount.kind {
+            *memory = Some(fs.clone());
+        }
+        mount
     }
 
     /// Serves the application's own file system. Each guest request runs
@@ -98,6 +105,7 @@ impl Mount {
             kind: Kind::Virtual {
                 fs: Arc::new(fs),
                 deadline: sandbox_fs::DEFAULT_DEADLINE,
+                memory: None,
             },
             stray_masks: Vec::new(),
         }
@@ -277,9 +285,68 @@ pub(crate) struct Prepared {
     pub served: Served,
     /// The mount tag.
     pub tag: String,
-    /// How to serve a bind again after a snapshot (memory, virtual and
+    /// How to serve the mount again after a snapshot (virtual and
     /// external mounts have none: they cannot be snapshotted).
-    pub record: Option<BindRecord>,
+    pub record: Option<Record>,
+    /// The file system of a memory mount.
+    pub memory: Option<MemoryFs>,
+}
+
+/// A mount as a snapshot records it.
+pub(crate) enum Record {
+    Bind(BindRecord),
+    Memory(MemoryRecord),
+}
+
+/// A memory mount as a snapshot records it (its content is saved next to
+/// the state).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct MemoryRecord {
+    pub path: String,
+    pub tag: String,
+    pub deadline_ms: u64,
+}
+
+fn runtime() -> Result<tokio::runtime::Handle, crate::Error> {
+    tokio::runtime::Handle::try_current().map_err(|_| {
+        crate::Error::InvalidConfig(
+            "a virtual or memory file system needs boot() to run inside a tokio runtime".into(),
+        )
+    })
+}
+
+/// What a snapshot keeps of a memory mount: the guest's ids and the
+/// file system's content.
+struct MemoryState<F> {
+    tracked: Arc<sandbox_fs::Tracked<F>>,
+    fs: MemoryFs,
+}
+
+impl<F: sandbox_fs::FuseFs> sandbox_virtio::fs::SavesState for MemoryState<F> {
+    fn save(&self) -> String {
+        self.tracked.save()
+    }
+
+    fn save_data(&self, out: &std::fs::File) -> Option<std::io::Result<u64>> {
+        let mut w = std::io::BufWriter::new(out);
+        Some(self.fs.save_image(&mut w))
+    }
+}
+
+/// The virtio-fs device of a memory mount serving `fs`; with `state`
+/// (from a snapshot), the guest's ids are found again in it.
+pub(crate) fn memory_device(
+    r: &MemoryRecord,
+    fs: MemoryFs,
+    state: Option<&str>,
+) -> Result<sandbox_virtio::fs::Fs, crate::Error> {
+    let deadline = Duration::from_millis(r.deadline_ms);
+    let served = sandbox_fs::Virtual::new(Arc::new(fs.clone()), runtime()?, deadline);
+    let confined = sandbox_fs::Confined::new(served, false);
+    let tracked = track(confined, state, &r.path)?;
+    Ok(sandbox_virtio::fs::Fs::new(&r.tag, tracked.clone())
+        .map_err(|e| crate::Error::InvalidConfig(format!("mount on {:?}: {e}", r.path)))?
+        .saving(Arc::new(MemoryState { tracked, fs })))
 }
 
 /// A bind mount as a snapshot records it: a restore serves the same
@@ -443,6 +510,7 @@ pub(crate) fn prepare(mounts: &[(String, Mount)]) -> Result<Vec<Prepared>, crate
                 served: Served::External(socket.clone()),
                 tag: tag.clone(),
                 record: None,
+                memory: None,
             });
             continue;
         }
@@ -464,16 +532,25 @@ pub(crate) fn prepare(mounts: &[(String, Mount)]) -> Result<Vec<Prepared>, crate
                     mask_storage: mask_storage.clone(),
                 };
                 let device = bind_device(&r, None)?;
-                record = Some(r);
+                record = Some(Record::Bind(r));
                 Ok(device)
             }
-            Kind::Virtual { fs, deadline } => {
-                let rt = tokio::runtime::Handle::try_current().map_err(|_| {
-                    crate::Error::InvalidConfig(
-                        "a virtual file system needs boot() to run inside a tokio runtime".into(),
-                    )
-                })?;
-                let served = sandbox_fs::Virtual::new(fs.clone(), rt, *deadline);
+            Kind::Virtual {
+                memory: Some(memory),
+                deadline,
+                ..
+            } => {
+                let r = MemoryRecord {
+                    path: path.clone(),
+                    tag: tag.clone(),
+                    deadline_ms: deadline.as_millis() as u64,
+                };
+                let device = memory_device(&r, memory.clone(), None)?;
+                record = Some(Record::Memory(r));
+                Ok(device)
+            }
+            Kind::Virtual { fs, deadline, .. } => {
+                let served = sandbox_fs::Virtual::new(fs.clone(), runtime()?, *deadline);
                 // The same rules as a writable bind: single-component
                 // names, no device nodes, no setuid bits.
                 let confined = sandbox_fs::Confined::new(served, false);
@@ -482,11 +559,16 @@ pub(crate) fn prepare(mounts: &[(String, Mount)]) -> Result<Vec<Prepared>, crate
             Kind::External { .. } => unreachable!("handled above"),
         }
         .map_err(|e| crate::Error::InvalidConfig(format!("mount on {path:?}: {e}")))?;
+        let memory = match &mount.kind {
+            Kind::Virtual { memory, .. } => memory.clone(),
+            _ => None,
+        };
         out.push(Prepared {
             path: path.clone(),
             served: Served::Device(device),
             tag,
             record,
+            memory,
         });
     }
     Ok(out)

@@ -317,6 +317,11 @@ impl Sandbox {
             mounts: crate::mount::prepare(&opts.mounts)?,
             uml_jail: self.uml_jail.clone(),
         };
+        let memory_mounts: Vec<_> = spec
+            .mounts
+            .iter()
+            .filter_map(|m| Some((m.path.clone(), m.memory.clone()?)))
+            .collect();
         let machine = tokio::task::spawn_blocking(move || backend::start(kind, spec))
             .await
             .map_err(|e| Error::Protocol(format!("starting the backend panicked: {e}")))??;
@@ -337,6 +342,7 @@ impl Sandbox {
             Some(notices),
         )
         .await
+        .map(|vm| vm.with_memory_mounts(memory_mounts))
     }
 }
 

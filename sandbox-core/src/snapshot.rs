@@ -32,6 +32,9 @@ pub(crate) enum DeviceRecord {
     /// virtio-fs serving a bind mount: a restore serves the same source
     /// again and finds the guest's inodes and open files in it.
     Fs(crate::mount::BindRecord),
+    /// virtio-fs serving a memory mount: its content is in the snapshot
+    /// (one copy per restore), and the guest's ids are found again in it.
+    MemoryFs(crate::mount::MemoryRecord),
 }
 
 /// The addresses of a guest's link ([`sandbox_net::NetConfig`]).
@@ -256,7 +259,8 @@ impl Snapshot {
         self.record.memory_bytes
     }
 
-    /// Bytes of disk data the snapshot stores.
+    /// Bytes of disk data the snapshot stores (with memory mounts'
+    /// content).
     pub fn disk_bytes(&self) -> u64 {
         self.record.disk_bytes
     }
@@ -332,8 +336,9 @@ impl Vm {
     /// its memory, CPU, device and disk state are saved, and then runs on
     /// (a paused guest stays paused). KVM backend only. Bind mounts are
     /// recorded and served again from their sources on restore; memory
-    /// and virtual mounts cannot be snapshotted yet (a clear error says
-    /// so). A guest with a network can, and is restored with
+    /// mounts' content is copied (each restore gets its own, see
+    /// [`Vm::memory_mount`]); a guest with a virtual mount cannot be
+    /// snapshotted (a clear error says so). A guest with a network can, and is restored with
     /// [`RestoreOptions::network`].
     pub async fn snapshot(&self, dir: impl AsRef<Path>) -> Result<Snapshot, Error> {
         let dir = dir.as_ref().to_path_buf();
@@ -405,6 +410,7 @@ impl Sandbox {
             .await
             .map_err(|e| snapshot_error(format!("restoring panicked: {e}")))??;
         let record = snapshot.record();
+        let memory_mounts = machine.memory_mounts();
         let vm = crate::sandbox::connect(
             machine,
             BackendKind::Kvm,
@@ -414,7 +420,8 @@ impl Sandbox {
             events,
             None,
         )
-        .await?;
+        .await?
+        .with_memory_mounts(memory_mounts);
         let mut entropy = vec![0u8; 256];
         host_random(&mut entropy)?;
         let unix_time_ns = SystemTime::now()

@@ -40,6 +40,8 @@ pub struct Vm {
     cwd: String,
     run: sandbox_rootfs::oci::RunDefaults,
     boot_time: Duration,
+    /// The memory mounts' file systems, by guest path.
+    memory_mounts: Vec<(String, sandbox_fs::MemoryFs)>,
 }
 
 pub(crate) fn lock(m: &SharedMachine) -> std::sync::MutexGuard<'_, Box<dyn Machine>> {
@@ -69,7 +71,24 @@ impl Vm {
             cwd,
             run,
             boot_time,
+            memory_mounts: Vec::new(),
         }
+    }
+
+    pub(crate) fn with_memory_mounts(mut self, m: Vec<(String, sandbox_fs::MemoryFs)>) -> Self {
+        self.memory_mounts = m;
+        self
+    }
+
+    /// The file system of the memory mount on guest path `path`: the one
+    /// given to [`crate::Mount::memory`] for a booted VM, and for a VM
+    /// restored from a snapshot its own copy of the snapshot's content
+    /// (each fork has its own). `None` if no memory mount is there.
+    pub fn memory_mount(&self, path: &str) -> Option<sandbox_fs::MemoryFs> {
+        self.memory_mounts
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, fs)| fs.clone())
     }
 
     /// A host-unique id of this VM. Under UML the kernel process and its

@@ -59,7 +59,11 @@ fn stat(a: &Attr) -> stat64 {
     let t = a.mtime.duration_since(UNIX_EPOCH).unwrap_or_default();
     st.st_ino = a.ino;
     st.st_mode = kind | (a.perm & 0o7777);
-    st.st_nlink = a.nlink.into();
+    // u64 on x86_64, u32 on aarch64.
+    #[allow(clippy::useless_conversion)]
+    {
+        st.st_nlink = a.nlink.into();
+    }
     st.st_size = i64::try_from(a.size).unwrap_or(i64::MAX);
     st.st_blksize = 4096;
     st.st_blocks = st.st_size.saturating_add(511) / 512;

@@ -106,8 +106,12 @@ impl Table {
             .ok_or_else(stale)
     }
 
-    /// The served id of guest handle `guest`.
+    /// The served id of guest handle `guest`. Handle 0 is the kernel's
+    /// "none" (a file system that opens without handles): it stays 0.
     pub fn handle(&self, guest: u64) -> std::io::Result<u64> {
+        if guest == 0 {
+            return Ok(0);
+        }
         self.handles
             .get(&guest)
             .and_then(|h| h.inner)

@@ -113,6 +113,15 @@ impl<F: FuseFs> Tracked<F> {
         self.table().handle(guest)
     }
 
+    /// The served handle a release of `guest` gives back: 0 (no handle)
+    /// stays 0; `None` for a handle the served file system does not hold.
+    fn released(&self, guest: u64) -> Option<u64> {
+        if guest == 0 {
+            return Some(0);
+        }
+        self.table().released(guest)
+    }
+
     /// `entry` from the served file system as the guest sees it.
     fn entered(&self, parent: u64, name: &CStr, mut entry: Entry) -> Entry {
         entry.inode = self.table().entered(parent, name.to_bytes(), entry.inode);
@@ -391,7 +400,7 @@ impl<F: FuseFs> FileSystem for Tracked<F> {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        let Some(inner) = self.table().released(handle) else {
+        let Some(inner) = self.released(handle) else {
             return Ok(());
         };
         self.inner.release(
@@ -505,7 +514,7 @@ impl<F: FuseFs> FileSystem for Tracked<F> {
     }
 
     fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
-        let Some(inner) = self.table().released(handle) else {
+        let Some(inner) = self.released(handle) else {
             return Ok(());
         };
         self.inner.releasedir(ctx, self.inode(inode)?, flags, inner)

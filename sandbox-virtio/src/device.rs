@@ -172,7 +172,8 @@ pub trait VirtioDevice: Send {
     }
     /// A block device that is not serving (quiesced or never activated)
     /// copies its whole disk into `out`, sparsely, and returns the bytes
-    /// written. Other devices return `None`.
+    /// written; a virtio-fs device serving a memory file system copies
+    /// that file system's image. Other devices return `None`.
     fn save_disk(&mut self, _out: &File) -> Option<io::Result<u64>> {
         None
     }

@@ -53,6 +53,8 @@ pub mod device_id {
     pub const RNG: u32 = virtio_ids::VIRTIO_ID_RNG;
     /// virtio-vsock.
     pub const VSOCK: u32 = virtio_ids::VIRTIO_ID_VSOCK;
+    /// virtio-fs.
+    pub const FS: u32 = virtio_ids::VIRTIO_ID_FS;
 }
 
 /// The feature bit `bit` as a mask.

@@ -10,7 +10,8 @@
 //! own interception CA and machine-id, the hostname the restore gave it,
 //! reaches a loopback origin through its own stack, and finds the mount
 //! served again (the host's files, its own writes landing on the host, the
-//! counter's old descriptor still appending). A restore without a network,
+//! counter's old descriptor still appending), and its own copy of the
+//! memory mount on `/mem`. A restore without a network,
 //! and a state file that was changed, truncated or comes from another
 //! version, are refused.
 //!
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sandbox_core::net::{Conn, NetworkOptions, RoutedConnector};
+use sandbox_core::vfs::MemoryFs;
 use sandbox_core::{Error, RestoreOptions, Sandbox, Snapshot, Vm};
 
 fn step(name: &str, since: Instant) {
@@ -122,10 +124,17 @@ pub fn share() -> PathBuf {
     share
 }
 
+/// The memory file system the suite's guest mounts on `/mem`.
+pub fn memory() -> MemoryFs {
+    MemoryFs::new().file("/seed.txt", "seeded\n").unwrap()
+}
+
 /// What the forks' checks start from.
 pub struct Taken {
     dir: PathBuf,
     share: PathBuf,
+    /// The original's memory mount.
+    memory: MemoryFs,
     /// The counter at the snapshot.
     before: u64,
     /// The original's interception CA.
@@ -135,9 +144,11 @@ pub struct Taken {
 /// Starts the counter in `vm`, snapshots it, and checks the original goes
 /// on. The original's counter then stops appending to the mount, so that
 /// what the forks append is theirs.
-pub async fn take(vm: &Vm, share: PathBuf) -> Taken {
+pub async fn take(vm: &Vm, share: PathBuf, memory: MemoryFs) -> Taken {
     let t = Instant::now();
     write(vm, "/root/note", "before\n").await;
+    vm.fs().mkdir("/mem/dir", false).await.unwrap();
+    write(vm, "/mem/dir/before.txt", "in memory before\n").await;
     // A counter in its own session (the agent ends the process group of an
     // exec when its main process exits, and the processes of a connection
     // that goes away: a restore replaces the connection); `read -t 1` on a
@@ -198,10 +209,12 @@ pub async fn take(vm: &Vm, share: PathBuf) -> Taken {
     assert_eq!(read(vm, "/root/who").await, "original\n");
     let ca = read(vm, "/run/sandbox/ca.pem").await;
     vm.fs().remove("/tmp/append", false, false).await.unwrap();
+    write(vm, "/mem/who.txt", "original\n").await;
     step("the original after the snapshot", t);
     Taken {
         dir,
         share,
+        memory,
         before,
         ca,
     }
@@ -212,6 +225,7 @@ pub async fn forks(taken: Taken) {
     let Taken {
         dir,
         share,
+        memory,
         before,
         ca,
     } = taken;
@@ -250,6 +264,18 @@ pub async fn forks(taken: Taken) {
         // lookups reach the host's files, and its writes land there.
         assert_eq!(read(fork, "/work/sub/host.txt").await, "from the host\n");
         write(fork, &format!("/work/fork{i}"), "written by a fork\n").await;
+        // The memory mount: each fork has its own copy of the snapshot's.
+        assert_eq!(read(fork, "/mem/seed.txt").await, "seeded\n");
+        assert_eq!(
+            read(fork, "/mem/dir/before.txt").await,
+            "in memory before\n"
+        );
+        write(fork, "/mem/who.txt", &format!("fork{i}\n")).await;
+        let own = fork.memory_mount("/mem").expect("the fork's memory mount");
+        assert_eq!(
+            own.read_file("/who.txt").unwrap(),
+            format!("fork{i}\n").as_bytes()
+        );
         assert_eq!(
             std::fs::read_to_string(share.join(format!("fork{i}"))).unwrap(),
             "written by a fork\n"
@@ -314,6 +340,20 @@ pub async fn forks(taken: Taken) {
         ticks(&share)
     );
     assert_ne!(random[0], random[1], "each fork has its own random bytes");
+    assert_eq!(
+        memory.read_file("/who.txt").unwrap(),
+        b"original\n",
+        "the original's memory mount is its own"
+    );
+    assert_eq!(
+        forks[0]
+            .memory_mount("/mem")
+            .unwrap()
+            .read_file("/who.txt")
+            .unwrap(),
+        b"fork0\n",
+        "fork 0's copy kept its own write"
+    );
     assert_ne!(
         machine_ids[0], machine_ids[1],
         "each fork has its own machine-id"

@@ -69,14 +69,15 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
             crate::mount::Served::Device(d) => {
                 devices.push(Box::new(d));
                 match m.record {
-                    Some(r) => layout.push(DeviceRecord::Fs(r)),
+                    Some(crate::mount::Record::Bind(r)) => layout.push(DeviceRecord::Fs(r)),
+                    Some(crate::mount::Record::Memory(r)) => layout.push(DeviceRecord::MemoryFs(r)),
                     None => {
                         // Keeps the layout in bus order; it is never
                         // written, since the machine refuses snapshots.
                         layout.push(DeviceRecord::Rng);
                         no_snapshot = Some(format!(
-                            "the mount on {:?} is a memory or virtual file system, which \
-                             cannot be saved yet (bind mounts can)",
+                            "the mount on {:?} is an application's virtual file system, \
+                             which cannot be saved (bind and memory mounts can)",
                             m.path
                         ));
                     }
@@ -152,6 +153,7 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
         id: next_id(),
         layout,
         no_snapshot,
+        memory_mounts: Vec::new(),
         memory_mib: spec.memory_mib,
         cpus: spec.cpus,
         emulated: profile == CpuProfile::NestedPvm,
@@ -188,6 +190,7 @@ pub(super) fn restore(
     let mut names = Vec::new();
     let mut connector = None;
     let mut mounts = 0;
+    let mut memory_mounts = Vec::new();
     for (i, kind) in record.devices.iter().enumerate() {
         match kind {
             DeviceRecord::Disk { read_only } => {
@@ -243,6 +246,36 @@ pub(super) fn restore(
                 names.push(format!("fs{mounts}"));
                 mounts += 1;
             }
+            DeviceRecord::MemoryFs(r) => {
+                let missing = |what: &str| {
+                    Error::Snapshot(format!(
+                        "the snapshot has no {what} for the memory mount on {:?}",
+                        r.path
+                    ))
+                };
+                let saved = state
+                    .devices
+                    .get(i)
+                    .and_then(|d| d.device_state.as_deref())
+                    .ok_or_else(|| missing("file system state"))?;
+                let image = state
+                    .disks
+                    .iter()
+                    .find(|d| d.device == i)
+                    .ok_or_else(|| missing("content"))?;
+                let path = dir.join(&image.file);
+                let fs = std::fs::File::open(&path)
+                    .and_then(|f| sandbox_fs::MemoryFs::load_image(&mut std::io::BufReader::new(f)))
+                    .map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
+                devices.push(Box::new(crate::mount::memory_device(
+                    r,
+                    fs.clone(),
+                    Some(saved),
+                )?));
+                names.push(format!("fs{mounts}"));
+                mounts += 1;
+                memory_mounts.push((r.path.clone(), fs));
+            }
             DeviceRecord::Net(link) => {
                 let mut o = network_opts.take().ok_or_else(|| {
                     Error::InvalidConfig(
@@ -276,6 +309,7 @@ pub(super) fn restore(
         id: next_id(),
         layout: record.devices.clone(),
         no_snapshot: None,
+        memory_mounts,
         memory_mib: record.memory_mib,
         cpus: record.cpus,
         emulated: super::kvm_profile() == CpuProfile::NestedPvm,
@@ -296,6 +330,8 @@ struct KvmMachine {
     layout: Vec<DeviceRecord>,
     /// Why this machine cannot be snapshotted, if it cannot.
     no_snapshot: Option<String>,
+    /// The memory mounts a restore loaded, by guest path.
+    memory_mounts: Vec<(String, sandbox_fs::MemoryFs)>,
     /// Guest ring 0 runs emulated (nested PVM): everything in the guest,
     /// its power-off included, is one to two orders of magnitude slower.
     emulated: bool,
@@ -371,6 +407,10 @@ impl Machine for KvmMachine {
 
     fn network_stats(&self) -> Option<sandbox_net::Stats> {
         self.network.as_ref().map(Network::stats)
+    }
+
+    fn memory_mounts(&self) -> Vec<(String, sandbox_fs::MemoryFs)> {
+        self.memory_mounts.clone()
     }
 
     fn network_ca(&self) -> Option<String> {

@@ -120,6 +120,11 @@ pub(crate) trait Machine: Send {
     fn network_ca(&self) -> Option<String> {
         None
     }
+    /// The memory mounts a restore loaded from the snapshot, by guest
+    /// path (booted machines: none here, `Vm` keeps the application's).
+    fn memory_mounts(&self) -> Vec<(String, sandbox_fs::MemoryFs)> {
+        Vec::new()
+    }
     /// How the guest stopped, if it has (never blocks). Called before
     /// `kill`.
     fn stop_reason(&mut self) -> Option<crate::StopReason>;

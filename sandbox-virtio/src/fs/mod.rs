@@ -121,6 +121,12 @@ impl<F: FuseFs> Serve for Served<F> {
 pub trait SavesState: Send + Sync {
     /// The state, as text.
     fn save(&self) -> String;
+    /// Content the host keeps for the guest (a memory file system's
+    /// files), copied into `out` with the bytes written; `None` for a
+    /// file system whose content is the host's own (a bind's source).
+    fn save_data(&self, _out: &std::fs::File) -> Option<std::io::Result<u64>> {
+        None
+    }
 }
 
 impl<F: FuseFs> SavesState for sandbox_fs::Tracked<F> {
@@ -238,6 +244,10 @@ impl VirtioDevice for Fs {
 
     fn save_state(&self) -> Option<String> {
         self.state.as_ref().map(|s| s.save())
+    }
+
+    fn save_disk(&mut self, out: &std::fs::File) -> Option<std::io::Result<u64>> {
+        self.state.as_ref()?.save_data(out)
     }
 }
 
