@@ -157,10 +157,10 @@ mod install {
     /// once per process when it first shrinks a thread's heap; refused, it
     /// assumes the default and carries on.
     fn quietly_refused() -> Vec<libc::c_long> {
-        let mut v = vec![libc::SYS_openat];
         #[cfg(target_arch = "x86_64")]
-        v.push(libc::SYS_open);
-        v
+        return vec![libc::SYS_openat, libc::SYS_open];
+        #[cfg(not(target_arch = "x86_64"))]
+        vec![libc::SYS_openat]
     }
 
     fn compile(

@@ -13,14 +13,7 @@
 
 use kvm_bindings::CpuId;
 
-/// Which CPUID the guest gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CpuProfile {
-    /// Everything KVM supports (hardware virtualization).
-    Full,
-    /// Without the features an emulating nested-PVM host rejects.
-    NestedPvm,
-}
+pub use crate::CpuProfile;
 
 const ECX_POPCNT: u32 = 1 << 23;
 const ECX_FMA: u32 = 1 << 12;

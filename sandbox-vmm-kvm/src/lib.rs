@@ -5,25 +5,51 @@
 //! virtio-mmio bus hosting the same `sandbox-virtio` devices as the UML
 //! backend (irqfd for interrupts, ioeventfd for queue notifications).
 //!
+//! On arm64 hosts the `arm64` module boots the arm64 `Image` instead, with
+//! the in-kernel GICv3 and PSCI and the device tree of `sandbox-vmm-hvf`
+//! (type-checked and linted here, never run: no arm64 KVM host).
+//!
 //! [`probe`] tells hardware KVM from an emulating host (such as the nested
 //! PVM of this project's machines) by timing the same loop at guest ring 0
 //! and ring 3; [`CpuProfile::NestedPvm`] and the kernel's
 //! `sandbox_nested_pvm` parameter are used only on the latter.
 
+#[cfg(target_arch = "aarch64")]
+mod arm64;
+#[cfg(target_arch = "x86_64")]
 mod boot;
+#[cfg(target_arch = "x86_64")]
 mod bus;
+#[cfg(target_arch = "x86_64")]
 mod cpuid;
+#[cfg(target_arch = "x86_64")]
 mod layout;
+#[cfg(target_arch = "x86_64")]
 mod mptable;
 mod pause;
 pub mod probe;
+mod run;
 pub mod seccomp;
 pub mod snapshot;
+#[cfg(target_arch = "x86_64")]
 mod vcpu;
+#[cfg(target_arch = "x86_64")]
 mod vm;
 
-pub use cpuid::CpuProfile;
+#[cfg(target_arch = "aarch64")]
+pub use arm64::{KvmConfig, KvmVm};
+#[cfg(target_arch = "x86_64")]
 pub use vm::{KvmConfig, KvmVm};
+
+/// Which CPUID the guest gets (x86_64; arm64 guests always get the host's
+/// CPU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuProfile {
+    /// Everything KVM supports (hardware virtualization).
+    Full,
+    /// Without the features an emulating nested-PVM host rejects.
+    NestedPvm,
+}
 
 /// Kernel parameters for emulating (nested PVM) hosts: our kernel's
 /// work-arounds, plus what the CPUID profile alone did not keep from the

@@ -1,11 +1,8 @@
 //! Creating a KVM guest, running its vCPU threads and stopping it.
 
-use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Once};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
@@ -18,12 +15,12 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, ConsoleWriter, IrqTrigger};
 use crate::layout::*;
-use crate::pause::Gate;
+use crate::run::Vcpus;
 use crate::snapshot::{
     memory, MachineState, SavedDisk, SerialSnapshot, SnapshotError, SnapshotInfo, VmKvmState,
     MEMORY_FILE, STATE_FILE,
 };
-use crate::{boot, cpuid, mptable, seccomp, vcpu, CpuProfile, GuestExit, GuestMemory, KvmError};
+use crate::{boot, cpuid, mptable, vcpu, CpuProfile, GuestExit, GuestMemory, KvmError};
 use sandbox_virtio::mmio::{MmioDevice, MmioState, REG_QUEUE_NOTIFY};
 use sandbox_virtio::{ConsoleLog, VirtioDevice};
 
@@ -46,22 +43,13 @@ pub struct KvmConfig {
     pub devices: Vec<Box<dyn VirtioDevice>>,
 }
 
-#[derive(Default)]
-struct ExitState {
-    exit: Mutex<Option<GuestExit>>,
-    changed: Condvar,
-}
-
 /// A running KVM guest. Dropping it stops every vCPU thread and device.
 pub struct KvmVm {
     _vm: VmFd,
     bus: Arc<Bus>,
-    stop: Arc<AtomicBool>,
-    gate: Arc<Gate>,
+    vcpus: Vcpus,
     /// Each vCPU's state, saved when it last parked.
     saved: vcpu::SavedStates,
-    state: Arc<ExitState>,
-    threads: Vec<JoinHandle<Result<(), sandbox_thread::Panicked>>>,
     console: ConsoleLog,
     mem: Arc<GuestMemory>,
 }
@@ -75,30 +63,6 @@ fn host(what: &str) -> impl FnOnce(std::io::Error) -> KvmError + '_ {
         what: what.to_string(),
         source,
     }
-}
-
-/// The signal that kicks a vCPU thread out of `KVM_RUN`.
-fn kick_signal() -> i32 {
-    libc::SIGRTMIN() + 1
-}
-
-fn install_kick_handler() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-        let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), noop);
-    });
-}
-
-/// Interrupts a vCPU thread's `KVM_RUN` (or its wait while parked).
-fn kick<T>(thread: &JoinHandle<T>) {
-    if thread.is_finished() {
-        return;
-    }
-    // SAFETY: the thread is alive (not finished, and not joined: we hold
-    // its handle); the signal's handler does nothing but interrupt
-    // KVM_RUN.
-    unsafe { libc::pthread_kill(thread.as_pthread_t(), kick_signal()) };
 }
 
 /// Guest RAM is not inherited by children forked by any thread of this
@@ -124,26 +88,6 @@ fn create_new(path: &Path) -> Result<std::fs::File, SnapshotError> {
 
 /// How long the vCPUs get to park for a snapshot.
 const PAUSE_FOR_SNAPSHOT: Duration = Duration::from_secs(5);
-
-/// Console lines searched for a panic when the guest resets.
-const PANIC_SEARCH_LINES: usize = 80;
-
-/// A reset right after the kernel's panic line is the panic (`panic=-1`
-/// resets through the same i8042 port as a reboot).
-fn classify_reset(exit: GuestExit, console: &ConsoleLog) -> GuestExit {
-    if exit != GuestExit::Reboot {
-        return exit;
-    }
-    let tail = console.tail(PANIC_SEARCH_LINES);
-    match tail
-        .lines()
-        .rev()
-        .find_map(|l| l.split_once("Kernel panic - not syncing: "))
-    {
-        Some((_, why)) => GuestExit::Panic(why.trim().to_string()),
-        None => exit,
-    }
-}
 
 /// A VM with RAM, interrupt controllers and PIT, before devices and vCPUs.
 struct Base {
@@ -245,7 +189,6 @@ impl Base {
 
     /// Starts one thread per vCPU.
     fn launch(self, bus: Bus, vcpus: Vec<VcpuFd>, console: ConsoleLog) -> Result<KvmVm, KvmError> {
-        install_kick_handler();
         let msr_index: Arc<[u32]> = self
             .kvm
             .get_msr_index_list()
@@ -254,44 +197,24 @@ impl Base {
         let mut this = KvmVm {
             _vm: self.vm,
             bus: Arc::new(bus),
-            stop: Arc::new(AtomicBool::new(false)),
-            gate: Arc::default(),
+            vcpus: Vcpus::new(),
             saved: Arc::new(Mutex::new(vec![None; vcpus.len()])),
-            state: Arc::new(ExitState::default()),
-            threads: Vec::new(),
             console,
             mem: self.mem,
         };
         for (id, fd) in vcpus.into_iter().enumerate() {
             let shared = vcpu::Shared {
                 bus: this.bus.clone(),
-                stop: this.stop.clone(),
-                gate: this.gate.clone(),
+                stop: this.vcpus.stop.clone(),
+                gate: this.vcpus.gate.clone(),
                 saved: this.saved.clone(),
                 msr_index: msr_index.clone(),
             };
-            let (stop, state) = (this.stop.clone(), this.state.clone());
-            let console = this.console.clone();
             let id = id as u8;
-            let vcpu =
-                sandbox_thread::spawn(format!("vcpu{id}"), Some(&seccomp::VCPU), move || {
-                    // A panic in exit handling (device code reached by a guest
-                    // register access) stops this VM as a crash, not the host.
-                    let exit = match sandbox_thread::contain(|| vcpu::run(id, fd, shared)) {
-                        Ok(exit) => classify_reset(exit, &console),
-                        Err(p) => GuestExit::Crashed(format!("the VMM failed: {p}")),
-                    };
-                    let mut slot = state.exit.lock().unwrap_or_else(|e| e.into_inner());
-                    if slot.is_none() && exit != GuestExit::Stopped {
-                        *slot = Some(exit);
-                    }
-                    stop.store(true, Ordering::Release);
-                    state.changed.notify_all();
-                });
             // On failure `this` is dropped, and its Drop stops and joins the
             // vCPU threads already started and the devices.
-            let thread = vcpu.map_err(host("starting a vCPU thread"))?;
-            this.threads.push(thread);
+            this.vcpus
+                .spawn(id, &this.console, move || vcpu::run(id, fd, shared))?;
         }
         Ok(this)
     }
@@ -417,8 +340,8 @@ impl KvmVm {
     fn snapshot_paused(&self, dir: &Path) -> Result<SnapshotInfo, SnapshotError> {
         let io = |what: String| move |source| SnapshotError::Io { what, source };
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        let running = self.threads.iter().filter(|t| !t.is_finished()).count();
-        if running != self.threads.len() {
+        let (started, running) = self.vcpus.counts();
+        if running != started {
             return Err(SnapshotError::Corrupt(
                 "the guest has stopped: there is nothing to snapshot".into(),
             ));
@@ -440,16 +363,32 @@ impl KvmVm {
         let devices: Vec<MmioState> = self.bus.mmio.iter().map(MmioDevice::quiesce).collect();
         let mut disks = Vec::new();
         for (i, (dev, state)) in self.bus.mmio.iter().zip(&devices).enumerate() {
-            if state.device_type != sandbox_virtio::device_id::BLOCK {
-                continue;
-            }
-            let file = format!("disk{i}.raw");
+            // Block devices copy their disk; a virtio-fs device serving a
+            // memory file system its image (others have nothing to copy).
+            let (file, required) = match state.device_type {
+                sandbox_virtio::device_id::BLOCK => (format!("disk{i}.raw"), true),
+                sandbox_virtio::device_id::FS => (format!("fs{i}.img"), false),
+                _ => continue,
+            };
             let path = dir.join(&file);
             let out = create_new(&path)?;
-            let stored = dev
-                .save_disk(&out)
-                .unwrap_or_else(|| Err(std::io::Error::other("the block device has no disk")))
-                .map_err(io(format!("copying disk {i} to {}", path.display())))?;
+            let stored = match dev.save_disk(&out) {
+                Some(r) => r.map_err(io(format!(
+                    "copying device {i}'s data to {}",
+                    path.display()
+                )))?,
+                None if required => {
+                    return Err(SnapshotError::Corrupt(format!(
+                        "block device {i} has no disk"
+                    )))
+                }
+                None => {
+                    drop(out);
+                    std::fs::remove_file(&path)
+                        .map_err(io(format!("removing {}", path.display())))?;
+                    continue;
+                }
+            };
             let size = out
                 .metadata()
                 .map_err(io(format!("reading {}", path.display())))?
@@ -508,29 +447,12 @@ impl KvmVm {
 
     /// How the guest stopped, waiting up to `timeout` for it to stop.
     pub fn wait_exit(&self, timeout: Duration) -> Option<GuestExit> {
-        let deadline = Instant::now() + timeout;
-        let mut slot = self.state.exit.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(exit) = slot.clone() {
-                return Some(exit);
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            slot = self
-                .state
-                .changed
-                .wait_timeout(slot, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        self.vcpus.wait_exit(timeout)
     }
 
     /// Whether a vCPU stopped (the guest ended or crashed).
     pub fn exited(&self) -> Option<GuestExit> {
-        self.state
-            .exit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.vcpus.exited()
     }
 
     /// Pauses the guest: every vCPU leaves `KVM_RUN` and waits, within
@@ -542,52 +464,22 @@ impl KvmVm {
     /// preemption, and a kvmclock guest is told it was stopped so its
     /// watchdogs stay quiet. Pausing a paused VM returns at once.
     pub fn pause(&self, timeout: Duration) -> Result<(), KvmError> {
-        self.gate.request_pause();
-        let deadline = Instant::now() + timeout;
-        loop {
-            let running: Vec<_> = self.threads.iter().filter(|t| !t.is_finished()).collect();
-            if self.gate.wait_parked(running.len(), Duration::ZERO) >= running.len() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                self.gate.resume();
-                return Err(KvmError::Host {
-                    what: "pausing the guest".into(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("a vCPU did not leave KVM_RUN within {timeout:?}"),
-                    ),
-                });
-            }
-            for t in &running {
-                kick(t);
-            }
-            self.gate
-                .wait_parked(running.len(), Duration::from_millis(1));
-        }
+        self.vcpus.pause(timeout)
     }
 
     /// Lets a paused guest run again (nothing happens if it is running).
     pub fn resume(&self) {
-        self.gate.resume();
+        self.vcpus.resume();
     }
 
     /// Whether the guest is paused.
     pub fn is_paused(&self) -> bool {
-        self.gate.is_paused()
+        self.vcpus.is_paused()
     }
 
     /// Stops every vCPU and device and joins their threads.
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        self.gate.stop();
-        for t in self.threads.drain(..) {
-            while !t.is_finished() {
-                kick(&t);
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            let _ = t.join();
-        }
+        self.vcpus.stop();
         for dev in &self.bus.mmio {
             dev.shutdown();
         }
@@ -597,32 +489,5 @@ impl KvmVm {
 impl Drop for KvmVm {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_reset_after_a_panic_line_is_a_panic() {
-        let console = ConsoleLog::new(4096);
-        console.push(b"[    1.0] booting\n");
-        assert_eq!(
-            classify_reset(GuestExit::Reboot, &console),
-            GuestExit::Reboot
-        );
-        console.push(
-            b"[    9.1] Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b\n",
-        );
-        console.push(b"[    9.2] Rebooting in 1 seconds..\n");
-        assert_eq!(
-            classify_reset(GuestExit::Reboot, &console),
-            GuestExit::Panic("Attempted to kill init! exitcode=0x0000000b".into())
-        );
-        assert_eq!(
-            classify_reset(GuestExit::PowerOff, &console),
-            GuestExit::PowerOff
-        );
     }
 }

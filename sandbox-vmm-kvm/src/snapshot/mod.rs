@@ -4,18 +4,22 @@
 //! are the next steps of this work; what exists is exercised by unit
 //! tests on this host's `/dev/kvm`.
 
+#[cfg(target_arch = "x86_64")]
 pub mod cpu;
 pub mod memory;
 
 use std::io::{self, Read, Write};
 use std::path::Path;
 
+#[cfg(target_arch = "x86_64")]
 use kvm_bindings::{kvm_clock_data, kvm_irqchip, kvm_pit_state2};
+#[cfg(target_arch = "x86_64")]
 use kvm_ioctls::VmFd;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::KvmError;
+#[cfg(target_arch = "x86_64")]
 pub use cpu::VcpuState;
 
 /// The state file's first bytes.
@@ -27,6 +31,7 @@ pub const STATE_VERSION: u32 = 1;
 /// is not one of ours.
 const MAX_STATE_BYTES: u64 = 64 << 20;
 /// `KVM_IRQCHIP_PIC_MASTER`, `_PIC_SLAVE`, `_IOAPIC`.
+#[cfg(target_arch = "x86_64")]
 const IRQCHIPS: [u32; 3] = [0, 1, 2];
 
 /// Why a snapshot cannot be taken or used.
@@ -52,9 +57,13 @@ pub enum SnapshotError {
     /// Saving or loading KVM state failed.
     #[error(transparent)]
     Kvm(#[from] KvmError),
+    /// This platform's VMM cannot do it (snapshots are x86_64 only).
+    #[error("{0} is not supported: snapshots are built for x86_64 KVM hosts only")]
+    Unsupported(String),
 }
 
 /// The VM-wide interrupt controllers and clock.
+#[cfg(target_arch = "x86_64")]
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VmKvmState {
     /// PIC master, PIC slave and IOAPIC, in that order.
@@ -64,6 +73,7 @@ pub struct VmKvmState {
     pub clock: kvm_clock_data,
 }
 
+#[cfg(target_arch = "x86_64")]
 impl VmKvmState {
     /// Saves the VM's state; every vCPU must be stopped.
     pub fn save(vm: &VmFd) -> Result<Self, KvmError> {
@@ -124,7 +134,9 @@ pub struct MachineState {
     /// Guest RAM regions (guest address, bytes), as laid out in the
     /// memory file.
     pub regions: Vec<(u64, usize)>,
+    #[cfg(target_arch = "x86_64")]
     pub vcpus: Vec<VcpuState>,
+    #[cfg(target_arch = "x86_64")]
     pub vm: VmKvmState,
     /// Transport and queue state of each virtio-mmio device, in bus order.
     pub devices: Vec<sandbox_virtio::mmio::MmioState>,
@@ -262,5 +274,5 @@ impl MachineState {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests;

@@ -1,0 +1,217 @@
+//! The vCPU threads of a VM, on every architecture: starting them under
+//! their syscall filter, kicking them out of `KVM_RUN`, pausing at the
+//! gate, waiting for the guest's end and stopping.
+
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sandbox_virtio::ConsoleLog;
+
+use crate::pause::Gate;
+use crate::{seccomp, GuestExit, KvmError};
+
+#[derive(Default)]
+struct ExitState {
+    exit: Mutex<Option<GuestExit>>,
+    changed: Condvar,
+}
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN`.
+fn kick_signal() -> i32 {
+    libc::SIGRTMIN() + 1
+}
+
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+        let _ = vmm_sys_util::signal::register_signal_handler(kick_signal(), noop);
+    });
+}
+
+/// Interrupts a vCPU thread's `KVM_RUN` (or its wait while parked).
+fn kick<T>(thread: &JoinHandle<T>) {
+    if thread.is_finished() {
+        return;
+    }
+    // SAFETY: the thread is alive (not finished, and not joined: we hold
+    // its handle); the signal's handler does nothing but interrupt
+    // KVM_RUN.
+    unsafe { libc::pthread_kill(thread.as_pthread_t(), kick_signal()) };
+}
+
+/// Console lines searched for a panic when the guest resets.
+const PANIC_SEARCH_LINES: usize = 80;
+
+/// A reset right after the kernel's panic line is the panic (`panic=-1`
+/// resets the machine the way a reboot does).
+fn classify_reset(exit: GuestExit, console: &ConsoleLog) -> GuestExit {
+    if exit != GuestExit::Reboot {
+        return exit;
+    }
+    let tail = console.tail(PANIC_SEARCH_LINES);
+    match tail
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("Kernel panic - not syncing: "))
+    {
+        Some((_, why)) => GuestExit::Panic(why.trim().to_string()),
+        None => exit,
+    }
+}
+
+/// A VM's vCPU threads.
+pub struct Vcpus {
+    pub stop: Arc<AtomicBool>,
+    pub gate: Arc<Gate>,
+    state: Arc<ExitState>,
+    threads: Vec<JoinHandle<Result<(), sandbox_thread::Panicked>>>,
+}
+
+impl Vcpus {
+    pub fn new() -> Self {
+        install_kick_handler();
+        Self {
+            stop: Arc::new(AtomicBool::new(false)),
+            gate: Arc::default(),
+            state: Arc::default(),
+            threads: Vec::new(),
+        }
+    }
+
+    /// Starts vCPU `id`'s thread running `run` (which returns how the
+    /// guest stopped). A panic in it stops the VM as a crash, not the
+    /// host; the first vCPU to stop stops the others.
+    pub fn spawn(
+        &mut self,
+        id: u8,
+        console: &ConsoleLog,
+        run: impl FnOnce() -> GuestExit + Send + 'static,
+    ) -> Result<(), KvmError> {
+        let (stop, state, console) = (self.stop.clone(), self.state.clone(), console.clone());
+        let thread = sandbox_thread::spawn(format!("vcpu{id}"), Some(&seccomp::VCPU), move || {
+            let exit = match sandbox_thread::contain(run) {
+                Ok(exit) => classify_reset(exit, &console),
+                Err(p) => GuestExit::Crashed(format!("the VMM failed: {p}")),
+            };
+            let mut slot = state.exit.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() && exit != GuestExit::Stopped {
+                *slot = Some(exit);
+            }
+            stop.store(true, Ordering::Release);
+            state.changed.notify_all();
+        })
+        .map_err(|source| KvmError::Host {
+            what: "starting a vCPU thread".into(),
+            source,
+        })?;
+        self.threads.push(thread);
+        Ok(())
+    }
+
+    /// Threads started, and how many of them still run (snapshots use it;
+    /// they are x86_64 only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub fn counts(&self) -> (usize, usize) {
+        let running = self.threads.iter().filter(|t| !t.is_finished()).count();
+        (self.threads.len(), running)
+    }
+
+    /// How the guest stopped, waiting up to `timeout` for it to stop.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<GuestExit> {
+        let deadline = Instant::now() + timeout;
+        let mut slot = self.state.exit.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(exit) = slot.clone() {
+                return Some(exit);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            slot = self
+                .state
+                .changed
+                .wait_timeout(slot, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Whether a vCPU stopped (the guest ended or crashed).
+    pub fn exited(&self) -> Option<GuestExit> {
+        self.state
+            .exit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every running vCPU leaves `KVM_RUN` and parks, within `timeout`.
+    pub fn pause(&self, timeout: Duration) -> Result<(), KvmError> {
+        self.gate.request_pause();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let running: Vec<_> = self.threads.iter().filter(|t| !t.is_finished()).collect();
+            if self.gate.wait_parked(running.len(), Duration::ZERO) >= running.len() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.gate.resume();
+                return Err(KvmError::Host {
+                    what: "pausing the guest".into(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("a vCPU did not leave KVM_RUN within {timeout:?}"),
+                    ),
+                });
+            }
+            for t in &running {
+                kick(t);
+            }
+            self.gate
+                .wait_parked(running.len(), Duration::from_millis(1));
+        }
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&self) {
+        self.gate.resume();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.gate.is_paused()
+    }
+
+    /// Stops every vCPU and joins its thread.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.gate.stop();
+        for t in self.threads.drain(..) {
+            while !t.is_finished() {
+                kick(&t);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_after_a_panic_line_is_a_panic() {
+        let log = ConsoleLog::new(4096);
+        log.push(b"[ 1.0] Kernel panic - not syncing: VFS: Unable to mount root fs\n");
+        assert_eq!(
+            classify_reset(GuestExit::Reboot, &log),
+            GuestExit::Panic("VFS: Unable to mount root fs".into())
+        );
+        assert_eq!(
+            classify_reset(GuestExit::Reboot, &ConsoleLog::new(4096)),
+            GuestExit::Reboot
+        );
+    }
+}
