@@ -12,7 +12,9 @@
 //! busy delays anyway (it has no hardware to wait for).
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(target_arch = "x86_64")]
+use std::time::Instant;
 
 /// The UML kernel's timer frequency (fixed by `arch/um`'s Kconfig).
 const HZ: u64 = 100;

@@ -91,6 +91,7 @@ pub fn ci(rebuild: bool) -> Result<()> {
     ])?;
     crate::hygiene::check()?;
     crate::darwin::clippy()?;
+    crate::arm64_linux::clippy()?;
     crate::fuzz::build_and_run(crate::fuzz::CI_SECONDS)?;
     test_workspace()?;
     soak(CI_SOAK_CYCLES)

@@ -13,9 +13,11 @@
 //! cargo xtask build-quickstart  build only the UML kernel, the agent and `minimal`
 //! cargo xtask deps              install (or print) the system packages needed
 //! cargo xtask darwin            clippy for aarch64-apple-darwin over the crates that build there
+//! cargo xtask arm64-linux       clippy for aarch64-unknown-linux-gnu over sandbox-core (the arm64 KVM VMM)
 //! ```
 
 mod arm64_image;
+mod arm64_linux;
 mod cache;
 mod darwin;
 mod debian;
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Some("build-quickstart") => flows::build_quickstart(rebuild),
         Some("deps") => deps::ensure(),
         Some("darwin") => darwin::clippy(),
+        Some("arm64-linux") => arm64_linux::clippy(),
         Some("kernel") => match args.get(1).map(String::as_str) {
             Some(name) => {
                 kernel::Flavor::parse(name).and_then(|f| kernel::build(f, rebuild).map(|_| ()))
@@ -64,7 +67,7 @@ fn main() -> ExitCode {
             .and_then(|n| flows::soak(n.unwrap_or(flows::CI_SOAK_CYCLES))),
         _ => {
             eprintln!(
-                "usage: cargo xtask <quickstart|ci|build|build-quickstart|deps|darwin|kernel <uml|x86_64|arm64>|image|fuzz [--minutes N]|hygiene|soak [--cycles N]|peers> [--rebuild]"
+                "usage: cargo xtask <quickstart|ci|build|build-quickstart|deps|darwin|arm64-linux|kernel <uml|x86_64|arm64>|image|fuzz [--minutes N]|hygiene|soak [--cycles N]|peers> [--rebuild]"
             );
             return ExitCode::from(2);
         }

@@ -22,6 +22,15 @@ use crate::{artifacts, DataDisk, Error};
 use sandbox_vmm_kvm::snapshot::{MachineState, MEMORY_FILE, STATE_FILE};
 
 const CONSOLE_LOG_BYTES: usize = 256 << 10;
+/// The guest architecture KVM runs on this host, and its kernel artifact.
+#[cfg(not(target_arch = "aarch64"))]
+pub(super) const ARCH: &str = "x86_64";
+#[cfg(not(target_arch = "aarch64"))]
+const KERNEL: (&str, &str) = ("kernel-x86_64", "x86_64 kernel");
+#[cfg(target_arch = "aarch64")]
+pub(super) const ARCH: &str = "aarch64";
+#[cfg(target_arch = "aarch64")]
+const KERNEL: (&str, &str) = ("kernel-arm64", "arm64 kernel");
 const GUEST_CID: u64 = 3;
 /// How long every vCPU gets to leave `KVM_RUN` when pausing.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,7 +45,7 @@ fn stopped() -> Error {
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Machine>, Error> {
-    let kernel = artifacts::manifest_path("kernel-x86_64", "x86_64 kernel")?;
+    let kernel = artifacts::manifest_path(KERNEL.0, KERNEL.1)?;
     let root = spec.rootfs.open(Some(spec.events.clone()))?;
     let read_only = root.read_only();
     let mut layout = vec![DeviceRecord::Disk { read_only }];

@@ -236,11 +236,14 @@ pub(crate) fn restore_kvm(
 /// Starts a guest on the chosen backend.
 pub(crate) fn start(kind: BackendKind, spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
     let image = spec.rootfs.image();
-    if kind != BackendKind::QemuArm64 && image.arch == qemu_arm64::ARCH {
+    // (An image that does not say its architecture is tried as it is.)
+    if kind != BackendKind::QemuArm64 && !image.arch.is_empty() && image.arch != kvm::ARCH {
         return Err(Error::InvalidConfig(format!(
-            "image {:?} is an {} image; this host's backends boot x86_64 images \
+            "image {:?} is an {} image; this host's backends boot {} images \
              (BackendKind::QemuArm64 emulates arm64)",
-            image.name, image.arch
+            image.name,
+            image.arch,
+            kvm::ARCH
         )));
     }
     match kind {

@@ -17,12 +17,15 @@
 //! namespace's init ignores, so the kernel would spin forever. A seccomp
 //! kill is delivered to init too.
 
+#[cfg(target_arch = "x86_64")]
 use std::collections::BTreeMap;
 use std::io;
 
+use seccompiler::BpfProgram;
+#[cfg(target_arch = "x86_64")]
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    TargetArch,
 };
 
 /// The host calls of the UML kernel process and its stubs.
@@ -144,8 +147,11 @@ pub(crate) const ALLOWED: &[libc::c_long] = &[
 const ARCH: TargetArch = TargetArch::x86_64;
 
 /// The compiled filters (the panic rule, then the allow-list), built before
-/// the fork: installing them allocates nothing.
-pub(crate) struct Filters(Vec<BpfProgram>);
+/// the fork: installing them allocates nothing. (Empty and unused where
+/// UML does not run: it is x86_64 only.)
+pub(crate) struct Filters(
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] Vec<BpfProgram>,
+);
 
 #[cfg(target_arch = "x86_64")]
 impl Filters {
@@ -205,6 +211,7 @@ impl Filters {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 fn compile(
     rules: BTreeMap<libc::c_long, Vec<SeccompRule>>,
     mismatch: SeccompAction,
