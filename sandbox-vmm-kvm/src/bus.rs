@@ -86,9 +86,11 @@ impl Bus {
         let dev = self.mmio.get(usize::try_from(index).ok()?)?;
         Some((dev, addr - MMIO_START - index * MMIO_SIZE))
     }
+}
 
+impl crate::run::MmioBus for Bus {
     /// An MMIO read; unmapped addresses read as all ones.
-    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         match self.device(addr) {
             Some((dev, offset)) => dev.read(offset, data),
             None => data.fill(0xff),
@@ -96,7 +98,7 @@ impl Bus {
     }
 
     /// An MMIO write; unmapped addresses are ignored.
-    pub fn mmio_write(&self, addr: u64, data: &[u8]) {
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
         if let Some((dev, offset)) = self.device(addr) {
             dev.write(offset, data);
         }

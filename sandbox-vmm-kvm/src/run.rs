@@ -197,6 +197,120 @@ impl Vcpus {
     }
 }
 
+/// A vCPU exit's memory-mapped access reaches this.
+pub trait MmioBus {
+    /// A load; unmapped addresses read as all ones.
+    fn mmio_read(&self, addr: u64, data: &mut [u8]);
+    /// A store; unmapped addresses are ignored.
+    fn mmio_write(&self, addr: u64, data: &[u8]);
+}
+
+/// The exits every architecture handles alike: MMIO, system events
+/// (power-off and reset), failed entries and interrupted runs. `Some`
+/// with what it meant (`Some(None)`: run on); `None` for the exits the
+/// architecture handles itself.
+pub fn common_exit(
+    exit: &mut kvm_ioctls::VcpuExit,
+    bus: &impl MmioBus,
+) -> Option<Option<GuestExit>> {
+    use kvm_ioctls::VcpuExit;
+    Some(match exit {
+        VcpuExit::MmioRead(addr, data) => {
+            bus.mmio_read(*addr, data);
+            None
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            bus.mmio_write(*addr, data);
+            None
+        }
+        VcpuExit::SystemEvent(kind, _) => Some(match *kind {
+            kvm_bindings::KVM_SYSTEM_EVENT_RESET => GuestExit::Reboot,
+            kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => GuestExit::PowerOff,
+            other => GuestExit::Crashed(format!("system event {other}")),
+        }),
+        VcpuExit::FailEntry(reason, cpu) => Some(GuestExit::Crashed(format!(
+            "KVM_EXIT_FAIL_ENTRY: reason {reason:#x} on cpu {cpu}"
+        ))),
+        VcpuExit::Intr => None,
+        _ => return None,
+    })
+}
+
+/// The lifecycle methods of a `KvmVm` (either architecture's), over its
+/// `vcpus`, `console`, `mem` and `bus.mmio` fields, and its `Drop`.
+macro_rules! lifecycle {
+    ($vm:ident) => {
+        impl $vm {
+            /// Host address ranges of guest RAM (to tell guest memory from
+            /// the VMM's own in `/proc/self/smaps`).
+            pub fn guest_memory_ranges(&self) -> Vec<(usize, usize)> {
+                use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+                self.mem
+                    .iter()
+                    .filter_map(|r| {
+                        let host = self.mem.get_host_address(r.start_addr()).ok()?;
+                        Some((host as usize, r.len() as usize))
+                    })
+                    .collect()
+            }
+
+            /// The console log.
+            pub fn console(&self) -> &sandbox_virtio::ConsoleLog {
+                &self.console
+            }
+
+            /// How the guest stopped, waiting up to `timeout` for it to stop.
+            pub fn wait_exit(&self, timeout: std::time::Duration) -> Option<crate::GuestExit> {
+                self.vcpus.wait_exit(timeout)
+            }
+
+            /// Whether a vCPU stopped (the guest ended or crashed).
+            pub fn exited(&self) -> Option<crate::GuestExit> {
+                self.vcpus.exited()
+            }
+
+            /// Pauses the guest: every vCPU leaves `KVM_RUN` and waits,
+            /// within `timeout`. Device workers finish what the guest
+            /// queued before and then idle (the guest queues nothing while
+            /// paused); host data for the guest (vsock, network) waits in
+            /// the device or the host stack. The guest's clock keeps
+            /// running: after `resume` its monotonic and wall clocks show
+            /// the time paused, as after a long preemption, and a kvmclock
+            /// guest is told it was stopped so its watchdogs stay quiet.
+            /// Pausing a paused VM returns at once.
+            pub fn pause(&self, timeout: std::time::Duration) -> Result<(), crate::KvmError> {
+                self.vcpus.pause(timeout)
+            }
+
+            /// Lets a paused guest run again (nothing happens if it is
+            /// running).
+            pub fn resume(&self) {
+                self.vcpus.resume();
+            }
+
+            /// Whether the guest is paused.
+            pub fn is_paused(&self) -> bool {
+                self.vcpus.is_paused()
+            }
+
+            /// Stops every vCPU and device and joins their threads.
+            pub fn stop(&mut self) {
+                self.vcpus.stop();
+                for dev in &self.bus.mmio {
+                    dev.shutdown();
+                }
+            }
+        }
+
+        impl Drop for $vm {
+            fn drop(&mut self) {
+                self.stop();
+            }
+        }
+    };
+}
+pub(crate) use lifecycle;
+
 #[cfg(test)]
 mod tests {
     use super::*;

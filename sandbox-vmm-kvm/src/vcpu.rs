@@ -155,43 +155,30 @@ pub fn run(id: u8, mut vcpu: VcpuFd, shared: Shared) -> GuestExit {
             }
             Err(e) => return GuestExit::Crashed(format!("KVM_RUN failed: {e}")),
         };
-        let outcome = match exit {
-            VcpuExit::IoOut(port, data) => bus.pio_write(port, data),
-            VcpuExit::IoIn(port, data) => {
-                bus.pio_read(port, data);
-                None
-            }
-            VcpuExit::MmioRead(addr, data) => {
-                bus.mmio_read(addr, data);
-                None
-            }
-            VcpuExit::MmioWrite(addr, data) => {
-                bus.mmio_write(addr, data);
-                None
-            }
-            VcpuExit::Hlt => Some(GuestExit::Halted),
-            VcpuExit::Shutdown => Some(GuestExit::Crashed(
-                "the guest triple-faulted (KVM_EXIT_SHUTDOWN)".into(),
-            )),
-            VcpuExit::SystemEvent(kind, _) => Some(match kind {
-                kvm_bindings::KVM_SYSTEM_EVENT_RESET => GuestExit::Reboot,
-                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => GuestExit::PowerOff,
-                other => GuestExit::Crashed(format!("system event {other}")),
-            }),
-            VcpuExit::InternalError => {
-                let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
-                Some(GuestExit::Crashed(format!(
-                    "KVM internal error (an instruction KVM could not emulate?) at rip {rip:#x}"
-                )))
-            }
-            VcpuExit::FailEntry(reason, cpu) => Some(GuestExit::Crashed(format!(
-                "KVM_EXIT_FAIL_ENTRY: reason {reason:#x} on cpu {cpu}"
-            ))),
-            VcpuExit::Intr => None,
-            other => {
-                log::debug!("unhandled vCPU exit {other:?}");
-                None
-            }
+        let mut exit = exit;
+        let outcome = match crate::run::common_exit(&mut exit, bus.as_ref()) {
+            Some(outcome) => outcome,
+            None => match exit {
+                VcpuExit::IoOut(port, data) => bus.pio_write(port, data),
+                VcpuExit::IoIn(port, data) => {
+                    bus.pio_read(port, data);
+                    None
+                }
+                VcpuExit::Hlt => Some(GuestExit::Halted),
+                VcpuExit::Shutdown => Some(GuestExit::Crashed(
+                    "the guest triple-faulted (KVM_EXIT_SHUTDOWN)".into(),
+                )),
+                VcpuExit::InternalError => {
+                    let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                    Some(GuestExit::Crashed(format!(
+                        "KVM internal error (an instruction KVM could not emulate?) at rip {rip:#x}"
+                    )))
+                }
+                other => {
+                    log::debug!("unhandled vCPU exit {other:?}");
+                    None
+                }
+            },
         };
         if let Some(exit) = outcome {
             return exit;

@@ -20,7 +20,7 @@ use crate::snapshot::{
     memory, MachineState, SavedDisk, SerialSnapshot, SnapshotError, SnapshotInfo, VmKvmState,
     MEMORY_FILE, STATE_FILE,
 };
-use crate::{boot, cpuid, mptable, vcpu, CpuProfile, GuestExit, GuestMemory, KvmError};
+use crate::{boot, cpuid, mptable, vcpu, CpuProfile, GuestMemory, KvmError};
 use sandbox_virtio::mmio::{MmioDevice, MmioState, REG_QUEUE_NOTIFY};
 use sandbox_virtio::{ConsoleLog, VirtioDevice};
 
@@ -427,67 +427,6 @@ impl KvmVm {
             ram_bytes: state.regions.iter().map(|r| r.1 as u64).sum(),
         })
     }
-
-    /// Host address ranges of guest RAM (to tell guest memory from the
-    /// VMM's own in `/proc/self/smaps`).
-    pub fn guest_memory_ranges(&self) -> Vec<(usize, usize)> {
-        self.mem
-            .iter()
-            .filter_map(|r| {
-                let host = self.mem.get_host_address(r.start_addr()).ok()?;
-                Some((host as usize, r.len() as usize))
-            })
-            .collect()
-    }
-
-    /// The console log.
-    pub fn console(&self) -> &ConsoleLog {
-        &self.console
-    }
-
-    /// How the guest stopped, waiting up to `timeout` for it to stop.
-    pub fn wait_exit(&self, timeout: Duration) -> Option<GuestExit> {
-        self.vcpus.wait_exit(timeout)
-    }
-
-    /// Whether a vCPU stopped (the guest ended or crashed).
-    pub fn exited(&self) -> Option<GuestExit> {
-        self.vcpus.exited()
-    }
-
-    /// Pauses the guest: every vCPU leaves `KVM_RUN` and waits, within
-    /// `timeout`. Device workers finish what the guest queued before and
-    /// then idle (the guest queues nothing while paused); host data for
-    /// the guest (vsock, network) waits in the device or the host stack.
-    /// The guest's clock keeps running: after [`KvmVm::resume`] its
-    /// monotonic and wall clocks show the time paused, as after a long
-    /// preemption, and a kvmclock guest is told it was stopped so its
-    /// watchdogs stay quiet. Pausing a paused VM returns at once.
-    pub fn pause(&self, timeout: Duration) -> Result<(), KvmError> {
-        self.vcpus.pause(timeout)
-    }
-
-    /// Lets a paused guest run again (nothing happens if it is running).
-    pub fn resume(&self) {
-        self.vcpus.resume();
-    }
-
-    /// Whether the guest is paused.
-    pub fn is_paused(&self) -> bool {
-        self.vcpus.is_paused()
-    }
-
-    /// Stops every vCPU and device and joins their threads.
-    pub fn stop(&mut self) {
-        self.vcpus.stop();
-        for dev in &self.bus.mmio {
-            dev.shutdown();
-        }
-    }
 }
 
-impl Drop for KvmVm {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+crate::run::lifecycle!(KvmVm);

@@ -39,9 +39,11 @@ impl Bus {
     fn uart_irq(&self, uart: &Pl011) {
         let _ = self.vm.set_irq_line(spi_line(layout::UART_SPI), uart.irq());
     }
+}
 
+impl crate::run::MmioBus for Bus {
     /// An MMIO read; unmapped addresses read as all ones.
-    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         if let Some(off) = Self::uart_offset(addr) {
             let mut uart = self.uart.lock().unwrap_or_else(|e| e.into_inner());
             let value = uart.read(off).to_le_bytes();
@@ -61,7 +63,7 @@ impl Bus {
     }
 
     /// An MMIO write; unmapped addresses are ignored.
-    pub fn mmio_write(&self, addr: u64, data: &[u8]) {
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
         if let Some(off) = Self::uart_offset(addr) {
             let mut bytes = [0u8; 4];
             for (b, d) in bytes.iter_mut().zip(data) {

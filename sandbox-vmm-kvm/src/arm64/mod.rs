@@ -15,7 +15,6 @@ mod vcpu;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use kvm_bindings::{
     kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3,
@@ -29,7 +28,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::run::Vcpus;
 use crate::snapshot::{MachineState, SnapshotError, SnapshotInfo};
-use crate::{CpuProfile, GuestExit, GuestMemory, KvmError};
+use crate::{CpuProfile, GuestMemory, KvmError};
 use bus::Bus;
 use sandbox_virtio::mmio::{MmioDevice, REG_QUEUE_NOTIFY};
 use sandbox_virtio::{ConsoleLog, VirtioDevice};
@@ -248,59 +247,6 @@ impl KvmVm {
             "snapshots of arm64 KVM guests".into(),
         ))
     }
-
-    /// Host address ranges of guest RAM.
-    pub fn guest_memory_ranges(&self) -> Vec<(usize, usize)> {
-        self.mem
-            .iter()
-            .filter_map(|r| {
-                let host = self.mem.get_host_address(r.start_addr()).ok()?;
-                Some((host as usize, r.len() as usize))
-            })
-            .collect()
-    }
-
-    /// The console log.
-    pub fn console(&self) -> &ConsoleLog {
-        &self.console
-    }
-
-    /// How the guest stopped, waiting up to `timeout` for it to stop.
-    pub fn wait_exit(&self, timeout: Duration) -> Option<GuestExit> {
-        self.vcpus.wait_exit(timeout)
-    }
-
-    /// Whether a vCPU stopped (the guest ended or crashed).
-    pub fn exited(&self) -> Option<GuestExit> {
-        self.vcpus.exited()
-    }
-
-    /// Pauses the guest: every vCPU leaves `KVM_RUN` and waits.
-    pub fn pause(&self, timeout: Duration) -> Result<(), KvmError> {
-        self.vcpus.pause(timeout)
-    }
-
-    /// Lets a paused guest run again.
-    pub fn resume(&self) {
-        self.vcpus.resume();
-    }
-
-    /// Whether the guest is paused.
-    pub fn is_paused(&self) -> bool {
-        self.vcpus.is_paused()
-    }
-
-    /// Stops every vCPU and device and joins their threads.
-    pub fn stop(&mut self) {
-        self.vcpus.stop();
-        for dev in &self.bus.mmio {
-            dev.shutdown();
-        }
-    }
 }
 
-impl Drop for KvmVm {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+crate::run::lifecycle!(KvmVm);

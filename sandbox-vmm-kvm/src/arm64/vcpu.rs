@@ -97,31 +97,18 @@ pub fn run(mut vcpu: VcpuFd, shared: Shared) -> GuestExit {
             }
             Err(e) => return GuestExit::Crashed(format!("KVM_RUN failed: {e}")),
         };
-        let outcome = match exit {
-            VcpuExit::MmioRead(addr, data) => {
-                bus.mmio_read(addr, data);
-                None
-            }
-            VcpuExit::MmioWrite(addr, data) => {
-                bus.mmio_write(addr, data);
-                None
-            }
-            VcpuExit::SystemEvent(kind, _) => Some(match kind {
-                kvm_bindings::KVM_SYSTEM_EVENT_RESET => GuestExit::Reboot,
-                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => GuestExit::PowerOff,
-                other => GuestExit::Crashed(format!("system event {other}")),
-            }),
-            VcpuExit::InternalError => Some(GuestExit::Crashed(
-                "KVM internal error (KVM_EXIT_INTERNAL_ERROR)".into(),
-            )),
-            VcpuExit::FailEntry(reason, cpu) => Some(GuestExit::Crashed(format!(
-                "KVM_EXIT_FAIL_ENTRY: reason {reason:#x} on cpu {cpu}"
-            ))),
-            VcpuExit::Intr => None,
-            other => {
-                log::debug!("unhandled vCPU exit {other:?}");
-                None
-            }
+        let mut exit = exit;
+        let outcome = match crate::run::common_exit(&mut exit, bus.as_ref()) {
+            Some(outcome) => outcome,
+            None => match exit {
+                VcpuExit::InternalError => Some(GuestExit::Crashed(
+                    "KVM internal error (KVM_EXIT_INTERNAL_ERROR)".into(),
+                )),
+                other => {
+                    log::debug!("unhandled vCPU exit {other:?}");
+                    None
+                }
+            },
         };
         if let Some(exit) = outcome {
             return exit;
