@@ -37,9 +37,29 @@ mod vcpu;
 mod vm;
 
 #[cfg(target_arch = "aarch64")]
-pub use arm64::{KvmConfig, KvmVm};
+pub use arm64::KvmVm;
 #[cfg(target_arch = "x86_64")]
-pub use vm::{KvmConfig, KvmVm};
+pub use vm::KvmVm;
+
+/// What to boot.
+pub struct KvmConfig {
+    /// The kernel: on x86_64 the uncompressed `vmlinux` with a PVH entry
+    /// point, on arm64 the `Image`.
+    pub kernel: std::path::PathBuf,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// vCPUs (1 to 32).
+    pub cpus: u8,
+    /// Kernel command line, after what the VMM adds itself (console,
+    /// virtio-mmio devices, and `sandbox_nested_pvm` for that profile).
+    pub cmdline: String,
+    /// Which CPUID the guest sees (x86_64; unused on arm64).
+    pub profile: CpuProfile,
+    /// Bytes of console output kept.
+    pub console_log_bytes: usize,
+    /// Virtio devices, in order (`/dev/vda` is the first block device).
+    pub devices: Vec<Box<dyn sandbox_virtio::VirtioDevice>>,
+}
 
 /// Which CPUID the guest gets (x86_64; arm64 guests always get the host's
 /// CPU).

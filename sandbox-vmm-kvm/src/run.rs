@@ -197,6 +197,39 @@ impl Vcpus {
     }
 }
 
+/// Guest RAM is not inherited by children forked by any thread of this
+/// process (as QEMU does): no copy-on-write of the whole guest while a
+/// child runs until its exec, and no guest memory in a child at all.
+fn advise_guest_ram(addr: *mut u8, len: usize) {
+    // SAFETY: advice on a mapping this VM owns; it changes no contents.
+    unsafe { libc::madvise(addr.cast(), len, libc::MADV_DONTFORK) };
+}
+
+/// Gives `vm` every region of `mem` as a memory slot.
+pub fn register_memory(vm: &kvm_ioctls::VmFd, mem: &crate::GuestMemory) -> Result<(), KvmError> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    for (slot, region) in mem.iter().enumerate() {
+        let host_addr = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| KvmError::Config(format!("guest memory: {e}")))?;
+        let r = kvm_bindings::kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host_addr as u64,
+        };
+        advise_guest_ram(host_addr, region.len() as usize);
+        // SAFETY: the region is mapped for as long as `mem` lives, and the
+        // VM (and its devices) keep `mem` until they stop.
+        unsafe { vm.set_user_memory_region(r) }.map_err(|source| KvmError::Kvm {
+            what: "KVM_SET_USER_MEMORY_REGION",
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 /// A vCPU exit's memory-mapped access reaches this.
 pub trait MmioBus {
     /// A load; unmapped addresses read as all ones.

@@ -1,14 +1,11 @@
 //! Creating a KVM guest, running its vCPU threads and stopping it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vm_superio::serial::NoEvents;
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
@@ -20,28 +17,9 @@ use crate::snapshot::{
     memory, MachineState, SavedDisk, SerialSnapshot, SnapshotError, SnapshotInfo, VmKvmState,
     MEMORY_FILE, STATE_FILE,
 };
-use crate::{boot, cpuid, mptable, vcpu, CpuProfile, GuestMemory, KvmError};
+use crate::{boot, cpuid, mptable, vcpu, CpuProfile, GuestMemory, KvmConfig, KvmError};
 use sandbox_virtio::mmio::{MmioDevice, MmioState, REG_QUEUE_NOTIFY};
 use sandbox_virtio::{ConsoleLog, VirtioDevice};
-
-/// What to boot.
-pub struct KvmConfig {
-    /// The uncompressed `vmlinux` with a PVH entry point.
-    pub kernel: PathBuf,
-    /// Guest memory in MiB.
-    pub memory_mib: u32,
-    /// vCPUs (1 to 32).
-    pub cpus: u8,
-    /// Kernel command line, after what the VMM adds itself (console,
-    /// virtio-mmio devices, and `sandbox_nested_pvm` for that profile).
-    pub cmdline: String,
-    /// Which CPUID the guest sees.
-    pub profile: CpuProfile,
-    /// Bytes of console output kept.
-    pub console_log_bytes: usize,
-    /// Virtio devices, in order (`/dev/vda` is the first block device).
-    pub devices: Vec<Box<dyn VirtioDevice>>,
-}
 
 /// A running KVM guest. Dropping it stops every vCPU thread and device.
 pub struct KvmVm {
@@ -63,14 +41,6 @@ fn host(what: &str) -> impl FnOnce(std::io::Error) -> KvmError + '_ {
         what: what.to_string(),
         source,
     }
-}
-
-/// Guest RAM is not inherited by children forked by any thread of this
-/// process (as QEMU does): no copy-on-write of the whole guest while a
-/// child runs until its exec, and no guest memory in a child at all.
-fn advise_guest_ram(addr: *mut u8, len: usize) {
-    // SAFETY: advice on a mapping this VM owns; it changes no contents.
-    unsafe { libc::madvise(addr.cast(), len, libc::MADV_DONTFORK) };
 }
 
 /// Creates a snapshot file that must not exist yet, for reading and writing.
@@ -100,22 +70,7 @@ impl Base {
     fn new(mem: GuestMemory) -> Result<Self, KvmError> {
         let kvm_sys = Kvm::new().map_err(kvm("opening /dev/kvm"))?;
         let vm = kvm_sys.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
-        for (slot, region) in mem.iter().enumerate() {
-            let host_addr = mem
-                .get_host_address(region.start_addr())
-                .map_err(|e| KvmError::Config(format!("guest memory: {e}")))?;
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: host_addr as u64,
-            };
-            advise_guest_ram(host_addr, region.len() as usize);
-            // SAFETY: the region is mapped for as long as `mem` lives, and
-            // `mem` is kept by the VM (and its devices) until they stop.
-            unsafe { vm.set_user_memory_region(r) }.map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
-        }
+        crate::run::register_memory(&vm, &mem)?;
         let _ = vm.set_tss_address(0xfffb_d000);
         vm.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config {

@@ -13,22 +13,21 @@
 mod bus;
 mod vcpu;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
     kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3,
-    kvm_userspace_memory_region, KVM_DEV_ARM_VGIC_CTRL_INIT, KVM_DEV_ARM_VGIC_GRP_ADDR,
-    KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_GRP_NR_IRQS, KVM_VGIC_V3_ADDR_TYPE_DIST,
-    KVM_VGIC_V3_ADDR_TYPE_REDIST,
+    KVM_DEV_ARM_VGIC_CTRL_INIT, KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL,
+    KVM_DEV_ARM_VGIC_GRP_NR_IRQS, KVM_VGIC_V3_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_REDIST,
 };
 use kvm_ioctls::{DeviceFd, Kvm, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::run::Vcpus;
 use crate::snapshot::{MachineState, SnapshotError, SnapshotInfo};
-use crate::{CpuProfile, GuestMemory, KvmError};
+use crate::{GuestMemory, KvmConfig, KvmError};
 use bus::Bus;
 use sandbox_virtio::mmio::{MmioDevice, REG_QUEUE_NOTIFY};
 use sandbox_virtio::{ConsoleLog, VirtioDevice};
@@ -38,24 +37,6 @@ use sandbox_vmm_hvf::{fdt, image};
 /// Interrupt lines the GIC implements: 32 private ones and SPIs up to the
 /// last virtio transport's (a multiple of 32, as KVM requires).
 const GIC_IRQS: u32 = 32 + 64;
-
-/// What to boot.
-pub struct KvmConfig {
-    /// The arm64 `Image`.
-    pub kernel: PathBuf,
-    /// Guest memory in MiB.
-    pub memory_mib: u32,
-    /// vCPUs.
-    pub cpus: u8,
-    /// Kernel command line, after what the VMM adds itself (console).
-    pub cmdline: String,
-    /// Unused on arm64 (the nested-PVM profile is an x86_64 host's).
-    pub profile: CpuProfile,
-    /// Bytes of console output kept.
-    pub console_log_bytes: usize,
-    /// Virtio devices, in order (`/dev/vda` is the first block device).
-    pub devices: Vec<Box<dyn VirtioDevice>>,
-}
 
 /// A running KVM guest. Dropping it stops every vCPU thread and device.
 pub struct KvmVm {
@@ -152,21 +133,7 @@ impl KvmVm {
             .map_err(kvm("opening /dev/kvm"))?
             .create_vm()
             .map_err(kvm("KVM_CREATE_VM"))?;
-        for (slot, region) in mem.iter().enumerate() {
-            let host_addr = mem
-                .get_host_address(region.start_addr())
-                .map_err(|e| KvmError::Config(format!("guest memory: {e}")))?;
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: host_addr as u64,
-            };
-            // SAFETY: the region is mapped for as long as `mem` lives, and
-            // `mem` is kept by the VM (and its devices) until they stop.
-            unsafe { vm.set_user_memory_region(r) }.map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
-        }
+        crate::run::register_memory(&vm, &mem)?;
         let template = vcpu::init_template(&vm)?;
         let mut fds = Vec::new();
         for id in 0..cfg.cpus {
