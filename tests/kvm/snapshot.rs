@@ -11,7 +11,8 @@
 //! reaches a loopback origin through its own stack, and finds the mount
 //! served again (the host's files, its own writes landing on the host, the
 //! counter's old descriptor still appending), and its own copy of the
-//! memory mount on `/mem`. A restore without a network,
+//! memory mount on `/mem`. A new process restores the snapshot from its
+//! directory alone. A restore without a network,
 //! and a state file that was changed, truncated or comes from another
 //! version, are refused.
 //!
@@ -378,6 +379,26 @@ pub async fn forks(taken: Taken) {
         fork.shutdown().await.unwrap();
         step("a fork's shutdown", t);
     }
+
+    // A process that never saw the VM restores it from the directory alone
+    // (as after a host restart).
+    let t = Instant::now();
+    let probe_dir = dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_restore-probe"))
+            .arg(&probe_dir)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "before\nseeded\n");
+    step("a restore in a new process", t);
 
     // Bad state files are refused before anything starts.
     let version = altered(&dir, "version", |b| b[8] = b[8].wrapping_add(1));
