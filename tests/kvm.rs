@@ -104,6 +104,7 @@ async fn the_kvm_backend_runs_the_whole_stack_and_snapshots() {
     std::fs::write(shared.join("hello.txt"), b"shared from the host\n").unwrap();
     let writable = snapshot::share();
     let memory = snapshot::memory();
+    let app = snapshot::app_fs();
     let overlay = std::env::temp_dir().join(format!("sandbox-kvm-{}.qcow2", std::process::id()));
     let _ = std::fs::remove_file(&overlay);
     let image = images::builtin("minimal").unwrap();
@@ -123,6 +124,7 @@ async fn the_kvm_backend_runs_the_whole_stack_and_snapshots() {
                 .mount("/workspace", Mount::bind(&shared).read_only())
                 .mount("/work", Mount::bind(&writable).writable())
                 .mount("/mem", Mount::memory(&memory))
+                .mount("/virt", Mount::virtual_fs(app.clone()))
                 .timeout(Duration::from_secs(900)),
         )
         .await
@@ -130,7 +132,7 @@ async fn the_kvm_backend_runs_the_whole_stack_and_snapshots() {
     eprintln!("[kvm] backend {:?}: {}", vm.backend(), vm.backend_reason());
     step("boot to agent ready", start);
     assert_eq!(vm.backend(), BackendKind::Kvm);
-    let taken = snapshot::take(&vm, writable, memory).await;
+    let taken = snapshot::take(&vm, writable, memory, app).await;
     // The first failure ends the test; the other flow is dropped with the
     // runtime.
     tokio::try_join!(

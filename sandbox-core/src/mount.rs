@@ -285,9 +285,6 @@ pub(crate) struct Prepared {
     pub served: Served,
     /// The mount tag.
     pub tag: String,
-    /// How to serve the mount again after a snapshot (virtual and
-    /// external mounts have none: they cannot be snapshotted).
-    pub record: Option<Record>,
     /// The file system of a memory mount.
     pub memory: Option<MemoryFs>,
 }
@@ -296,10 +293,12 @@ pub(crate) struct Prepared {
 pub(crate) enum Record {
     Bind(BindRecord),
     Memory(MemoryRecord),
+    Virtual(MemoryRecord),
 }
 
-/// A memory mount as a snapshot records it (its content is saved next to
-/// the state).
+/// A memory or virtual mount as a snapshot records it (a memory mount's
+/// content is saved next to the state; a virtual one's is the
+/// application's).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct MemoryRecord {
     pub path: String,
@@ -331,6 +330,32 @@ impl<F: sandbox_fs::FuseFs> sandbox_virtio::fs::SavesState for MemoryState<F> {
         let mut w = std::io::BufWriter::new(out);
         Some(self.fs.save_image(&mut w))
     }
+}
+
+/// The application's file system and deadline of a `Mount::virtual_fs`
+/// (or `Mount::memory`); `None` for other mounts.
+pub(crate) fn virtual_fs_of(m: &Mount) -> Option<(Arc<dyn vfs::FileSystem>, Duration)> {
+    match &m.kind {
+        Kind::Virtual { fs, deadline, .. } => Some((fs.clone(), *deadline)),
+        _ => None,
+    }
+}
+
+/// The virtio-fs device of a virtual mount serving the application's
+/// `fs` under the confinement rules of a writable bind (single-component
+/// names, no device nodes, no setuid bits); with `state` (from a
+/// snapshot), the guest's ids are found again in it.
+pub(crate) fn virtual_device(
+    r: &MemoryRecord,
+    fs: Arc<dyn vfs::FileSystem>,
+    state: Option<&str>,
+) -> Result<sandbox_virtio::fs::Fs, crate::Error> {
+    let deadline = Duration::from_millis(r.deadline_ms);
+    let served = sandbox_fs::Virtual::new(fs, runtime()?, deadline);
+    let tracked = track(sandbox_fs::Confined::new(served, false), state, &r.path)?;
+    Ok(sandbox_virtio::fs::Fs::new(&r.tag, tracked.clone())
+        .map_err(|e| crate::Error::InvalidConfig(format!("mount on {:?}: {e}", r.path)))?
+        .saving(tracked))
 }
 
 /// The virtio-fs device of a memory mount serving `fs`; with `state`
@@ -429,8 +454,8 @@ fn track<F: sandbox_fs::FuseFs>(
 
 /// What serves a mount.
 pub(crate) enum Served {
-    /// Our virtio-fs device.
-    Device(sandbox_virtio::fs::Fs),
+    /// Our virtio-fs device, and how a snapshot records the mount.
+    Device(sandbox_virtio::fs::Fs, Record),
     /// An external vhost-user-fs daemon's socket.
     External(PathBuf),
 }
@@ -509,14 +534,17 @@ pub(crate) fn prepare(mounts: &[(String, Mount)]) -> Result<Vec<Prepared>, crate
                 path: path.clone(),
                 served: Served::External(socket.clone()),
                 tag: tag.clone(),
-                record: None,
                 memory: None,
             });
             continue;
         }
         let tag = format!("sbxfs{i}");
-        let mut record = None;
-        let device = match &mount.kind {
+        let record_of = |deadline: &Duration| MemoryRecord {
+            path: path.clone(),
+            tag: tag.clone(),
+            deadline_ms: deadline.as_millis() as u64,
+        };
+        let (device, record) = match &mount.kind {
             Kind::Bind {
                 source,
                 access,
@@ -531,43 +559,31 @@ pub(crate) fn prepare(mounts: &[(String, Mount)]) -> Result<Vec<Prepared>, crate
                     masks: masks.clone(),
                     mask_storage: mask_storage.clone(),
                 };
-                let device = bind_device(&r, None)?;
-                record = Some(Record::Bind(r));
-                Ok(device)
+                (bind_device(&r, None)?, Record::Bind(r))
             }
             Kind::Virtual {
                 memory: Some(memory),
                 deadline,
                 ..
             } => {
-                let r = MemoryRecord {
-                    path: path.clone(),
-                    tag: tag.clone(),
-                    deadline_ms: deadline.as_millis() as u64,
-                };
-                let device = memory_device(&r, memory.clone(), None)?;
-                record = Some(Record::Memory(r));
-                Ok(device)
+                let r = record_of(deadline);
+                (memory_device(&r, memory.clone(), None)?, Record::Memory(r))
             }
             Kind::Virtual { fs, deadline, .. } => {
-                let served = sandbox_fs::Virtual::new(fs.clone(), runtime()?, *deadline);
-                // The same rules as a writable bind: single-component
-                // names, no device nodes, no setuid bits.
-                let confined = sandbox_fs::Confined::new(served, false);
-                sandbox_virtio::fs::Fs::new(&tag, Arc::new(confined))
+                let r = record_of(deadline);
+                (virtual_device(&r, fs.clone(), None)?, Record::Virtual(r))
             }
-            Kind::External { .. } => unreachable!("handled above"),
-        }
-        .map_err(|e| crate::Error::InvalidConfig(format!("mount on {path:?}: {e}")))?;
+            // Pushed above.
+            Kind::External { .. } => continue,
+        };
         let memory = match &mount.kind {
             Kind::Virtual { memory, .. } => memory.clone(),
             _ => None,
         };
         out.push(Prepared {
             path: path.clone(),
-            served: Served::Device(device),
+            served: Served::Device(device, record),
             tag,
-            record,
             memory,
         });
     }

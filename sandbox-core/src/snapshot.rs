@@ -35,6 +35,10 @@ pub(crate) enum DeviceRecord {
     /// virtio-fs serving a memory mount: its content is in the snapshot
     /// (one copy per restore), and the guest's ids are found again in it.
     MemoryFs(crate::mount::MemoryRecord),
+    /// virtio-fs serving the application's own file system: a restore
+    /// serves the one `RestoreOptions::mount` names and finds the guest's
+    /// ids again in it.
+    VirtualFs(crate::mount::MemoryRecord),
 }
 
 /// The addresses of a guest's link ([`sandbox_net::NetConfig`]).
@@ -146,6 +150,11 @@ pub struct RestoreOptions {
     /// Give the restored guest a new random `/etc/machine-id` (each fork
     /// its own); `false` keeps the snapshot's.
     pub new_machine_id: bool,
+    /// The application's file systems for the snapshot's virtual mounts
+    /// (`Mount::virtual_fs`), by guest path: required exactly for those,
+    /// since they live in the application's code. Bind and memory mounts
+    /// come back from the snapshot by themselves.
+    pub mounts: Vec<(String, crate::Mount)>,
 }
 
 impl Default for RestoreOptions {
@@ -156,6 +165,7 @@ impl Default for RestoreOptions {
             network: None,
             hostname: None,
             new_machine_id: false,
+            mounts: Vec::new(),
         }
     }
 }
@@ -183,6 +193,14 @@ impl RestoreOptions {
     /// Sets [`RestoreOptions::new_machine_id`].
     pub fn new_machine_id(mut self) -> Self {
         self.new_machine_id = true;
+        self
+    }
+
+    /// Serves the snapshot's virtual mount on guest path `path` with
+    /// `mount` (a `Mount::virtual_fs`; see [`RestoreOptions::mounts`]). The
+    /// guest's open files and inodes there are found again by name in it.
+    pub fn mount(mut self, path: impl Into<String>, mount: crate::Mount) -> Self {
+        self.mounts.push((path.into(), mount));
         self
     }
 }
@@ -302,6 +320,44 @@ impl Snapshot {
         }
     }
 
+    /// The snapshot's virtual mounts and the restore's
+    /// [`RestoreOptions::mounts`] must name the same guest paths.
+    fn check_mounts(&self, opts: &RestoreOptions) -> Result<(), Error> {
+        let wanted: Vec<&str> = self
+            .record
+            .devices
+            .iter()
+            .filter_map(|d| match d {
+                DeviceRecord::VirtualFs(r) => Some(r.path.as_str()),
+                _ => None,
+            })
+            .collect();
+        for path in &wanted {
+            if !opts.mounts.iter().any(|(p, _)| p == path) {
+                return Err(Error::InvalidConfig(format!(
+                    "the snapshot's guest has a virtual mount on {path:?}: restore it with \
+                     RestoreOptions::mount({path:?}, Mount::virtual_fs(..)) (the application's \
+                     file system is not stored in the snapshot)"
+                )));
+            }
+        }
+        for (path, mount) in &opts.mounts {
+            if !wanted.contains(&path.as_str()) {
+                return Err(Error::InvalidConfig(format!(
+                    "RestoreOptions::mount({path:?}, ..): the snapshot's guest has no virtual \
+                     mount there"
+                )));
+            }
+            if crate::mount::virtual_fs_of(mount).is_none() {
+                return Err(Error::InvalidConfig(format!(
+                    "RestoreOptions::mount({path:?}, ..) must be a Mount::virtual_fs (bind and \
+                     memory mounts come back from the snapshot)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses a restore this host cannot run.
     fn check_host(&self) -> Result<(), Error> {
         let c = &self.record.compat;
@@ -337,8 +393,8 @@ impl Vm {
     /// (a paused guest stays paused). KVM backend only. Bind mounts are
     /// recorded and served again from their sources on restore; memory
     /// mounts' content is copied (each restore gets its own, see
-    /// [`Vm::memory_mount`]); a guest with a virtual mount cannot be
-    /// snapshotted (a clear error says so). A guest with a network can, and is restored with
+    /// [`Vm::memory_mount`]); a virtual mount's file system is the
+    /// application's and is passed again with [`RestoreOptions::mount`]. A guest with a network can, and is restored with
     /// [`RestoreOptions::network`].
     pub async fn snapshot(&self, dir: impl AsRef<Path>) -> Result<Snapshot, Error> {
         let dir = dir.as_ref().to_path_buf();
@@ -391,6 +447,7 @@ impl Sandbox {
     pub async fn restore(snapshot: &Snapshot, opts: RestoreOptions) -> Result<Vm, Error> {
         snapshot.check_host()?;
         snapshot.check_network(&opts)?;
+        snapshot.check_mounts(&opts)?;
         if let Some(h) = &opts.hostname {
             crate::sandbox::check_hostname(h)?;
         }
@@ -503,5 +560,36 @@ mod tests {
         );
         assert!(with.check_network(&networked).is_ok());
         assert!(without.check_network(&plain).is_ok());
+    }
+
+    #[test]
+    fn virtual_mounts_must_be_passed_exactly_and_as_virtual_file_systems() {
+        let record = crate::mount::MemoryRecord {
+            path: "/virt".into(),
+            tag: "sbxfs0".into(),
+            deadline_ms: 10_000,
+        };
+        let with = snapshot_with(vec![DeviceRecord::VirtualFs(record)]);
+        let without = snapshot_with(vec![DeviceRecord::Vsock]);
+        let app = crate::vfs::MemoryFs::new();
+        let given = RestoreOptions::default().mount("/virt", crate::Mount::virtual_fs(app.clone()));
+        let missing = RestoreOptions::default();
+        let elsewhere =
+            RestoreOptions::default().mount("/other", crate::Mount::virtual_fs(app.clone()));
+        let bind = RestoreOptions::default().mount("/virt", crate::Mount::bind("/tmp").read_only());
+        let refused = |snap: &Snapshot, opts: &RestoreOptions, what: &str| matches!(snap.check_mounts(opts), Err(Error::InvalidConfig(e)) if e.contains(what));
+        assert!(with.check_mounts(&given).is_ok());
+        assert!(without.check_mounts(&missing).is_ok());
+        assert!(refused(&with, &missing, "RestoreOptions::mount(\"/virt\""));
+        assert!(refused(
+            &with,
+            &elsewhere,
+            "RestoreOptions::mount(\"/virt\""
+        ));
+        assert!(refused(&without, &given, "no virtual mount there"));
+        assert!(refused(&with, &bind, "must be a Mount::virtual_fs"));
+        // A memory mount's file system also serves as one.
+        let memory = RestoreOptions::default().mount("/virt", crate::Mount::memory(&app));
+        assert!(with.check_mounts(&memory).is_ok());
     }
 }

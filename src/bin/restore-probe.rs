@@ -2,13 +2,15 @@
 //! named by its first argument, in a process that never saw the VM (as
 //! after a host restart: everything comes from the directory), and
 //! prints the guest's `/root/note` and the memory mount's `/seed.txt`.
-//! The snapshot's guest has a network: this process gives it one that
-//! denies every connection.
+//! The snapshot's guest has a network and a virtual mount on `/virt`:
+//! this process gives it a network that denies every connection and an
+//! empty file system of its own there.
 
 use std::time::Duration;
 
 use sandbox_core::net::{Conn, NetworkOptions};
-use sandbox_core::{RestoreOptions, Sandbox, Snapshot};
+use sandbox_core::vfs::MemoryFs;
+use sandbox_core::{Mount, RestoreOptions, Sandbox, Snapshot};
 
 #[tokio::main]
 async fn main() {
@@ -21,7 +23,8 @@ async fn main() {
         &snapshot,
         RestoreOptions::default()
             .timeout(Duration::from_secs(600))
-            .network(deny),
+            .network(deny)
+            .mount("/virt", Mount::virtual_fs(MemoryFs::new())),
     )
     .await
     .expect("restore");

@@ -11,7 +11,8 @@
 //! reaches a loopback origin through its own stack, and finds the mount
 //! served again (the host's files, its own writes landing on the host, the
 //! counter's old descriptor still appending), and its own copy of the
-//! memory mount on `/mem`. A new process restores the snapshot from its
+//! memory mount on `/mem`, and the application's file system on `/virt`
+//! served again from what the restore passes. A new process restores the snapshot from its
 //! directory alone. A restore without a network,
 //! and a state file that was changed, truncated or comes from another
 //! version, are refused.
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use sandbox_core::net::{Conn, NetworkOptions, RoutedConnector};
 use sandbox_core::vfs::MemoryFs;
-use sandbox_core::{Error, RestoreOptions, Sandbox, Snapshot, Vm};
+use sandbox_core::{Error, Mount, RestoreOptions, Sandbox, Snapshot, Vm};
 
 fn step(name: &str, since: Instant) {
     eprintln!(
@@ -130,12 +131,20 @@ pub fn memory() -> MemoryFs {
     MemoryFs::new().file("/seed.txt", "seeded\n").unwrap()
 }
 
+/// The application's own file system the suite's guest mounts on `/virt`
+/// (a `MemoryFs` served as `Mount::virtual_fs`: the application's code).
+pub fn app_fs() -> MemoryFs {
+    MemoryFs::new()
+}
+
 /// What the forks' checks start from.
 pub struct Taken {
     dir: PathBuf,
     share: PathBuf,
     /// The original's memory mount.
     memory: MemoryFs,
+    /// The application's file system behind `/virt`.
+    app: MemoryFs,
     /// The counter at the snapshot.
     before: u64,
     /// The original's interception CA.
@@ -145,11 +154,12 @@ pub struct Taken {
 /// Starts the counter in `vm`, snapshots it, and checks the original goes
 /// on. The original's counter then stops appending to the mount, so that
 /// what the forks append is theirs.
-pub async fn take(vm: &Vm, share: PathBuf, memory: MemoryFs) -> Taken {
+pub async fn take(vm: &Vm, share: PathBuf, memory: MemoryFs, app: MemoryFs) -> Taken {
     let t = Instant::now();
     write(vm, "/root/note", "before\n").await;
     vm.fs().mkdir("/mem/dir", false).await.unwrap();
     write(vm, "/mem/dir/before.txt", "in memory before\n").await;
+    write(vm, "/virt/before.txt", "virtual before\n").await;
     // A counter in its own session (the agent ends the process group of an
     // exec when its main process exits, and the processes of a connection
     // that goes away: a restore replaces the connection); `read -t 1` on a
@@ -216,6 +226,7 @@ pub async fn take(vm: &Vm, share: PathBuf, memory: MemoryFs) -> Taken {
         dir,
         share,
         memory,
+        app,
         before,
         ca,
     }
@@ -227,6 +238,7 @@ pub async fn forks(taken: Taken) {
         dir,
         share,
         memory,
+        app,
         before,
         ca,
     } = taken;
@@ -243,12 +255,20 @@ pub async fn forks(taken: Taken) {
         Err(Error::InvalidConfig(e)) => assert!(e.contains("RestoreOptions::network"), "{e}"),
         other => panic!("a restore without a network: {other:?}"),
     }
+    let networked = RestoreOptions::default().network(network(origin.addr));
+    match Sandbox::restore(&snapshot, networked).await {
+        Err(Error::InvalidConfig(e)) => {
+            assert!(e.contains("RestoreOptions::mount(\"/virt\""), "{e}")
+        }
+        other => panic!("a restore without the virtual mount: {other:?}"),
+    }
     let forks = snapshot
         .fork(
             2,
             RestoreOptions::default()
                 .timeout(Duration::from_secs(600))
                 .network(network(origin.addr))
+                .mount("/virt", Mount::virtual_fs(app.clone()))
                 .hostname("forked")
                 .new_machine_id(),
         )
@@ -272,6 +292,14 @@ pub async fn forks(taken: Taken) {
             "in memory before\n"
         );
         write(fork, "/mem/who.txt", &format!("fork{i}\n")).await;
+        // The virtual mount: the application's file system, shared by the
+        // forks as the application serves it to both.
+        assert_eq!(read(fork, "/virt/before.txt").await, "virtual before\n");
+        write(fork, &format!("/virt/fork{i}.txt"), "from a fork\n").await;
+        assert_eq!(
+            app.read_file(&format!("/fork{i}.txt")).unwrap(),
+            b"from a fork\n"
+        );
         let own = fork.memory_mount("/mem").expect("the fork's memory mount");
         assert_eq!(
             own.read_file("/who.txt").unwrap(),
@@ -413,7 +441,9 @@ pub async fn forks(taken: Taken) {
         (&truncated, "truncated"),
     ] {
         let snap = Snapshot::open(copy).unwrap();
-        let opts = RestoreOptions::default().network(network(origin.addr));
+        let opts = RestoreOptions::default()
+            .network(network(origin.addr))
+            .mount("/virt", Mount::virtual_fs(app.clone()));
         match Sandbox::restore(&snap, opts).await {
             Err(Error::Snapshot(e)) => assert!(e.contains(expected), "{e}"),
             Err(other) => panic!("{}: {other}", copy.display()),

@@ -72,25 +72,15 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
     let (vsock, connector) =
         Vsock::new(GUEST_CID).map_err(|e| Error::Protocol(format!("vsock: {e}")))?;
     let mounts_param = crate::mount::agent_param(&spec.mounts);
-    let mut no_snapshot = None;
     for (i, m) in spec.mounts.into_iter().enumerate() {
         match m.served {
-            crate::mount::Served::Device(d) => {
+            crate::mount::Served::Device(d, record) => {
                 devices.push(Box::new(d));
-                match m.record {
-                    Some(crate::mount::Record::Bind(r)) => layout.push(DeviceRecord::Fs(r)),
-                    Some(crate::mount::Record::Memory(r)) => layout.push(DeviceRecord::MemoryFs(r)),
-                    None => {
-                        // Keeps the layout in bus order; it is never
-                        // written, since the machine refuses snapshots.
-                        layout.push(DeviceRecord::Rng);
-                        no_snapshot = Some(format!(
-                            "the mount on {:?} is an application's virtual file system, \
-                             which cannot be saved (bind and memory mounts can)",
-                            m.path
-                        ));
-                    }
-                }
+                layout.push(match record {
+                    crate::mount::Record::Bind(r) => DeviceRecord::Fs(r),
+                    crate::mount::Record::Memory(r) => DeviceRecord::MemoryFs(r),
+                    crate::mount::Record::Virtual(r) => DeviceRecord::VirtualFs(r),
+                });
             }
             crate::mount::Served::External(socket) => {
                 return Err(Error::InvalidConfig(format!(
@@ -161,7 +151,6 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
         network,
         id: next_id(),
         layout,
-        no_snapshot,
         memory_mounts: Vec::new(),
         memory_mib: spec.memory_mib,
         cpus: spec.cpus,
@@ -285,6 +274,34 @@ pub(super) fn restore(
                 mounts += 1;
                 memory_mounts.push((r.path.clone(), fs));
             }
+            DeviceRecord::VirtualFs(r) => {
+                let saved = state
+                    .devices
+                    .get(i)
+                    .and_then(|d| d.device_state.as_deref())
+                    .ok_or_else(|| {
+                        Error::Snapshot(format!(
+                            "the snapshot has no file system state for the mount on {:?}",
+                            r.path
+                        ))
+                    })?;
+                let fs = opts
+                    .mounts
+                    .iter()
+                    .find(|(p, _)| *p == r.path)
+                    .and_then(|(_, m)| crate::mount::virtual_fs_of(m))
+                    .map(|(fs, _)| fs)
+                    .ok_or_else(|| {
+                        Error::InvalidConfig(format!(
+                            "the snapshot's guest has a virtual mount on {:?}: restore it with \
+                             RestoreOptions::mount",
+                            r.path
+                        ))
+                    })?;
+                devices.push(Box::new(crate::mount::virtual_device(r, fs, Some(saved))?));
+                names.push(format!("fs{mounts}"));
+                mounts += 1;
+            }
             DeviceRecord::Net(link) => {
                 let mut o = network_opts.take().ok_or_else(|| {
                     Error::InvalidConfig(
@@ -317,7 +334,6 @@ pub(super) fn restore(
         network,
         id: next_id(),
         layout: record.devices.clone(),
-        no_snapshot: None,
         memory_mounts,
         memory_mib: record.memory_mib,
         cpus: record.cpus,
@@ -337,8 +353,6 @@ struct KvmMachine {
     id: String,
     /// The devices in bus order, as a snapshot records them.
     layout: Vec<DeviceRecord>,
-    /// Why this machine cannot be snapshotted, if it cannot.
-    no_snapshot: Option<String>,
     /// The memory mounts a restore loaded, by guest path.
     memory_mounts: Vec<(String, sandbox_fs::MemoryFs)>,
     /// Guest ring 0 runs emulated (nested PVM): everything in the guest,
@@ -456,11 +470,6 @@ impl Machine for KvmMachine {
     }
 
     fn snapshot(&mut self, dir: &std::path::Path) -> Result<MachineSnapshot, Error> {
-        if let Some(why) = &self.no_snapshot {
-            return Err(Error::Snapshot(format!(
-                "this VM cannot be snapshotted: {why}"
-            )));
-        }
         let vm = self.vm.as_ref().ok_or_else(stopped)?;
         let info = vm
             .snapshot(dir)

@@ -124,7 +124,7 @@ pub(super) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
     let mounts_param = crate::mount::agent_param(&spec.mounts);
     for (i, mount) in spec.mounts.into_iter().enumerate() {
         let mut slot = match mount.served {
-            crate::mount::Served::Device(d) => {
+            crate::mount::Served::Device(d, _) => {
                 m.serve(&format!("fs{i}"), d, "vhost-user-fs-device")?
             }
             crate::mount::Served::External(socket) => Slot {

@@ -33,7 +33,7 @@ pub(super) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
     let mut external_file_systems = Vec::new();
     for m in spec.mounts {
         match m.served {
-            crate::mount::Served::Device(d) => file_systems.push(d),
+            crate::mount::Served::Device(d, _) => file_systems.push(d),
             crate::mount::Served::External(socket) => external_file_systems.push(socket),
         }
     }
