@@ -29,6 +29,7 @@ pub mod images;
 mod link_reader;
 pub mod metrics;
 mod mount;
+mod mount_device;
 /// Syscall filters of the threads that handle guest input: `set_enabled`,
 /// `violations`, the allow-lists of every thread class
 /// (docs/security.md).

@@ -230,41 +230,14 @@ pub(super) fn restore(
                 names.push("rng".into());
             }
             DeviceRecord::Fs(r) => {
-                let saved = state
-                    .devices
-                    .get(i)
-                    .and_then(|d| d.device_state.as_deref())
-                    .ok_or_else(|| {
-                        Error::Snapshot(format!(
-                            "the snapshot has no file system state for the mount on {:?}",
-                            r.path
-                        ))
-                    })?;
+                let saved = fs_state(&state, i, &r.path)?;
                 devices.push(Box::new(crate::mount::bind_device(r, Some(saved))?));
                 names.push(format!("fs{mounts}"));
                 mounts += 1;
             }
             DeviceRecord::MemoryFs(r) => {
-                let missing = |what: &str| {
-                    Error::Snapshot(format!(
-                        "the snapshot has no {what} for the memory mount on {:?}",
-                        r.path
-                    ))
-                };
-                let saved = state
-                    .devices
-                    .get(i)
-                    .and_then(|d| d.device_state.as_deref())
-                    .ok_or_else(|| missing("file system state"))?;
-                let image = state
-                    .disks
-                    .iter()
-                    .find(|d| d.device == i)
-                    .ok_or_else(|| missing("content"))?;
-                let path = dir.join(&image.file);
-                let fs = std::fs::File::open(&path)
-                    .and_then(|f| sandbox_fs::MemoryFs::load_image(&mut std::io::BufReader::new(f)))
-                    .map_err(|e| Error::Snapshot(format!("{}: {e}", path.display())))?;
+                let saved = fs_state(&state, i, &r.path)?;
+                let fs = memory_image(&state, dir, i, &r.path)?;
                 devices.push(Box::new(crate::mount::memory_device(
                     r,
                     fs.clone(),
@@ -275,16 +248,8 @@ pub(super) fn restore(
                 memory_mounts.push((r.path.clone(), fs));
             }
             DeviceRecord::VirtualFs(r) => {
-                let saved = state
-                    .devices
-                    .get(i)
-                    .and_then(|d| d.device_state.as_deref())
-                    .ok_or_else(|| {
-                        Error::Snapshot(format!(
-                            "the snapshot has no file system state for the mount on {:?}",
-                            r.path
-                        ))
-                    })?;
+                let saved = fs_state(&state, i, &r.path)?;
+                // `Snapshot::check_mounts` made sure it is there.
                 let fs = opts
                     .mounts
                     .iter()
@@ -339,6 +304,39 @@ pub(super) fn restore(
         cpus: record.cpus,
         emulated: super::kvm_profile() == CpuProfile::NestedPvm,
     }))
+}
+
+/// The saved file system state (the guest's ids) of the mount on `path`,
+/// device `i`.
+fn fs_state<'a>(state: &'a MachineState, i: usize, path: &str) -> Result<&'a str, Error> {
+    state
+        .devices
+        .get(i)
+        .and_then(|d| d.device_state.as_deref())
+        .ok_or_else(|| {
+            Error::Snapshot(format!(
+                "the snapshot has no file system state for the mount on {path:?}"
+            ))
+        })
+}
+
+/// The memory mount on `path` (device `i`) as the snapshot saved it: a new
+/// file system of its own.
+fn memory_image(
+    state: &MachineState,
+    dir: &std::path::Path,
+    i: usize,
+    path: &str,
+) -> Result<sandbox_fs::MemoryFs, Error> {
+    let image = state.disks.iter().find(|d| d.device == i).ok_or_else(|| {
+        Error::Snapshot(format!(
+            "the snapshot has no content for the memory mount on {path:?}"
+        ))
+    })?;
+    let file = dir.join(&image.file);
+    std::fs::File::open(&file)
+        .and_then(|f| sandbox_fs::MemoryFs::load_image(&mut std::io::BufReader::new(f)))
+        .map_err(|e| Error::Snapshot(format!("{}: {e}", file.display())))
 }
 
 struct KvmMachine {
