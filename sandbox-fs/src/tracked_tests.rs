@@ -94,3 +94,67 @@ fn a_restored_file_system_finds_the_guests_inodes_and_handles_again() {
     assert!(Tracked::restore(bind(&dir, Access::Writable).unwrap(), "{not json").is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_masked_bind_restores_through_its_masks_and_storage() {
+    let dir = std::env::temp_dir().join(format!("sandbox-fs-tracked-mask-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (src, storage) = (dir.join("src"), dir.join("storage"));
+    std::fs::create_dir_all(src.join(".git")).unwrap();
+    std::fs::create_dir_all(&storage).unwrap();
+    std::fs::write(src.join(".git/config"), b"secret\n").unwrap();
+    std::fs::write(src.join("code.rs"), b"fn main() {}\n").unwrap();
+    let open =
+        || crate::bind_masked(&src, Access::Writable, vec![".git".into()], Some(&storage)).unwrap();
+    let ctx = Context::default();
+    let fs = Tracked::new(open());
+    fs.init(FsOptions::empty()).unwrap();
+    let code = fs.lookup(&ctx, ROOT_ID, c"code.rs").unwrap().inode;
+    // The guest's own .git lands in the storage, never in the source.
+    let git = fs
+        .mkdir(&ctx, ROOT_ID, c".git", 0o755, 0)
+        .map(|e| e.inode)
+        .or_else(|_| fs.lookup(&ctx, ROOT_ID, c".git").map(|e| e.inode))
+        .unwrap();
+    let (head, handle, ..) = fs
+        .create(
+            &ctx,
+            git,
+            c"HEAD",
+            CreateIn {
+                flags: (libc::O_CREAT | libc::O_WRONLY) as u32,
+                mode: 0o644,
+                umask: 0,
+                fuse_flags: 0,
+            },
+        )
+        .unwrap();
+    let state = fs.save();
+    drop(fs);
+
+    let (fs, restored) = Tracked::restore(open(), &state).unwrap();
+    assert_eq!(
+        restored.inodes_stale + restored.handles_stale,
+        0,
+        "{restored:?}"
+    );
+    let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(
+        fs.getattr(&ctx, code, None).unwrap().0.st_ino,
+        ino(&src.join("code.rs"))
+    );
+    // The masked directory is still the storage's, not the source's (the
+    // storage's inode numbers carry `STORAGE`).
+    assert_eq!(
+        fs.getattr(&ctx, head.inode, Some(handle.unwrap()))
+            .unwrap()
+            .0
+            .st_ino,
+        ino(&storage.join(".git/HEAD")) | crate::STORAGE
+    );
+    assert!(
+        fs.lookup(&ctx, git, c"config").is_err(),
+        "the source's .git stays hidden"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
