@@ -206,8 +206,10 @@ fn fs_runtime() -> &'static tokio::runtime::Runtime {
 /// Feeds the bytes as a sequence of FUSE requests (each as long as its
 /// header's length field says, clamped to what is left), each in its own
 /// descriptor chain with a reply buffer, to virtio-fs over a memory file
-/// system and over a confined passthrough of a scratch directory. Then
-/// checks that nothing next to the served directory changed.
+/// system and over a confined passthrough of a scratch directory, each in
+/// `Tracked` as the library serves them. Then saves the tracked ids and
+/// restores them into a new passthrough (as a snapshot would), and checks
+/// that nothing next to the served directory changed.
 pub fn fs_requests(data: &[u8]) {
     use std::sync::Arc;
     let scratch = fs_scratch();
@@ -229,8 +231,16 @@ pub fn fs_requests(data: &[u8]) {
         std::time::Duration::from_secs(5),
     );
     let memory = sandbox_fs::Confined::new(memory, false);
-    run_fs(Arc::new(bound), data);
-    run_fs(Arc::new(memory), data);
+    let bound = Arc::new(sandbox_fs::Tracked::new(bound));
+    run_fs(bound.clone(), data);
+    run_fs(Arc::new(sandbox_fs::Tracked::new(memory)), data);
+    // Whatever the requests left in the id table restores or fails
+    // cleanly, and the restored file system stays inside its directory.
+    if let Ok(again) = sandbox_fs::bind(&shared, sandbox_fs::Access::Writable) {
+        if let Ok((restored, _)) = sandbox_fs::Tracked::restore(again, &bound.save()) {
+            run_fs(Arc::new(restored), data);
+        }
+    }
     let mut names: Vec<_> = std::fs::read_dir(scratch)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
         .unwrap_or_default();
