@@ -158,3 +158,42 @@ fn a_masked_bind_restores_through_its_masks_and_storage() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_readdirplus_entry_the_guest_never_got_is_not_held() {
+    let dir = std::env::temp_dir().join(format!("sandbox-fs-tracked-rdp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["a", "b", "c"] {
+        std::fs::write(dir.join(name), name).unwrap();
+    }
+    let ctx = Context::default();
+    let fs = Tracked::new(bind(&dir, Access::ReadOnly).unwrap());
+    fs.init(FsOptions::empty()).unwrap();
+    let (handle, _) = fs.opendir(&ctx, ROOT_ID, 0).unwrap();
+    let handle = handle.unwrap();
+    // The guest's buffer takes one entry; the next does not fit.
+    let mut got = Vec::new();
+    fs.readdirplus(&ctx, ROOT_ID, handle, 4096, 0, &mut |d, e| {
+        if got.is_empty() {
+            got.push((d.name.to_vec(), e.inode));
+            Ok(1)
+        } else {
+            Ok(0)
+        }
+    })
+    .unwrap();
+    assert_eq!(got.len(), 1);
+    let saved: crate::ids::Saved = serde_json::from_str(&fs.save()).unwrap();
+    assert_eq!(saved.nodes.len(), 1, "only the entry the guest got is held");
+    assert_eq!(saved.nodes[0].0, got[0].1);
+    assert_eq!(saved.nodes[0].1.lookups, 1);
+    // A lookup of that name is the same inode, one more lookup.
+    let name = std::ffi::CString::new(got[0].0.clone()).unwrap();
+    assert_eq!(fs.lookup(&ctx, ROOT_ID, &name).unwrap().inode, got[0].1);
+    fs.forget(&ctx, got[0].1, 2);
+    let saved: crate::ids::Saved = serde_json::from_str(&fs.save()).unwrap();
+    assert!(saved.nodes.is_empty(), "forgotten: {saved:?}");
+    fs.releasedir(&ctx, ROOT_ID, 0, handle).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
