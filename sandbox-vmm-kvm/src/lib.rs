@@ -115,6 +115,19 @@ pub enum GuestExit {
     Stopped,
 }
 
+/// A failed KVM ioctl `what`, as a [`KvmError`].
+pub(crate) fn kvm(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {
+    move |e| KvmError::Kvm { what, source: e }
+}
+
+/// A host resource that could not be set up (`what`), as a [`KvmError`].
+pub(crate) fn host(what: &str) -> impl FnOnce(std::io::Error) -> KvmError + '_ {
+    move |source| KvmError::Host {
+        what: what.into(),
+        source,
+    }
+}
+
 /// Errors creating or running a KVM guest.
 #[derive(Debug, thiserror::Error)]
 pub enum KvmError {

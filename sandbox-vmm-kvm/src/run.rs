@@ -104,10 +104,7 @@ impl Vcpus {
             stop.store(true, Ordering::Release);
             state.changed.notify_all();
         })
-        .map_err(|source| KvmError::Host {
-            what: "starting a vCPU thread".into(),
-            source,
-        })?;
+        .map_err(crate::host("starting a vCPU thread"))?;
         self.threads.push(thread);
         Ok(())
     }
@@ -222,10 +219,8 @@ pub fn register_memory(vm: &kvm_ioctls::VmFd, mem: &crate::GuestMemory) -> Resul
         advise_guest_ram(host_addr, region.len() as usize);
         // SAFETY: the region is mapped for as long as `mem` lives, and the
         // VM (and its devices) keep `mem` until they stop.
-        unsafe { vm.set_user_memory_region(r) }.map_err(|source| KvmError::Kvm {
-            what: "KVM_SET_USER_MEMORY_REGION",
-            source,
-        })?;
+        unsafe { vm.set_user_memory_region(r) }
+            .map_err(crate::kvm("KVM_SET_USER_MEMORY_REGION"))?;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use crate::bus::Bus;
 use crate::layout::*;
 use crate::pause::Gate;
 use crate::snapshot::VcpuState;
-use crate::{GuestExit, KvmError};
+use crate::{kvm, GuestExit, KvmError};
 
 const X86_CR0_PE: u64 = 0x1;
 const X86_CR0_ET: u64 = 0x10;
@@ -19,10 +19,6 @@ const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
 const APIC_MODE_EXTINT: u32 = 0x7;
 const APIC_MODE_NMI: u32 = 0x4;
-
-fn kvm(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {
-    move |e| KvmError::Kvm { what, source: e }
-}
 
 /// A segment from its GDT descriptor.
 fn segment(index: u16, descriptor: u64) -> kvm_segment {

@@ -17,7 +17,7 @@ use crate::snapshot::{
     memory, MachineState, SavedDisk, SerialSnapshot, SnapshotError, SnapshotInfo, VmKvmState,
     MEMORY_FILE, STATE_FILE,
 };
-use crate::{boot, cpuid, mptable, vcpu, CpuProfile, GuestMemory, KvmConfig, KvmError};
+use crate::{boot, cpuid, host, kvm, mptable, vcpu, CpuProfile, GuestMemory, KvmConfig, KvmError};
 use sandbox_virtio::mmio::{MmioDevice, MmioState, REG_QUEUE_NOTIFY};
 use sandbox_virtio::{ConsoleLog, VirtioDevice};
 
@@ -30,17 +30,6 @@ pub struct KvmVm {
     saved: vcpu::SavedStates,
     console: ConsoleLog,
     mem: Arc<GuestMemory>,
-}
-
-fn kvm(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {
-    move |e| KvmError::Kvm { what, source: e }
-}
-
-fn host(what: &str) -> impl FnOnce(std::io::Error) -> KvmError + '_ {
-    move |source| KvmError::Host {
-        what: what.to_string(),
-        source,
-    }
 }
 
 /// Creates a snapshot file that must not exist yet, for reading and writing.

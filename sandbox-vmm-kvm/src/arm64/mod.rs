@@ -27,7 +27,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::run::Vcpus;
 use crate::snapshot::{MachineState, SnapshotError, SnapshotInfo};
-use crate::{GuestMemory, KvmConfig, KvmError};
+use crate::{host, kvm, GuestMemory, KvmConfig, KvmError};
 use bus::Bus;
 use sandbox_virtio::mmio::{MmioDevice, REG_QUEUE_NOTIFY};
 use sandbox_virtio::{ConsoleLog, VirtioDevice};
@@ -45,17 +45,6 @@ pub struct KvmVm {
     vcpus: Vcpus,
     console: ConsoleLog,
     mem: Arc<GuestMemory>,
-}
-
-fn kvm(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {
-    move |e| KvmError::Kvm { what, source: e }
-}
-
-fn host(what: &str) -> impl FnOnce(std::io::Error) -> KvmError + '_ {
-    move |source| KvmError::Host {
-        what: what.into(),
-        source,
-    }
 }
 
 /// Sets one GIC attribute whose value `value` points to.

@@ -13,11 +13,7 @@ use sandbox_vmm_hvf::image::Entry;
 
 use super::bus::Bus;
 use crate::pause::Gate;
-use crate::{GuestExit, KvmError};
-
-fn kvm(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {
-    move |e| KvmError::Kvm { what, source: e }
-}
+use crate::{kvm, GuestExit, KvmError};
 
 /// The ONE_REG id of a 64-bit core register at byte `offset` in
 /// `kvm_regs` (the id counts 32-bit words).

@@ -14,11 +14,7 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 use serde::{Deserialize, Serialize};
 
-use crate::KvmError;
-
-fn kvm(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {
-    move |e| KvmError::Kvm { what, source: e }
-}
+use crate::{kvm, KvmError};
 
 /// MSRs read per `KVM_GET_MSRS` call (the kernel stops at the first one it
 /// cannot read and says how many it did).
