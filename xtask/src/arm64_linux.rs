@@ -5,9 +5,7 @@
 //! what is missing for it to run). C dependencies (ring) build with
 //! Debian's `gcc-aarch64-linux-gnu`, which the arm64 kernel needs anyway.
 
-use std::process::Command;
-
-use crate::cache::{self, step};
+use crate::cache;
 use crate::Result;
 
 /// The target checked.
@@ -28,16 +26,11 @@ pub fn clippy() -> Result<()> {
         "-D",
         "warnings",
     ];
-    step(&format!("cargo {}", args.join(" ")));
-    let status = Command::new(env!("CARGO"))
-        .args(args)
-        .current_dir(cache::repo())
-        .env("CC_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-gcc")
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("clippy for {TARGET} failed ({status})"))
-    }
+    crate::flows::cargo_with(
+        &args,
+        &[(
+            "CC_aarch64_unknown_linux_gnu",
+            "aarch64-linux-gnu-gcc".as_ref(),
+        )],
+    )
 }

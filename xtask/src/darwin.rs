@@ -9,9 +9,8 @@
 //! not a build of a macOS binary.
 
 use std::path::Path;
-use std::process::Command;
 
-use crate::cache::{self, step};
+use crate::cache;
 use crate::Result;
 
 /// The Apple target checked.
@@ -50,25 +49,19 @@ pub fn clippy() -> Result<()> {
         args.extend(["-p", c]);
     }
     args.extend(["--", "-D", "warnings"]);
-    step(&format!("cargo {}", args.join(" ")));
     let cflags = format!(
         "-ffreestanding -DRING_CORE_NOSTDLIBINC -isystem {}",
         include.display()
     );
-    let status = Command::new(env!("CARGO"))
-        .args(&args)
-        .current_dir(cache::repo())
-        .env("CC_aarch64_apple_darwin", "clang")
-        .env("CFLAGS_aarch64_apple_darwin", cflags)
-        // cc-rs asks xcrun for an SDK unless one is named; none is needed.
-        .env("SDKROOT", include.parent().unwrap_or(&include))
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("clippy for {TARGET} failed ({status})"))
-    }
+    crate::flows::cargo_with(
+        &args,
+        &[
+            ("CC_aarch64_apple_darwin", "clang".as_ref()),
+            ("CFLAGS_aarch64_apple_darwin", cflags.as_ref()),
+            // cc-rs asks xcrun for an SDK unless one is named; none is needed.
+            ("SDKROOT", include.parent().unwrap_or(&include).as_os_str()),
+        ],
+    )
 }
 
 fn write_if_changed(path: &Path, text: &str) -> Result<()> {

@@ -39,9 +39,15 @@ pub fn build_image(rebuild: bool) -> Result<PathBuf> {
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with(args, &[])
+}
+
+/// Runs cargo with `args` in the repository, with `env` set.
+pub fn cargo_with(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
     step(&format!("cargo {}", args.join(" ")));
     let status = Command::new(env!("CARGO"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(cache::repo())
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
