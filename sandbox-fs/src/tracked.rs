@@ -128,9 +128,9 @@ impl<F: FuseFs> Tracked<F> {
         entry
     }
 
-    fn forget_all(&self, ctx: &Context, requests: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    /// The guest forgot `requests`: the served ids and lookups to forget.
+    fn forget_all(&self, requests: &[(u64, u64)]) -> Vec<(u64, u64)> {
         let mut table = self.table();
-        let _ = ctx;
         requests
             .iter()
             .filter_map(|&(inode, count)| table.forget(inode, count))
@@ -157,13 +157,13 @@ impl<F: FuseFs> FileSystem for Tracked<F> {
     }
 
     fn forget(&self, ctx: &Context, inode: u64, count: u64) {
-        for (inner, count) in self.forget_all(ctx, &[(inode, count)]) {
+        for (inner, count) in self.forget_all(&[(inode, count)]) {
             self.inner.forget(ctx, inner, count);
         }
     }
 
     fn batch_forget(&self, ctx: &Context, requests: Vec<(u64, u64)>) {
-        let inner = self.forget_all(ctx, &requests);
+        let inner = self.forget_all(&requests);
         if !inner.is_empty() {
             self.inner.batch_forget(ctx, inner);
         }

@@ -143,7 +143,7 @@ pub fn run(id: u8, mut vcpu: VcpuFd, shared: Shared) -> GuestExit {
             }
             continue;
         }
-        let exit = match vcpu.run() {
+        let mut exit = match vcpu.run() {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
@@ -151,7 +151,6 @@ pub fn run(id: u8, mut vcpu: VcpuFd, shared: Shared) -> GuestExit {
             }
             Err(e) => return GuestExit::Crashed(format!("KVM_RUN failed: {e}")),
         };
-        let mut exit = exit;
         let outcome = match crate::run::common_exit(&mut exit, bus.as_ref()) {
             Some(outcome) => outcome,
             None => match exit {
