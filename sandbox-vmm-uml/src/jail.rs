@@ -43,6 +43,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub(crate) use child::Step;
+pub use filter::ABORT_EXIT_CODE;
 
 /// The first host uid/gid of jailed kernel processes started as root (a
 /// range no distribution allocates; each VM gets its own id above it).

@@ -16,7 +16,7 @@ pub mod seccomp;
 mod vm;
 pub mod workdir;
 
-pub use jail::{UmlJail, JAIL_ID_BASE, MEMORY_MARGIN_MIB};
+pub use jail::{UmlJail, ABORT_EXIT_CODE, JAIL_ID_BASE, MEMORY_MARGIN_MIB};
 pub use power_off::{reached_power_down, PowerOff, POWER_DOWN_LINE, TEARDOWN_GRACE};
 pub use sandbox_virtio::ConsoleLog;
 pub use vm::{DataDisk, UmlConfig, UmlError, UmlNet, UmlVm};

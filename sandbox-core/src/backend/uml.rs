@@ -174,7 +174,6 @@ impl Machine for UmlMachine {
 
     fn stop_reason(&mut self) -> Option<crate::StopReason> {
         use crate::StopReason;
-        use std::os::unix::process::ExitStatusExt;
         let console = self.0.console().tail(40);
         // A panicking or rebooting UML kernel may still be running (it
         // re-executes itself to reboot): the console says so first.
@@ -185,18 +184,50 @@ impl Machine for UmlMachine {
             return Some(StopReason::Reboot);
         }
         let status = self.0.try_wait()?;
-        Some(match status.signal() {
-            Some(libc::SIGSYS) => StopReason::Crash(
-                "the UML kernel process made a host system call outside its jail's seccomp \
-                 allow-list and was killed (SIGSYS); please report the guest workload"
-                    .into(),
-            ),
-            Some(sig) => {
-                StopReason::Crash(format!("the UML kernel process was killed by signal {sig}"))
-            }
-            None => StopReason::PowerOff,
-        })
+        Some(exit_reason(status, &console))
     }
+}
+
+/// Why a UML kernel process that exited did so, from its status and its
+/// console's last lines (panics and reboots are read off the console
+/// before this).
+fn exit_reason(status: std::process::ExitStatus, console: &str) -> crate::StopReason {
+    use crate::StopReason;
+    use std::os::unix::process::ExitStatusExt;
+    let aborted = status.code() == Some(sandbox_vmm_uml::ABORT_EXIT_CODE)
+        || status.signal() == Some(libc::SIGABRT);
+    if status.success() {
+        return StopReason::PowerOff;
+    }
+    if sandbox_vmm_uml::reached_power_down(console) {
+        // The guest powered off (its disks were synced before this line);
+        // what failed is UML's own teardown after it, as with a teardown
+        // that hangs (`wait_exit`).
+        log::warn!(
+            "the UML kernel passed its power-down point and then ended with {status} in its \
+             teardown; reporting the power-off the guest asked for. Console tail:\n{}",
+            last_lines(console, 8)
+        );
+        return StopReason::PowerOff;
+    }
+    let what = if aborted {
+        "the UML kernel aborted (a fatal fault in the kernel)".to_string()
+    } else {
+        match status.signal() {
+            Some(libc::SIGSYS) => "the UML kernel process made a host system call outside its \
+                 jail's seccomp allow-list and was killed (SIGSYS; the host kernel log's audit \
+                 type=1326 line names the call); please report the guest workload"
+                .to_string(),
+            Some(sig) => format!("the UML kernel process was killed by signal {sig}"),
+            None => format!("the UML kernel process exited with {status}"),
+        }
+    };
+    StopReason::Crash(format!("{what}; console tail:\n{}", last_lines(console, 8)))
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// UML runs each guest address space in a host process under its kernel's
@@ -211,5 +242,51 @@ fn uml_cannot_pause(what: &'static str) -> Error {
         why: "UML guest processes are host processes traced by the guest kernel, which no signal \
               stops soundly; pause and snapshots need the KVM backend (BackendKind::Kvm)"
             .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StopReason;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    const RUNNING: &str = "sandbox-guest: ready\nsome output\n";
+    const POWERED_DOWN: &str = "sandbox-guest: shutdown requested\nreboot: Power down\n";
+
+    fn crash(r: StopReason) -> String {
+        match r {
+            StopReason::Crash(why) => why,
+            other => panic!("not a crash: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn exit_statuses_are_told_apart() {
+        let exited = |code: i32| ExitStatus::from_raw(code << 8);
+        let signalled = |sig: i32| ExitStatus::from_raw(sig);
+        assert_eq!(exit_reason(exited(0), RUNNING), StopReason::PowerOff);
+        let why = crash(exit_reason(exited(127), RUNNING));
+        assert!(why.starts_with("the UML kernel aborted"), "{why}");
+        assert!(why.ends_with("some output"), "{why}");
+        let why = crash(exit_reason(signalled(libc::SIGABRT), RUNNING));
+        assert!(why.starts_with("the UML kernel aborted"), "{why}");
+        let why = crash(exit_reason(signalled(libc::SIGSYS), RUNNING));
+        assert!(why.contains("seccomp allow-list"), "{why}");
+        let why = crash(exit_reason(signalled(libc::SIGKILL), RUNNING));
+        assert!(why.contains("signal 9"), "{why}");
+        let why = crash(exit_reason(exited(3), RUNNING));
+        assert!(why.contains("exit status: 3"), "{why}");
+    }
+
+    #[test]
+    fn a_teardown_failure_after_the_power_down_point_is_the_power_off() {
+        for status in [
+            ExitStatus::from_raw(127 << 8),
+            ExitStatus::from_raw(libc::SIGSYS),
+        ] {
+            assert_eq!(exit_reason(status, POWERED_DOWN), StopReason::PowerOff);
+        }
     }
 }

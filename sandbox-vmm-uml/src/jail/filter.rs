@@ -12,10 +12,13 @@
 //! and the dynamic loader make on paths a boot did not take. Any other
 //! call kills the kernel process (`SIGSYS`), which the VM reports.
 //!
-//! A second filter makes UML's panic path work as pid 1 of its pid
-//! namespace: `uml_abort()` loops on `kill(getpid(), SIGABRT)`, which a
-//! namespace's init ignores, so the kernel would spin forever. A seccomp
-//! kill is delivered to init too.
+//! A second filter makes UML's abort path work as pid 1 of its pid
+//! namespace: `uml_abort()` (after a panic or a fatal fault in the kernel)
+//! loops on `kill(getpid(), SIGABRT)`, which a namespace's init ignores, so
+//! the kernel would spin forever. That one call fails with `EPERM` instead,
+//! and `uml_abort()` then exits with status 127 ([`ABORT_EXIT_CODE`]). An
+//! abort thus never looks like a seccomp kill: `SIGSYS` means a call
+//! outside the allow-list, and nothing else.
 
 #[cfg(target_arch = "x86_64")]
 use std::collections::BTreeMap;
@@ -27,6 +30,10 @@ use seccompiler::{
     SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
     TargetArch,
 };
+
+/// The exit status of a UML kernel that aborted in its jail (`uml_abort()`
+/// exits with it when its `kill(getpid(), SIGABRT)` fails).
+pub const ABORT_EXIT_CODE: i32 = 127;
 
 /// The host calls of the UML kernel process and its stubs.
 #[cfg(target_arch = "x86_64")]
@@ -181,10 +188,14 @@ impl Filters {
         ]
         .into_iter()
         .collect();
-        // The panic rule first: installing a filter is a `seccomp` call,
+        // The abort rule first: installing a filter is a `seccomp` call,
         // which the allow-list refuses once it is in place.
         Ok(Self(vec![
-            compile(panic, SeccompAction::Allow, SeccompAction::KillProcess)?,
+            compile(
+                panic,
+                SeccompAction::Allow,
+                SeccompAction::Errno(libc::EPERM as u32),
+            )?,
             compile(allow, SeccompAction::KillProcess, SeccompAction::Allow)?,
         ]))
     }
