@@ -194,7 +194,7 @@ impl UmlVm {
             .arg(format!("umid={id}"))
             .arg(format!("uml_dir={}", uml_dir.display()))
             .args(["con=null", "con0=null,fd:2", "ssl=null", "console=tty0"])
-            .args(["root=/dev/vda", "rootfstype=ext4", "rootwait"])
+            .args(cmdline::ROOT)
             .arg(if read_only { "ro" } else { "rw" })
             .arg("init=/sbin/sandbox-guest")
             .args(lpj::preset().map(|l| format!("lpj={l}")))

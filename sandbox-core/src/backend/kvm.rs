@@ -114,7 +114,8 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
         .collect();
     let cpus = u8::try_from(spec.cpus).unwrap_or(u8::MAX);
     let mut cmdline = format!(
-        "root=/dev/vda rootfstype=ext4 rootwait {} init=/sbin/sandbox-guest {} {}",
+        "{} {} init=/sbin/sandbox-guest {} {}",
+        cmdline::ROOT.join(" "),
         if read_only { "ro" } else { "rw" },
         cmdline::param(cmdline::HOSTNAME, &spec.hostname),
         cmdline::param(cmdline::CHANNEL, cmdline::vsock_channel(AGENT_VSOCK_PORT)),

@@ -151,8 +151,8 @@ pub(super) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
     let layout = Layout::new(spec.cpus, u64::from(spec.memory_mib), slots.len())
         .map_err(|e| Error::InvalidConfig(e.to_string()))?;
     let mut bootargs = format!(
-        "console=ttyAMA0 panic=-1 root=/dev/vda rootfstype=ext4 rootwait {} \
-         init=/sbin/sandbox-guest {} {} {}",
+        "console=ttyAMA0 panic=-1 {} {} init=/sbin/sandbox-guest {} {} {}",
+        cmdline::ROOT.join(" "),
         if read_only { "ro" } else { "rw" },
         cmdline::param(cmdline::HOSTNAME, &spec.hostname),
         cmdline::param(cmdline::CHANNEL, cmdline::vsock_channel(AGENT_VSOCK_PORT)),
