@@ -336,7 +336,7 @@ pub async fn forks(taken: Taken) {
         // and its network is a new stack of its own.
         let script = format!(
             "read h < /proc/sys/kernel/hostname; echo $h; od -An -N32 -tx1 /dev/urandom; echo; \
-             printf 'GET /fork{i} HTTP/1.0\\r\\n\\r\\n' | busybox nc 203.0.113.5 8080"
+             exec busybox nc 203.0.113.5 8080 <<EOF\nGET /fork{i} HTTP/1.0\r\n\r\nEOF"
         );
         let out = fork.exec("sh", ["-c", &script]).await.unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
