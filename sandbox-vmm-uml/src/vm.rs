@@ -315,6 +315,20 @@ impl UmlVm {
         &self.console
     }
 
+    /// Waits up to `timeout` for the console's reader to reach the end of
+    /// the kernel's output (after the kernel exited: its last lines, such
+    /// as a panic message, may still be in the pipe). Whether it did.
+    pub fn drain_console(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let done = self.log_thread.as_ref().is_none_or(|t| t.is_finished());
+            if done || Instant::now() >= deadline {
+                return done;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// The kernel process id.
     pub fn pid(&self) -> Option<u32> {
         self.kernel.as_ref().map(|k| k.pid as u32)

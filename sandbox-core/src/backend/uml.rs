@@ -173,19 +173,27 @@ impl Machine for UmlMachine {
     }
 
     fn stop_reason(&mut self) -> Option<crate::StopReason> {
-        use crate::StopReason;
-        let console = self.0.console().tail(40);
         // A panicking or rebooting UML kernel may still be running (it
         // re-executes itself to reboot): the console says so first.
-        if let Some(line) = crate::stop::panic_line(&console) {
-            return Some(StopReason::Panic(line));
-        }
-        if console.contains("reboot: Restarting system") {
-            return Some(StopReason::Reboot);
+        if let Some(reason) = console_reason(&self.0.console().tail(40)) {
+            return Some(reason);
         }
         let status = self.0.try_wait()?;
-        Some(exit_reason(status, &console))
+        // Its last lines may still have been in the console pipe.
+        self.0.drain_console(Duration::from_secs(1));
+        let console = self.0.console().tail(40);
+        Some(console_reason(&console).unwrap_or_else(|| exit_reason(status, &console)))
     }
+}
+
+/// A panic or a reboot the console shows.
+fn console_reason(console: &str) -> Option<crate::StopReason> {
+    if let Some(line) = crate::stop::panic_line(console) {
+        return Some(crate::StopReason::Panic(line));
+    }
+    console
+        .contains("reboot: Restarting system")
+        .then_some(crate::StopReason::Reboot)
 }
 
 /// Why a UML kernel process that exited did so, from its status and its
