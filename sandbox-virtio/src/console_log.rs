@@ -41,9 +41,7 @@ impl ConsoleLog {
     pub fn tail(&self, lines: usize) -> String {
         let buf = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (a, b) = buf.as_slices();
-        let text = String::from_utf8_lossy(&[a, b].concat()).into_owned();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        last_lines(&String::from_utf8_lossy(&[a, b].concat()), lines)
     }
 
     /// Copies everything from `src` into the log until end of file.
@@ -56,6 +54,12 @@ impl ConsoleLog {
             self.push(&chunk[..n]);
         }
     }
+}
+
+/// The last `n` lines of `text`, joined with newlines.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ pub mod vhost_user;
 pub mod vsock;
 mod worker;
 
-pub use console_log::ConsoleLog;
+pub use console_log::{last_lines, ConsoleLog};
 pub use counters::{CounterReader, DeviceCounters};
 pub use device::{ActivationContext, DeviceError, FdInterrupt, Interrupt, QueueKick, VirtioDevice};
 

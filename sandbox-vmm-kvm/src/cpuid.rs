@@ -9,8 +9,8 @@
 //! emulating host cannot execute at guest ring 0 (../shared/ENVIRONMENT.md):
 //! XSAVE and everything built on it (OSXSAVE, AVX, AVX2, AVX-512, FMA, F16C,
 //! leaf 0xd zeroed), POPCNT and SMAP; and the fast-string flags (ERMS,
-//! FSRM, FZRM, FSRS, FSRC), whose byte-wise string loops it runs slowest. On hardware KVM ([`CpuProfile::Full`])
-//! nothing else is removed.
+//! FSRM, FZRM, FSRS, FSRC), whose byte-wise string loops it runs slowest.
+//! On hardware KVM ([`CpuProfile::Full`]) nothing else is removed.
 
 use kvm_bindings::CpuId;
 

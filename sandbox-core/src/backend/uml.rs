@@ -214,7 +214,7 @@ fn exit_reason(status: std::process::ExitStatus, console: &str) -> crate::StopRe
         log::warn!(
             "the UML kernel passed its power-down point and then ended with {status} in its \
              teardown; reporting the power-off the guest asked for. Console tail:\n{}",
-            last_lines(console, 8)
+            sandbox_virtio::last_lines(console, 8)
         );
         return StopReason::PowerOff;
     }
@@ -230,12 +230,10 @@ fn exit_reason(status: std::process::ExitStatus, console: &str) -> crate::StopRe
             None => format!("the UML kernel process exited with {status}"),
         }
     };
-    StopReason::Crash(format!("{what}; console tail:\n{}", last_lines(console, 8)))
-}
-
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    StopReason::Crash(format!(
+        "{what}; console tail:\n{}",
+        sandbox_virtio::last_lines(console, 8)
+    ))
 }
 
 /// UML runs each guest address space in a host process under its kernel's
