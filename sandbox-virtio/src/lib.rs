@@ -14,13 +14,21 @@
 //! [`net::Net`] (virtio-net whose host side is a seqpacket socket of
 //! Ethernet frames, fed to `sandbox-net`) and [`rng::Rng`] (virtio-rng from
 //! the host's `getrandom`).
+//!
+//! On macOS the devices and the virtio-mmio transport build on
+//! [`event`]'s pipe and kqueue; virtio-fs ([`fs`]: fuse-backend-rs's
+//! passthrough is Linux-only) and [`vhost_user`] (the UML and QEMU front
+//! ends) are Linux-only, and the seccomp allow-lists are empty there (no
+//! seccomp).
 
 pub mod block;
 mod console_log;
 pub mod counters;
 mod device;
+pub mod event;
+#[cfg(target_os = "linux")]
 pub mod fs;
-#[cfg(feature = "fuzzing")]
+#[cfg(all(feature = "fuzzing", target_os = "linux"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
@@ -31,6 +39,7 @@ pub mod seccomp;
 pub mod sparse;
 #[cfg(test)]
 mod testutil;
+#[cfg(target_os = "linux")]
 pub mod vhost_user;
 pub mod vsock;
 mod worker;

@@ -5,6 +5,7 @@ pub use sandbox_thread::seccomp::*;
 
 /// A virtio device worker (block, vsock, net, rng) on either transport:
 /// kicks, interrupts, host sockets and disk files already open.
+#[cfg(target_os = "linux")]
 pub static DEVICE: AllowList = AllowList {
     class: "device",
     syscalls: &[
@@ -43,9 +44,17 @@ pub static DEVICE: AllowList = AllowList {
     ],
 };
 
+/// [`DEVICE`] where there is no seccomp (macOS): nothing to install.
+#[cfg(not(target_os = "linux"))]
+pub static DEVICE: AllowList = AllowList {
+    class: "device",
+    syscalls: &[],
+};
+
 /// A vhost-user server: the front end's messages (with descriptors: guest
 /// memory to map, kick and call eventfds), and starting and stopping the
 /// device's workers.
+#[cfg(target_os = "linux")]
 pub static VHOST_USER: AllowList = AllowList {
     class: "vhost-user",
     syscalls: &[
@@ -77,6 +86,7 @@ pub static VHOST_USER: AllowList = AllowList {
 /// files relative to descriptors it holds, or the application's file system
 /// reached through tasks on its runtime). No sockets, no `execve`, no
 /// `ptrace`, no mounts.
+#[cfg(target_os = "linux")]
 pub static FS: AllowList = AllowList {
     class: "virtio-fs",
     syscalls: &[

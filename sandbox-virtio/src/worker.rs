@@ -1,5 +1,6 @@
-//! The per-device worker thread: an epoll loop over the queue kicks, a stop
-//! event and any host-side descriptors the device watches.
+//! The per-device worker thread: a poll loop (epoll, or kqueue on macOS)
+//! over the queue kicks, a stop event and any host-side descriptors the
+//! device watches.
 
 use std::any::Any;
 use std::io;
@@ -7,10 +8,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::thread::JoinHandle;
 
 use virtio_queue::Queue;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{ActivationContext, DeviceError, Interrupt};
+use crate::event::{EventFd, Events, Interest, Poller};
 use crate::GuestMemory;
 
 /// Device logic driven by the worker. Both callbacks return a bitmask of the
@@ -101,25 +101,21 @@ impl Worker {
         extra: Vec<RawFd>,
         filter: Option<&'static crate::seccomp::AllowList>,
     ) -> Result<Self, DeviceError> {
-        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::Worker)?;
+        let stop = crate::event::event_fd().map_err(DeviceError::Worker)?;
         let stop_fd = stop.try_clone().map_err(DeviceError::Worker)?;
-        let epoll = Epoll::new().map_err(DeviceError::Worker)?;
+        let poller = Poller::new().map_err(DeviceError::Worker)?;
         let nq = ctx.queues.len();
-        let add = |fd: RawFd, events: EventSet, token: usize| {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(events, token as u64),
-                )
+        let add = |fd: RawFd, interest: Interest, token: usize| {
+            poller
+                .add(fd, interest, token as u64)
                 .map_err(DeviceError::Worker)
         };
         for (i, k) in ctx.kicks.iter().enumerate() {
-            add(k.0.as_raw_fd(), EventSet::IN, i)?;
+            add(k.0.as_raw_fd(), Interest::Read, i)?;
         }
-        add(stop_fd.as_raw_fd(), EventSet::IN, nq)?;
+        add(stop_fd.as_raw_fd(), Interest::Read, nq)?;
         for (i, fd) in extra.iter().enumerate() {
-            add(*fd, EventSet::IN | EventSet::EDGE_TRIGGERED, nq + 1 + i)?;
+            add(*fd, Interest::ReadEdge, nq + 1 + i)?;
         }
         let thread = sandbox_thread::spawn(name, filter, move || {
             let ActivationContext {
@@ -137,7 +133,7 @@ impl Worker {
             let run = sandbox_thread::contain(|| {
                 serve(
                     &mut handler,
-                    &epoll,
+                    &poller,
                     &mut queues,
                     &kicks,
                     &mem,
@@ -205,10 +201,10 @@ fn raise(interrupt: &dyn Interrupt, mask: u64) {
 
 /// The worker loop: handles kicks (token = queue index), the stop event
 /// (token = queue count) and `extra` descriptors until the stop event fires
-/// or epoll fails.
+/// or polling fails.
 fn serve(
     handler: &mut impl Handler,
-    epoll: &Epoll,
+    poller: &Poller,
     queues: &mut [Queue],
     kicks: &[crate::QueueKick],
     mem: &GuestMemory,
@@ -221,22 +217,22 @@ fn serve(
         pending |= handler.queue_event_eager(i, queues, mem, interrupt);
     }
     raise(interrupt, pending);
-    let mut events = vec![EpollEvent::default(); nq + 2 + extra];
+    let mut events = Events::with_capacity(nq + 2 + extra);
     loop {
-        let n = match epoll.wait(-1, &mut events) {
-            Ok(n) => n,
+        match poller.wait(-1, &mut events) {
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 log::error!(
-                    "{}: epoll failed: {e}",
+                    "{}: polling failed: {e}",
                     std::thread::current().name().unwrap_or("device")
                 );
                 return;
             }
         };
         let mut pending = 0u64;
-        for ev in &events[..n] {
-            let token = ev.data() as usize;
+        for token in events.tokens() {
+            let token = token as usize;
             if token < nq {
                 kicks[token].drain();
                 pending |= handler.queue_event_eager(token, queues, mem, interrupt);

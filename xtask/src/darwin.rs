@@ -16,10 +16,10 @@ use crate::Result;
 /// The Apple target checked.
 pub const TARGET: &str = "aarch64-apple-darwin";
 
-/// Workspace crates that build for macOS today. Not yet: `sandbox-fs`
+/// Workspace crates that build for macOS today. Not: `sandbox-fs`
 /// (fuse-backend-rs 0.14's `virtiofs` feature does not compile for macOS,
-/// and its macOS FUSE ABI is not the Linux guest's anyway),
-/// `sandbox-virtio` (vhost, fuse-backend-rs), `sandbox-vmm-kvm`,
+/// and its macOS FUSE ABI is not the Linux guest's anyway; `sandbox-virtio`
+/// leaves virtio-fs and vhost-user out there), `sandbox-vmm-kvm`,
 /// `sandbox-vmm-uml` and `sandbox-core` (KVM and UML backends linked in
 /// unconditionally), `sandbox-guest` (a Linux guest program).
 pub const CRATES: &[&str] = &[
@@ -27,6 +27,7 @@ pub const CRATES: &[&str] = &[
     "sandbox-thread",
     "sandbox-rootfs",
     "sandbox-net",
+    "sandbox-virtio",
     "sandbox-vmm-hvf",
 ];
 

@@ -11,8 +11,8 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::event::EventFd;
 use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::{ActivationContext, GuestMemory, Interrupt, QueueKick, VirtioDevice};
 
@@ -98,7 +98,7 @@ impl MmioDevice {
     ) -> std::io::Result<Self> {
         let queues = fresh_queues(&*device);
         let kicks = (0..queues.len())
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .map(|_| crate::event::event_fd())
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Self {
             state: Mutex::new(State {

@@ -5,9 +5,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::event::EventFd;
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::{MmioDevice, State};
 use crate::{GuestMemory, VirtioDevice};

@@ -113,8 +113,7 @@ fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
         let rest = &mut buf[done..];
-        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        let n = random_chunk(rest);
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -125,6 +124,25 @@ fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
         done += n as usize;
     }
     Ok(())
+}
+
+/// Fills a prefix of `buf`; returns its length, or -1 with `errno` set.
+#[cfg(target_os = "linux")]
+fn random_chunk(buf: &mut [u8]) -> isize {
+    // SAFETY: getrandom writes at most `buf.len()` bytes into `buf`.
+    unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) }
+}
+
+/// Fills a prefix of `buf` (at most 256 bytes, getentropy's limit);
+/// returns its length, or -1 with `errno` set.
+#[cfg(not(target_os = "linux"))]
+fn random_chunk(buf: &mut [u8]) -> isize {
+    let n = buf.len().min(256);
+    // SAFETY: getentropy writes exactly `n` bytes into `buf`, which has them.
+    if unsafe { libc::getentropy(buf.as_mut_ptr().cast(), n) } < 0 {
+        return -1;
+    }
+    n as isize
 }
 
 impl Handler for RngHandler {

@@ -9,9 +9,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
+use crate::event::{EventFd, Events, Interest, Poller};
 use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::conn::{Conn, BUF_ALLOC};
 use super::packet::*;
@@ -49,7 +48,7 @@ pub(super) struct VsockHandler {
     pub guest_cid: u64,
     pub requests: Receiver<ConnectRequest>,
     pub wake: EventFd,
-    pub sockets: Epoll,
+    pub sockets: Poller,
     pub conns: HashMap<Key, Conn>,
     pending: HashMap<Key, Pending>,
     /// Packets without payload waiting for a receive buffer.
@@ -78,7 +77,7 @@ impl VsockHandler {
             guest_cid,
             requests,
             wake,
-            sockets: Epoll::new()?,
+            sockets: Poller::new()?,
             conns: HashMap::new(),
             pending: HashMap::new(),
             control: VecDeque::new(),
@@ -162,11 +161,8 @@ impl VsockHandler {
             }
             let made = UnixStream::pair().and_then(|(device_end, host_end)| {
                 device_end.set_nonblocking(true)?;
-                self.sockets.ctl(
-                    ControlOperation::Add,
-                    device_end.as_raw_fd(),
-                    EpollEvent::new(EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED, 0),
-                )?;
+                self.sockets
+                    .add(device_end.as_raw_fd(), Interest::ReadWriteEdge, 0)?;
                 Ok((device_end, host_end))
             });
             match made {
@@ -285,11 +281,7 @@ impl VsockHandler {
     fn close(&mut self, key: Key, send_rst: bool) {
         if let Some(mut c) = self.conns.remove(&key) {
             c.flush_to_host();
-            let _ = self.sockets.ctl(
-                ControlOperation::Delete,
-                c.sock.as_raw_fd(),
-                EpollEvent::default(),
-            );
+            let _ = self.sockets.delete(c.sock.as_raw_fd());
         }
         if send_rst {
             self.reset(key);
@@ -434,7 +426,7 @@ impl Handler for VsockHandler {
         if token == 0 {
             self.accept_requests();
         } else {
-            let mut events = [EpollEvent::default(); 32];
+            let mut events = Events::with_capacity(32);
             while matches!(self.sockets.wait(0, &mut events), Ok(n) if n > 0) {}
             for c in self.conns.values_mut() {
                 c.host_readable = true;

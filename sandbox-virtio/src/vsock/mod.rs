@@ -21,8 +21,8 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::event::EventFd;
 use virtio_queue::Queue;
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{read_config_bytes, ActivationContext, DeviceError, VirtioDevice};
 use crate::worker::Worker;
@@ -125,7 +125,7 @@ impl Vsock {
     /// A device giving the guest `guest_cid` (3 or more), with its connector.
     pub fn new(guest_cid: u64) -> io::Result<(Self, VsockConnector)> {
         let (tx, rx) = mpsc::channel();
-        let wake = EventFd::new(libc::EFD_NONBLOCK)?;
+        let wake = crate::event::event_fd()?;
         let metrics: Arc<VsockMetrics> = Arc::default();
         let handler = VsockHandler::new(guest_cid, rx, wake.try_clone()?, metrics.clone())?;
         Ok((
@@ -185,7 +185,7 @@ impl VirtioDevice for Vsock {
                 "vsock already active",
             )));
         };
-        let extra = vec![handler.wake.as_raw_fd(), handler.sockets.as_raw_fd()];
+        let extra = vec![handler.wake.as_raw_fd(), handler.sockets.fd()];
         self.worker = Some(Worker::spawn(
             "virtio-vsock",
             handler,
