@@ -58,6 +58,7 @@ pub enum Error {
     InvalidConfig(String),
     /// A mount cannot be made: a bad guest path, or a host source that
     /// cannot be served.
+    #[cfg(target_os = "linux")]
     #[error(transparent)]
     Mount(#[from] crate::MountError),
     /// Host-side I/O failed.
@@ -116,6 +117,7 @@ pub enum Error {
     #[error("the KVM backend failed: {0}")]
     Kvm(String),
     /// The UML backend failed to start the guest.
+    #[cfg(target_os = "linux")]
     #[error("the UML backend failed")]
     Uml(#[from] sandbox_vmm_uml::UmlError),
     /// An image source is malformed, does not verify, or lacks the image

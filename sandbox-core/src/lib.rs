@@ -28,7 +28,9 @@ pub mod fs;
 pub mod images;
 mod link_reader;
 pub mod metrics;
+#[cfg(target_os = "linux")]
 mod mount;
+#[cfg(target_os = "linux")]
 mod mount_device;
 /// Syscall filters of the threads that handle guest input: `set_enabled`,
 /// `violations`, the allow-lists of every thread class
@@ -37,11 +39,14 @@ pub mod seccomp {
     pub use crate::link_reader::AGENT_LINK;
     pub use sandbox_net::NET_STACK;
     pub use sandbox_virtio::seccomp::*;
+    #[cfg(target_os = "linux")]
     pub use sandbox_vmm_kvm::seccomp::VCPU;
+    #[cfg(target_os = "linux")]
     pub use sandbox_vmm_uml::seccomp::CONSOLE;
 }
 mod process;
 mod sandbox;
+#[cfg(target_os = "linux")]
 mod snapshot;
 mod status;
 mod stop;
@@ -53,9 +58,12 @@ pub use error::Error;
 pub use facts::{Fact, FactSource, PROBED_COMMANDS};
 pub use forward::{Forward, ForwardOptions};
 pub use images::{Image, ImageFormat};
+#[cfg(target_os = "linux")]
 pub use mount::{Bind, Mount, MountError};
 /// File systems served to the guest from the application's code
 /// (`Mount::virtual_fs`), and the in-memory one (`Mount::memory`).
+/// Linux only, like every mount: virtio-fs is not built for macOS yet.
+#[cfg(target_os = "linux")]
 pub mod vfs {
     pub use sandbox_fs::vfs::*;
     pub use sandbox_fs::{MemoryFs, DEFAULT_DEADLINE, DEFAULT_LIMIT};
@@ -65,6 +73,7 @@ pub use sandbox::{BootOptions, DataDisk, Resources, Sandbox, SandboxBuilder, MAX
 pub use sandbox_protocol::PtySize;
 pub use sandbox_rootfs::Rootfs;
 pub use sandbox_rootfs::RootfsEvent;
+#[cfg(target_os = "linux")]
 pub use snapshot::{RestoreOptions, Snapshot};
 
 /// Root file systems: write modes, block stores, flattening and streaming
@@ -86,6 +95,7 @@ pub mod net {
         Proto, RawGrant, RoutedConnector, Stats, Verdict,
     };
 }
+#[cfg(target_os = "linux")]
 pub use sandbox_vmm_uml::{UmlJail, JAIL_ID_BASE as UML_JAIL_ID_BASE};
 pub use status::{ExitStatus, Output, Signal};
 pub use stop::StopReason;

@@ -54,6 +54,7 @@ pub struct BootOptions {
     hostname: String,
     cwd: Option<String>,
     timeout: Duration,
+    #[cfg(target_os = "linux")]
     mounts: Vec<(String, crate::Mount)>,
 }
 
@@ -63,6 +64,7 @@ impl Default for BootOptions {
             hostname: "sandbox".into(),
             cwd: None,
             timeout: Duration::from_secs(60),
+            #[cfg(target_os = "linux")]
             mounts: Vec::new(),
         }
     }
@@ -102,7 +104,9 @@ impl BootOptions {
     /// paths must not repeat or nest, and `/proc`, `/sys`, `/dev` and
     /// `/run/sandbox` are refused). The agent mounts it before `boot()`
     /// returns; `cwd` may point into it. On a read-only root the mount
-    /// point must already exist in the image.
+    /// point must already exist in the image. Linux only (virtio-fs is
+    /// not built for macOS yet).
+    #[cfg(target_os = "linux")]
     pub fn mount(mut self, path: impl Into<String>, mount: crate::Mount) -> Self {
         self.mounts.push((path.into(), mount));
         self
@@ -154,6 +158,7 @@ pub struct SandboxBuilder {
     resources: Resources,
     backend: BackendKind,
     network: Option<sandbox_net::NetworkOptions>,
+    #[cfg(target_os = "linux")]
     uml_jail: crate::UmlJail,
 }
 
@@ -197,6 +202,8 @@ impl SandboxBuilder {
     /// How the UML backend confines its kernel process (default: the full
     /// jail, see [`crate::UmlJail`]; [`crate::UmlJail::process_only`] for
     /// hosts that forbid user namespaces). The KVM backend ignores it.
+    /// Linux only, like UML.
+    #[cfg(target_os = "linux")]
     pub fn uml_jail(mut self, jail: crate::UmlJail) -> Self {
         self.uml_jail = jail;
         self
@@ -248,6 +255,7 @@ impl SandboxBuilder {
             resources: r,
             backend: self.backend,
             network: self.network,
+            #[cfg(target_os = "linux")]
             uml_jail: self.uml_jail,
         })
     }
@@ -261,6 +269,7 @@ pub struct Sandbox {
     resources: Resources,
     backend: BackendKind,
     network: Option<sandbox_net::NetworkOptions>,
+    #[cfg(target_os = "linux")]
     uml_jail: crate::UmlJail,
 }
 
@@ -314,9 +323,12 @@ impl Sandbox {
             cpus: self.resources.cpus,
             hostname: opts.hostname.clone(),
             network: self.network.clone(),
+            #[cfg(target_os = "linux")]
             mounts: crate::mount::prepare(&opts.mounts)?,
+            #[cfg(target_os = "linux")]
             uml_jail: self.uml_jail.clone(),
         };
+        #[cfg(target_os = "linux")]
         let memory_mounts: Vec<_> = spec
             .mounts
             .iter()
@@ -332,7 +344,7 @@ impl Sandbox {
             .clone()
             .or_else(|| run.working_dir.clone())
             .unwrap_or_else(|| "/".into());
-        connect(
+        let vm = connect(
             machine,
             kind,
             why,
@@ -341,8 +353,10 @@ impl Sandbox {
             events,
             Some(notices),
         )
-        .await
-        .map(|vm| vm.with_memory_mounts(memory_mounts))
+        .await;
+        #[cfg(target_os = "linux")]
+        let vm = vm.map(|vm| vm.with_memory_mounts(memory_mounts));
+        vm
     }
 }
 

@@ -41,6 +41,7 @@ pub struct Vm {
     run: sandbox_rootfs::oci::RunDefaults,
     boot_time: Duration,
     /// The memory mounts' file systems, by guest path.
+    #[cfg(target_os = "linux")]
     memory_mounts: Vec<(String, sandbox_fs::MemoryFs)>,
 }
 
@@ -71,10 +72,12 @@ impl Vm {
             cwd,
             run,
             boot_time,
+            #[cfg(target_os = "linux")]
             memory_mounts: Vec::new(),
         }
     }
 
+    #[cfg(target_os = "linux")]
     pub(crate) fn with_memory_mounts(mut self, m: Vec<(String, sandbox_fs::MemoryFs)>) -> Self {
         self.memory_mounts = m;
         self
@@ -84,6 +87,7 @@ impl Vm {
     /// given to [`crate::Mount::memory`] for a booted VM, and for a VM
     /// restored from a snapshot its own copy of the snapshot's content
     /// (each fork has its own). `None` if no memory mount is there.
+    #[cfg(target_os = "linux")]
     pub fn memory_mount(&self, path: &str) -> Option<sandbox_fs::MemoryFs> {
         self.memory_mounts
             .iter()
@@ -280,15 +284,18 @@ impl Vm {
         )
     }
 
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // for snapshots and the Linux backends
     pub(crate) fn machine(&self) -> SharedMachine {
         self.machine.clone()
     }
 
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // for snapshots and the Linux backends
     /// The working directory and run defaults commands start with.
     pub(crate) fn run_defaults(&self) -> (String, sandbox_rootfs::oci::RunDefaults) {
         (self.cwd.clone(), self.run.clone())
     }
 
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // for snapshots and the Linux backends
     /// Sends a message to the agent.
     pub(crate) fn send(&self, msg: HostMsg) -> Result<(), Error> {
         self.client

@@ -19,9 +19,10 @@ pub const TARGET: &str = "aarch64-apple-darwin";
 /// Workspace crates that build for macOS today. Not: `sandbox-fs`
 /// (fuse-backend-rs 0.14's `virtiofs` feature does not compile for macOS,
 /// and its macOS FUSE ABI is not the Linux guest's anyway; `sandbox-virtio`
-/// leaves virtio-fs and vhost-user out there), `sandbox-vmm-kvm`,
-/// `sandbox-vmm-uml` and `sandbox-core` (KVM and UML backends linked in
-/// unconditionally), `sandbox-guest` (a Linux guest program).
+/// leaves virtio-fs and vhost-user out there, and `sandbox-core` mounts),
+/// `sandbox-vmm-kvm` and `sandbox-vmm-uml` (Linux's backends, which
+/// `sandbox-core` links on Linux only), `sandbox-guest` (a Linux guest
+/// program).
 pub const CRATES: &[&str] = &[
     "sandbox-protocol",
     "sandbox-thread",
@@ -29,6 +30,7 @@ pub const CRATES: &[&str] = &[
     "sandbox-net",
     "sandbox-virtio",
     "sandbox-vmm-hvf",
+    "sandbox-core",
 ];
 
 /// The header ring's `base.h` includes on Apple targets.

@@ -1,8 +1,13 @@
 //! Backends start a guest and hand back its control channel. The rest of the
 //! library talks to the guest agent and never to a backend directly.
 
+#[cfg(target_os = "macos")]
+mod hvf;
+#[cfg(target_os = "linux")]
 mod kvm;
+#[cfg(target_os = "linux")]
 mod qemu_arm64;
+#[cfg(target_os = "linux")]
 mod uml;
 
 use std::os::unix::net::UnixStream;
@@ -28,6 +33,24 @@ pub enum BackendKind {
     /// verifying arm64 kernels, agents and images on x86_64 hosts. Boots
     /// `aarch64` images only, in seconds; no network, no snapshots.
     QemuArm64,
+    /// Apple's Hypervisor.framework (`sandbox-vmm-hvf`, macOS 15 on Apple
+    /// Silicon): what `Auto` picks on macOS. Not finished: it has never
+    /// run (docs/hvf-backend.md), and booting with it fails with an error
+    /// that says what is missing.
+    Hvf,
+}
+
+impl BackendKind {
+    /// The backend's name in errors and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Kvm => "kvm",
+            Self::Uml => "uml",
+            Self::QemuArm64 => "qemu-arm64",
+            Self::Hvf => "hvf",
+        }
+    }
 }
 
 /// What the KVM probe found.
@@ -54,6 +77,7 @@ pub enum KvmProbe {
 
 /// Probes `/dev/kvm` by timing the same loop at guest ring 0 and ring 3 in
 /// a scratch VM (once per process, a few tens of milliseconds).
+#[cfg(target_os = "linux")]
 pub fn probe_kvm() -> KvmProbe {
     use sandbox_vmm_kvm::probe::{probe, Probe};
     match probe() {
@@ -63,6 +87,13 @@ pub fn probe_kvm() -> KvmProbe {
     }
 }
 
+/// KVM is Linux's: elsewhere the probe finds nothing.
+#[cfg(not(target_os = "linux"))]
+pub fn probe_kvm() -> KvmProbe {
+    KvmProbe::Missing("KVM is a Linux interface".into())
+}
+
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // for snapshots and the Linux backends
 /// What a backend needs to start a guest.
 pub(crate) struct MachineSpec {
     pub rootfs: Rootfs,
@@ -73,11 +104,14 @@ pub(crate) struct MachineSpec {
     pub hostname: String,
     pub network: Option<sandbox_net::NetworkOptions>,
     /// Host file systems, opened and validated.
+    #[cfg(target_os = "linux")]
     pub mounts: Vec<crate::mount::Prepared>,
     /// The UML kernel process's confinement.
+    #[cfg(target_os = "linux")]
     pub uml_jail: crate::UmlJail,
 }
 
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // for snapshots and the Linux backends
 /// The agent's kernel parameters for `network`: the link's addresses and
 /// the interception CA (the base64 body of its PEM, on one line).
 pub(crate) fn network_args(network: &sandbox_net::Network) -> Vec<String> {
@@ -87,6 +121,7 @@ pub(crate) fn network_args(network: &sandbox_net::Network) -> Vec<String> {
     ]
 }
 
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // for snapshots and the Linux backends
 /// The interception CA as the agent takes it: the base64 body of its PEM,
 /// on one line.
 pub(crate) fn ca_body(network: &sandbox_net::Network) -> String {
@@ -115,6 +150,7 @@ pub(crate) trait Machine: Send {
     fn network_stats(&self) -> Option<sandbox_net::Stats> {
         None
     }
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // for snapshots and the Linux backends
     /// The guest network's interception CA for the agent ([`ca_body`]),
     /// if the guest has a network.
     fn network_ca(&self) -> Option<String> {
@@ -122,6 +158,7 @@ pub(crate) trait Machine: Send {
     }
     /// The memory mounts a restore loaded from the snapshot, by guest
     /// path (booted machines: none here, `Vm` keeps the application's).
+    #[cfg(target_os = "linux")]
     fn memory_mounts(&self) -> Vec<(String, sandbox_fs::MemoryFs)> {
         Vec::new()
     }
@@ -141,6 +178,7 @@ pub(crate) trait Machine: Send {
         false
     }
     /// Writes a snapshot into `dir` (KVM only).
+    #[cfg(target_os = "linux")]
     fn snapshot(
         &mut self,
         _dir: &std::path::Path,
@@ -157,9 +195,14 @@ pub(crate) trait Machine: Send {
 
 /// Resolves `Auto` and checks the choice can run; returns a description of
 /// why this backend was chosen.
+#[cfg(target_os = "linux")]
 pub(crate) fn select(kind: BackendKind) -> Result<(BackendKind, String), Error> {
     match kind {
         BackendKind::Uml => Ok((BackendKind::Uml, "requested explicitly".into())),
+        BackendKind::Hvf => Err(Error::BackendUnavailable {
+            requested: "hvf",
+            reason: "Hypervisor.framework exists on macOS only".into(),
+        }),
         BackendKind::QemuArm64 => match qemu_arm64::probe() {
             Ok(()) => Ok((
                 BackendKind::QemuArm64,
@@ -203,7 +246,34 @@ pub(crate) fn select(kind: BackendKind) -> Result<(BackendKind, String), Error> 
     }
 }
 
+/// Resolves `Auto` (Hypervisor.framework) where Linux's backends do not
+/// exist.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn select(kind: BackendKind) -> Result<(BackendKind, String), Error> {
+    match kind {
+        BackendKind::Hvf | BackendKind::Auto if cfg!(target_os = "macos") => Ok((
+            BackendKind::Hvf,
+            if kind == BackendKind::Auto {
+                "auto: Hypervisor.framework (macOS)".into()
+            } else {
+                "requested explicitly".into()
+            },
+        )),
+        BackendKind::Hvf | BackendKind::Auto => Err(Error::BackendUnavailable {
+            requested: "hvf",
+            reason: "no backend exists for this operating system (Linux: KVM or UML; macOS: \
+                     Hypervisor.framework)"
+                .into(),
+        }),
+        other => Err(Error::BackendUnavailable {
+            requested: other.name(),
+            reason: "KVM, UML and the QEMU arm64 backend run on Linux hosts only".into(),
+        }),
+    }
+}
+
 /// The KVM CPU profile this host gets, by name.
+#[cfg(target_os = "linux")]
 pub(crate) fn kvm_profile() -> sandbox_vmm_kvm::CpuProfile {
     match probe_kvm() {
         KvmProbe::Hardware { .. } => sandbox_vmm_kvm::CpuProfile::Full,
@@ -212,6 +282,7 @@ pub(crate) fn kvm_profile() -> sandbox_vmm_kvm::CpuProfile {
 }
 
 /// The name of [`kvm_profile`] recorded in snapshots.
+#[cfg(target_os = "linux")]
 pub(crate) fn kvm_profile_name() -> String {
     match kvm_profile() {
         sandbox_vmm_kvm::CpuProfile::Full => "full".into(),
@@ -220,6 +291,7 @@ pub(crate) fn kvm_profile_name() -> String {
 }
 
 /// Starts a KVM guest from a snapshot.
+#[cfg(target_os = "linux")]
 pub(crate) fn restore_kvm(
     snapshot: &crate::Snapshot,
     opts: crate::RestoreOptions,
@@ -234,6 +306,23 @@ pub(crate) fn restore_kvm(
 }
 
 /// Starts a guest on the chosen backend.
+#[cfg(target_os = "macos")]
+pub(crate) fn start(kind: BackendKind, spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
+    debug_assert_eq!(kind, BackendKind::Hvf);
+    hvf::start(spec)
+}
+
+/// Starts a guest on the chosen backend.
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+pub(crate) fn start(_kind: BackendKind, _spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
+    Err(Error::BackendUnavailable {
+        requested: "auto",
+        reason: "no backend exists for this operating system".into(),
+    })
+}
+
+/// Starts a guest on the chosen backend.
+#[cfg(target_os = "linux")]
 pub(crate) fn start(kind: BackendKind, spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
     let image = spec.rootfs.image();
     // (An image that does not say its architecture is tried as it is.)
@@ -250,5 +339,45 @@ pub(crate) fn start(kind: BackendKind, spec: MachineSpec) -> Result<Box<dyn Mach
         BackendKind::Uml => uml::start(spec),
         BackendKind::QemuArm64 => qemu_arm64::start(spec),
         _ => kvm::start(spec, kvm_profile()),
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hvf_is_refused_on_linux_with_the_reason() {
+        match select(BackendKind::Hvf) {
+            Err(Error::BackendUnavailable { requested, reason }) => {
+                assert_eq!(requested, "hvf");
+                assert!(reason.contains("macOS"), "{reason}");
+            }
+            other => panic!("expected BackendUnavailable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn auto_never_picks_hvf_on_linux() {
+        let (kind, why) = select(BackendKind::Auto).unwrap();
+        assert!(
+            matches!(kind, BackendKind::Kvm | BackendKind::Uml),
+            "{kind:?}: {why}"
+        );
+    }
+
+    #[test]
+    fn every_backend_has_a_distinct_name() {
+        let all = [
+            BackendKind::Auto,
+            BackendKind::Kvm,
+            BackendKind::Uml,
+            BackendKind::QemuArm64,
+            BackendKind::Hvf,
+        ];
+        let mut names: Vec<_> = all.iter().map(|k| k.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), all.len());
     }
 }
