@@ -43,7 +43,6 @@ impl std::fmt::Display for StopReason {
     }
 }
 
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // for snapshots and the Linux backends
 /// The panic line of a console tail, if the kernel panicked.
 pub(crate) fn panic_line(console: &str) -> Option<String> {
     console

@@ -284,18 +284,18 @@ impl Vm {
         )
     }
 
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // for snapshots and the Linux backends
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // snapshots: Linux only
     pub(crate) fn machine(&self) -> SharedMachine {
         self.machine.clone()
     }
 
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // for snapshots and the Linux backends
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // snapshots: Linux only
     /// The working directory and run defaults commands start with.
     pub(crate) fn run_defaults(&self) -> (String, sandbox_rootfs::oci::RunDefaults) {
         (self.cwd.clone(), self.run.clone())
     }
 
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // for snapshots and the Linux backends
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // snapshots: Linux only
     /// Sends a message to the agent.
     pub(crate) fn send(&self, msg: HostMsg) -> Result<(), Error> {
         self.client

@@ -31,8 +31,6 @@ use crate::{artifacts, DataDisk, Error};
 
 /// The emulator binary (Debian's `qemu-system-arm`).
 pub(super) const QEMU: &str = "qemu-system-aarch64";
-/// The guest architecture this backend boots, as images record it.
-pub(crate) const ARCH: &str = "aarch64";
 const CONSOLE_LOG_BYTES: usize = 256 << 10;
 const GUEST_CID: u64 = 3;
 /// Queue size of virtio-fs queues (our device's maximum).
@@ -74,14 +72,7 @@ struct Slot {
 }
 
 pub(super) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
-    let image = spec.rootfs.image();
-    if image.arch != ARCH {
-        return Err(Error::InvalidConfig(format!(
-            "image {:?} is built for {:?}; BackendKind::QemuArm64 boots {ARCH} images \
-             (images::builtin_arch(\"minimal\", \"{ARCH}\") after `cargo xtask build --arch arm64`)",
-            image.name, image.arch
-        )));
-    }
+    super::arm64::check_image(spec.rootfs.image(), "BackendKind::QemuArm64")?;
     if spec.network.is_some() {
         return Err(Error::Unsupported {
             what: "network",
@@ -150,19 +141,10 @@ pub(super) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
 
     let layout = Layout::new(spec.cpus, u64::from(spec.memory_mib), slots.len())
         .map_err(|e| Error::InvalidConfig(e.to_string()))?;
-    let mut bootargs = format!(
-        "console=ttyAMA0 panic=-1 {} {} init=/sbin/sandbox-guest {} {} {}",
-        cmdline::ROOT.join(" "),
-        if read_only { "ro" } else { "rw" },
-        cmdline::param(cmdline::HOSTNAME, &spec.hostname),
-        cmdline::param(cmdline::CHANNEL, cmdline::vsock_channel(AGENT_VSOCK_PORT)),
-        // Emulated guests are slow: output pumps get time to drain.
-        cmdline::param(cmdline::OUTPUT_GRACE_MS, 30_000),
-    );
-    if let Some(arg) = mounts_param {
-        bootargs.push(' ');
-        bootargs.push_str(&arg);
-    }
+    // Emulated guests are slow: output pumps get time to drain.
+    let mut extra = vec![cmdline::param(cmdline::OUTPUT_GRACE_MS, 30_000)];
+    extra.extend(mounts_param);
+    let bootargs = super::arm64::bootargs(read_only, &spec.hostname, &extra);
     let dtb = m.workdir.join("virt.dtb");
     let blob = sandbox_vmm_hvf::fdt::device_tree(&layout, &bootargs)
         .map_err(|e| Error::InvalidConfig(format!("device tree: {e}")))?;

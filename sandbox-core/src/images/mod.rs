@@ -21,8 +21,14 @@ pub const BUILTIN: &[&str] = &["minimal", "debian:12", "debian:12-docker"];
 /// A built-in image by name: `minimal` (busybox and bash), `debian:12`
 /// (bookworm with bash, coreutils, curl, git, python3, jq and more) or
 /// `debian:12-docker` (`debian:12` plus Docker, containerd and runc; its
-/// facts carry the `docker` version; see docs/docker.md).
+/// facts carry the `docker` version; see docs/docker.md). The image is
+/// for this host's architecture: on arm64 hosts (a Mac) that is
+/// [`builtin_arch`]`(name, "aarch64")`.
 pub fn builtin(name: &str) -> Result<Image, Error> {
+    builtin_arch(name, std::env::consts::ARCH)
+}
+
+fn builtin_x86_64(name: &str) -> Result<Image, Error> {
     if !BUILTIN.contains(&name) {
         return Err(Error::InvalidConfig(format!(
             "no built-in image {name:?}; available: {}",
@@ -35,12 +41,12 @@ pub fn builtin(name: &str) -> Result<Image, Error> {
 /// Built-in images for arm64 guests (`cargo xtask build --arch arm64`).
 pub const BUILTIN_AARCH64: &[&str] = &["minimal"];
 
-/// A built-in image for guest architecture `arch`: `x86_64` is
-/// [`builtin`]; `aarch64` has `minimal` (for [`crate::BackendKind::QemuArm64`]
+/// A built-in image for guest architecture `arch`: `x86_64` has every
+/// image of [`BUILTIN`]; `aarch64` has `minimal` (for [`crate::BackendKind::QemuArm64`]
 /// and the macOS backend).
 pub fn builtin_arch(name: &str, arch: &str) -> Result<Image, Error> {
     match arch {
-        "x86_64" => builtin(name),
+        "x86_64" => builtin_x86_64(name),
         "aarch64" if BUILTIN_AARCH64.contains(&name) => {
             from_manifest(name, &format!("image-{}-aarch64", name.replace(':', "-"))).map_err(|e| {
                 match e {

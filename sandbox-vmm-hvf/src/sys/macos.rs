@@ -1,18 +1,29 @@
 //! The Hypervisor.framework half (applevisor 1.0, macOS 15 or newer for
 //! the in-kernel GICv3): the VM, its RAM, the GIC at the addresses the
-//! device tree names, and one thread per vCPU running [`crate::exit`].
+//! device tree names, one thread per vCPU running [`crate::exit`], the
+//! virtio-mmio transports of [`crate::virtio`] on the bus with their SPIs
+//! raised by an [`IrqPump`], WFI sleeping until the vCPU's timer or an
+//! interrupt ([`crate::idle`]), and a host-initiated stop.
 //!
 //! Type-checked on Linux for `aarch64-apple-darwin` (`cargo xtask darwin`);
 //! never run anywhere yet. docs/hvf-backend.md says what is unverified.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use applevisor::prelude::*;
+use sandbox_virtio::{GuestMemory, VirtioDevice};
+use vm_memory::mmap::{GuestRegionMmap, MmapRegion};
+use vm_memory::GuestAddress;
 
 use crate::exit::{self, Bus, Next, Regs};
+use crate::idle::{self, Wake};
 use crate::layout::{self, Layout};
 use crate::pl011::Pl011;
+use crate::virtio::{IrqPump, VirtioBus};
 
 /// Why the machine could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +54,8 @@ pub enum Outcome {
     Reset,
     /// Something the VMM cannot emulate, or a failed framework call.
     Crash(String),
+    /// The host stopped it ([`Machine::stop`]).
+    Stopped,
 }
 
 const XREGS: [Reg; 31] = [
@@ -108,6 +121,28 @@ struct Devices {
     console: Sender<u8>,
     /// vCPUs running (PSCI CPU_ON and AFFINITY_INFO ask).
     online: Vec<u32>,
+    /// Every vCPU's handle, for `hv_vcpus_exit`.
+    handles: Vec<VcpuHandle>,
+    /// Every vCPU thread, joined when the machine goes away.
+    threads: Vec<JoinHandle<std::result::Result<(), sandbox_thread::Panicked>>>,
+}
+
+/// What every vCPU thread of one machine shares.
+#[derive(Clone)]
+struct Shared {
+    vm: VirtualMachineInstance<GicEnabled>,
+    devices: Arc<Mutex<Devices>>,
+    virtio: Arc<VirtioBus>,
+    wake: Arc<Wake>,
+    stopping: Arc<AtomicBool>,
+    layout: Layout,
+    outcome: Sender<Outcome>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Devices> {
+        self.devices.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Devices {
@@ -117,15 +152,17 @@ impl Devices {
     }
 }
 
-/// The bus a vCPU thread hands [`exit::handle`].
-struct SharedBus(Arc<Mutex<Devices>>);
+/// The bus a vCPU thread hands [`exit::handle`]: the UART under the
+/// devices' lock, the virtio transports (which lock per transport)
+/// without it.
+struct SharedBus(Shared);
 
 impl Bus for SharedBus {
     fn read(&mut self, addr: u64, data: &mut [u8]) -> bool {
         let Some(off) = uart_offset(addr) else {
-            return false;
+            return self.0.virtio.read(addr, data);
         };
-        let mut d = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = self.0.lock();
         let v = d.uart.read(off).to_le_bytes();
         let n = data.len().min(4);
         data[..n].copy_from_slice(&v[..n]);
@@ -135,12 +172,12 @@ impl Bus for SharedBus {
 
     fn write(&mut self, addr: u64, data: &[u8]) -> bool {
         let Some(off) = uart_offset(addr) else {
-            return false;
+            return self.0.virtio.write(addr, data);
         };
         let mut v = [0u8; 4];
         let n = data.len().min(4);
         v[..n].copy_from_slice(&data[..n]);
-        let mut d = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = self.0.lock();
         if let Some(byte) = d.uart.write(off, u32::from_le_bytes(v)) {
             let _ = d.console.send(byte);
         }
@@ -156,19 +193,56 @@ fn uart_offset(addr: u64) -> Option<u64> {
 
 /// A running machine: its console output and how it ended.
 pub struct Machine {
-    /// Console bytes as the guest writes them.
-    pub console: Receiver<u8>,
+    /// Console bytes as the guest writes them, until taken.
+    console: Option<Receiver<u8>>,
     outcome: Receiver<Outcome>,
-    _ram: Memory,
+    shared: Shared,
+    /// Stopped before the RAM goes (it writes guest memory).
+    pump: Option<IrqPump>,
+    /// Guest RAM; dropped last.
+    _ram: Ram,
+}
+
+/// Guest RAM, owned by the machine wherever it moves.
+struct Ram(#[allow(dead_code)] Memory);
+
+// SAFETY: `Memory` is a host allocation and its guest mapping; it is !Send
+// only because it holds a raw pointer. The allocation is plain process
+// memory, and unmapping it (`hv_vm_unmap`, on drop) is a VM-wide call that
+// any thread may make.
+unsafe impl Send for Ram {}
+
+/// Guest RAM as `sandbox-virtio`'s devices address it: the same host pages
+/// the VM maps at `RAM_BASE`.
+fn guest_memory(ram: &Memory) -> std::result::Result<GuestMemory, HvfError> {
+    let boot = |e: &dyn std::fmt::Display| HvfError::Boot(format!("guest memory: {e}"));
+    // SAFETY: `ram` is a live, page-aligned allocation of `ram.size()`
+    // bytes that outlives every device (the machine stops them before it
+    // drops the allocation); the region does not own or unmap it.
+    let region = unsafe {
+        MmapRegion::build_raw(
+            ram.host_addr(),
+            ram.size(),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_ANON | libc::MAP_PRIVATE,
+        )
+    }
+    .map_err(|e| boot(&e))?;
+    let region = GuestRegionMmap::new(region, GuestAddress(layout::RAM_BASE))
+        .ok_or_else(|| boot(&"the region overflows the address space"))?;
+    GuestMemory::from_regions(vec![region]).map_err(|e| boot(&e))
 }
 
 impl Machine {
     /// Boots `kernel` (an arm64 `Image`) with `bootargs` on a machine of
-    /// `layout`, vCPU 0 first; the others start through PSCI CPU_ON.
+    /// `layout` with `devices` on its virtio-mmio transports (as many as
+    /// the layout has), vCPU 0 first; the others start through PSCI
+    /// CPU_ON.
     pub fn boot(
         layout: Layout,
         kernel: &[u8],
         bootargs: &str,
+        devices: Vec<Box<dyn VirtioDevice>>,
     ) -> std::result::Result<Self, HvfError> {
         let entry =
             crate::image::entry(kernel, &layout).map_err(|e| HvfError::Boot(e.to_string()))?;
@@ -196,20 +270,53 @@ impl Machine {
         )?;
         call("loading the kernel", ram.write(entry.pc, kernel))?;
         call("loading the device tree", ram.write(entry.x0, &fdt))?;
+        let mem = Arc::new(guest_memory(&ram)?);
+        let (virtio, irqs) = VirtioBus::new(&layout, devices, mem)
+            .map_err(|e| HvfError::Boot(format!("virtio devices: {e}")))?;
         let (console_tx, console) = mpsc::channel();
         let (outcome_tx, outcome) = mpsc::channel();
-        let devices = Arc::new(Mutex::new(Devices {
+        let shared = Shared {
             vm: vm.clone(),
-            uart: Pl011::new(),
-            console: console_tx,
-            online: vec![0],
-        }));
-        start_vcpu(vm, devices, layout, 0, entry.pc, entry.x0, outcome_tx);
+            devices: Arc::new(Mutex::new(Devices {
+                vm: vm.clone(),
+                uart: Pl011::new(),
+                console: console_tx,
+                online: vec![0],
+                handles: Vec::new(),
+                threads: Vec::new(),
+            })),
+            virtio: Arc::new(virtio),
+            wake: Arc::default(),
+            stopping: Arc::default(),
+            layout,
+            outcome: outcome_tx,
+        };
+        let pump = {
+            let vm = vm.clone();
+            let wake = shared.wake.clone();
+            IrqPump::start(irqs, move |intid| {
+                // The transports' SPIs are edge-triggered: one rising edge
+                // per interrupt.
+                let _ = vm.gic_set_spi(intid, true);
+                let _ = vm.gic_set_spi(intid, false);
+                wake.notify();
+            })
+            .map_err(|e| HvfError::Boot(format!("the interrupt thread: {e}")))?
+        };
+        start_vcpu(&shared, 0, entry.pc, entry.x0);
         Ok(Self {
-            console,
+            console: Some(console),
             outcome,
-            _ram: ram,
+            shared,
+            pump: Some(pump),
+            _ram: Ram(ram),
         })
+    }
+
+    /// The console's bytes as the guest writes them (once; `None` after).
+    /// The channel ends when the machine is dropped.
+    pub fn take_console(&mut self) -> Option<Receiver<u8>> {
+        self.console.take()
     }
 
     /// Waits for the guest to end.
@@ -218,68 +325,139 @@ impl Machine {
             .recv()
             .unwrap_or_else(|_| Outcome::Crash("every vCPU thread ended without an outcome".into()))
     }
+
+    /// Waits up to `timeout` for the guest to end.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Outcome> {
+        self.outcome.recv_timeout(timeout).ok()
+    }
+
+    /// Stops every vCPU now (`hv_vcpus_exit`); they report
+    /// [`Outcome::Stopped`]. The devices stop when the machine is dropped.
+    pub fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.wake.notify();
+        let handles = self.shared.lock().handles.clone();
+        let _ = self.shared.vm.vcpus_exit(&handles);
+    }
+}
+
+impl Drop for Machine {
+    /// Stops the vCPUs and joins their threads, then the devices and the
+    /// interrupt thread, and only then releases guest RAM.
+    fn drop(&mut self) {
+        self.stop();
+        loop {
+            let threads = std::mem::take(&mut self.shared.lock().threads);
+            if threads.is_empty() {
+                break;
+            }
+            for t in threads {
+                let _ = t.join();
+            }
+        }
+        self.shared.virtio.shutdown();
+        self.pump.take();
+    }
 }
 
 /// Starts vCPU `cpu` on its own thread (a Hypervisor.framework vCPU
 /// belongs to the thread that created it) at `pc` with `x0`.
-fn start_vcpu(
-    vm: VirtualMachineInstance<GicEnabled>,
-    devices: Arc<Mutex<Devices>>,
-    layout: Layout,
-    cpu: u32,
-    pc: u64,
-    x0: u64,
-    outcome: Sender<Outcome>,
-) {
+fn start_vcpu(shared: &Shared, cpu: u32, pc: u64, x0: u64) {
+    if shared.stopping.load(Ordering::SeqCst) {
+        return;
+    }
     // Panics are contained by the helper; macOS has no seccomp list.
     let spawned = sandbox_thread::spawn(format!("hvf-vcpu{cpu}"), None, {
-        let outcome = outcome.clone();
+        let shared = shared.clone();
         move || {
-            let end = match run_vcpu(&vm, &devices, layout, cpu, pc, x0, &outcome) {
+            let end = match run_vcpu(&shared, cpu, pc, x0) {
                 Ok(end) => end,
                 Err(e) => Some(Outcome::Crash(e)),
             };
             if let Some(end) = end {
-                let _ = outcome.send(end);
+                let _ = shared.outcome.send(end);
             }
         }
     });
-    if let Err(e) = spawned {
-        let _ = outcome.send(Outcome::Crash(format!("starting vCPU {cpu}: {e}")));
+    match spawned {
+        Ok(t) => shared.lock().threads.push(t),
+        Err(e) => {
+            let _ = shared
+                .outcome
+                .send(Outcome::Crash(format!("starting vCPU {cpu}: {e}")));
+        }
     }
 }
 
+/// `mach_timebase_info_data_t`.
+#[repr(C)]
+struct Timebase {
+    numer: u32,
+    denom: u32,
+}
+
+extern "C" {
+    fn mach_absolute_time() -> u64;
+    fn mach_timebase_info(info: *mut Timebase) -> libc::c_int;
+}
+
+/// The host's counter timebase: nanoseconds per tick as `numer / denom`.
+fn timebase() -> (u32, u32) {
+    let mut tb = Timebase { numer: 1, denom: 1 };
+    // SAFETY: writes one struct we own.
+    unsafe { mach_timebase_info(&mut tb) };
+    (tb.numer, tb.denom)
+}
+
+/// Sleeps a vCPU that executed WFI until its virtual timer is due or an
+/// interrupt was raised since `seen`.
+fn idle(vcpu: &Vcpu, wake: &Wake, seen: u64, tb: (u32, u32)) -> Result<()> {
+    let ctl = vcpu.get_sys_reg(SysReg::CNTV_CTL_EL0)?;
+    let cval = vcpu.get_sys_reg(SysReg::CNTV_CVAL_EL0)?;
+    // SAFETY: reads the host's monotonic counter.
+    let host = unsafe { mach_absolute_time() };
+    let now = host.wrapping_sub(vcpu.get_vtimer_offset()?);
+    let limit = idle::idle_for(ctl, cval, now, tb.0, tb.1);
+    if !limit.is_zero() {
+        wake.sleep(seen, limit);
+    }
+    Ok(())
+}
+
 fn run_vcpu(
-    vm: &VirtualMachineInstance<GicEnabled>,
-    devices: &Arc<Mutex<Devices>>,
-    layout: Layout,
+    shared: &Shared,
     cpu: u32,
     pc: u64,
     x0: u64,
-    outcome: &Sender<Outcome>,
 ) -> std::result::Result<Option<Outcome>, String> {
     let err = |e: HypervisorError| format!("vCPU {cpu}: {e:?}");
-    let mut vcpu = vm.vcpu_create().map_err(err)?;
+    let mut vcpu = shared.vm.vcpu_create().map_err(err)?;
+    shared.lock().handles.push(vcpu.get_handle());
     vcpu.set_sys_reg(SysReg::MPIDR_EL1, Layout::mpidr(cpu))
         .map_err(err)?;
     vcpu.set_reg(Reg::PC, pc).map_err(err)?;
     vcpu.set_reg(Reg::X0, x0).map_err(err)?;
     vcpu.set_reg(Reg::CPSR, crate::image::PSTATE_EL1H_MASKED)
         .map_err(err)?;
-    let mut bus = SharedBus(devices.clone());
-    let lock = || devices.lock().unwrap_or_else(|e| e.into_inner());
+    let tb = timebase();
+    let mut bus = SharedBus(shared.clone());
     loop {
+        // A stop that came before this vCPU's handle was listed.
+        if shared.stopping.load(Ordering::SeqCst) {
+            return Ok(Some(Outcome::Stopped));
+        }
+        let seen = shared.wake.generation();
         vcpu.run().map_err(err)?;
         let info = vcpu.get_exit_info();
         let next = match info.reason {
             ExitReason::EXCEPTION => {
-                let on = lock().online.clone();
+                let on = shared.lock().online.clone();
                 exit::handle(
                     info.exception.syndrome,
                     info.exception.physical_address,
                     &mut vcpu,
                     &mut bus,
-                    &layout,
+                    &shared.layout,
                     |c| on.contains(&c),
                 )
             }
@@ -289,31 +467,27 @@ fn run_vcpu(
                 vcpu.set_vtimer_mask(false).map_err(err)?;
                 Next::Run
             }
+            ExitReason::CANCELED if shared.stopping.load(Ordering::SeqCst) => {
+                return Ok(Some(Outcome::Stopped));
+            }
             ExitReason::CANCELED => Next::Run,
             _ => Next::Fault(format!("vCPU {cpu}: an exit of unknown reason")),
         };
         match next {
-            Next::Run | Next::Wait => {}
+            Next::Run => {}
+            Next::Wait => idle(&vcpu, &shared.wake, seen, tb).map_err(err)?,
             Next::CpuOn {
                 cpu: other,
                 entry,
                 context,
             } => {
-                lock().online.push(other);
-                start_vcpu(
-                    vm.clone(),
-                    devices.clone(),
-                    layout,
-                    other,
-                    entry,
-                    context,
-                    outcome.clone(),
-                );
+                shared.lock().online.push(other);
+                start_vcpu(shared, other, entry, context);
             }
             // A vCPU the guest turns off ends its thread; the machine
             // runs on.
             Next::CpuOff => {
-                lock().online.retain(|c| *c != cpu);
+                shared.lock().online.retain(|c| *c != cpu);
                 return Ok(None);
             }
             Next::PowerOff => return Ok(Some(Outcome::PowerOff)),
