@@ -26,6 +26,7 @@ mod dns;
 mod egress;
 mod flow;
 mod frame;
+mod frame_socket;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -45,13 +46,14 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 #[cfg(target_os = "linux")]
-pub use bess::{seqpacket_port, BessListener};
+pub use bess::BessListener;
 pub use classify::{embedded_v4, DstClass};
 pub use egress::{
     BoxUpstream, Connector, Counters, DirectConnector, EgressError, HostEgress, Limits,
     RoutedConnector, Stats, Upstream,
 };
 pub use frame::{FramePort, MAX_FRAME};
+pub use frame_socket::frame_socket_port;
 pub use http::ca::SandboxCa;
 pub use http::{HttpRequest, Middleware};
 pub use metadata::{

@@ -5,10 +5,8 @@
 //! Linux hosts.
 //!
 //! Type-checked and linted for `aarch64-apple-darwin` here; it has never
-//! run (there is no Mac on this project's machines). Not yet: a network
-//! (the stack takes an in-memory frame port on macOS; the pump between it
-//! and the virtio-net device is not written), mounts (virtio-fs is
-//! Linux-only), pause and snapshots. docs/hvf-backend.md.
+//! run (there is no Mac on this project's machines). Not yet: mounts
+//! (virtio-fs is Linux-only), pause and snapshots. docs/hvf-backend.md.
 
 use std::io;
 use std::os::unix::net::UnixStream;
@@ -44,12 +42,6 @@ fn unsupported(what: &'static str, why: &str) -> Error {
 /// Starts a guest.
 pub(crate) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
     super::arm64::check_image(spec.rootfs.image(), "BackendKind::Hvf")?;
-    if spec.network.is_some() {
-        return Err(unsupported(
-            "network",
-            "the macOS backend has no network device yet; boot without .network()",
-        ));
-    }
     let kernel_path = artifacts::manifest_path("kernel-arm64", "arm64 kernel")?;
     let kernel = std::fs::read(&kernel_path)
         .map_err(|e| Error::Protocol(format!("reading {}: {e}", kernel_path.display())))?;
@@ -71,6 +63,16 @@ pub(crate) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
         .map_err(|e| Error::Protocol(format!("creating the vsock device: {e}")))?;
     named.push(("vsock".into(), Box::new(vsock)));
     named.push(("rng".into(), Box::new(Rng::new())));
+    let network = match spec.network {
+        Some(mut opts) => {
+            // Our virtio-net device carries standard frames only.
+            opts.config.mtu = 1500;
+            let (net, network) = super::net_device(opts)?;
+            named.push(("net".into(), net));
+            Some(network)
+        }
+        None => None,
+    };
     let counters = named
         .iter()
         .filter_map(|(name, d)| Some((name.clone(), d.counters()?)))
@@ -78,7 +80,8 @@ pub(crate) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
     let devices: Vec<_> = named.into_iter().map(|(_, d)| d).collect();
     let layout = Layout::new(spec.cpus, u64::from(spec.memory_mib), devices.len())
         .map_err(|e| Error::InvalidConfig(e.to_string()))?;
-    let bootargs = super::arm64::bootargs(read_only, &spec.hostname, &[]);
+    let extra: Vec<String> = network.iter().flat_map(super::network_args).collect();
+    let bootargs = super::arm64::bootargs(read_only, &spec.hostname, &extra);
     let mut vm = HvfVm::boot(layout, &kernel, &bootargs, devices).map_err(|e| {
         Error::BackendUnavailable {
             requested: "hvf",
@@ -104,6 +107,7 @@ pub(crate) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
         console,
         log_thread,
         counters,
+        network,
         outcome: None,
     }))
 }
@@ -132,6 +136,7 @@ struct HvfMachine {
     console: ConsoleLog,
     log_thread: Option<JoinHandle<Result<(), sandbox_thread::Panicked>>>,
     counters: Vec<(String, sandbox_virtio::CounterReader)>,
+    network: Option<sandbox_net::Network>,
     /// How the guest ended, once known.
     outcome: Option<Outcome>,
 }
@@ -195,6 +200,14 @@ impl Machine for HvfMachine {
                 sandbox_virtio::last_lines(&console, 8)
             )),
         })
+    }
+
+    fn network_stats(&self) -> Option<sandbox_net::Stats> {
+        self.network.as_ref().map(sandbox_net::Network::stats)
+    }
+
+    fn network_ca(&self) -> Option<String> {
+        self.network.as_ref().map(super::ca_body)
     }
 
     fn device_counters(&self) -> Vec<(String, sandbox_virtio::DeviceCounters)> {

@@ -9,7 +9,6 @@ use std::time::Duration;
 use sandbox_net::Network;
 use sandbox_protocol::{cmdline, AGENT_VSOCK_PORT};
 use sandbox_virtio::block::Block;
-use sandbox_virtio::net::Net;
 use sandbox_virtio::rng::Rng;
 use sandbox_virtio::vsock::{Vsock, VsockConnector};
 use sandbox_virtio::VirtioDevice;
@@ -100,7 +99,7 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
             // Our virtio-net device carries standard frames only.
             opts.config.mtu = 1500;
             layout.push(DeviceRecord::Net((&opts.config).into()));
-            let (net, network) = net_device(opts)?;
+            let (net, network) = super::net_device(opts)?;
             devices.push(net);
             names.push("net".into());
             Some(network)
@@ -157,17 +156,6 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
         cpus: spec.cpus,
         emulated: profile == CpuProfile::NestedPvm,
     }))
-}
-
-/// A virtio-net device and the host stack on its other end.
-fn net_device(
-    opts: sandbox_net::NetworkOptions,
-) -> Result<(Box<dyn VirtioDevice>, Network), Error> {
-    let (net, host_end) = Net::new(opts.config.guest_mac)
-        .map_err(|e| Error::Net(format!("creating the virtio-net device: {e}")))?;
-    let network =
-        Network::start_seqpacket(host_end, opts).map_err(|e| Error::Net(e.to_string()))?;
-    Ok((Box::new(net), network))
 }
 
 /// Starts a machine from `snapshot`: each disk an overlay (in memory, up
@@ -276,7 +264,7 @@ pub(super) fn restore(
                     )
                 })?;
                 o.config = link.into();
-                let (net, n) = net_device(o)?;
+                let (net, n) = super::net_device(o)?;
                 devices.push(net);
                 names.push("net".into());
                 network = Some(n);

@@ -111,7 +111,6 @@ pub(crate) struct MachineSpec {
     pub uml_jail: crate::UmlJail,
 }
 
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // no network on macOS yet
 /// The agent's kernel parameters for `network`: the link's addresses and
 /// the interception CA (the base64 body of its PEM, on one line).
 pub(crate) fn network_args(network: &sandbox_net::Network) -> Vec<String> {
@@ -121,12 +120,22 @@ pub(crate) fn network_args(network: &sandbox_net::Network) -> Vec<String> {
     ]
 }
 
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // no network on macOS yet
 /// The interception CA as the agent takes it: the base64 body of its PEM,
 /// on one line.
 pub(crate) fn ca_body(network: &sandbox_net::Network) -> String {
     let pem = network.ca_cert_pem();
     pem.lines().filter(|l| !l.starts_with("-----")).collect()
+}
+
+/// A virtio-net device and the host stack on its other end.
+pub(crate) fn net_device(
+    opts: sandbox_net::NetworkOptions,
+) -> Result<(Box<dyn sandbox_virtio::VirtioDevice>, sandbox_net::Network), Error> {
+    let (net, host_end) = sandbox_virtio::net::Net::new(opts.config.guest_mac)
+        .map_err(|e| Error::Net(format!("creating the virtio-net device: {e}")))?;
+    let network = sandbox_net::Network::start_seqpacket(host_end, opts)
+        .map_err(|e| Error::Net(e.to_string()))?;
+    Ok((Box::new(net), network))
 }
 
 /// A started guest as the library sees it.
@@ -150,7 +159,7 @@ pub(crate) trait Machine: Send {
     fn network_stats(&self) -> Option<sandbox_net::Stats> {
         None
     }
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // no network on macOS yet
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // restores: Linux only
     /// The guest network's interception CA for the agent ([`ca_body`]),
     /// if the guest has a network.
     fn network_ca(&self) -> Option<String> {
