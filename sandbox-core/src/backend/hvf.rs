@@ -24,7 +24,7 @@ use sandbox_vmm_hvf::hvf::{Machine as HvfVm, Outcome};
 use sandbox_vmm_hvf::layout::Layout;
 
 use super::{Machine, MachineSpec};
-use crate::{artifacts, DataDisk, Error, StopReason};
+use crate::{artifacts, Error, StopReason};
 
 const CONSOLE_LOG_BYTES: usize = 256 << 10;
 const GUEST_CID: u64 = 3;
@@ -49,15 +49,8 @@ pub(crate) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
     let read_only = root.read_only();
     let mut named: Vec<(String, Box<dyn VirtioDevice>)> =
         vec![("blk".into(), Box::new(Block::new(root, "sandbox-root")))];
-    for (i, disk) in spec.disks.iter().enumerate() {
-        let DataDisk::Rootfs(r) = disk else {
-            return Err(Error::InvalidConfig(
-                "external vhost-user disks are served by the UML backend only".into(),
-            ));
-        };
-        let d = r.open(Some(spec.events.clone()))?;
-        let id = format!("sandbox-data{i}");
-        named.push((format!("data{i}"), Box::new(Block::new(d, &id))));
+    for (name, block) in super::data_disks(&spec)? {
+        named.push((name, Box::new(block)));
     }
     let (vsock, connector) = Vsock::new(GUEST_CID)
         .map_err(|e| Error::Protocol(format!("creating the vsock device: {e}")))?;

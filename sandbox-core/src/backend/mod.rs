@@ -138,6 +138,26 @@ pub(crate) fn net_device(
     Ok((Box::new(net), network))
 }
 
+/// The data disks as virtio-blk devices served in this process, named
+/// `data0`, `data1`, ... (external vhost-user disks are UML's alone).
+#[cfg_attr(not(any(target_os = "linux", target_os = "macos")), allow(dead_code))]
+pub(crate) fn data_disks(
+    spec: &MachineSpec,
+) -> Result<Vec<(String, sandbox_virtio::block::Block)>, Error> {
+    let mut out = Vec::new();
+    for (i, disk) in spec.disks.iter().enumerate() {
+        let crate::DataDisk::Rootfs(r) = disk else {
+            return Err(Error::InvalidConfig(
+                "external vhost-user disks are served by the UML backend only".into(),
+            ));
+        };
+        let d = r.open(Some(spec.events.clone()))?;
+        let block = sandbox_virtio::block::Block::new(d, &format!("sandbox-data{i}"));
+        out.push((format!("data{i}"), block));
+    }
+    Ok(out)
+}
+
 /// A started guest as the library sees it.
 pub(crate) trait Machine: Send {
     /// A host-unique id of this guest (also in the backend's process title).

@@ -27,7 +27,7 @@ use sandbox_virtio::{ConsoleLog, VirtioDevice};
 use sandbox_vmm_hvf::layout::Layout;
 
 use super::{Machine, MachineSpec};
-use crate::{artifacts, DataDisk, Error};
+use crate::{artifacts, Error};
 
 /// The emulator binary (Debian's `qemu-system-arm`).
 pub(super) const QEMU: &str = "qemu-system-aarch64";
@@ -101,16 +101,8 @@ pub(super) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
     let root = spec.rootfs.open(Some(spec.events.clone()))?;
     let read_only = root.read_only();
     let mut slots = vec![m.serve("blk", Block::new(root, "sandbox-root"), "vhost-user-blk")?];
-    for (i, disk) in spec.disks.iter().enumerate() {
-        let DataDisk::Rootfs(r) = disk else {
-            return Err(Error::InvalidConfig(
-                "external vhost-user disks are served by the UML backend only".into(),
-            ));
-        };
-        let d = r.open(Some(spec.events.clone()))?;
-        let name = format!("data{i}");
-        let dev = Block::new(d, &format!("sandbox-{name}"));
-        slots.push(m.serve(&name, dev, "vhost-user-blk")?);
+    for (name, block) in super::data_disks(&spec)? {
+        slots.push(m.serve(&name, block, "vhost-user-blk")?);
     }
     let mounts_param = crate::mount::agent_param(&spec.mounts);
     for (i, mount) in spec.mounts.into_iter().enumerate() {
