@@ -336,8 +336,10 @@ impl Machine {
     pub fn stop(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.wake.notify();
-        let handles = self.shared.lock().handles.clone();
-        let _ = self.shared.vm.vcpus_exit(&handles);
+        // Under the lock: a vCPU leaves the list (and is destroyed) only
+        // after this call, so every handle passed is live.
+        let devices = self.shared.lock();
+        let _ = self.shared.vm.vcpus_exit(&devices.handles);
     }
 }
 
@@ -401,6 +403,18 @@ extern "C" {
     fn mach_timebase_info(info: *mut Timebase) -> libc::c_int;
 }
 
+/// A vCPU's place in the list [`Machine::stop`] exits.
+struct Listed<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        self.shared.lock().handles.retain(|h| h.id() != self.id);
+    }
+}
+
 /// The host's counter timebase: nanoseconds per tick as `numer / denom`.
 fn timebase() -> (u32, u32) {
     let mut tb = Timebase { numer: 1, denom: 1 };
@@ -432,7 +446,12 @@ fn run_vcpu(
 ) -> std::result::Result<Option<Outcome>, String> {
     let err = |e: HypervisorError| format!("vCPU {cpu}: {e:?}");
     let mut vcpu = shared.vm.vcpu_create().map_err(err)?;
-    shared.lock().handles.push(vcpu.get_handle());
+    let handle = vcpu.get_handle();
+    let id = handle.id();
+    shared.lock().handles.push(handle);
+    // Declared after `vcpu`, so dropped before it: the handle leaves the
+    // list before the vCPU is destroyed.
+    let _listed = Listed { shared, id };
     vcpu.set_sys_reg(SysReg::MPIDR_EL1, Layout::mpidr(cpu))
         .map_err(err)?;
     vcpu.set_reg(Reg::PC, pc).map_err(err)?;
