@@ -16,6 +16,10 @@ pub(super) struct SysEvents {
     len: usize,
 }
 
+// SAFETY: a kevent is !Send only for its `udata` pointer, which here holds
+// a caller's token as an integer and is never dereferenced.
+unsafe impl Send for SysEvents {}
+
 fn change(fd: RawFd, filter: i16, flags: u16, token: u64) -> libc::kevent {
     // SAFETY: kevent is plain data; all-zero is a valid value.
     let mut ev: libc::kevent = unsafe { std::mem::zeroed() };

@@ -49,6 +49,8 @@ pub(super) struct VsockHandler {
     pub requests: Receiver<ConnectRequest>,
     pub wake: EventFd,
     pub sockets: Poller,
+    /// Reused by every drain of `sockets`.
+    socket_events: Events,
     pub conns: HashMap<Key, Conn>,
     pending: HashMap<Key, Pending>,
     /// Packets without payload waiting for a receive buffer.
@@ -78,6 +80,7 @@ impl VsockHandler {
             requests,
             wake,
             sockets: Poller::new()?,
+            socket_events: Events::with_capacity(32),
             conns: HashMap::new(),
             pending: HashMap::new(),
             control: VecDeque::new(),
@@ -426,8 +429,7 @@ impl Handler for VsockHandler {
         if token == 0 {
             self.accept_requests();
         } else {
-            let mut events = Events::with_capacity(32);
-            while matches!(self.sockets.wait(0, &mut events), Ok(n) if n > 0) {}
+            while matches!(self.sockets.wait(0, &mut self.socket_events), Ok(n) if n > 0) {}
             for c in self.conns.values_mut() {
                 c.host_readable = true;
             }
