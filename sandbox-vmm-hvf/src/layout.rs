@@ -18,6 +18,11 @@ pub const UART_BASE: u64 = 0x0900_0000;
 pub const UART_SIZE: u64 = 0x1000;
 /// The UART's shared peripheral interrupt (SPI number, not INTID).
 pub const UART_SPI: u32 = 1;
+/// The GIC interrupt id of SPI `spi` (SPIs start at INTID 32), as
+/// `hv_gic_set_spi` takes it.
+pub const fn spi_intid(spi: u32) -> u32 {
+    32 + spi
+}
 /// The first virtio-mmio transport.
 pub const VIRTIO_BASE: u64 = 0x0A00_0000;
 /// The distance between two virtio-mmio transports.

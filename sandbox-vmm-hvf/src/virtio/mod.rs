@@ -22,47 +22,53 @@ use crate::layout::{self, Layout};
 /// The machine's virtio-mmio transports, transport `n` at
 /// `VIRTIO_BASE + n * VIRTIO_STRIDE` as the device tree says.
 pub struct VirtioBus {
+    layout: Layout,
     transports: Vec<MmioDevice>,
-}
-
-/// The GIC interrupt id of transport `n` (SPIs start at 32).
-pub fn intid(n: usize) -> u32 {
-    32 + layout::VIRTIO_SPI + n as u32
 }
 
 impl VirtioBus {
     /// Puts `devices` on transports 0, 1, ... over guest memory `mem`;
     /// returns the bus and each transport's interrupt descriptor with its
-    /// interrupt id, for an [`IrqPump`]. `layout` must have room for them.
+    /// GIC interrupt id, for an [`IrqPump`]. `layout` must have room for
+    /// exactly them.
     pub fn new(
         layout: &Layout,
         devices: Vec<Box<dyn VirtioDevice>>,
         mem: Arc<GuestMemory>,
     ) -> io::Result<(Self, Vec<(EventFd, u32)>)> {
-        if devices.len() != layout.devices() {
-            return Err(io::Error::new(
+        let count = devices.len();
+        let mismatch = || {
+            io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "{} virtio devices for a layout of {} transports",
-                    devices.len(),
+                    "{count} virtio devices for a layout of {} transports",
                     layout.devices()
                 ),
-            ));
+            )
+        };
+        if count != layout.devices() {
+            return Err(mismatch());
         }
         let mut transports = Vec::with_capacity(devices.len());
         let mut irqs = Vec::with_capacity(devices.len());
         for (n, device) in devices.into_iter().enumerate() {
+            let (_, spi) = layout.virtio(n).ok_or_else(mismatch)?;
             let irq = event_fd()?;
-            irqs.push((irq.try_clone()?, intid(n)));
+            irqs.push((irq.try_clone()?, layout::spi_intid(spi)));
             transports.push(MmioDevice::new(device, mem.clone(), irq)?);
         }
-        Ok((Self { transports }, irqs))
+        Ok((
+            Self {
+                layout: *layout,
+                transports,
+            },
+            irqs,
+        ))
     }
 
     fn slot(&self, addr: u64) -> Option<(&MmioDevice, u64)> {
-        let off = addr.checked_sub(layout::VIRTIO_BASE)?;
-        let n = usize::try_from(off / layout::VIRTIO_STRIDE).ok()?;
-        Some((self.transports.get(n)?, off % layout::VIRTIO_STRIDE))
+        let (n, off) = self.layout.virtio_at(addr)?;
+        Some((self.transports.get(n)?, off))
     }
 
     /// A guest load; false if no transport is at `addr`.

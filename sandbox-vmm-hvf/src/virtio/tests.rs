@@ -101,7 +101,7 @@ fn a_request_notified_through_the_bus_is_answered_and_raises_the_transports_spi(
     let raised = rx
         .recv_timeout(Duration::from_secs(5))
         .expect("an interrupt");
-    assert_eq!(raised, intid(1));
+    assert_eq!(raised, layout::spi_intid(layout::VIRTIO_SPI + 1));
     let used_idx: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
     let used_len: u32 = mem.read_obj(GuestAddress(USED + 8)).unwrap();
     assert_eq!((used_idx, used_len), (1, 64));
