@@ -11,8 +11,6 @@
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sandbox_protocol::AGENT_VSOCK_PORT;
@@ -75,50 +73,23 @@ pub(crate) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
         .map_err(|e| Error::InvalidConfig(e.to_string()))?;
     let extra: Vec<String> = network.iter().flat_map(super::network_args).collect();
     let bootargs = super::arm64::bootargs(read_only, &spec.hostname, &extra);
-    let mut vm = HvfVm::boot(layout, &kernel, &bootargs, devices).map_err(|e| {
+    let console = ConsoleLog::new(CONSOLE_LOG_BYTES);
+    let vm = HvfVm::boot(layout, &kernel, &bootargs, devices, console.clone()).map_err(|e| {
         Error::BackendUnavailable {
-            requested: "hvf",
+            requested: super::BackendKind::Hvf.name(),
             reason: e.to_string(),
         }
     })?;
-    let console = ConsoleLog::new(CONSOLE_LOG_BYTES);
-    let log_thread = match vm.take_console() {
-        Some(rx) => {
-            let log = console.clone();
-            Some(
-                sandbox_thread::spawn("hvf-console", None, move || pump_console(&rx, &log))
-                    .map_err(|e| Error::Protocol(format!("starting the console thread: {e}")))?,
-            )
-        }
-        None => None,
-    };
     let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     Ok(Box::new(HvfMachine {
         id: format!("sbx-hvf-{}-{n}", std::process::id()),
         vm: Some(vm),
         vsock: connector,
         console,
-        log_thread,
         counters,
         network,
         outcome: None,
     }))
-}
-
-/// Moves console bytes into the log in runs, until the machine is gone.
-fn pump_console(rx: &Receiver<u8>, log: &ConsoleLog) {
-    let mut buf = Vec::with_capacity(4096);
-    while let Ok(b) = rx.recv() {
-        buf.push(b);
-        while buf.len() < 4096 {
-            match rx.try_recv() {
-                Ok(b) => buf.push(b),
-                Err(_) => break,
-            }
-        }
-        log.push(&buf);
-        buf.clear();
-    }
 }
 
 /// A running guest. Dropping it stops the vCPUs and the devices.
@@ -127,7 +98,6 @@ struct HvfMachine {
     vm: Option<HvfVm>,
     vsock: VsockConnector,
     console: ConsoleLog,
-    log_thread: Option<JoinHandle<Result<(), sandbox_thread::Panicked>>>,
     counters: Vec<(String, sandbox_virtio::CounterReader)>,
     network: Option<sandbox_net::Network>,
     /// How the guest ended, once known.
@@ -170,12 +140,8 @@ impl Machine for HvfMachine {
             if self.outcome.is_none() {
                 self.outcome = vm.wait_timeout(Duration::from_secs(1));
             }
-            // Joins the vCPU threads, stops the devices, frees guest RAM
-            // and ends the console channel.
+            // Joins the vCPU threads, stops the devices, frees guest RAM.
             drop(vm);
-        }
-        if let Some(t) = self.log_thread.take() {
-            let _ = t.join();
         }
     }
 

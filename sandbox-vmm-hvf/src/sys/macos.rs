@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use applevisor::prelude::*;
-use sandbox_virtio::{GuestMemory, VirtioDevice};
+use sandbox_virtio::{ConsoleLog, GuestMemory, VirtioDevice};
 use vm_memory::mmap::{GuestRegionMmap, MmapRegion};
 use vm_memory::GuestAddress;
 
@@ -118,7 +118,7 @@ impl Regs for Vcpu {
 struct Devices {
     vm: VirtualMachineInstance<GicEnabled>,
     uart: Pl011,
-    console: Sender<u8>,
+    console: ConsoleLog,
     /// vCPUs running (PSCI CPU_ON and AFFINITY_INFO ask).
     online: Vec<u32>,
     /// Every vCPU's handle, for `hv_vcpus_exit`.
@@ -147,8 +147,9 @@ impl Shared {
 
 impl Devices {
     fn uart_irq(&self) {
-        // SPIs start at INTID 32.
-        let _ = self.vm.gic_set_spi(32 + layout::UART_SPI, self.uart.irq());
+        let _ = self
+            .vm
+            .gic_set_spi(layout::spi_intid(layout::UART_SPI), self.uart.irq());
     }
 }
 
@@ -179,7 +180,7 @@ impl Bus for SharedBus {
         v[..n].copy_from_slice(&data[..n]);
         let mut d = self.0.lock();
         if let Some(byte) = d.uart.write(off, u32::from_le_bytes(v)) {
-            let _ = d.console.send(byte);
+            d.console.push(&[byte]);
         }
         d.uart_irq();
         true
@@ -191,10 +192,8 @@ fn uart_offset(addr: u64) -> Option<u64> {
         .filter(|o| *o < layout::UART_SIZE)
 }
 
-/// A running machine: its console output and how it ended.
+/// A running machine and how it ended.
 pub struct Machine {
-    /// Console bytes as the guest writes them, until taken.
-    console: Option<Receiver<u8>>,
     outcome: Receiver<Outcome>,
     shared: Shared,
     /// Stopped before the RAM goes (it writes guest memory).
@@ -236,13 +235,14 @@ fn guest_memory(ram: &Memory) -> std::result::Result<GuestMemory, HvfError> {
 impl Machine {
     /// Boots `kernel` (an arm64 `Image`) with `bootargs` on a machine of
     /// `layout` with `devices` on its virtio-mmio transports (as many as
-    /// the layout has), vCPU 0 first; the others start through PSCI
-    /// CPU_ON.
+    /// the layout has) and the console's output in `console`, vCPU 0
+    /// first; the others start through PSCI CPU_ON.
     pub fn boot(
         layout: Layout,
         kernel: &[u8],
         bootargs: &str,
         devices: Vec<Box<dyn VirtioDevice>>,
+        console: ConsoleLog,
     ) -> std::result::Result<Self, HvfError> {
         let entry =
             crate::image::entry(kernel, &layout).map_err(|e| HvfError::Boot(e.to_string()))?;
@@ -273,14 +273,13 @@ impl Machine {
         let mem = Arc::new(guest_memory(&ram)?);
         let (virtio, irqs) = VirtioBus::new(&layout, devices, mem)
             .map_err(|e| HvfError::Boot(format!("virtio devices: {e}")))?;
-        let (console_tx, console) = mpsc::channel();
         let (outcome_tx, outcome) = mpsc::channel();
         let shared = Shared {
             vm: vm.clone(),
             devices: Arc::new(Mutex::new(Devices {
                 vm: vm.clone(),
                 uart: Pl011::new(),
-                console: console_tx,
+                console,
                 online: vec![0],
                 handles: Vec::new(),
                 threads: Vec::new(),
@@ -305,18 +304,11 @@ impl Machine {
         };
         start_vcpu(&shared, 0, entry.pc, entry.x0);
         Ok(Self {
-            console: Some(console),
             outcome,
             shared,
             pump: Some(pump),
             _ram: Ram(ram),
         })
-    }
-
-    /// The console's bytes as the guest writes them (once; `None` after).
-    /// The channel ends when the machine is dropped.
-    pub fn take_console(&mut self) -> Option<Receiver<u8>> {
-        self.console.take()
     }
 
     /// Waits for the guest to end.
