@@ -229,7 +229,7 @@ pub(crate) fn select(kind: BackendKind) -> Result<(BackendKind, String), Error> 
     match kind {
         BackendKind::Uml => Ok((BackendKind::Uml, "requested explicitly".into())),
         BackendKind::Hvf => Err(Error::BackendUnavailable {
-            requested: "hvf",
+            requested: BackendKind::Hvf.name(),
             reason: "Hypervisor.framework exists on macOS only".into(),
         }),
         BackendKind::QemuArm64 => match qemu_arm64::probe() {
@@ -238,13 +238,13 @@ pub(crate) fn select(kind: BackendKind) -> Result<(BackendKind, String), Error> 
                 "requested explicitly; arm64 is emulated (TCG), so guests are slow".into(),
             )),
             Err(reason) => Err(Error::BackendUnavailable {
-                requested: "qemu-arm64",
+                requested: BackendKind::QemuArm64.name(),
                 reason,
             }),
         },
         BackendKind::Kvm => match probe_kvm() {
             KvmProbe::Missing(why) => Err(Error::BackendUnavailable {
-                requested: "kvm",
+                requested: BackendKind::Kvm.name(),
                 reason: format!("/dev/kvm is not usable ({why})"),
             }),
             KvmProbe::Emulated { cpl0_ns, .. } => Ok((
@@ -289,7 +289,7 @@ pub(crate) fn select(kind: BackendKind) -> Result<(BackendKind, String), Error> 
             },
         )),
         BackendKind::Hvf | BackendKind::Auto => Err(Error::BackendUnavailable {
-            requested: "hvf",
+            requested: BackendKind::Hvf.name(),
             reason: "no backend exists for this operating system (Linux: KVM or UML; macOS: \
                      Hypervisor.framework)"
                 .into(),
@@ -327,7 +327,7 @@ pub(crate) fn restore_kvm(
 ) -> Result<Box<dyn Machine>, Error> {
     if let KvmProbe::Missing(why) = probe_kvm() {
         return Err(Error::BackendUnavailable {
-            requested: "kvm",
+            requested: BackendKind::Kvm.name(),
             reason: format!("/dev/kvm is not usable ({why}): snapshots restore on KVM only"),
         });
     }
@@ -345,7 +345,7 @@ pub(crate) fn start(kind: BackendKind, spec: MachineSpec) -> Result<Box<dyn Mach
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
 pub(crate) fn start(_kind: BackendKind, _spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
     Err(Error::BackendUnavailable {
-        requested: "auto",
+        requested: BackendKind::Auto.name(),
         reason: "no backend exists for this operating system".into(),
     })
 }
