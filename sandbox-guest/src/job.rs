@@ -2,9 +2,7 @@
 //! stdin writer (a thread started by the first chunk), and the hand-over of
 //! its output and exit to the multiplexer (`mux`).
 
-use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
@@ -72,16 +70,15 @@ pub fn start(id: u32, spawn: Spawn, out: &Out, table: &Table) {
         }
         pty = Some(master);
     } else {
-        if let Some(s) = started.child.stdout.take() {
+        if let Some(s) = started.stdout.take() {
             grow_pipe(&s);
-            outputs.push(output(Stream::Stdout, File::from(OwnedFd::from(s)), true));
+            outputs.push(output(Stream::Stdout, s, true));
         }
-        if let Some(s) = started.child.stderr.take() {
+        if let Some(s) = started.stderr.take() {
             grow_pipe(&s);
-            outputs.push(output(Stream::Stderr, File::from(OwnedFd::from(s)), true));
+            outputs.push(output(Stream::Stderr, s, true));
         }
         stdin = started
-            .child
             .stdin
             .take()
             .map(|s| Box::new(s) as Box<dyn Write + Send>);

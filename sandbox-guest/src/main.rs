@@ -21,6 +21,7 @@ mod protect;
 mod reaper;
 mod restored;
 mod server;
+mod spawn;
 mod user;
 mod vsock;
 mod window;

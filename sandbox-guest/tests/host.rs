@@ -159,6 +159,46 @@ fn a_missing_program_fails_with_its_errno() {
     assert_eq!(a.finish(4).2, Some(0));
 }
 
+/// The program is looked up in the request's own `PATH` (replacing the
+/// default one), and a script without a `#!` line runs under `/bin/sh`, as
+/// `execvp` does; a missing working directory is named in the error.
+#[test]
+fn path_lookup_script_fallback_and_missing_cwd() {
+    let dir = std::env::temp_dir().join(format!("agent-path-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("greet");
+    std::fs::write(&script, "echo hello from $0 with $1\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:/usr/bin:/bin", dir.display());
+    let mut a = Agent::start();
+    let spawn = |id, program: &str, cwd: &str| HostMsg::Spawn {
+        id,
+        spawn: Spawn {
+            program: program.into(),
+            args: vec![b"x".to_vec()],
+            env: vec![(b"PATH".to_vec(), path.clone().into_bytes())],
+            cwd: Some(cwd.into()),
+            ..Spawn::default()
+        },
+    };
+    a.send(&spawn(1, "greet", "/"));
+    let (out, err, code, _) = a.finish(1);
+    assert_eq!(code, Some(0), "{}", String::from_utf8_lossy(&err));
+    assert_eq!(
+        out,
+        format!("hello from {} with x\n", script.display()).as_bytes()
+    );
+    a.send(&spawn(2, "greet", "/no/such/dir"));
+    match a.recv() {
+        GuestMsg::SpawnFailed { id, errno, message } => {
+            assert_eq!((id, errno), (2, libc::ENOENT));
+            assert!(message.contains("/no/such/dir"), "{message}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn stdin_is_forwarded_and_closed() {
     let mut a = Agent::start();
