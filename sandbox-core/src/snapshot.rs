@@ -11,16 +11,83 @@ use crate::{Error, Sandbox, Vm};
 
 /// The snapshot directory's description of the machine.
 const RECORD_FILE: &str = "machine.json";
-/// Bumped when [`Record`] changes shape.
-const RECORD_FORMAT: u32 = 1;
+/// Bumped when [`Record`] changes shape. Format 1 (whole disk copies,
+/// no [`BaseRecord`]) is still read.
+const RECORD_FORMAT: u32 = 2;
+
+/// The image under a disk whose snapshot stores only the written blocks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BaseRecord {
+    name: String,
+    path: PathBuf,
+    qcow2: bool,
+    arch: String,
+    sha256: String,
+    size: u64,
+}
+
+impl BaseRecord {
+    /// The image under `rootfs` if the disk it opens is that image or an
+    /// ephemeral overlay over it (which can list its written blocks).
+    pub(crate) fn of(rootfs: &crate::Rootfs) -> Option<Self> {
+        use sandbox_rootfs::{ImageFormat, Source, WriteMode};
+        let Source::Image(image) = rootfs.source() else {
+            return None;
+        };
+        match rootfs.write_mode() {
+            WriteMode::ReadOnly | WriteMode::Ephemeral { .. } => Some(Self {
+                name: image.name.clone(),
+                path: image.path.clone(),
+                qcow2: image.format == ImageFormat::Qcow2,
+                arch: image.arch.clone(),
+                sha256: image.sha256.clone(),
+                size: image.size,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Opens the image again as a read-only disk, after checking it is
+    /// still the one the snapshot was taken over.
+    pub(crate) fn open(&self) -> Result<Box<dyn sandbox_rootfs::Disk>, Error> {
+        let image = sandbox_rootfs::Image {
+            name: self.name.clone(),
+            path: self.path.clone(),
+            format: if self.qcow2 {
+                sandbox_rootfs::ImageFormat::Qcow2
+            } else {
+                sandbox_rootfs::ImageFormat::Raw
+            },
+            arch: self.arch.clone(),
+            sha256: self.sha256.clone(),
+            size: self.size,
+            facts: Default::default(),
+            run: Default::default(),
+        };
+        image.open_disk().map_err(|e| {
+            snapshot_error(format!(
+                "the snapshot stores only the blocks written over image {:?} ({}), which \
+                 must be unchanged: {e}",
+                self.name,
+                self.path.display()
+            ))
+        })
+    }
+}
 
 /// A device of the snapshotted machine, in bus order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum DeviceRecord {
-    /// A block device; its disk is copied into the snapshot.
+    /// A block device; its disk is copied into the snapshot, or only the
+    /// blocks written over `base`.
     Disk {
         /// Whether the guest saw it read-only.
         read_only: bool,
+        /// The image the disk was an ephemeral or read-only view of: the
+        /// snapshot then holds only the blocks written over it, and a
+        /// restore opens (and verifies) the image again.
+        #[serde(default)]
+        base: Option<BaseRecord>,
     },
     /// The agent's vsock.
     Vsock,
@@ -252,9 +319,9 @@ impl Snapshot {
         })?;
         let record: Record = serde_json::from_str(&text)
             .map_err(|e| snapshot_error(format!("{} is corrupt: {e}", path.display())))?;
-        if record.format != RECORD_FORMAT {
+        if !(1..=RECORD_FORMAT).contains(&record.format) {
             return Err(snapshot_error(format!(
-                "{} has format {}, this library reads {RECORD_FORMAT}: take the snapshot again",
+                "{} has format {}, this library reads 1 to {RECORD_FORMAT}: take the snapshot again",
                 path.display(),
                 record.format
             )));
@@ -526,6 +593,57 @@ mod tests {
 
     fn deny() -> sandbox_net::NetworkOptions {
         sandbox_net::NetworkOptions::new(sandbox_net::deny_all())
+    }
+
+    /// A disk stored as blocks over an image opens that image again only
+    /// while it is unchanged; otherwise the error says what changed.
+    #[test]
+    fn the_base_image_must_be_unchanged() {
+        let path = std::env::temp_dir().join(format!("snapshot-base-{}", std::process::id()));
+        std::fs::write(&path, vec![7u8; 8192]).unwrap();
+        let sha256 = sandbox_rootfs::sha256_file(&path).unwrap();
+        let base = BaseRecord {
+            name: "test".into(),
+            path: path.clone(),
+            qcow2: false,
+            arch: String::new(),
+            sha256,
+            size: 8192,
+        };
+        let mut disk = base.open().unwrap();
+        let mut buf = [0u8; 4];
+        disk.read_at(4096, &mut buf).unwrap();
+        assert_eq!(buf, [7; 4]);
+        std::fs::write(&path, vec![8u8; 8192]).unwrap();
+        match base.open() {
+            Err(Error::Snapshot(e)) => assert!(e.contains("must be unchanged"), "{e}"),
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
+        std::fs::remove_file(&path).unwrap();
+        assert!(base.open().is_err(), "a missing image is refused too");
+    }
+
+    #[test]
+    fn only_plain_images_under_read_only_and_ephemeral_roots_are_referenced() {
+        let image = sandbox_rootfs::Image {
+            name: "i".into(),
+            path: "/nonexistent/i.ext4".into(),
+            format: sandbox_rootfs::ImageFormat::Raw,
+            arch: String::new(),
+            sha256: "00".into(),
+            size: 4096,
+            facts: Default::default(),
+            run: Default::default(),
+        };
+        let of = |r: crate::Rootfs| BaseRecord::of(&r).map(|b| b.path);
+        let path = Some(image.path.clone());
+        assert_eq!(of(crate::Rootfs::read_only(image.clone())), path);
+        assert_eq!(of(crate::Rootfs::ephemeral(image.clone())), path);
+        assert_eq!(
+            of(crate::Rootfs::ephemeral(image.clone()).in_memory()),
+            path
+        );
+        assert_eq!(of(crate::Rootfs::persistent(image, "/tmp/o.qcow2")), None);
     }
 
     #[test]

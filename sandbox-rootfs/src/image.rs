@@ -113,6 +113,11 @@ impl Image {
         Ok(image)
     }
 
+    /// The image as a read-only disk, verified first ([`Image::verify`]).
+    pub fn open_disk(&self) -> Result<Box<dyn crate::Disk>, RootfsError> {
+        crate::Source::open_base(self)
+    }
+
     /// Checks the file against the recorded size and sha256 digest. A
     /// file already checked in this process, or recorded as checked by
     /// another (`<cache>/verified/`, see docs/images.md), is not hashed

@@ -20,6 +20,7 @@ mod store;
 mod stream;
 mod tmpfile;
 mod verified;
+mod written;
 
 pub use flatten::{flatten, flatten_qcow2, FlatImage, Qcow2Options};
 pub use image::{sha256_file, Image, ImageFormat};
@@ -35,6 +36,7 @@ pub use source::{Composed, Source};
 pub use store::{BlockStore, CowDisk, StoreContext};
 pub use stream::{bytes, ImageBytes};
 pub use verified::cache_dir;
+pub use written::{Layered, Written};
 
 use std::io;
 use std::path::PathBuf;
@@ -131,6 +133,14 @@ pub trait Disk: Send {
     /// thread serving it then gets no syscall filter.
     fn runs_caller_code(&self) -> bool {
         false
+    }
+    /// The blocks that differ from the image under this disk: an
+    /// ephemeral overlay's written blocks (with those of a [`Layered`]
+    /// disk below it), nothing for a read-only view of the image; `None`
+    /// when this disk cannot say (an image itself, a persistent overlay, a
+    /// store). A snapshot stores only these when it can name the image.
+    fn written(&self) -> Option<Written> {
+        None
     }
 }
 

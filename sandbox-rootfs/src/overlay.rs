@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::span::{check, pieces, Piece};
-use crate::{Disk, EventHook, RawImage, RootfsEvent};
+use crate::{Disk, EventHook, RawImage, RootfsEvent, Written};
 
 /// Where the written blocks live.
 enum Blocks {
@@ -234,6 +234,28 @@ impl Disk for MemOverlay {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+
+    fn written(&self) -> Option<Written> {
+        let indices = match &self.blocks {
+            Blocks::Memory(m) => m.keys().copied().collect(),
+            Blocks::File { present, .. } => present
+                .iter()
+                .enumerate()
+                .flat_map(|(w, &bits)| {
+                    (0..64)
+                        .filter(move |b| bits & (1 << b) != 0)
+                        .map(move |b| w as u64 * 64 + b)
+                })
+                .collect(),
+        };
+        let own = Written::from_indices(self.block, indices);
+        // Over a layer of blocks written before (a restored snapshot's),
+        // those differ from the image too.
+        Some(match self.base.written() {
+            Some(below) => own.union(&below),
+            None => own,
+        })
     }
 }
 

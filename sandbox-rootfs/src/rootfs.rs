@@ -357,4 +357,10 @@ impl Disk for ReadOnly {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+    fn written(&self) -> Option<crate::Written> {
+        Some(crate::Written {
+            block: u64::from(DEFAULT_EPHEMERAL_BLOCK),
+            runs: Vec::new(),
+        })
+    }
 }

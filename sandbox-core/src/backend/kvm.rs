@@ -43,21 +43,38 @@ fn stopped() -> Error {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
+/// The block device serving `disk` (opened from `rootfs`) and its snapshot
+/// record: over a plain image, a snapshot stores only the written blocks.
+fn block(
+    disk: Box<dyn sandbox_rootfs::Disk>,
+    rootfs: &sandbox_rootfs::Rootfs,
+    id: &str,
+) -> (Block, DeviceRecord) {
+    let read_only = disk.read_only();
+    let base = crate::snapshot::BaseRecord::of(rootfs);
+    let device = Block::new(disk, id);
+    let device = match base {
+        Some(_) => device.snapshot_written_only(),
+        None => device,
+    };
+    (device, DeviceRecord::Disk { read_only, base })
+}
+
 pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Machine>, Error> {
     let kernel = artifacts::manifest_path(KERNEL.0, KERNEL.1)?;
     let root = spec.rootfs.open(Some(spec.events.clone()))?;
     let read_only = root.read_only();
-    let mut layout = vec![DeviceRecord::Disk { read_only }];
-    let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(Block::new(root, "sandbox-root"))];
+    let (root, root_record) = block(root, &spec.rootfs, "sandbox-root");
+    let mut layout = vec![root_record];
+    let mut devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(root)];
     let mut names = vec!["blk".to_string()];
     for (i, disk) in spec.disks.iter().enumerate() {
         match disk {
             DataDisk::Rootfs(r) => {
                 let d = r.open(Some(spec.events.clone()))?;
-                layout.push(DeviceRecord::Disk {
-                    read_only: d.read_only(),
-                });
-                devices.push(Box::new(Block::new(d, &format!("sandbox-data{i}"))));
+                let (d, record) = block(d, r, &format!("sandbox-data{i}"));
+                layout.push(record);
+                devices.push(Box::new(d));
                 names.push(format!("data{i}"));
             }
             DataDisk::VhostUser(path) => {
@@ -180,7 +197,7 @@ pub(super) fn restore(
     let mut memory_mounts = Vec::new();
     for (i, kind) in record.devices.iter().enumerate() {
         match kind {
-            DeviceRecord::Disk { read_only } => {
+            DeviceRecord::Disk { read_only, base } => {
                 let saved = state.disks.iter().find(|d| d.device == i).ok_or_else(|| {
                     Error::Snapshot(format!("the snapshot has no disk copy for device {i}"))
                 })?;
@@ -188,19 +205,39 @@ pub(super) fn restore(
                 let open = |e: std::io::Error| {
                     Error::Snapshot(format!("opening the disk copy {}: {e}", path.display()))
                 };
+                let written = state.devices.get(i).and_then(|d| d.device_state.as_deref());
+                let layered = base.is_some() && written.is_some();
+                let saved: Box<dyn sandbox_rootfs::Disk> = match (base, written) {
+                    // Only the written blocks were stored, over `base`.
+                    (Some(base), Some(text)) => {
+                        let written = serde_json::from_str(text).map_err(|e| {
+                            Error::Snapshot(format!("device {i}'s written blocks: {e}"))
+                        })?;
+                        Box::new(
+                            sandbox_rootfs::Layered::open(base.open()?, &path, written)
+                                .map_err(open)?,
+                        )
+                    }
+                    _ => Box::new(sandbox_rootfs::RawImage::open(&path).map_err(open)?),
+                };
                 let disk: Box<dyn sandbox_rootfs::Disk> = if *read_only {
-                    Box::new(sandbox_rootfs::RawImage::open(&path).map_err(open)?)
+                    saved
                 } else {
-                    Box::new(
-                        sandbox_rootfs::MemOverlay::open(&path, max_dirty_bytes).map_err(open)?,
-                    )
+                    Box::new(sandbox_rootfs::MemOverlay::new(saved, max_dirty_bytes))
                 };
                 let name = if i == 0 {
                     "sandbox-root".to_string()
                 } else {
                     format!("sandbox-data{}", i - 1)
                 };
-                devices.push(Box::new(Block::new(disk, &name)));
+                // A snapshot of this machine again stores only the blocks that
+                // differ from the image (the layer's and the new ones).
+                let device = Block::new(disk, &name);
+                devices.push(Box::new(if layered {
+                    device.snapshot_written_only()
+                } else {
+                    device
+                }));
                 names.push(if i == 0 {
                     "blk".to_string()
                 } else {

@@ -13,7 +13,7 @@ use crate::device::{read_config_bytes, ActivationContext, DeviceError, VirtioDev
 use crate::worker::{Handler, Worker};
 use crate::{device_id, GuestMemory, VIRTIO_F_VERSION_1};
 pub use metrics::BlockMetrics;
-use sandbox_rootfs::Disk;
+use sandbox_rootfs::{Disk, Written};
 
 /// `VIRTIO_BLK_F_RO`.
 const F_RO: u64 = crate::feature(virtio_bindings::virtio_blk::VIRTIO_BLK_F_RO);
@@ -30,6 +30,9 @@ pub struct Block {
     id: String,
     metrics: Arc<BlockMetrics>,
     worker: Option<Worker>,
+    /// A snapshot stores only the blocks the disk says differ from its
+    /// base ([`Block::snapshot_written_only`]).
+    written_only: bool,
 }
 
 impl Block {
@@ -43,7 +46,23 @@ impl Block {
             id: id.chars().take(20).collect(),
             metrics: Arc::default(),
             worker: None,
+            written_only: false,
         }
+    }
+
+    /// Snapshots store only the disk's written blocks
+    /// ([`Disk::written`]), at their offsets, and name them in the
+    /// device state ([`VirtioDevice::save_state`], a [`Written`] as
+    /// JSON); the restoring side must then open the same base again. A
+    /// disk that cannot say (`written()` is `None`) is still copied whole,
+    /// with no state.
+    pub fn snapshot_written_only(mut self) -> Self {
+        self.written_only = true;
+        self
+    }
+
+    fn written(&self) -> Option<Written> {
+        self.disk.as_ref().filter(|_| self.written_only)?.written()
     }
 
     /// Counters shared with the running device.
@@ -55,20 +74,36 @@ impl Block {
 /// Bytes read from a disk per step when copying it.
 const COPY_CHUNK: usize = 1 << 20;
 
-/// Flushes `disk` and copies it whole into `out` (set to the disk's size,
-/// zero pages left as holes).
-fn copy_disk(disk: &mut dyn Disk, out: &std::fs::File) -> std::io::Result<u64> {
+/// Flushes `disk` and copies it into `out` (set to the disk's size, zero
+/// pages left as holes): whole, or only the `written` blocks.
+fn copy_disk(
+    disk: &mut dyn Disk,
+    written: Option<&Written>,
+    out: &std::fs::File,
+) -> std::io::Result<u64> {
     disk.flush()?;
     let size = disk.size();
     out.set_len(size)?;
+    let ranges: Vec<(u64, u64)> = match written {
+        Some(w) => w
+            .runs
+            .iter()
+            .map(|&(start, count)| {
+                let from = (start * w.block).min(size);
+                (from, ((start + count) * w.block).min(size))
+            })
+            .collect(),
+        None => vec![(0, size)],
+    };
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut stored = 0;
-    let mut offset = 0u64;
-    while offset < size {
-        let n = (size - offset).min(COPY_CHUNK as u64) as usize;
-        disk.read_at(offset, &mut buf[..n])?;
-        stored += crate::sparse::write_nonzero(&buf[..n], out, offset)?;
-        offset += n as u64;
+    for (mut offset, end) in ranges {
+        while offset < end {
+            let n = (end - offset).min(COPY_CHUNK as u64) as usize;
+            disk.read_at(offset, &mut buf[..n])?;
+            stored += crate::sparse::write_nonzero(&buf[..n], out, offset)?;
+            offset += n as u64;
+        }
     }
     out.sync_all()?;
     Ok(stored)
@@ -124,8 +159,13 @@ impl VirtioDevice for Block {
     }
 
     fn save_disk(&mut self, out: &std::fs::File) -> Option<std::io::Result<u64>> {
+        let written = self.written();
         let disk = self.disk.as_mut()?;
-        Some(copy_disk(&mut **disk, out))
+        Some(copy_disk(&mut **disk, written.as_ref(), out))
+    }
+
+    fn save_state(&self) -> Option<String> {
+        serde_json::to_string(&self.written()?).ok()
     }
 
     fn quiesce(&mut self) -> Option<Vec<Queue>> {

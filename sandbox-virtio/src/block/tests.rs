@@ -190,3 +190,79 @@ fn malformed_chains_are_answered_without_touching_the_disk() {
     assert_eq!(h.metrics.malformed.get(), 4);
     assert_eq!(h.metrics.read_bytes.get(), 0);
 }
+
+/// A disk over a base that reports two written blocks.
+struct Overlaid(VecDisk);
+
+impl Disk for Overlaid {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read_at(offset, buf)
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.0.write_at(offset, data)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    fn written(&self) -> Option<Written> {
+        Some(Written::from_indices(4096, vec![1, 3]))
+    }
+}
+
+fn saved(block: &mut Block) -> (Vec<u8>, u64) {
+    let path = std::env::temp_dir().join(format!(
+        "sbx-blk-written-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let out = std::fs::File::options()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let stored = block.save_disk(&out).unwrap().unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    (bytes, stored)
+}
+
+/// Written-only snapshots copy the written blocks at their offsets and
+/// name them in the device state; without the option, or for a disk that
+/// cannot say, the whole disk is copied and there is no state.
+#[test]
+fn a_written_only_snapshot_stores_the_written_blocks_and_names_them() {
+    let disk = || VecDisk {
+        data: (0..5 * 4096).map(|i| (i % 7) as u8 + 1).collect(),
+        read_only: false,
+    };
+    let mut block = Block::new(Box::new(Overlaid(disk())), "w").snapshot_written_only();
+    let state: Written = serde_json::from_str(&block.save_state().unwrap()).unwrap();
+    assert_eq!(state.runs, vec![(1, 1), (3, 1)]);
+    let (bytes, stored) = saved(&mut block);
+    assert_eq!((bytes.len(), stored), (5 * 4096, 2 * 4096));
+    let original = disk().data;
+    for b in 0..5 {
+        let r = b * 4096..(b + 1) * 4096;
+        let expect: &[u8] = if b == 1 || b == 3 {
+            &original[r.clone()]
+        } else {
+            &[0u8; 4096]
+        };
+        assert!(bytes[r] == *expect, "block {b}");
+    }
+
+    let mut whole = Block::new(Box::new(Overlaid(disk())), "w");
+    assert_eq!(whole.save_state(), None);
+    assert_eq!(saved(&mut whole), (original.clone(), original.len() as u64));
+    let mut unknown = Block::new(Box::new(disk()), "w").snapshot_written_only();
+    assert_eq!(unknown.save_state(), None);
+    assert_eq!(saved(&mut unknown).1, original.len() as u64);
+}
