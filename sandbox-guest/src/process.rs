@@ -51,10 +51,10 @@ pub struct Started {
     pub pty: Option<File>,
 }
 
-/// The child's environment as `NAME=value` entries, one per name (a later
+/// The child's environment as `(NAME, value)` pairs, one per name (a later
 /// setting replaces an earlier one in place): [`DEFAULT_ENV`], the start-up
 /// additions, `TERM` for a pty, the user's `HOME`, then the request's.
-fn environment(req: &Spawn, home: Option<&str>) -> Vec<Vec<u8>> {
+fn environment(req: &Spawn, home: Option<&str>) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut env: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut set = |k: &[u8], v: &[u8]| match env.iter_mut().find(|(name, _)| name == k) {
         Some(entry) => entry.1 = v.to_vec(),
@@ -75,13 +75,7 @@ fn environment(req: &Spawn, home: Option<&str>) -> Vec<Vec<u8>> {
     for (k, v) in &req.env {
         set(k, v);
     }
-    env.into_iter()
-        .map(|(mut k, v)| {
-            k.push(b'=');
-            k.extend_from_slice(&v);
-            k
-        })
-        .collect()
+    env
 }
 
 /// Starts the process described by `req`: with `posix_spawn` (see
@@ -146,14 +140,12 @@ pub fn start(req: &Spawn) -> io::Result<Started> {
 }
 
 /// A `Command` for the forking path (a process that runs as another user).
-fn command(req: &Spawn, env: &[Vec<u8>], cwd: &[u8]) -> Command {
+fn command(req: &Spawn, env: &[(Vec<u8>, Vec<u8>)], cwd: &[u8]) -> Command {
     let mut cmd = Command::new(OsStr::from_bytes(&req.program));
     cmd.args(req.args.iter().map(|a| OsStr::from_bytes(a)));
     cmd.env_clear();
-    for entry in env {
-        let eq = entry.iter().position(|&b| b == b'=').unwrap_or(entry.len());
-        let value = entry.get(eq + 1..).unwrap_or_default();
-        cmd.env(OsStr::from_bytes(&entry[..eq]), OsStr::from_bytes(value));
+    for (k, v) in env {
+        cmd.env(OsStr::from_bytes(k), OsStr::from_bytes(v));
     }
     cmd.current_dir(OsStr::from_bytes(cwd));
     cmd
@@ -207,7 +199,7 @@ pub fn resize(pty: &File, size: PtySize) -> io::Result<()> {
 
 fn start_pty(
     req: &Spawn,
-    env: &[Vec<u8>],
+    env: &[(Vec<u8>, Vec<u8>)],
     cwd: &[u8],
     who: Option<crate::user::Identity>,
     size: PtySize,

@@ -32,8 +32,8 @@ pub struct Spec<'a> {
     /// The program: a path, or a name looked up in `env`'s `PATH`.
     pub program: &'a [u8],
     pub args: &'a [Vec<u8>],
-    /// `NAME=value` entries, in order (a later one wins).
-    pub env: &'a [Vec<u8>],
+    /// `(NAME, value)` pairs, in order (a later one wins).
+    pub env: &'a [(Vec<u8>, Vec<u8>)],
     pub cwd: &'a [u8],
     /// Standard input, output and error.
     pub stdio: [Fd<'a>; 3],
@@ -93,7 +93,7 @@ pub fn spawn(spec: &Spec) -> io::Result<i32> {
     let envp: Vec<CString> = spec
         .env
         .iter()
-        .map(|v| cstring(v))
+        .map(|(k, v)| cstring(&[k.as_slice(), b"=", v].concat()))
         .collect::<io::Result<_>>()?;
     let cwd = cstring(spec.cwd)?;
 
@@ -173,9 +173,12 @@ pub fn spawn(spec: &Spec) -> io::Result<i32> {
     }
 }
 
-/// The last `PATH=` in `env` (the one the child sees).
-fn path_var(env: &[Vec<u8>]) -> Option<&[u8]> {
-    env.iter().rev().find_map(|v| v.strip_prefix(b"PATH="))
+/// The last `PATH` in `env` (the one the child sees).
+fn path_var(env: &[(Vec<u8>, Vec<u8>)]) -> Option<&[u8]> {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == b"PATH")
+        .map(|(_, v)| v.as_slice())
 }
 
 /// Where `execvp` would find `program`: itself if it names a path, else
@@ -245,7 +248,8 @@ mod tests {
 
     #[test]
     fn the_last_path_entry_wins() {
-        let env = [b"PATH=/a".to_vec(), b"X=1".to_vec(), b"PATH=/b".to_vec()];
+        let pair = |k: &[u8], v: &[u8]| (k.to_vec(), v.to_vec());
+        let env = [pair(b"PATH", b"/a"), pair(b"X", b"1"), pair(b"PATH", b"/b")];
         assert_eq!(path_var(&env), Some(&b"/b"[..]));
         assert_eq!(path_var(&[]), None);
     }
