@@ -149,6 +149,16 @@ pub struct Taken {
     before: u64,
     /// The original's interception CA.
     ca: String,
+    /// The original's uptime just before the snapshot, and when it was read.
+    uptime: (f64, Instant),
+}
+
+async fn uptime(vm: &Vm) -> f64 {
+    let text = read(vm, "/proc/uptime").await;
+    let first = text.split_whitespace().next().unwrap_or_default();
+    first
+        .parse()
+        .unwrap_or_else(|_| panic!("/proc/uptime: {text:?}"))
 }
 
 /// Starts the counter in `vm`, snapshots it, and checks the original goes
@@ -191,6 +201,7 @@ pub async fn take(vm: &Vm, share: PathBuf, memory: MemoryFs, app: MemoryFs) -> T
 
     let dir = std::env::temp_dir().join(format!("sandbox-snapshot-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    let uptime = (uptime(vm).await, Instant::now());
     let t = Instant::now();
     let snapshot = vm.snapshot(&dir).await.unwrap();
     step("snapshot", t);
@@ -229,6 +240,7 @@ pub async fn take(vm: &Vm, share: PathBuf, memory: MemoryFs, app: MemoryFs) -> T
         app,
         before,
         ca,
+        uptime,
     }
 }
 
@@ -241,6 +253,7 @@ pub async fn forks(taken: Taken) {
         app,
         before,
         ca,
+        uptime: (snapshot_uptime, read_at),
     } = taken;
     let origin = sandbox::origin::Origin::start(None).await.unwrap();
     let mut cas = vec![ca];
@@ -275,6 +288,16 @@ pub async fn forks(taken: Taken) {
         .await
         .unwrap();
     step("restore x2", t);
+    // The guest's monotonic clock continues from the snapshot: it counts
+    // the fork's run since the restore, not the wait of at least 2.5 s
+    // before it (under nested PVM a TSC-timed guest jumped by the wait).
+    let ran = uptime(&forks[0]).await - snapshot_uptime;
+    let since = read_at.elapsed().as_secs_f64();
+    assert!(
+        (0.0..since - 2.0).contains(&ran),
+        "fork 0's uptime moved {ran:.2} s from the snapshot's; {since:.2} s passed on the host, \
+         2.5 s of them before the restore"
+    );
     let mut random = Vec::new();
     let mut counts = Vec::new();
     let mut machine_ids = Vec::new();
