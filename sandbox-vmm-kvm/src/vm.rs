@@ -14,8 +14,8 @@ use crate::bus::{Bus, ConsoleWriter, IrqTrigger};
 use crate::layout::*;
 use crate::run::Vcpus;
 use crate::snapshot::{
-    memory, MachineState, SavedDisk, SerialSnapshot, SnapshotError, SnapshotInfo, VmKvmState,
-    MEMORY_FILE, STATE_FILE,
+    memory, CpuFeatures, MachineState, SavedDisk, SerialSnapshot, SnapshotError, SnapshotInfo,
+    VmKvmState, MEMORY_FILE, STATE_FILE,
 };
 use crate::{boot, cpuid, host, kvm, mptable, vcpu, CpuProfile, GuestMemory, KvmConfig, KvmError};
 use sandbox_virtio::mmio::{MmioDevice, MmioState, REG_QUEUE_NOTIFY};
@@ -30,6 +30,8 @@ pub struct KvmVm {
     saved: vcpu::SavedStates,
     console: ConsoleLog,
     mem: Arc<GuestMemory>,
+    /// The CPU features the guest was started with (recorded in snapshots).
+    features: CpuFeatures,
 }
 
 /// Creates a snapshot file that must not exist yet, for reading and writing.
@@ -132,7 +134,13 @@ impl Base {
     }
 
     /// Starts one thread per vCPU.
-    fn launch(self, bus: Bus, vcpus: Vec<VcpuFd>, console: ConsoleLog) -> Result<KvmVm, KvmError> {
+    fn launch(
+        self,
+        bus: Bus,
+        vcpus: Vec<VcpuFd>,
+        console: ConsoleLog,
+        features: CpuFeatures,
+    ) -> Result<KvmVm, KvmError> {
         let msr_index: Arc<[u32]> = self
             .kvm
             .get_msr_index_list()
@@ -145,6 +153,7 @@ impl Base {
             saved: Arc::new(Mutex::new(vec![None; vcpus.len()])),
             console,
             mem: self.mem,
+            features,
         };
         for (id, fd) in vcpus.into_iter().enumerate() {
             let shared = vcpu::Shared {
@@ -206,6 +215,7 @@ impl KvmVm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
         let mut vcpus = Vec::new();
+        let mut features = None;
         for id in 0..cfg.cpus {
             let fd = base
                 .vm
@@ -213,10 +223,12 @@ impl KvmVm {
                 .map_err(kvm("KVM_CREATE_VCPU"))?;
             let mut cpuid = supported.clone();
             cpuid::filter(&mut cpuid, id, cfg.cpus, cfg.profile);
+            features.get_or_insert_with(|| CpuFeatures::of(cpuid.as_slice(), cfg.profile));
             vcpu::configure(&fd, &cpuid, (id == 0).then_some(entry.0))?;
             vcpus.push(fd);
         }
-        base.launch(bus, vcpus, console)
+        let features = features.ok_or_else(|| KvmError::Config("a VM needs a vCPU".into()))?;
+        base.launch(bus, vcpus, console, features)
     }
 
     /// Starts a VM from a snapshot: `state` and its memory file (mapped
@@ -242,6 +254,11 @@ impl KvmVm {
                 source,
             })?;
         let base = Base::new(mem)?;
+        let host = CpuFeatures::host(&base.kvm, state.features.profile())?;
+        state
+            .features
+            .check(&host)
+            .map_err(SnapshotError::Incompatible)?;
         state.vm.restore(&base.vm)?;
         let mut vcpus = Vec::new();
         for saved in &state.vcpus {
@@ -258,7 +275,7 @@ impl KvmVm {
             .zip(state.devices.iter().map(Some))
             .collect();
         let (bus, _) = base.bus(devices, Some(&state.serial), &console)?;
-        Ok(base.launch(bus, vcpus, console)?)
+        Ok(base.launch(bus, vcpus, console, state.features.clone())?)
     }
 
     /// Writes a snapshot of the guest into `dir` (created; it must not
@@ -354,6 +371,7 @@ impl KvmVm {
         );
         let state = MachineState {
             regions: memory::regions(&self.mem),
+            features: self.features.clone(),
             vcpus,
             vm: VmKvmState::save(&self._vm)?,
             devices,

@@ -1,11 +1,13 @@
-//! Snapshots of a paused KVM guest: the vCPUs' and the VM's KVM state in a
+//! Snapshots of a paused KVM guest: the vCPUs' and the VM's KVM state, the
+//! devices' state and the CPU features the guest was started with in a
 //! versioned, checksummed state file, and guest RAM in a sparse memory
-//! file (docs/snapshots.md). Device state and restoring a whole machine
-//! are the next steps of this work; what exists is exercised by unit
-//! tests on this host's `/dev/kvm`.
+//! file (docs/snapshots.md). `KvmVm::snapshot` writes them and
+//! `KvmVm::restore` starts a VM from them.
 
 #[cfg(target_arch = "x86_64")]
 pub mod cpu;
+#[cfg(target_arch = "x86_64")]
+pub mod features;
 pub mod memory;
 
 use std::io::{self, Read, Write};
@@ -21,12 +23,15 @@ use sha2::{Digest, Sha256};
 use crate::KvmError;
 #[cfg(target_arch = "x86_64")]
 pub use cpu::VcpuState;
+#[cfg(target_arch = "x86_64")]
+pub use features::CpuFeatures;
 
 /// The state file's first bytes.
 const MAGIC: &[u8; 8] = b"SBXSNAP\n";
 /// Bumped whenever [`MachineState`] changes shape: other versions are
 /// refused, never half-read.
-pub const STATE_VERSION: u32 = 1;
+/// Version 2 added the CPU features record.
+pub const STATE_VERSION: u32 = 2;
 /// A state file is small (KVM state, device registers); anything larger
 /// is not one of ours.
 const MAX_STATE_BYTES: u64 = 64 << 20;
@@ -54,6 +59,9 @@ pub enum SnapshotError {
         /// The file's version.
         found: u32,
     },
+    /// This host cannot run the snapshot's guest (its CPU features).
+    #[error("{0}")]
+    Incompatible(String),
     /// Saving or loading KVM state failed.
     #[error(transparent)]
     Kvm(#[from] KvmError),
@@ -134,6 +142,9 @@ pub struct MachineState {
     /// Guest RAM regions (guest address, bytes), as laid out in the
     /// memory file.
     pub regions: Vec<(u64, usize)>,
+    /// The CPU features the guest was started with.
+    #[cfg(target_arch = "x86_64")]
+    pub features: CpuFeatures,
     #[cfg(target_arch = "x86_64")]
     pub vcpus: Vec<VcpuState>,
     #[cfg(target_arch = "x86_64")]
