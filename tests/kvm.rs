@@ -87,15 +87,21 @@ async fn the_kvm_backend_runs_the_whole_stack_and_snapshots() {
     // A loopback origin the guest reaches through its virtio-net device
     // and the host stack (a raw TCP grant).
     let origin = sandbox::origin::Origin::start(None).await.unwrap();
+    let (bulk_addr, bulk) = bulk_server().await;
     let dst: std::net::SocketAddr = "203.0.113.5:8080".parse().unwrap();
+    let bulk_dst: std::net::SocketAddr = "203.0.113.5:9".parse().unwrap();
     let network = NetworkOptions::new(move |conn: Conn| async move {
-        Ok(if conn.dst() == dst {
+        Ok(if conn.dst() == dst || conn.dst() == bulk_dst {
             conn.accept()
         } else {
             conn.deny()
         })
     })
-    .connector(RoutedConnector::new().route(dst, origin.addr));
+    .connector(
+        RoutedConnector::new()
+            .route(dst, origin.addr)
+            .route(bulk_dst, bulk_addr),
+    );
     // A host directory the guest sees read-only over virtio-fs (mmio), and
     // the snapshot flow's writable one.
     let shared = std::env::temp_dir().join(format!("sandbox-kvm-share-{}", std::process::id()));
@@ -136,7 +142,7 @@ async fn the_kvm_backend_runs_the_whole_stack_and_snapshots() {
     // The first failure ends the test; the other flow is dropped with the
     // runtime.
     tokio::try_join!(
-        tokio::spawn(whole_stack(vm, origin, shared.clone(), overlay)),
+        tokio::spawn(whole_stack(vm, origin, bulk, shared.clone(), overlay)),
         tokio::spawn(snapshot::forks(taken))
     )
     .unwrap();
@@ -157,9 +163,60 @@ async fn the_kvm_backend_runs_the_whole_stack_and_snapshots() {
     assert_eq!(open_fds(), fds_before, "descriptors leaked by the VMs");
 }
 
+/// Bytes the bulk step sends each way.
+const BULK: usize = 400_000;
+
+/// A loopback server for the bulk step: per connection, reads a line
+/// "UP DOWN", then UP bytes, writes DOWN bytes and closes; reports UP as
+/// counted. (The line spares the guest's busybox `nc` a half-close, which
+/// it does not do at its input's end.)
+async fn bulk_server() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<usize>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        // The step's two connections; then the listener closes.
+        for _ in 0..2 {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut s = tokio::io::BufReader::new(s);
+            let mut line = String::new();
+            s.read_line(&mut line).await.unwrap();
+            let sizes: Vec<usize> = line
+                .split_whitespace()
+                .map(|n| n.parse().unwrap())
+                .collect();
+            let (up, down) = (sizes[0], sizes[1]);
+            let mut buf = vec![0u8; 64 << 10];
+            let mut got = 0;
+            while got < up {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the guest closed after {got} of {up} bytes");
+                got += n;
+            }
+            let block = vec![b'x'; 64 << 10];
+            let mut left = down;
+            while left > 0 {
+                let n = left.min(block.len());
+                s.write_all(&block[..n]).await.unwrap();
+                left -= n;
+            }
+            s.shutdown().await.unwrap();
+            let _ = tx.send(got);
+        }
+    });
+    (addr, rx)
+}
+
 async fn whole_stack(
     vm: sandbox_core::Vm,
     origin: sandbox::origin::Origin,
+    mut bulk: tokio::sync::mpsc::UnboundedReceiver<usize>,
     shared: std::path::PathBuf,
     overlay: std::path::PathBuf,
 ) {
@@ -292,6 +349,56 @@ async fn whole_stack(
         other => panic!("no virtio-net counters: {other:?}"),
     }
     step("guest HTTP request through virtio-net", t);
+
+    // Bulk each way over the 65000-byte link: 64 KiB frames, not 1514.
+    let t = Instant::now();
+    let mtu = vm
+        .exec("sh", ["-c", "read m < /sys/class/net/eth0/mtu; echo $m"])
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&mtu.stdout).trim(), "65000");
+    let frames = || match vm.metrics().device("net") {
+        Some(sandbox_core::metrics::DeviceCounters::Net(n)) => (n.tx_frames, n.rx_frames),
+        other => panic!("no virtio-net counters: {other:?}"),
+    };
+    let mut used = Vec::new();
+    for (up, down) in [(BULK, 0), (0, BULK)] {
+        let before = frames();
+        let cmd = format!(
+            "{{ echo {up} {down}; busybox head -c {up} /dev/zero; }} \
+             | busybox nc 203.0.113.5 9 | busybox wc -c"
+        );
+        let out = tokio::time::timeout(Duration::from_secs(180), vm.exec("sh", ["-c", &cmd]))
+            .await
+            .expect("the bulk transfer finishes")
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            down.to_string(),
+            "{:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(bulk.recv().await, Some(up), "bytes the host got");
+        let after = frames();
+        // Frames in the data's direction. The download's segments are the
+        // host stack's (up to 64960 bytes each; at MTU 1500 they would be
+        // at least 274 frames). The upload's are sized by busybox nc's
+        // small writes, so only its bytes are checked.
+        let n = if up > 0 {
+            after.0 - before.0
+        } else {
+            after.1 - before.1
+        };
+        if down > 0 {
+            assert!(n < 150, "{n} frames carried {BULK} bytes to the guest");
+        }
+        used.push(n);
+    }
+    step(
+        &format!("{BULK} bytes up in {} frames, down in {}", used[0], used[1]),
+        t,
+    );
 
     // The file API.
     let t = Instant::now();

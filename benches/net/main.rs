@@ -6,8 +6,9 @@
 //! Groups: `upload` (guest sends 16 MiB to the origin), `download` (the
 //! origin sends 16 MiB to the guest), `connect` (one TCP connection set
 //! up, policy decision and upstream dial included, then closed). `stack`
-//! runs the link at MTU 1500 (KVM's virtio-net), `stack_mtu65000` at UML's
-//! link MTU (bulk groups only): the stack's cost is mostly per frame. Prints
+//! runs the link at MTU 65000 (the Linux backends' link: UML's `bess`
+//! socket and KVM's virtio-net), `stack_mtu1500` at macOS's virtio-net MTU
+//! (bulk groups only): the stack's cost is mostly per frame. Prints
 //! MB/s, connections/s and the ratio stack/loopback at the end, then a
 //! real `debian:12` guest's curl download and upload through the stack
 //! next to the same guest's curl against a server on its own loopback
@@ -30,10 +31,13 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub(crate) const BULK: usize = 16 << 20;
 
-/// The MTU of UML's `bess` link (sandbox-core's UML adapter).
-const UML_MTU: u16 = 65000;
-/// The bench path of the stack at [`UML_MTU`] (`stack` runs at 1500).
-const UML_PATH: &str = "stack_mtu65000";
+/// The MTU of the Linux backends' links (sandbox-core's `LINK_MTU`).
+const LINK_MTU: u16 = 65000;
+/// The MTU of macOS's virtio-net link.
+const SMALL_MTU: u16 = 1500;
+/// The bench path of the stack at [`SMALL_MTU`] (`stack` runs at
+/// [`LINK_MTU`]).
+const SMALL_PATH: &str = "stack_mtu1500";
 
 /// (group, path) -> (units, seconds) summed over iterations.
 type Totals = BTreeMap<(&'static str, &'static str), (f64, f64)>;
@@ -132,8 +136,8 @@ fn bench(c: &mut Criterion) {
         .route(dst(1).into(), up)
         .route(dst(2).into(), down)
         .route(dst(3).into(), conn);
-    // One guest at KVM's virtio-net MTU (the default) and one at the MTU
-    // UML's `bess` link runs at: the stack's cost is mostly per frame.
+    // One guest at the Linux backends' MTU and one at macOS's: the
+    // stack's cost is mostly per frame.
     let start = |mtu: u16| {
         let routes = routes.clone();
         rt.block_on(async move {
@@ -145,8 +149,8 @@ fn bench(c: &mut Criterion) {
             (SimGuest::start(guest, net.config()), net)
         })
     };
-    let (guest, net) = start(1500);
-    let (big, big_net) = start(UML_MTU);
+    let (guest, net) = start(LINK_MTU);
+    let (small, small_net) = start(SMALL_MTU);
     let timeout = Duration::from_secs(30);
 
     let (g, up_ep) = (&guest, dst(1));
@@ -159,12 +163,12 @@ fn bench(c: &mut Criterion) {
         move || async move { upload(g.connect(up_ep, timeout).await.unwrap()).await },
         move || async move { upload(TcpStream::connect(up).await.unwrap()).await },
     );
-    let b = &big;
+    let b = &small;
     measure(
         c,
         &rt,
         "upload",
-        UML_PATH,
+        SMALL_PATH,
         Throughput::Bytes(BULK as u64),
         10,
         move || async move { upload(b.connect(up_ep, timeout).await.unwrap()).await },
@@ -183,7 +187,7 @@ fn bench(c: &mut Criterion) {
         c,
         &rt,
         "download",
-        UML_PATH,
+        SMALL_PATH,
         Throughput::Bytes(BULK as u64),
         10,
         move || async move { download(b.connect(down_ep, timeout).await.unwrap()).await },
@@ -198,7 +202,7 @@ fn bench(c: &mut Criterion) {
         move || async move { drop(g.connect(conn_ep, timeout).await.unwrap()) },
         move || async move { drop(TcpStream::connect(conn).await.unwrap()) },
     );
-    drop((guest, net, big, big_net));
+    drop((guest, net, small, small_net));
     // SANDBOX_BENCH_NET_NO_GUEST=1 skips the real guest (stack-only runs,
     // profiles).
     let real = if std::env::var_os("SANDBOX_BENCH_NET_NO_GUEST").is_some() {
@@ -218,7 +222,7 @@ fn bench(c: &mut Criterion) {
             "MB/s"
         };
         let k = if group == "connect" { 1.0 } else { 1e6 };
-        for path in ["stack", UML_PATH] {
+        for path in ["stack", SMALL_PATH] {
             let s = rate(path);
             if s == 0.0 {
                 continue;

@@ -9,9 +9,14 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use crate::frame::{FramePort, MAX_FRAME};
+use crate::pool;
 
 /// Frames queued in each direction.
 const DEPTH: usize = 256;
+
+/// Room for one message: a frame of [`MAX_FRAME`] and one byte more, so a
+/// longer message shows as longer and is dropped.
+const RECV_ROOM: usize = MAX_FRAME + 1;
 
 /// `send` flags: no SIGPIPE for a peer that went away (macOS has no such
 /// flag; a datagram socket raises no SIGPIPE there).
@@ -34,10 +39,13 @@ pub fn frame_socket_port(conn: OwnedFd) -> io::Result<FramePort> {
     } = theirs;
     let reader = conn.clone();
     tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
+        // Large frames keep the buffer they were received into (pooled,
+        // given back once the stack consumed them); small ones are copied
+        // out and the buffer stays for the next message.
+        let mut buf = pool::empty(RECV_ROOM);
         loop {
             let n = match reader
-                .async_io(Interest::READABLE, |fd| recv(fd.as_raw_fd(), &mut buf))
+                .async_io(Interest::READABLE, |fd| recv_into(fd.as_raw_fd(), &mut buf))
                 .await
             {
                 Ok(0) | Err(_) => return,
@@ -46,7 +54,12 @@ pub fn frame_socket_port(conn: OwnedFd) -> io::Result<FramePort> {
             if n > MAX_FRAME {
                 continue;
             }
-            if from_guest.send(buf[..n].to_vec()).await.is_err() {
+            let frame = if n >= pool::LARGE {
+                std::mem::replace(&mut buf, pool::empty(RECV_ROOM))
+            } else {
+                buf[..n].to_vec()
+            };
+            if from_guest.send(frame).await.is_err() {
                 return;
             }
         }
@@ -60,6 +73,7 @@ pub fn frame_socket_port(conn: OwnedFd) -> io::Result<FramePort> {
             {
                 return;
             }
+            pool::give(f);
         }
     });
     Ok(ours)
@@ -85,6 +99,23 @@ pub(crate) fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<Ow
     unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into_parts().1)
 }
 
+/// Receives one message into `buf` (replacing its contents), up to its
+/// capacity; a longer message comes back cut to the capacity.
+fn recv_into(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
+    buf.clear();
+    let room = buf.spare_capacity_mut();
+    // SAFETY: `room` is valid for writes of its length.
+    let n = unsafe { libc::recv(fd, room.as_mut_ptr().cast(), room.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: recv initialized the first `n` bytes of the spare capacity
+    // (n <= its length).
+    unsafe { buf.set_len(n as usize) };
+    Ok(n as usize)
+}
+
+#[cfg(test)]
 fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: buf is valid for writes of its length.
     let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -155,7 +186,7 @@ mod tests {
             }
             set_nonblocking(&device).unwrap();
             let mut port = frame_socket_port(ours).unwrap();
-            for len in [60, 1514, 9000] {
+            for len in [60, 1514, 9000, 20000, 60, 65000] {
                 let frame: Vec<u8> = (0..len).map(|i| i as u8).collect();
                 assert_eq!(send(device.as_raw_fd(), &frame).unwrap(), len);
                 let got = port.rx.recv().await.unwrap();

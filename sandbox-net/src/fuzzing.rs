@@ -30,9 +30,8 @@ pub fn frame(data: &[u8]) {
         [2, 0, 0, 0, 0, 2],
         IpCidr::new(gw.into(), 24),
         gw,
-        true,
+        crate::stack::Side::Stack,
         1500,
-        crate::stack::Rings::STACK,
         Instant::now(),
     );
     let ep = IpListenEndpoint {

@@ -21,6 +21,7 @@
 // UML's vector link and the seqpacket frame sockets are Linux's.
 #[cfg(target_os = "linux")]
 mod bess;
+mod checksum;
 mod classify;
 mod dns;
 mod egress;
@@ -34,6 +35,7 @@ pub mod http;
 mod metadata;
 mod outbox;
 mod policy;
+mod pool;
 mod resolvconf;
 pub mod sim;
 mod stack;

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::frame::{self, FramePort};
 use crate::outbox::Outbox;
-use crate::stack::{Rings, Shared, SocketStream, RX_BATCH};
+use crate::stack::{Shared, Side, SocketStream, RX_BATCH};
 use crate::NetConfig;
 
 /// A smoltcp "guest" attached to a [`crate::Network`] through a frame
@@ -38,9 +38,8 @@ impl SimGuest {
             config.guest_mac,
             IpCidr::new(config.guest_ip.into(), config.prefix_len),
             config.gateway_ip,
-            false,
+            Side::Guest,
             config.mtu,
-            Rings::SIM,
             start,
         );
         let (udp_tx, udp_rx) = mpsc::channel(1024);

@@ -56,7 +56,9 @@ pub(crate) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
     named.push(("rng".into(), Box::new(Rng::new())));
     let network = match spec.network {
         Some(mut opts) => {
-            // Our virtio-net device carries standard frames only.
+            // The device's frames cross a datagram socket pair, whose
+            // messages macOS limits to 2 KiB by default
+            // (`net.local.dgram.maxdgram`): standard frames only.
             opts.config.mtu = 1500;
             let (net, network) = super::net_device(opts)?;
             named.push(("net".into(), net));

@@ -113,8 +113,7 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
     layout.extend([DeviceRecord::Vsock, DeviceRecord::Rng]);
     let network = match spec.network {
         Some(mut opts) => {
-            // Our virtio-net device carries standard frames only.
-            opts.config.mtu = 1500;
+            opts.config.mtu = super::LINK_MTU;
             layout.push(DeviceRecord::Net((&opts.config).into()));
             let (net, network) = super::net_device(opts)?;
             devices.push(net);

@@ -64,9 +64,6 @@ pub(super) fn start(spec: MachineSpec) -> Result<Box<dyn Machine>, Error> {
 
 static NEXT_NET: AtomicU64 = AtomicU64::new(0);
 
-/// MTU of UML guest links.
-const UML_MTU: u16 = 65000;
-
 /// Listens for the guest's `bess` link and starts the host stack on it;
 /// returns the interface, the network and the agent's parameters.
 fn start_network(mut opts: NetworkOptions) -> Result<(UmlNet, GuestNetwork, Vec<String>), Error> {
@@ -85,9 +82,7 @@ fn start_network(mut opts: NetworkOptions) -> Result<(UmlNet, GuestNetwork, Vec<
         let _ = std::fs::remove_dir(&dir);
         Error::Net(format!("listening on {}: {e}", path.display()))
     })?;
-    // The link is a local socket, not a wire: 64 KB frames carry bulk
-    // transfers with a sixth of the per-frame work UML does at 1500.
-    opts.config.mtu = UML_MTU;
+    opts.config.mtu = super::LINK_MTU;
     let (mac, mtu) = (opts.config.guest_mac_text(), opts.config.mtu);
     let network = Network::start_bess(listener, opts).map_err(|e| {
         let _ = std::fs::remove_dir_all(&dir);

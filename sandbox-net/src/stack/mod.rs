@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant as StdInstant;
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
@@ -31,7 +31,7 @@ pub use stream::SocketStream;
 use crate::egress::Counters;
 use crate::frame::{self, Classified, FramePort};
 use crate::outbox::Outbox;
-use crate::{flow, udp, Ctx};
+use crate::{checksum, flow, pool, udp, Ctx};
 
 /// Receive and send ring sizes of every TCP socket of an interface. Rings
 /// are mapped lazily ([`buffers`]), so a connection's memory is what it
@@ -61,6 +61,18 @@ impl Rings {
         rx: 1 << 20,
         tx: 1 << 20,
     };
+}
+
+/// Which end of a frame link an interface is.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Side {
+    /// The host stack: takes packets for every destination (`any_ip`),
+    /// [`Rings::STACK`], does not check TCP checksums (see
+    /// `QueueDevice`).
+    Stack,
+    /// The sim guest: its own address only, [`Rings::SIM`], checks TCP
+    /// checksums as a guest kernel does.
+    Guest,
 }
 
 pub(crate) struct Shared {
@@ -117,12 +129,17 @@ pub(crate) enum Event {
     },
 }
 
-/// smoltcp's view of the link: frames queued in memory.
+/// smoltcp's view of the link: frames queued in memory. TCP checksums are
+/// the device's ([`checksum`]): filled in every frame sent; checked on
+/// receipt only if `verify_tcp` (the sim guest, as a guest kernel does).
+/// The stack does not check the guest's: the link is memory, and a wrong
+/// checksum could only corrupt the guest's own connection.
 struct QueueDevice {
     rx: VecDeque<Vec<u8>>,
     tx: Vec<Vec<u8>>,
     /// The link MTU plus the Ethernet header.
     max_frame: usize,
+    verify_tcp: bool,
 }
 
 struct Rx(Vec<u8>);
@@ -130,14 +147,17 @@ struct Tx<'a>(&'a mut Vec<Vec<u8>>);
 
 impl RxToken for Rx {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
+        let r = f(&self.0);
+        pool::give(self.0);
+        r
     }
 }
 
 impl TxToken for Tx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buf = vec![0u8; len];
+        let mut buf = pool::frame(len);
         let r = f(&mut buf);
+        checksum::fill_tcp(&mut buf);
         self.0.push(buf);
         r
     }
@@ -148,7 +168,13 @@ impl Device for QueueDevice {
     type TxToken<'a> = Tx<'a>;
 
     fn receive(&mut self, _now: Instant) -> Option<(Rx, Tx<'_>)> {
-        let f = self.rx.pop_front()?;
+        let f = loop {
+            let f = self.rx.pop_front()?;
+            if !self.verify_tcp || checksum::tcp_ok(&f) {
+                break f;
+            }
+            log::debug!("dropped a TCP segment with a wrong checksum");
+        };
         Some((Rx(f), Tx(&mut self.tx)))
     }
 
@@ -160,6 +186,7 @@ impl Device for QueueDevice {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = self.max_frame;
+        caps.checksum.tcp = Checksum::None;
         caps
     }
 }
@@ -174,15 +201,19 @@ impl Shared {
         mac: [u8; 6],
         addr: IpCidr,
         gateway: Ipv4Addr,
-        any_ip: bool,
+        side: Side,
         mtu: u16,
-        rings: Rings,
         start: StdInstant,
     ) -> Arc<Self> {
+        let (any_ip, rings, verify_tcp) = match side {
+            Side::Stack => (true, Rings::STACK, false),
+            Side::Guest => (false, Rings::SIM, true),
+        };
         let mut dev = QueueDevice {
             rx: VecDeque::new(),
             tx: Vec::new(),
             max_frame: usize::from(mtu) + 14,
+            verify_tcp,
         };
         let mut icfg = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         icfg.random_seed = rand_seed();
@@ -312,9 +343,8 @@ pub(crate) async fn run(
         cfg.gateway_mac,
         IpCidr::new(cfg.gateway_ip.into(), cfg.prefix_len),
         cfg.gateway_ip,
-        true,
+        Side::Stack,
         cfg.mtu,
-        Rings::STACK,
         start,
     );
     // However this task ends (the guest link closed, the Network dropped),

@@ -2,7 +2,11 @@
 //! `SOCK_SEQPACKET` socket pair carrying one Ethernet frame per message
 //! (the same framing as UML's `bess` transport), which the host network
 //! stack (`sandbox-net`) takes as its frame port. No offloads: every frame
-//! is a plain Ethernet frame of at most 1514 bytes.
+//! is a plain Ethernet frame of at most the link MTU plus 14 bytes. The
+//! MTU is the device's (`VIRTIO_NET_F_MTU`): a link of 65000 bytes, as
+//! UML's, carries a 64 KiB TCP segment per frame where a 1500-byte link
+//! needs 45 frames (the guest driver then posts receive buffers of 17
+//! pages each).
 
 #[cfg(test)]
 mod tests;
@@ -23,10 +27,14 @@ const QUEUE_SIZE: u16 = 256;
 const F_MAC: u64 = crate::feature(virtio_bindings::virtio_net::VIRTIO_NET_F_MAC);
 /// `VIRTIO_NET_F_STATUS`: the config space has a link status.
 const F_STATUS: u64 = crate::feature(virtio_bindings::virtio_net::VIRTIO_NET_F_STATUS);
+/// `VIRTIO_NET_F_MTU`: the config space has the link MTU.
+const F_MTU: u64 = crate::feature(virtio_bindings::virtio_net::VIRTIO_NET_F_MTU);
 /// `struct virtio_net_hdr_v1` (VERSION_1 always has `num_buffers`).
 pub const HDR_LEN: usize = 12;
-/// Largest frame carried (1500-byte MTU plus the Ethernet header).
-pub const MAX_FRAME: usize = 1514;
+/// The smallest MTU a device takes (Linux's `ETH_MIN_MTU`).
+pub const MIN_MTU: u16 = 68;
+/// The Ethernet header each frame adds to the MTU.
+const ETH_HEADER: usize = 14;
 
 /// Counters of one net device.
 #[derive(Debug, Default)]
@@ -47,6 +55,7 @@ fn bump(c: &AtomicU64) {
 /// A virtio-net device.
 pub struct Net {
     mac: [u8; 6],
+    mtu: u16,
     host: Option<OwnedFd>,
     /// The handler of a quiesced device, resumed by the next `activate`.
     parked: Option<NetHandler>,
@@ -108,13 +117,21 @@ fn socket_pair(kind: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 impl Net {
-    /// Creates the device with `mac`; returns the host end of its frame
-    /// socket.
-    pub fn new(mac: [u8; 6]) -> io::Result<(Self, OwnedFd)> {
+    /// Creates the device with `mac` and a link `mtu` (at least
+    /// [`MIN_MTU`]); returns the host end of its frame socket, which must
+    /// carry messages of `mtu` + 14 bytes.
+    pub fn new(mac: [u8; 6], mtu: u16) -> io::Result<(Self, OwnedFd)> {
+        if mtu < MIN_MTU {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a virtio-net MTU of {mtu} is below the minimum of {MIN_MTU}"),
+            ));
+        }
         let (device_end, host_end) = seqpacket_pair()?;
         Ok((
             Self {
                 mac,
+                mtu,
                 host: Some(device_end),
                 parked: None,
                 metrics: Arc::default(),
@@ -140,15 +157,16 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | F_MAC | F_STATUS
+        VIRTIO_F_VERSION_1 | F_MAC | F_STATUS | F_MTU
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // mac[6], status (LINK_UP), max_virtqueue_pairs.
-        let mut cfg = [0u8; 10];
+        // mac[6], status (LINK_UP), max_virtqueue_pairs, mtu.
+        let mut cfg = [0u8; 12];
         cfg[..6].copy_from_slice(&self.mac);
         cfg[6..8].copy_from_slice(&1u16.to_le_bytes());
         cfg[8..10].copy_from_slice(&1u16.to_le_bytes());
+        cfg[10..12].copy_from_slice(&self.mtu.to_le_bytes());
         read_config_bytes(&cfg, offset, data);
     }
 
@@ -162,6 +180,8 @@ impl VirtioDevice for Net {
                 host,
                 held: None,
                 metrics: self.metrics.clone(),
+                max_frame: usize::from(self.mtu) + ETH_HEADER,
+                scratch: Vec::new(),
             },
             (None, None) => {
                 return Err(DeviceError::Worker(io::Error::other(
@@ -207,7 +227,7 @@ impl VirtioDevice for Net {
 /// (the host stack's side).
 #[cfg(feature = "fuzzing")]
 pub(crate) fn fuzz_handler() -> io::Result<(NetHandler, OwnedFd)> {
-    let (mut dev, peer) = Net::new([0x02, 0, 0, 0, 0, 1])?;
+    let (mut dev, peer) = Net::new([0x02, 0, 0, 0, 0, 1], 1500)?;
     let host = dev
         .host
         .take()
@@ -216,6 +236,8 @@ pub(crate) fn fuzz_handler() -> io::Result<(NetHandler, OwnedFd)> {
         host,
         held: None,
         metrics: dev.metrics.clone(),
+        max_frame: 1500 + ETH_HEADER,
+        scratch: Vec::new(),
     };
     Ok((handler, peer))
 }
@@ -225,6 +247,10 @@ pub(crate) struct NetHandler {
     /// A frame from the host waiting for a guest receive buffer.
     held: Option<Vec<u8>>,
     metrics: Arc<NetMetrics>,
+    /// The MTU plus the Ethernet header: longer frames are dropped.
+    max_frame: usize,
+    /// Receives host frames (allocated on first use).
+    scratch: Vec<u8>,
 }
 
 fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
@@ -258,29 +284,43 @@ impl RxTx for NetHandler {
     /// Delivers host frames into guest receive buffers until either runs out.
     fn fill_rx(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
         let mut used_any = false;
-        let mut buf = vec![0u8; 65536];
+        if self.scratch.len() != self.max_frame + 1 {
+            // One byte more than a frame may have, so a longer one shows.
+            self.scratch = vec![0u8; self.max_frame + 1];
+        }
         loop {
-            let frame = match self.held.take() {
-                Some(f) => f,
-                None => match recv(self.host.as_raw_fd(), &mut buf) {
+            // The frame to deliver: the held one, or `fresh` bytes of
+            // `scratch`.
+            let fresh = if self.held.is_some() {
+                None
+            } else {
+                match recv(self.host.as_raw_fd(), &mut self.scratch) {
                     Ok(0) | Err(_) => return used_any, // drained (or the host is gone)
-                    Ok(n) if n > MAX_FRAME => {
+                    Ok(n) if n > self.max_frame => {
                         bump(&self.metrics.dropped);
                         continue;
                     }
-                    Ok(n) => buf[..n].to_vec(),
-                },
+                    Ok(n) => Some(n),
+                }
             };
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                self.held = Some(frame); // the guest's next rx kick resumes here
+                // The guest's next rx kick resumes here.
+                if let Some(n) = fresh {
+                    self.held = Some(self.scratch[..n].to_vec());
+                }
                 return used_any;
+            };
+            let held = self.held.take();
+            let frame: &[u8] = match (&held, fresh) {
+                (Some(f), _) => f,
+                (None, n) => &self.scratch[..n.unwrap_or(0)],
             };
             let head = chain.head_index();
             let mut hdr = [0u8; HDR_LEN];
             hdr[10..12].copy_from_slice(&1u16.to_le_bytes()); // num_buffers
             let written = match chain.writer(mem) {
                 Ok(mut w) if w.available_bytes() >= HDR_LEN + frame.len() => {
-                    match w.write_all(&hdr).and_then(|()| w.write_all(&frame)) {
+                    match w.write_all(&hdr).and_then(|()| w.write_all(frame)) {
                         Ok(()) => {
                             bump(&self.metrics.rx_frames);
                             (HDR_LEN + frame.len()) as u32
@@ -309,18 +349,19 @@ impl RxTx for NetHandler {
     /// Sends every frame the guest transmitted to the host.
     fn drain_tx(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
         let mut used_any = false;
-        let mut buf = Vec::with_capacity(HDR_LEN + MAX_FRAME);
+        let max = self.max_frame;
+        let mut buf = Vec::with_capacity(HDR_LEN + max);
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             buf.clear();
             let ok = match chain.reader(mem) {
                 Ok(r) => r
-                    .take((HDR_LEN + MAX_FRAME + 1) as u64)
+                    .take((HDR_LEN + max + 1) as u64)
                     .read_to_end(&mut buf)
                     .is_ok(),
                 Err(_) => false,
             };
-            if ok && buf.len() > HDR_LEN && buf.len() <= HDR_LEN + MAX_FRAME {
+            if ok && buf.len() > HDR_LEN && buf.len() <= HDR_LEN + max {
                 match send(self.host.as_raw_fd(), &buf[HDR_LEN..]) {
                     Ok(_) => bump(&self.metrics.tx_frames),
                     // A full host queue drops the frame, as a NIC would.

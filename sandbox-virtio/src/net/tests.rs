@@ -12,6 +12,8 @@ fn handler() -> (NetHandler, OwnedFd) {
         host: device_end,
         held: None,
         metrics: Arc::default(),
+        max_frame: 1514,
+        scratch: Vec::new(),
     };
     (h, host_end)
 }
@@ -66,10 +68,10 @@ fn malformed_and_oversized_guest_frames_are_dropped_and_counted() {
     let (vq, tx) = queue_with(
         &mem,
         &[
-            &[(0x1_0000, 8, false)], // shorter than the header
-            &[(0x1_0000, (HDR_LEN + MAX_FRAME + 1) as u32, false)], // oversized
-            &[(0x1_0000, 100, true)], // device-writable: not readable
-            &[(0xff_ff00, 0x1000, false)], // past guest memory
+            &[(0x1_0000, 8, false)],                           // shorter than the header
+            &[(0x1_0000, (HDR_LEN + 1514 + 1) as u32, false)], // oversized
+            &[(0x1_0000, 100, true)],                          // device-writable: not readable
+            &[(0xff_ff00, 0x1000, false)],                     // past guest memory
         ],
     );
     let (mut h, host) = handler();
@@ -119,11 +121,53 @@ fn a_guest_buffer_too_small_drops_the_frame_not_the_device() {
 
 #[test]
 fn config_space_has_the_mac_and_link_up() {
-    let (net, _host) = Net::new([2, 0x5b, 0, 0, 0, 0x0f]).unwrap();
-    let mut cfg = [0u8; 8];
+    let (net, _host) = Net::new([2, 0x5b, 0, 0, 0, 0x0f], 65000).unwrap();
+    let mut cfg = [0u8; 12];
     net.read_config(0, &mut cfg);
     assert_eq!(&cfg[..6], &[2, 0x5b, 0, 0, 0, 0x0f]);
     assert_eq!(u16::from_le_bytes([cfg[6], cfg[7]]), 1);
+    assert_eq!(u16::from_le_bytes([cfg[10], cfg[11]]), 65000, "mtu");
     assert_eq!(net.device_type(), 1);
     assert_ne!(net.features() & F_MAC, 0);
+    assert_ne!(net.features() & F_MTU, 0);
+    let err = Net::new([2, 0, 0, 0, 0, 1], 67).err().unwrap();
+    assert!(err.to_string().contains("below the minimum of 68"), "{err}");
+}
+
+#[test]
+fn a_large_mtu_link_carries_64_kib_frames_both_ways() {
+    let mem = memory();
+    let big = frame(65014, 9);
+    let mut hdr_and_frame = vec![0u8; HDR_LEN];
+    hdr_and_frame.extend(&big);
+    mem.write_slice(&hdr_and_frame, GuestAddress(0x1_0000))
+        .unwrap();
+    let (_, tx) = queue_with(&mem, &[&[(0x1_0000, (HDR_LEN + 65014) as u32, false)]]);
+    // As Linux posts big receive buffers: the header, the rest of the
+    // first page, then 16 pages.
+    let mut chain = vec![
+        (0x4_0000, HDR_LEN as u32, true),
+        (0x4_0010, 4096 - 16, true),
+    ];
+    chain.extend((0..16).map(|i| (0x5_0000 + i * 0x1000, 0x1000, true)));
+    // 18 buffers: a queue of 32, its rings clear of the tx queue's.
+    let (vq, rx) = crate::testutil::queue_sized(&mem, 0x8000, 32, &[&chain]);
+    let (mut h, host) = handler();
+    h.max_frame = 65014;
+    let mut queues = vec![rx, tx];
+    h.queue_event(TX, &mut queues, &mem);
+    assert_eq!(host_recv(&host).unwrap(), big, "guest to host");
+    send(host.as_raw_fd(), &big).unwrap();
+    h.extra_event(0, &mut queues, &mem);
+    assert_eq!(used(&mem, &vq, 0), (0, (HDR_LEN + 65014) as u32));
+    let mut got = vec![0u8; 4096 - 16 + 16 * 4096];
+    mem.read_slice(&mut got[..4096 - 16], GuestAddress(0x4_0010))
+        .unwrap();
+    mem.read_slice(&mut got[4096 - 16..], GuestAddress(0x5_0000))
+        .unwrap();
+    assert_eq!(&got[..65014], &big[..], "host to guest");
+    // One byte over the MTU is dropped.
+    send(host.as_raw_fd(), &frame(65015, 1)).unwrap();
+    h.extra_event(0, &mut queues, &mem);
+    assert_eq!(h.metrics.dropped.load(Ordering::Relaxed), 1);
 }
