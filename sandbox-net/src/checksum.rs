@@ -90,17 +90,28 @@ mod tests {
 
     /// An Ethernet/IPv4/TCP frame with `payload`, checksummed by smoltcp.
     fn frame(payload: &[u8]) -> Vec<u8> {
+        frame_over(payload, 0, false)
+    }
+
+    /// As [`frame`], written over a buffer of `fill` bytes, with the
+    /// options of a SYN if `syn`.
+    fn frame_over(payload: &[u8], fill: u8, syn: bool) -> Vec<u8> {
         let (src, dst) = ([10, 0, 2, 15].into(), [203, 0, 113, 5].into());
         let tcp = TcpRepr {
             src_port: 40000,
             dst_port: 443,
-            control: TcpControl::Psh,
+            control: if syn {
+                TcpControl::Syn
+            } else {
+                TcpControl::Psh
+            },
             seq_number: TcpSeqNumber(0x1234_5678),
             ack_number: Some(TcpSeqNumber(7)),
             window_len: 512,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
+            // Options whose lengths (4 + 3 + 2) leave padding to fill.
+            window_scale: syn.then_some(7),
+            max_seg_size: syn.then_some(64960),
+            sack_permitted: syn,
             sack_ranges: [None; 3],
             timestamp: None,
             payload,
@@ -117,7 +128,7 @@ mod tests {
             dst_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
             ethertype: EthernetProtocol::Ipv4,
         };
-        let mut buf = vec![0u8; 14 + ip.buffer_len() + tcp.buffer_len()];
+        let mut buf = vec![fill; 14 + ip.buffer_len() + tcp.buffer_len()];
         let caps = ChecksumCapabilities::default();
         let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
         eth.emit(&mut f);
@@ -151,6 +162,22 @@ mod tests {
             assert!(!tcp_ok(&ours), "a wrong checksum passed at {len}");
             fill_tcp(&mut ours);
             assert_eq!(ours, want, "payload of {len} bytes");
+        }
+    }
+
+    /// Reused frame buffers (`pool.rs`) are process-wide, so a frame must
+    /// overwrite every byte of the buffer it is written into: smoltcp's
+    /// emitters write each header field, the option padding and the
+    /// payload. Pinned here against a smoltcp upgrade.
+    #[test]
+    fn smoltcp_overwrites_every_byte_of_a_reused_buffer() {
+        for syn in [false, true] {
+            let payload = vec![0x5a; if syn { 0 } else { 20_000 }];
+            assert_eq!(
+                frame_over(&payload, 0xee, syn),
+                frame_over(&payload, 0x00, syn),
+                "syn {syn}"
+            );
         }
     }
 
