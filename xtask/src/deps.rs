@@ -31,8 +31,12 @@ pub const PACKAGES: &[&str] = &[
     "qemu-system-arm",
 ];
 
-/// What the arm64 guest kernel adds (built only when asked for).
-pub const ARM64_PACKAGES: &[&str] = &["gcc-aarch64-linux-gnu"];
+/// What the arm64 guest kernel and agent add (built only when asked for):
+/// the cross compiler, and the cross glibc the static agent links
+/// against (only a recommendation of the compiler, which
+/// `--no-install-recommends` leaves out; a fresh machine's CI failed at
+/// the agent's link without it).
+pub const ARM64_PACKAGES: &[&str] = &["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"];
 
 /// The subset the quickstart needs: the UML kernel, the agent and the
 /// `minimal` image (no QEMU, no debootstrap).
