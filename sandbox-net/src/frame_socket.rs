@@ -115,17 +115,6 @@ fn recv_into(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
     Ok(n as usize)
 }
 
-#[cfg(test)]
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is valid for writes of its length.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: buf is valid for reads of its length.
     let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), NO_SIGNAL) };
@@ -192,9 +181,9 @@ mod tests {
                 let got = port.rx.recv().await.unwrap();
                 assert_eq!(got, frame, "kind {kind}, {len} bytes from the device");
                 port.tx.send(frame.clone()).await.unwrap();
-                let mut buf = vec![0u8; 65536];
+                let mut buf = Vec::with_capacity(65536);
                 let n = loop {
-                    match recv(device.as_raw_fd(), &mut buf) {
+                    match recv_into(device.as_raw_fd(), &mut buf) {
                         Ok(n) => break n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             tokio::task::yield_now().await

@@ -176,13 +176,7 @@ impl VirtioDevice for Net {
         // held for the guest).
         let handler = match (self.parked.take(), self.host.take()) {
             (Some(parked), _) => parked,
-            (None, Some(host)) => NetHandler {
-                host,
-                held: None,
-                metrics: self.metrics.clone(),
-                max_frame: usize::from(self.mtu) + ETH_HEADER,
-                scratch: Vec::new(),
-            },
+            (None, Some(host)) => NetHandler::new(host, self.metrics.clone(), self.mtu),
             (None, None) => {
                 return Err(DeviceError::Worker(io::Error::other(
                     "net device already active",
@@ -232,14 +226,7 @@ pub(crate) fn fuzz_handler() -> io::Result<(NetHandler, OwnedFd)> {
         .host
         .take()
         .ok_or_else(|| io::Error::other("no host end"))?;
-    let handler = NetHandler {
-        host,
-        held: None,
-        metrics: dev.metrics.clone(),
-        max_frame: 1500 + ETH_HEADER,
-        scratch: Vec::new(),
-    };
-    Ok((handler, peer))
+    Ok((NetHandler::new(host, dev.metrics.clone(), dev.mtu), peer))
 }
 
 pub(crate) struct NetHandler {
@@ -249,8 +236,22 @@ pub(crate) struct NetHandler {
     metrics: Arc<NetMetrics>,
     /// The MTU plus the Ethernet header: longer frames are dropped.
     max_frame: usize,
-    /// Receives host frames (allocated on first use).
+    /// Receives host frames: one byte more than a frame may have, so a
+    /// longer one shows.
     scratch: Vec<u8>,
+}
+
+impl NetHandler {
+    fn new(host: OwnedFd, metrics: Arc<NetMetrics>, mtu: u16) -> Self {
+        let max_frame = usize::from(mtu) + ETH_HEADER;
+        Self {
+            host,
+            held: None,
+            metrics,
+            max_frame,
+            scratch: vec![0u8; max_frame + 1],
+        }
+    }
 }
 
 fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
@@ -284,10 +285,6 @@ impl RxTx for NetHandler {
     /// Delivers host frames into guest receive buffers until either runs out.
     fn fill_rx(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
         let mut used_any = false;
-        if self.scratch.len() != self.max_frame + 1 {
-            // One byte more than a frame may have, so a longer one shows.
-            self.scratch = vec![0u8; self.max_frame + 1];
-        }
         loop {
             // The frame to deliver: the held one, or `fresh` bytes of
             // `scratch`.

@@ -7,15 +7,12 @@ use crate::testutil::{memory, queue_with, used, used_idx};
 use crate::worker::{Handler, RX, TX};
 
 fn handler() -> (NetHandler, OwnedFd) {
+    handler_with_mtu(1500)
+}
+
+fn handler_with_mtu(mtu: u16) -> (NetHandler, OwnedFd) {
     let (device_end, host_end) = seqpacket_pair().unwrap();
-    let h = NetHandler {
-        host: device_end,
-        held: None,
-        metrics: Arc::default(),
-        max_frame: 1514,
-        scratch: Vec::new(),
-    };
-    (h, host_end)
+    (NetHandler::new(device_end, Arc::default(), mtu), host_end)
 }
 
 fn idle() -> Queue {
@@ -152,8 +149,7 @@ fn a_large_mtu_link_carries_64_kib_frames_both_ways() {
     chain.extend((0..16).map(|i| (0x5_0000 + i * 0x1000, 0x1000, true)));
     // 18 buffers: a queue of 32, its rings clear of the tx queue's.
     let (vq, rx) = crate::testutil::queue_sized(&mem, 0x8000, 32, &[&chain]);
-    let (mut h, host) = handler();
-    h.max_frame = 65014;
+    let (mut h, host) = handler_with_mtu(65000);
     let mut queues = vec![rx, tx];
     h.queue_event(TX, &mut queues, &mem);
     assert_eq!(host_recv(&host).unwrap(), big, "guest to host");
