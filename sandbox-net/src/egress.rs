@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A byte stream to somewhere upstream.
@@ -108,7 +108,7 @@ impl Connector for DirectConnector {
 }
 
 async fn dial_tcp(dst: SocketAddr) -> io::Result<BoxUpstream> {
-    let s = TcpStream::connect(dst).await?;
+    let s = crate::connect::tcp(dst).await?;
     s.set_nodelay(true)?;
     Ok(Box::new(s) as BoxUpstream)
 }

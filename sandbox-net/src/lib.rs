@@ -23,6 +23,7 @@
 mod bess;
 mod checksum;
 mod classify;
+mod connect;
 mod dns;
 mod egress;
 mod flow;

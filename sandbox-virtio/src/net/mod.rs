@@ -239,6 +239,9 @@ pub(crate) struct NetHandler {
     /// Receives host frames: one byte more than a frame may have, so a
     /// longer one shows.
     scratch: Vec<u8>,
+    /// Holds one guest frame with its header on the way out (reused, so
+    /// the transmit path does not allocate per kick).
+    tx_buf: Vec<u8>,
 }
 
 impl NetHandler {
@@ -250,6 +253,7 @@ impl NetHandler {
             metrics,
             max_frame,
             scratch: vec![0u8; max_frame + 1],
+            tx_buf: Vec::with_capacity(HDR_LEN + max_frame + 1),
         }
     }
 }
@@ -347,15 +351,12 @@ impl RxTx for NetHandler {
     fn drain_tx(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
         let mut used_any = false;
         let max = self.max_frame;
-        let mut buf = Vec::with_capacity(HDR_LEN + max);
+        let buf = &mut self.tx_buf;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             buf.clear();
             let ok = match chain.reader(mem) {
-                Ok(r) => r
-                    .take((HDR_LEN + max + 1) as u64)
-                    .read_to_end(&mut buf)
-                    .is_ok(),
+                Ok(r) => r.take((HDR_LEN + max + 1) as u64).read_to_end(buf).is_ok(),
                 Err(_) => false,
             };
             if ok && buf.len() > HDR_LEN && buf.len() <= HDR_LEN + max {

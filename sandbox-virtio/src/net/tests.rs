@@ -72,11 +72,17 @@ fn malformed_and_oversized_guest_frames_are_dropped_and_counted() {
         ],
     );
     let (mut h, host) = handler();
+    let capacity = h.tx_buf.capacity();
     let mut queues = vec![idle(), tx];
     h.queue_event(TX, &mut queues, &mem);
     assert!(host_recv(&host).is_none());
     assert_eq!(used_idx(&mem, &vq), 4, "every chain is returned");
     assert_eq!(h.metrics.dropped.load(Ordering::Relaxed), 4);
+    assert_eq!(
+        h.tx_buf.capacity(),
+        capacity,
+        "an oversized frame grew the buffer"
+    );
 }
 
 #[test]
@@ -150,9 +156,15 @@ fn a_large_mtu_link_carries_64_kib_frames_both_ways() {
     // 18 buffers: a queue of 32, its rings clear of the tx queue's.
     let (vq, rx) = crate::testutil::queue_sized(&mem, 0x8000, 32, &[&chain]);
     let (mut h, host) = handler_with_mtu(65000);
+    let capacity = h.tx_buf.capacity();
     let mut queues = vec![rx, tx];
     h.queue_event(TX, &mut queues, &mem);
     assert_eq!(host_recv(&host).unwrap(), big, "guest to host");
+    assert_eq!(
+        h.tx_buf.capacity(),
+        capacity,
+        "the transmit buffer is reused"
+    );
     send(host.as_raw_fd(), &big).unwrap();
     h.extra_event(0, &mut queues, &mem);
     assert_eq!(used(&mem, &vq, 0), (0, (HDR_LEN + 65014) as u32));
