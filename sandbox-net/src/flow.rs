@@ -14,9 +14,6 @@ use crate::Ctx;
 /// How long an accepted guest connection may take to finish its handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Buffer of each direction of a raw flow's copy loop.
-const COPY_BUFFER: usize = 256 << 10;
-
 /// What serves an accepted connection.
 pub(crate) enum Handler {
     /// Bytes copied to and from this upstream connection.
@@ -98,9 +95,8 @@ async fn on_verdict(
 
 /// Copies bytes both ways between a guest connection and its upstream
 /// until either side closes.
-pub(crate) async fn splice(mut guest: SocketStream, mut up: BoxUpstream) {
-    let _ = tokio::io::copy_bidirectional_with_sizes(&mut guest, &mut up, COPY_BUFFER, COPY_BUFFER)
-        .await;
+pub(crate) async fn splice(guest: SocketStream, up: BoxUpstream) {
+    let _ = crate::relay::splice(guest, up).await;
 }
 
 /// Serves one accepted connection until either side closes.

@@ -37,6 +37,7 @@ mod metadata;
 mod outbox;
 mod policy;
 mod pool;
+mod relay;
 mod resolvconf;
 pub mod sim;
 mod stack;
