@@ -146,7 +146,7 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
     if std::env::var_os("SANDBOX_KVM_CONSOLE").is_none() {
         // Each character the kernel prints is a port write the VMM
         // handles (a VM exit to user space): its info lines cost about
-        // 0.7 s of a nested-PVM boot here. Warnings, errors and panics
+        // 1 s of a nested-PVM boot here. Warnings, errors and panics
         // still print; `SANDBOX_KVM_CONSOLE=1` keeps every line (and
         // echoes them) for debugging a boot.
         cmdline.push_str(" quiet");
