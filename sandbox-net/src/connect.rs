@@ -4,7 +4,9 @@
 //! A non-blocking `connect(2)` to an address of the host itself (loopback,
 //! the host's own interfaces: local proxies, model gateways, test origins)
 //! returns `EINPROGRESS` although the kernel finished the handshake inside
-//! the call: the SYN, SYN-ACK and ACK all run in the caller's softirq.
+//! the call: the SYN and the listener's SYN-ACK are processed as the SYN
+//! is sent, and the connecting socket takes the SYN-ACK (and sends its
+//! ACK) when `connect` releases the socket lock, before it returns.
 //! `tokio::net::TcpStream::connect` then still waits for the reactor to
 //! report the socket writable, one scheduler round (a worker's
 //! `epoll_wait` and a wake-up) on the path of every guest connection,
