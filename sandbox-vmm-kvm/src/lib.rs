@@ -111,6 +111,13 @@ pub const NESTED_PVM_CMDLINE: &str =
      -AVX512ER,-AVX512PF,-AVX512VL,-XSAVEC,-FMA,-FMA4,-AVX_Fast_Unaligned_Load \
      GODEBUG=cpu.all=off";
 
+/// Whether a guest's console is being debugged (`SANDBOX_KVM_CONSOLE`
+/// set): the VMM echoes every console byte to stderr, and sandboxes boot
+/// the kernel without `quiet`.
+pub fn console_debug() -> bool {
+    std::env::var_os("SANDBOX_KVM_CONSOLE").is_some()
+}
+
 /// Guest memory as the VMM and its devices see it.
 pub type GuestMemory = sandbox_virtio::GuestMemory;
 

@@ -91,7 +91,7 @@ impl Base {
             .map_err(kvm("KVM_IRQFD"))?;
         let writer = ConsoleWriter {
             log: console.clone(),
-            echo: std::env::var_os("SANDBOX_KVM_CONSOLE").is_some(),
+            echo: crate::console_debug(),
         };
         let trigger = IrqTrigger(serial_irq);
         let serial = match serial {

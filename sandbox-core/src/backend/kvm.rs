@@ -143,7 +143,7 @@ pub(super) fn start(spec: MachineSpec, profile: CpuProfile) -> Result<Box<dyn Ma
         cmdline.push(' ');
         cmdline.push_str(&arg);
     }
-    if std::env::var_os("SANDBOX_KVM_CONSOLE").is_none() {
+    if !sandbox_vmm_kvm::console_debug() {
         // Each character the kernel prints is a port write the VMM
         // handles (a VM exit to user space): its info lines cost about
         // 1 s of a nested-PVM boot here. Warnings, errors and panics

@@ -162,7 +162,7 @@ impl KvmVm {
             layout,
             uart: Mutex::new(sandbox_vmm_hvf::pl011::Pl011::new()),
             console: console.clone(),
-            echo: std::env::var_os("SANDBOX_KVM_CONSOLE").is_some(),
+            echo: crate::console_debug(),
             vm,
             mmio,
         });
