@@ -25,27 +25,22 @@ const KEEP: usize = 16;
 static POOL: LazyLock<ArrayQueue<Box<[u8]>>> = LazyLock::new(|| ArrayQueue::new(KEEP));
 
 /// A relay buffer, back in the pool when dropped.
-struct Buffer(Option<Box<[u8]>>);
+struct Buffer(Box<[u8]>);
 
 impl Buffer {
     fn take() -> Self {
-        Self(Some(
+        Self(
             POOL.pop()
                 .unwrap_or_else(|| vec![0u8; BUFFER].into_boxed_slice()),
-        ))
-    }
-
-    fn bytes(&mut self) -> &mut [u8] {
-        self.0.as_deref_mut().unwrap_or_default()
+        )
     }
 }
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        if let Some(b) = self.0.take() {
-            // A full pool drops the buffer.
-            let _ = POOL.push(b);
-        }
+        // An empty boxed slice takes its place (no allocation); a full
+        // pool drops the buffer.
+        let _ = POOL.push(std::mem::take(&mut self.0));
     }
 }
 
@@ -69,7 +64,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut buf = Buffer::take();
-    let buf = buf.bytes();
+    let buf = &mut buf.0[..];
     loop {
         let n = from.read(buf).await?;
         if n == 0 {
